@@ -1,0 +1,277 @@
+"""Array backend: NumPy on CPUs, CuPy on GPUs, and the FFT / NUFFT kernels for each.
+
+Math code never imports numpy or cupy for array work; it calls :func:`get_xp` on an input array and
+uses the namespace it returns, and it calls :func:`fft2c` / :func:`ifft2c` / :func:`nufft2d_type2` /
+:func:`nufft2d_type1` here, which dispatch on the array type. Nothing in this module holds state.
+
+FFT choice (measured on the 2-core development machine, batch of 3,468 64x64 complex64 fft2+ifft2):
+``scipy.fft`` with ``workers=-1`` took 161 ms, ``numpy.fft`` 1,133 ms, so the CPU path uses scipy.fft.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .errors import BackendUnavailable
+
+__all__ = [
+    "get_xp", "is_cupy", "to_numpy", "asarray_on", "gpu_available", "require_gpu",
+    "fft2c", "ifft2c", "fftc", "ifftc", "nufft2d_type2", "nufft2d_type1", "real_dtype", "complex_dtype",
+    "scatter_add",
+]
+
+
+def _cupy():
+    """Import CuPy lazily; return the module or None if it is not installed."""
+    try:
+        import cupy  # noqa: F401
+    except Exception:  # ImportError, or a CUDA library failing to load
+        return None
+    return cupy
+
+
+def is_cupy(x) -> bool:
+    """True if ``x`` is a CuPy array (without importing CuPy when it is not)."""
+    return type(x).__module__.split(".")[0] == "cupy"
+
+
+def get_xp(x):
+    """Array namespace (``numpy`` or ``cupy``) of ``x``."""
+    if is_cupy(x):
+        import cupy
+
+        return cupy
+    return np
+
+
+def gpu_available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device."""
+    cp = _cupy()
+    if cp is None:
+        return False
+    try:
+        return cp.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def require_gpu():
+    """Return the CuPy module or raise :class:`BackendUnavailable` with the fix."""
+    if not gpu_available():
+        raise BackendUnavailable(
+            "--device gpu needs CuPy and a visible CUDA device; install hpc-pt[gpu] on a GPU node "
+            "or run with --device cpu")
+    return _cupy()
+
+
+def to_numpy(x) -> np.ndarray:
+    """Copy ``x`` to host memory as a NumPy array (no copy for NumPy input)."""
+    if is_cupy(x):
+        return x.get()
+    return np.asarray(x)
+
+
+def asarray_on(x, like):
+    """Put ``x`` on the same backend as the array ``like``."""
+    if is_cupy(like):
+        import cupy
+
+        return cupy.asarray(x)
+    return to_numpy(x)
+
+
+def real_dtype(dtype):
+    """float32 for complex64/float32, float64 for complex128/float64."""
+    return np.float32 if np.dtype(dtype) in (np.dtype(np.complex64), np.dtype(np.float32)) else np.float64
+
+
+def complex_dtype(dtype):
+    """complex64 for single precision, complex128 for double precision."""
+    return np.complex64 if real_dtype(dtype) == np.float32 else np.complex128
+
+
+def _workers() -> int:
+    return int(os.environ.get("HPC_PT_FFT_WORKERS", "-1"))
+
+
+def fft2c(x):
+    """Orthonormal 2D FFT over the last two axes (DC at index 0, no shifts)."""
+    if is_cupy(x):
+        import cupy
+
+        return cupy.fft.fft2(x, norm="ortho")
+    import scipy.fft
+
+    return scipy.fft.fft2(x, norm="ortho", workers=_workers(), overwrite_x=False)
+
+
+def ifft2c(x):
+    """Orthonormal inverse 2D FFT over the last two axes; exact adjoint of :func:`fft2c`."""
+    if is_cupy(x):
+        import cupy
+
+        return cupy.fft.ifft2(x, norm="ortho")
+    import scipy.fft
+
+    return scipy.fft.ifft2(x, norm="ortho", workers=_workers(), overwrite_x=False)
+
+
+def fftc(x, axis=-1, norm="backward"):
+    """1D FFT along ``axis`` with NumPy's normalisation names."""
+    if is_cupy(x):
+        import cupy
+
+        return cupy.fft.fft(x, axis=axis, norm=norm)
+    import scipy.fft
+
+    return scipy.fft.fft(x, axis=axis, norm=norm, workers=_workers())
+
+
+def ifftc(x, axis=-1, norm="backward"):
+    """1D inverse FFT along ``axis``."""
+    if is_cupy(x):
+        import cupy
+
+        return cupy.fft.ifft(x, axis=axis, norm=norm)
+    import scipy.fft
+
+    return scipy.fft.ifft(x, axis=axis, norm=norm, workers=_workers())
+
+
+def _nufft_eps(dtype, eps):
+    if eps is not None:
+        return eps
+    return 1e-6 if np.dtype(dtype) == np.dtype(np.complex64) else 1e-12
+
+
+def nufft2d_type2(f, kx, ky, eps=None):
+    """c[..., j] = sum_{m,n} f[..., m, n] exp(-i (kx_j * m' + ky_j * n')).
+
+    ``f`` has shape (..., n1, n2) with centred mode indices m' = m - n1//2 (axis -2, paired with ``kx``)
+    and n' = n - n2//2 (axis -1, paired with ``ky``). ``kx``, ``ky`` are real frequencies in [-pi, pi).
+    finufft on CPU, cufinufft on GPU. Type 1 below is its exact adjoint (same kernel and grid).
+    """
+    lead = f.shape[:-2]
+    n1, n2 = f.shape[-2:]
+    ff = f.reshape((-1, n1, n2))
+    eps = _nufft_eps(f.dtype, eps)
+    if is_cupy(f):
+        import cufinufft
+
+        out = cufinufft.nufft2d2(kx, ky, ff, eps=eps, isign=-1)
+    else:
+        import finufft
+
+        ff = np.ascontiguousarray(ff)
+        out = finufft.nufft2d2(kx, ky, ff, eps=eps, isign=-1, nthreads=_nthreads())
+    return out.reshape(lead + (kx.shape[0],))
+
+
+def nufft2d_type1(c, kx, ky, n_modes, eps=None):
+    """f[..., m, n] = sum_j c[..., j] exp(+i (kx_j * m' + ky_j * n')); adjoint of :func:`nufft2d_type2`."""
+    lead = c.shape[:-1]
+    cc = c.reshape((-1, c.shape[-1]))
+    eps = _nufft_eps(c.dtype, eps)
+    if is_cupy(c):
+        import cufinufft
+
+        out = cufinufft.nufft2d1(kx, ky, cc, n_modes, eps=eps, isign=1)
+    else:
+        import finufft
+
+        cc = np.ascontiguousarray(cc)
+        out = finufft.nufft2d1(kx, ky, cc, n_modes, eps=eps, isign=1, nthreads=_nthreads())
+    return out.reshape(lead + tuple(n_modes))
+
+
+def _nthreads() -> int:
+    n = int(os.environ.get("HPC_PT_NUFFT_THREADS", "0"))
+    return n if n > 0 else (os.cpu_count() or 1)
+
+
+def scatter_add(target_flat, index_flat, values_flat):
+    """target_flat[index] += values, accumulating repeated indices (the adjoint of a gather).
+
+    NumPy path uses ``np.bincount`` on real and imaginary parts (much faster than ``np.add.at``);
+    CuPy path uses ``cupyx.scatter_add``.
+    """
+    if is_cupy(target_flat):
+        import cupyx
+
+        cupyx.scatter_add(target_flat, index_flat, values_flat)
+        return target_flat
+    n = target_flat.shape[0]
+    if np.iscomplexobj(values_flat):
+        re = np.bincount(index_flat, weights=values_flat.real, minlength=n)
+        im = np.bincount(index_flat, weights=values_flat.imag, minlength=n)
+        target_flat += (re + 1j * im).astype(target_flat.dtype, copy=False)
+    else:
+        target_flat += np.bincount(index_flat, weights=values_flat, minlength=n).astype(target_flat.dtype)
+    return target_flat
+
+
+class NufftPair2D:
+    """A planned type-2 / type-1 NUFFT pair on fixed points, for repeated use (the projector's hot path).
+
+    ``type2(f)``: f (n_trans, n1, n2) -> c (n_trans, M) with c_j = sum f[m,n] exp(-i(kx_j m' + ky_j n')).
+    ``type1(c)``: the exact adjoint, c (n_trans, M) -> f (n_trans, n1, n2).
+    Plans are built lazily per batch size and kept on the instance (never at module level).
+    """
+
+    def __init__(self, kx, ky, n_modes, dtype=np.complex64, eps=None, gpu=False):
+        self.n_modes = tuple(int(n) for n in n_modes)
+        self.dtype = np.dtype(dtype)
+        self.eps = _nufft_eps(self.dtype, eps)
+        self.gpu = bool(gpu)
+        rdt = real_dtype(self.dtype)
+        if self.gpu:
+            import cupy
+
+            self.kx = cupy.asarray(kx, dtype=rdt)
+            self.ky = cupy.asarray(ky, dtype=rdt)
+        else:
+            self.kx = np.ascontiguousarray(kx, dtype=rdt)
+            self.ky = np.ascontiguousarray(ky, dtype=rdt)
+        self._plans = {}
+
+    @property
+    def n_points(self) -> int:
+        return int(self.kx.shape[0])
+
+    def _plan(self, kind: int, n_trans: int):
+        key = (kind, n_trans)
+        if key not in self._plans:
+            isign = -1 if kind == 2 else 1
+            if self.gpu:
+                import cufinufft
+
+                plan = cufinufft.Plan(kind, self.n_modes, n_trans=n_trans, eps=self.eps, isign=isign,
+                                      dtype=self.dtype.name)
+            else:
+                import finufft
+
+                plan = finufft.Plan(kind, self.n_modes, n_trans=n_trans, eps=self.eps, isign=isign,
+                                    dtype=self.dtype.name, nthreads=_nthreads())
+            plan.setpts(self.kx, self.ky)
+            self._plans[key] = plan
+        return self._plans[key]
+
+    def type2(self, f):
+        n_trans = f.shape[0]
+        xp = get_xp(f)
+        f = xp.ascontiguousarray(f, dtype=self.dtype)
+        out = self._plan(2, n_trans).execute(f if n_trans > 1 else f[0])
+        return out.reshape(n_trans, self.n_points)
+
+    def type1(self, c):
+        n_trans = c.shape[0]
+        xp = get_xp(c)
+        c = xp.ascontiguousarray(c, dtype=self.dtype)
+        out = self._plan(1, n_trans).execute(c if n_trans > 1 else c[0])
+        return out.reshape((n_trans,) + self.n_modes)
+
+    def __getstate__(self):  # plans hold C pointers: rebuild them after pickling (Dask workers)
+        state = dict(self.__dict__)
+        state["_plans"] = {}
+        return state

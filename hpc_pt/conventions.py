@@ -1,0 +1,94 @@
+"""Every convention of hpc-pt, fixed once (DESIGN.md section 1); tests/test_conventions.py checks each.
+
+* FFT: orthonormal (``norm="ortho"``), DC at index 0, no fftshift in the model (detector frames stored
+  with DC at index 0 in memory; CXI files hold them fftshifted, DC at the centre, like detectors do).
+* Volume axes: (z, y, x); axis 0 is the vertical rotation axis. Each horizontal slice u[z] is an
+  independent 2D Radon problem.
+* Angles: radians inside hpc-pt, degrees in files. A projection at angle theta integrates along the
+  lines x cos(theta) + y sin(theta) = s (so theta = 0 integrates along y, i.e. over rows of a slice).
+* Rotation centre: pixel-centre coordinate (W - 1) / 2 of a W-wide object field unless given.
+* Pixel coordinates: pixel k covers the continuous interval [k, k+1); its centre is k + 0.5 continuous,
+  or index coordinate k. A probe window with top-left index t covers [t, t + m); its centre is t + m/2.
+* Scan positions inside solvers: (row, col) of each window's top-left corner in its angle's object field
+  (float, sub-pixel allowed). In files: translations in metres of the probe centre relative to the rotation
+  axis (x: horizontal, across the beam; y: vertical, along the rotation axis; z: along the beam), so
+  x = (t_col + m/2 - W/2) * pixel_size and y = (t_row + m/2 - H/2) * pixel_size.
+  Facilities that record the sample stage instead of the probe position flip the sign (``flip=True``).
+* Units: metres and electron-volts (joules for CXI energy) in files; pixels inside solvers.
+* Forward models: ``linear`` (Rytov, seed 001): psi = P u; ``exp`` (projection approximation, seeds
+  000/002): psi = exp(i k dz P u), k = 2 pi / wavelength, dz = voxel size, u = delta + i beta.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+H_PLANCK = 6.62607015e-34  # J s
+C_LIGHT = 299792458.0  # m / s
+E_CHARGE = 1.602176634e-19  # J / eV
+
+
+def wavelength_m(energy_ev: float) -> float:
+    """Photon wavelength in metres for an energy in eV (lambda = h c / E)."""
+    return H_PLANCK * C_LIGHT / (energy_ev * E_CHARGE)
+
+
+def ev_to_joule(energy_ev: float) -> float:
+    return energy_ev * E_CHARGE
+
+
+def joule_to_ev(energy_j: float) -> float:
+    return energy_j / E_CHARGE
+
+
+def sample_pixel_size_m(energy_ev: float, distance_m: float, det_pixel_m: float, n_det: int) -> float:
+    """Far-field sample-plane pixel size: lambda z / (n_det * detector pixel)."""
+    return wavelength_m(energy_ev) * distance_m / (n_det * det_pixel_m)
+
+
+def detector_distance_for(energy_ev: float, pixel_m: float, det_pixel_m: float, n_det: int) -> float:
+    """Detector distance that makes the sample-plane pixel equal ``pixel_m`` (inverse of the above)."""
+    return pixel_m * n_det * det_pixel_m / wavelength_m(energy_ev)
+
+
+def k_dz(energy_ev: float, voxel_m: float) -> float:
+    """The exp model's phase factor per voxel, 2 pi dz / lambda (dimensionless)."""
+    return 2 * math.pi * voxel_m / wavelength_m(energy_ev)
+
+
+def positions_to_translations(positions, probe_shape, field_shape, pixel_m: float, flip: bool = False):
+    """Top-left (row, col) pixel positions -> (frames, 3) translations (x, y, z) in metres."""
+    pos = np.asarray(positions, dtype=np.float64)
+    m1, m2 = probe_shape
+    H, W = field_shape[-2:]
+    t = np.zeros((pos.shape[0], 3))
+    t[:, 0] = (pos[:, 1] + m2 / 2 - W / 2) * pixel_m
+    t[:, 1] = (pos[:, 0] + m1 / 2 - H / 2) * pixel_m
+    return -t if flip else t
+
+
+def field_for_translations(translations, probe_shape, pixel_m: float):
+    """Smallest even-sized (H, W) field, centred on the rotation axis, that holds every probe window."""
+    tr = np.asarray(translations, dtype=np.float64)
+    m1, m2 = probe_shape
+    hx = np.max(np.abs(tr[:, 0])) / pixel_m + m2 / 2 if tr.size else m2 / 2
+    hy = np.max(np.abs(tr[:, 1])) / pixel_m + m1 / 2 if tr.size else m1 / 2
+    return 2 * int(math.ceil(hy - 1e-6)), 2 * int(math.ceil(hx - 1e-6))
+
+
+def translations_to_positions(translations, probe_shape, field_shape, pixel_m: float, flip: bool = False):
+    """(frames, 3) translations in metres -> top-left (row, col) pixel positions in the field."""
+    tr = np.asarray(translations, dtype=np.float64)
+    if flip:
+        tr = -tr
+    m1, m2 = probe_shape
+    H, W = field_shape[-2:]
+    pos = np.empty((tr.shape[0], 2))
+    pos[:, 1] = tr[:, 0] / pixel_m - m2 / 2 + W / 2
+    pos[:, 0] = tr[:, 1] / pixel_m - m1 / 2 + H / 2
+    # snap values within float noise of an integer, so integral scans stay integral after a round trip
+    r = np.round(pos)
+    close = np.abs(pos - r) < 1e-6
+    pos[close] = r[close]
+    return pos

@@ -1,0 +1,14 @@
+"""Error types shared by every layer.
+
+`InputError` is the one exception type the CLI turns into a one-line message and exit code 2.
+Its message must name the problem *and* the fix, e.g.
+``"frames/positions mismatch in /entry_3: 120 frames but 118 translations; fix the file's translation dataset"``.
+"""
+
+
+class InputError(ValueError):
+    """Bad user input (file, option, configuration). The CLI prints ``error: <message>`` and exits 2."""
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested array backend (e.g. CuPy on a GPU) cannot be used on this machine."""
