@@ -95,18 +95,21 @@ def _workers() -> int:
     return int(os.environ.get("HPC_PT_FFT_WORKERS", "-1"))
 
 
-def fft2c(x):
-    """Orthonormal 2D FFT over the last two axes (DC at index 0, no shifts)."""
+def fft2c(x, overwrite=False):
+    """Orthonormal 2D FFT over the last two axes (DC at index 0, no shifts).
+
+    ``overwrite=True`` lets the CPU FFT reuse the input's memory (the caller must not use ``x`` after).
+    """
     if is_cupy(x):
         import cupy
 
         return cupy.fft.fft2(x, norm="ortho")
     import scipy.fft
 
-    return scipy.fft.fft2(x, norm="ortho", workers=_workers(), overwrite_x=False)
+    return scipy.fft.fft2(x, norm="ortho", workers=_workers(), overwrite_x=overwrite)
 
 
-def ifft2c(x):
+def ifft2c(x, overwrite=False):
     """Orthonormal inverse 2D FFT over the last two axes; exact adjoint of :func:`fft2c`."""
     if is_cupy(x):
         import cupy
@@ -114,7 +117,7 @@ def ifft2c(x):
         return cupy.fft.ifft2(x, norm="ortho")
     import scipy.fft
 
-    return scipy.fft.ifft2(x, norm="ortho", workers=_workers(), overwrite_x=False)
+    return scipy.fft.ifft2(x, norm="ortho", workers=_workers(), overwrite_x=overwrite)
 
 
 def fftc(x, axis=-1, norm="backward"):
