@@ -1,0 +1,13 @@
+"""File formats (DESIGN.md layer 7): CXI input, Zarr / OME-Zarr volumes, provenance, summaries.
+
+See docs/formats.md for every path, dtype, unit and convention.
+"""
+from .cxi import CxiEntry, CxiIndex, read_cxi, read_frames, read_truth, scan_cxi, write_cxi
+from .provenance import file_checksum, provenance
+from .summary import describe, format_description
+from .zarr_store import read_volume, write_volume
+
+__all__ = [
+    "CxiEntry", "CxiIndex", "read_cxi", "read_frames", "read_truth", "scan_cxi", "write_cxi",
+    "file_checksum", "provenance", "describe", "format_description", "read_volume", "write_volume",
+]

@@ -1,0 +1,574 @@
+"""CXI (HDF5) reader and writer for ptycho-tomography data; the layout is documented in docs/formats.md.
+
+One ``/entry_N`` per rotation angle. Frames are stored fftshifted (DC at the centre, as a detector sees
+them) and held in memory with DC at index 0 (hpc_pt.conventions). Translations are the probe centre in
+metres relative to the rotation axis (``conventions.positions_to_translations``).
+
+Reading happens in two steps so that a distributed job can read only its own frames:
+:func:`scan_cxi` reads the metadata (angles, translations, shapes, geometry, probe, mask) into a
+:class:`CxiIndex` without touching the frames; :func:`read_frames` reads a slice of one angle's frames.
+:func:`read_cxi` does both for a whole :class:`~hpc_pt.data.Dataset`.
+
+Every problem with an input file is a one-line :class:`~hpc_pt.errors.InputError` naming the problem
+and the fix.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+
+import h5py
+import numpy as np
+
+from .. import conventions as cv
+from ..data import AngleData, Dataset, Geometry
+from ..errors import InputError
+from ..operators.ptycho import validate_positions
+from .provenance import provenance, to_json
+
+__all__ = [
+    "CXI_VERSION", "TRUTH_GROUP", "CxiEntry", "CxiIndex", "write_cxi", "scan_cxi", "read_frames",
+    "read_cxi", "read_truth", "atomic_output",
+]
+
+CXI_VERSION = 160
+TRUTH_GROUP = "hpc_pt_truth"
+FIELD_ATTR = "hpc_pt_field_shape"
+CXI_SUFFIXES = (".cxi", ".h5", ".hdf5", ".hdf", ".nxs")
+
+# paths inside one entry
+P_DATA = "data_1/data"
+P_TRANS = "sample_1/geometry_1/translation"
+P_TRANS_ALT = "data_1/translation"
+P_ANGLE = "sample_1/tomography_angle_deg"
+P_ENERGY = "instrument_1/source_1/energy"
+P_PROBE = "instrument_1/source_1/illumination"
+P_DIST = "instrument_1/detector_1/distance"
+P_XPIX = "instrument_1/detector_1/x_pixel_size"
+P_YPIX = "instrument_1/detector_1/y_pixel_size"
+P_MASK = "instrument_1/detector_1/mask"
+
+LAYOUTS = ("auto", "frames,3", "3,frames")
+
+
+# --------------------------------------------------------------------------------------------------
+# atomic output
+# --------------------------------------------------------------------------------------------------
+
+class atomic_output:
+    """Context manager yielding a temporary path next to ``path``; renamed onto ``path`` on success.
+
+    On any exception the temporary file is removed and ``path`` is untouched. Refuses an existing
+    ``path`` unless ``overwrite``.
+    """
+
+    def __init__(self, path, overwrite: bool = False):
+        self.path = os.path.abspath(os.fspath(path))
+        self.overwrite = overwrite
+        self.tmp = None
+
+    def __enter__(self) -> str:
+        p = self.path
+        if os.path.isdir(p):
+            raise InputError(f"cannot write {p}: it is a directory; choose a file name for --out")
+        if os.path.exists(p) and not self.overwrite:
+            raise InputError(f"{p} already exists; pass --force (overwrite=True) to replace it")
+        parent = os.path.dirname(p)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(p)}.tmp-", dir=parent)
+        except OSError as e:
+            raise InputError(f"cannot write {p}: {e.strerror or e}; choose a writable --out path") from None
+        os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        self.tmp = tmp
+        return tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            try:
+                os.replace(self.tmp, self.path)
+            except OSError as e:
+                _unlink(self.tmp)
+                raise InputError(f"cannot write {self.path}: {e.strerror or e}; "
+                                 "choose a writable --out path") from None
+        else:
+            _unlink(self.tmp)
+        return False
+
+
+def _unlink(p):
+    try:
+        os.unlink(p)
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------------------------------
+# writer
+# --------------------------------------------------------------------------------------------------
+
+def write_cxi(dataset: Dataset, path, overwrite: bool = False, command=None) -> str:
+    """Write ``dataset`` as a CXI file with one ``/entry_N`` per angle (N = 1, 2, ... in angle order).
+
+    Atomic: the file is written to a temporary name in the same directory and renamed into place, so a
+    failure leaves nothing behind and never damages an existing file. Returns the absolute path.
+    """
+    g = dataset.geometry
+    m1, m2 = dataset.frame_shape
+    if len(dataset.angles) == 0:
+        raise InputError("dataset has no angles; nothing to write")
+    _check_geometry_values(g.energy_ev, g.detector_distance_m, g.detector_pixel_m, "dataset geometry")
+    derived = cv.sample_pixel_size_m(g.energy_ev, g.detector_distance_m, g.detector_pixel_m[0], m2)
+    if not np.isclose(g.pixel_m, derived, rtol=1e-6, atol=0):
+        raise InputError(
+            f"dataset geometry: pixel_m {g.pixel_m:.6g} m disagrees with lambda*z/(m*dx) = {derived:.6g} m; "
+            "set pixel_m with conventions.sample_pixel_size_m")
+    for k, a in enumerate(dataset.angles):
+        if a.frames.ndim != 3 or a.frames.shape[1:] != (m1, m2):
+            raise InputError(f"angle {k}: frames have shape {a.frames.shape}, expected (frames, {m1}, {m2}) "
+                             "to match the probe")
+        if np.shape(a.positions) != (a.frames.shape[0], 2):
+            raise InputError(f"angle {k}: {a.frames.shape[0]} frames but positions of shape "
+                             f"{np.shape(a.positions)}; give one (row, col) per frame")
+    config = dict(dataset.attrs)
+    with atomic_output(path, overwrite) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("cxi_version", data=np.int64(CXI_VERSION))
+            f.attrs["cxi_version"] = CXI_VERSION
+            prov = provenance(command=command, config=config)
+            f.attrs["hpc_pt_version"] = prov["hpc_pt_version"]
+            f.attrs["command"] = prov["command"]
+            f.attrs["config"] = to_json(config)
+            f.attrs["provenance"] = to_json(prov)
+            f.attrs[FIELD_ATTR] = np.asarray(g.field_shape, dtype=np.int64)
+            for k, a in enumerate(dataset.angles):
+                _write_entry(f, f"entry_{k + 1}", a, dataset)
+            if dataset.truth:
+                _write_truth(f.create_group(TRUTH_GROUP), dataset.truth)
+    return os.path.abspath(os.fspath(path))
+
+
+def _write_entry(f, name, a: AngleData, ds: Dataset):
+    g = ds.geometry
+    e = f.create_group(name)
+    e.attrs["NX_class"] = "NXentry"
+    d1 = e.create_group("data_1")
+    d1.create_dataset("data", data=np.fft.fftshift(np.asarray(a.frames, dtype=np.float32), axes=(-2, -1)),
+                      chunks=(1,) + tuple(a.frames.shape[1:]) if a.frames.shape[0] else None)
+    tr = cv.positions_to_translations(a.positions, ds.frame_shape, g.field_shape, g.pixel_m)
+    s1 = e.create_group("sample_1")
+    s1.create_dataset("geometry_1/translation", data=tr.astype(np.float64))
+    s1["geometry_1/translation"].attrs["units"] = "m"
+    s1.create_dataset("tomography_angle_deg", data=np.float64(a.angle_deg))
+    s1["tomography_angle_deg"].attrs["units"] = "degree"
+    d1["translation"] = h5py.SoftLink(f"/{name}/{P_TRANS}")
+    src = e.create_group("instrument_1/source_1")
+    src.create_dataset("energy", data=np.float64(cv.ev_to_joule(g.energy_ev)))
+    src["energy"].attrs["units"] = "J"
+    src.create_dataset("illumination", data=np.asarray(ds.probe, dtype=np.complex64))
+    det = e.create_group("instrument_1/detector_1")
+    for key, val in (("distance", g.detector_distance_m), ("x_pixel_size", g.detector_pixel_m[0]),
+                     ("y_pixel_size", g.detector_pixel_m[1])):
+        det.create_dataset(key, data=np.float64(val))
+        det[key].attrs["units"] = "m"
+    if ds.mask is not None:
+        det.create_dataset("mask", data=np.fft.fftshift(np.asarray(ds.mask).astype(np.uint8), axes=(-2, -1)))
+
+
+def _write_truth(grp, truth: dict):
+    """Arrays become datasets; everything else a JSON-encoded attribute (decoded by :func:`read_truth`)."""
+    for key, val in truth.items():
+        if isinstance(val, np.ndarray) and val.dtype != object:
+            grp.create_dataset(str(key), data=val)
+        else:
+            grp.attrs[str(key)] = to_json(val)
+
+
+def read_truth(path) -> dict | None:
+    """The ground-truth group of an hpc-pt CXI file (the first file of a directory), or None."""
+    files = _cxi_files(os.fspath(path))
+    with _open(files[0]) as f:
+        if TRUTH_GROUP not in f:
+            return None
+        grp = f[TRUTH_GROUP]
+        out = {k: grp[k][()] for k in grp.keys()}
+        for k, v in grp.attrs.items():
+            out[k] = json.loads(v)
+        return out
+
+
+# --------------------------------------------------------------------------------------------------
+# index (metadata only)
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class CxiEntry:
+    """Metadata of one angle: where its frames live, how many, and their positions."""
+
+    file: str
+    name: str  # "entry_3"
+    label: str  # "entry_3" or "scan_007.cxi:entry_1" (directory form), used in error messages
+    angle_deg: float
+    n_frames: int
+    translations: np.ndarray | None  # (F, 3) metres, layout normalised, flip applied
+    positions: np.ndarray | None = None  # (F, 2) top-left (row, col) pixels in the field
+
+
+@dataclass
+class CxiIndex:
+    """Everything about a CXI file or directory except the frames (see :func:`scan_cxi`)."""
+
+    path: str
+    entries: list[CxiEntry]
+    frame_shape: tuple[int, int]
+    frame_dtype: str
+    energy_ev: float
+    detector_distance_m: float
+    detector_pixel_m: tuple[float, float]
+    pixel_m: float
+    field_shape: tuple[int, int]
+    probe: np.ndarray
+    mask: np.ndarray | None  # bool, True = valid, DC at index 0 (like the frames in memory)
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def n_angles(self) -> int:
+        return len(self.entries)
+
+    @property
+    def angles_deg(self) -> list[float]:
+        return [e.angle_deg for e in self.entries]
+
+    @property
+    def n_frames(self) -> np.ndarray:
+        return np.array([e.n_frames for e in self.entries], dtype=np.int64)
+
+    @property
+    def geometry(self) -> Geometry:
+        return Geometry(energy_ev=self.energy_ev, detector_distance_m=self.detector_distance_m,
+                        detector_pixel_m=self.detector_pixel_m, pixel_m=self.pixel_m,
+                        field_shape=self.field_shape)
+
+
+def _cxi_files(path: str) -> list[str]:
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such file or directory; check the input path")
+    if os.path.isdir(path):
+        names = sorted(n for n in os.listdir(path) if n.lower().endswith(CXI_SUFFIXES)
+                       and os.path.isfile(os.path.join(path, n)))
+        if not names:
+            raise InputError(f"{path}: directory holds no CXI files ({', '.join(CXI_SUFFIXES)}); "
+                             "give a .cxi file or a directory of one .cxi file per angle")
+        return [os.path.join(path, n) for n in names]
+    return [path]
+
+
+def _open(fname: str) -> h5py.File:
+    if not h5py.is_hdf5(fname):
+        raise InputError(f"{fname}: not an HDF5 file; give a CXI (HDF5) file such as one written by "
+                         "`hpc-pt simulate`")
+    try:
+        return h5py.File(fname, "r")
+    except OSError as e:
+        raise InputError(f"{fname}: cannot open HDF5 file ({e}); check the file is complete and readable") \
+            from None
+
+
+def _entry_names(f) -> list[str]:
+    names = [k for k in f.keys() if re.fullmatch(r"entry_\d+", k) and isinstance(f[k], h5py.Group)]
+    return sorted(names, key=lambda s: int(s.split("_")[1]))
+
+
+def _has(e, p) -> bool:
+    """True if ``p`` resolves to an object (a dangling soft link does not)."""
+    try:
+        e[p]
+    except KeyError:
+        return False
+    return True
+
+
+def _require(e, p, label):
+    if not _has(e, p):
+        raise InputError(f"{label}: missing CXI dataset /{e.name.strip('/')}/{p}; "
+                         "the file must hold every path listed in docs/formats.md")
+    return e[p]
+
+
+def _scalar(ds, label, what) -> float:
+    v = np.asarray(ds[()]).reshape(-1)
+    if v.size != 1:
+        raise InputError(f"{label}: {ds.name} must be a scalar, found shape {np.shape(ds[()])}; "
+                         f"store one {what} value per entry")
+    return float(v[0])
+
+
+def _check_geometry_values(energy_ev, distance, pix, label):
+    for what, v in (("energy", energy_ev), ("detector distance", distance),
+                    ("x_pixel_size", pix[0]), ("y_pixel_size", pix[1])):
+        if not (np.isfinite(v) and v > 0):
+            raise InputError(f"{label}: {what} is {v}, must be a positive finite number; "
+                             "fix the value (energy in joules, lengths in metres)")
+
+
+def _layout_of(t: np.ndarray) -> str | None:
+    """"frames,3" / "3,frames" when the shape decides it, None for a 3x3 (or a shape that is neither)."""
+    if t.ndim != 2 or t.shape == (3, 3):
+        return None
+    if t.shape[1] == 3:
+        return "frames,3"
+    if t.shape[0] == 3:
+        return "3,frames"
+    return None
+
+
+def _normalise_translations(raw, n_frames, layout, label):
+    t = np.asarray(raw, dtype=np.float64)
+    if t.ndim != 2 or 3 not in t.shape:
+        raise InputError(f"{label}: translation has shape {t.shape}; it must be (frames, 3) or (3, frames) "
+                         "metres (x, y, z)")
+    if layout == "3,frames":
+        if t.shape[0] != 3:
+            raise InputError(f"{label}: translation has shape {t.shape}, not (3, frames); "
+                             "use translation_layout='frames,3' or 'auto'")
+        t = t.T
+    elif t.shape[1] != 3:
+        raise InputError(f"{label}: translation has shape {t.shape}, not (frames, 3); "
+                         "use translation_layout='3,frames' or 'auto'")
+    if t.shape[0] != n_frames:
+        raise InputError(f"{label}: {n_frames} frames but {t.shape[0]} translations; "
+                         "the translation dataset must have one row per frame")
+    if not np.all(np.isfinite(t)):
+        raise InputError(f"{label}: {int(np.sum(~np.isfinite(t)))} NaN or infinite translation values; "
+                         "every frame needs a finite probe position")
+    return np.ascontiguousarray(t)
+
+
+def _resolve_layout(raws, layout) -> list[str]:
+    """Per-entry layout. "auto": an entry's shape decides; an ambiguous 3x3 entry follows the other
+    entries of the input if their shapes agree, else the one all-zero z (3rd column vs 3rd row), else
+    (frames, 3)."""
+    if layout not in LAYOUTS:
+        raise InputError(f"translation_layout {layout!r} is not one of {LAYOUTS}; pick one of those")
+    if layout != "auto":
+        return [layout] * len(raws)
+    decided = {_layout_of(np.asarray(t)) for t in raws} - {None}
+    out = []
+    for t in raws:
+        t = np.asarray(t)
+        lay = _layout_of(t)
+        if lay is None:
+            if len(decided) == 1:
+                lay = next(iter(decided))
+            elif t.shape == (3, 3) and not np.any(t[2, :]) and np.any(t[:, 2]):
+                lay = "3,frames"
+            else:
+                lay = "frames,3"
+        out.append(lay)
+    return out
+
+
+def scan_cxi(path, flip_translations: bool = False, translation_layout: str = "auto",
+             field_shape=None) -> CxiIndex:
+    """Read the metadata of a CXI file or directory without loading any frame.
+
+    Validates everything that does not need the frame values (keys, shapes, counts, geometry, duplicate
+    angles, positions inside the field). The object field is ``field_shape`` if given, else the
+    ``hpc_pt_field_shape`` root attribute hpc-pt writes, else the smallest even field holding every probe
+    window (``conventions.field_for_translations`` over all angles).
+    """
+    path = os.fspath(path)
+    files = _cxi_files(path)
+    is_dir = os.path.isdir(path)
+    entries: list[CxiEntry] = []
+    first = None  # geometry of the first entry
+    probe = mask = None
+    frame_shape = frame_dtype = None
+    attrs: dict = {}
+    stored_field = None
+    raws: list[np.ndarray] = []  # raw translation datasets, normalised once every entry is seen
+    for fi, fname in enumerate(files):
+        with _open(fname) as f:
+            names = _entry_names(f)
+            if not names:
+                raise InputError(f"{fname}: no /entry_N groups; a CXI file needs /entry_1/{P_DATA} "
+                                 "(see docs/formats.md)")
+            if fi == 0:
+                if "config" in f.attrs:
+                    try:
+                        attrs = json.loads(f.attrs["config"])
+                    except (TypeError, ValueError):
+                        attrs = {}
+                if FIELD_ATTR in f.attrs:
+                    stored_field = tuple(int(v) for v in np.asarray(f.attrs[FIELD_ATTR]).reshape(-1)[-2:])
+            elif FIELD_ATTR in f.attrs:
+                fs = tuple(int(v) for v in np.asarray(f.attrs[FIELD_ATTR]).reshape(-1)[-2:])
+                if fs != stored_field:
+                    stored_field = None  # files disagree: fall back to the computed field
+            for name in names:
+                e = f[name]
+                label = f"{os.path.basename(fname)}:{name}" if is_dir else name
+                data = _require(e, P_DATA, label)
+                if data.ndim not in (2, 3):
+                    raise InputError(f"{label}: {P_DATA} has shape {data.shape}; it must be "
+                                     "(frames, height, width)")
+                shp = tuple(data.shape[-2:])
+                nf = data.shape[0] if data.ndim == 3 else 1
+                if frame_shape is None:
+                    frame_shape, frame_dtype = shp, str(data.dtype)
+                elif shp != frame_shape:
+                    raise InputError(f"{label}: frames are {shp[0]}x{shp[1]} but {entries[0].label} has "
+                                     f"{frame_shape[0]}x{frame_shape[1]}; all angles need one detector shape")
+                if not (np.issubdtype(data.dtype, np.number) and not np.issubdtype(data.dtype, np.complexfloating)):
+                    raise InputError(f"{label}: {P_DATA} has dtype {data.dtype}; store real intensities "
+                                     "(float or integer counts)")
+                tpath = P_TRANS if _has(e, P_TRANS) else (P_TRANS_ALT if _has(e, P_TRANS_ALT) else P_TRANS)
+                raws.append(np.asarray(_require(e, tpath, label)[()]))
+                angle = _scalar(_require(e, P_ANGLE, label), label, "angle (degrees)")
+                if not np.isfinite(angle):
+                    raise InputError(f"{label}: tomography angle is {angle}; store a finite angle in degrees")
+                energy_j = _scalar(_require(e, P_ENERGY, label), label, "energy (J)")
+                dist = _scalar(_require(e, P_DIST, label), label, "distance (m)")
+                pix = (_scalar(_require(e, P_XPIX, label), label, "pixel size (m)"),
+                       _scalar(_require(e, P_YPIX, label), label, "pixel size (m)"))
+                _check_geometry_values(energy_j, dist, pix, label)
+                energy_ev = cv.joule_to_ev(energy_j)
+                geo = (energy_ev, dist, pix[0], pix[1])
+                if first is None:
+                    first = geo
+                    probe = np.asarray(_require(e, P_PROBE, label)[()]).astype(np.complex64)
+                    if probe.shape != frame_shape:
+                        raise InputError(f"{label}: probe (illumination) shape {probe.shape} differs from "
+                                         f"the frame shape {frame_shape}; the probe must be sampled like "
+                                         "the detector frames")
+                    if P_MASK in e:
+                        mraw = np.asarray(e[P_MASK][()])
+                        if mraw.shape != frame_shape:
+                            raise InputError(f"{label}: mask shape {mraw.shape} differs from the frame shape "
+                                             f"{frame_shape}; give one mask value per detector pixel")
+                        mask = np.fft.ifftshift(mraw != 0, axes=(-2, -1))
+                else:
+                    if not np.allclose(geo, first, rtol=1e-6, atol=0):
+                        raise InputError(
+                            f"{label}: energy/distance/pixel size ({geo[0]:.6g} eV, {dist:.6g} m, "
+                            f"{pix[0]:.6g} m, {pix[1]:.6g} m) differ from {entries[0].label}'s; all angles "
+                            "must share one energy and detector geometry")
+                    if P_PROBE in e and e[P_PROBE].shape != frame_shape:
+                        raise InputError(f"{label}: probe (illumination) shape {e[P_PROBE].shape} differs "
+                                         f"from the frame shape {frame_shape}; the probe must be sampled "
+                                         "like the detector frames")
+                    if P_MASK in e and e[P_MASK].shape != frame_shape:
+                        raise InputError(f"{label}: mask shape {e[P_MASK].shape} differs from the frame "
+                                         f"shape {frame_shape}; give one mask value per detector pixel")
+                for other in entries:
+                    if np.isclose(other.angle_deg, angle, rtol=0, atol=1e-9):
+                        raise InputError(f"duplicate angle {angle:g} deg in {other.label} and {label}; "
+                                         "each angle must appear once (drop or merge one of them)")
+                entries.append(CxiEntry(file=fname, name=name, label=label, angle_deg=angle,
+                                        n_frames=int(nf), translations=None))
+    for e, raw, lay in zip(entries, raws, _resolve_layout(raws, translation_layout)):
+        e.translations = _normalise_translations(raw, e.n_frames, lay, e.label)
+        if flip_translations:
+            e.translations = -e.translations
+    energy_ev, dist, xpix, ypix = first
+    m1, m2 = frame_shape
+    pixel_m = cv.sample_pixel_size_m(energy_ev, dist, xpix, m2)
+    pixel_y = cv.sample_pixel_size_m(energy_ev, dist, ypix, m1)
+    if not np.isclose(pixel_m, pixel_y, rtol=1e-6, atol=0):
+        raise InputError(f"{entries[0].label}: sample-plane pixels are not square (x {pixel_m:.4g} m, "
+                         f"y {pixel_y:.4g} m); crop or bin the frames so lambda*z/(n*pixel) is equal on "
+                         "both axes")
+    if field_shape is not None:
+        fshape = tuple(int(v) for v in tuple(field_shape)[-2:])
+        source = "the given field_shape"
+    elif stored_field is not None:
+        fshape, source = stored_field, f"the file's {FIELD_ATTR} attribute"
+    else:
+        all_t = np.concatenate([e.translations for e in entries], axis=0)
+        fshape, source = cv.field_for_translations(all_t, frame_shape, pixel_m), None
+    for e in entries:
+        e.positions = cv.translations_to_positions(e.translations, frame_shape, fshape, pixel_m)
+        try:
+            validate_positions(e.positions, frame_shape, fshape)
+        except ValueError as err:
+            fix = ("pass a larger field_shape (or none, to size it from the translations)"
+                   if source else "check the translations and their units (metres)")
+            raise InputError(f"{e.label}: {err}; {fix}") from None
+    return CxiIndex(path=os.path.abspath(path), entries=entries, frame_shape=frame_shape,
+                    frame_dtype=frame_dtype, energy_ev=energy_ev, detector_distance_m=dist,
+                    detector_pixel_m=(xpix, ypix), pixel_m=pixel_m, field_shape=fshape, probe=probe,
+                    mask=mask, attrs=attrs)
+
+
+# --------------------------------------------------------------------------------------------------
+# frames
+# --------------------------------------------------------------------------------------------------
+
+def read_frames(path_or_index, angle_idx: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Frames ``start:stop`` of angle ``angle_idx`` as float32 (n, h, w) with DC at index 0.
+
+    Reads only that slice from disk. Raises InputError on NaN or negative intensities in the slice.
+    """
+    index = path_or_index if isinstance(path_or_index, CxiIndex) else scan_cxi(path_or_index)
+    if not -index.n_angles <= angle_idx < index.n_angles:
+        raise InputError(f"angle index {angle_idx} out of range; the input has {index.n_angles} angles")
+    e = index.entries[angle_idx]
+    start, stop, _ = slice(start, stop).indices(e.n_frames)
+    stop = max(stop, start)
+    with _open(e.file) as f:
+        ds = f[e.name][P_DATA]
+        raw = ds[start:stop] if ds.ndim == 3 else ds[()][None][start:stop]
+    frames = np.fft.ifftshift(np.asarray(raw, dtype=np.float32), axes=(-2, -1))
+    n_nan = int(np.count_nonzero(~np.isfinite(frames)))
+    n_neg = int(np.count_nonzero(frames < 0))
+    if n_nan or n_neg:
+        raise InputError(f"{e.label}: {n_nan} NaN/infinite and {n_neg} negative intensities in frames "
+                         f"{start}..{stop - 1}; intensities must be finite and >= 0 (replace bad pixels by 0 "
+                         "and mark them 0 in the detector mask)")
+    return frames
+
+
+def _as_slice(frames_slice):
+    if frames_slice is None:
+        return slice(None)
+    if isinstance(frames_slice, slice):
+        return frames_slice
+    return slice(*frames_slice)
+
+
+def read_cxi(path, flip_translations: bool = False, translation_layout: str = "auto", select_angles=None,
+             frames_slice=None, field_shape=None, load_truth: bool = False) -> Dataset:
+    """Read a CXI file, or a directory of CXI files (sorted by name; each may hold several entries).
+
+    Parameters
+    ----------
+    flip_translations : negate the stored translations (files that record the sample-stage position
+        instead of the probe position).
+    translation_layout : "auto" (decide by shape; an ambiguous 3x3 entry follows the input's other
+        entries, else the layout whose z (3rd column / 3rd row) is all zero, else (frames, 3)),
+        "frames,3" or "3,frames".
+    select_angles : indices (in entry order) of the angles to read; default all.
+    frames_slice : a ``slice`` (or ``(start, stop[, step])``) applied to every angle's frames.
+    field_shape : (H, W) object field override (see :func:`scan_cxi`); positions are validated in it.
+    load_truth : also load the ``/hpc_pt_truth`` group into ``Dataset.truth`` (ignored otherwise).
+    """
+    index = scan_cxi(path, flip_translations, translation_layout, field_shape)
+    sel = range(index.n_angles) if select_angles is None else list(select_angles)
+    sl = _as_slice(frames_slice)
+    angles = []
+    for i in sel:
+        if not -index.n_angles <= int(i) < index.n_angles:
+            raise InputError(f"select_angles: index {i} out of range; the input has {index.n_angles} angles")
+        e = index.entries[int(i)]
+        start, stop, step = sl.indices(e.n_frames)
+        frames = read_frames(index, int(i), start, stop)[::step]
+        pos = e.positions[start:stop:step]
+        angles.append(AngleData(angle_deg=e.angle_deg, frames=frames, positions=pos))
+    truth = read_truth(path) if load_truth else None
+    return Dataset(angles=angles, probe=index.probe, geometry=index.geometry, mask=index.mask,
+                   truth=truth, attrs=dict(index.attrs))
