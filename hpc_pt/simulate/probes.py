@@ -1,0 +1,111 @@
+"""Illumination (probe) functions w, complex64 (m1, m2), centred at the continuous point (m1/2, m2/2),
+i.e. index coordinate ((m1 - 1)/2, (m2 - 1)/2) (hpc_pt.conventions: a window's centre is t + m/2).
+
+Seed 001 (section 3, Fig. 1(b)): 64 x 64 probe with an amplitude FWHM of 14 pixels.
+Seed 002 (section 3.1): circular probe of 15 pixels (150 nm) diameter, constant phase, 63 x 63 detector.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+
+#: dataset paths searched in HDF5 / CXI probe files, in order
+PROBE_DATASETS = ("probe", "entry_1/instrument_1/source_1/illumination", "entry_1/probe")
+#: sub-samples per pixel and axis for the soft edge of :func:`disc_probe`
+DISC_SUPERSAMPLE = 8
+
+
+def _centred_coords(m: int) -> np.ndarray:
+    """Index offsets from the probe centre (m - 1)/2."""
+    return np.arange(m, dtype=np.float64) - (m - 1) / 2.0
+
+
+def gaussian_probe(m: int, fwhm_px: float) -> np.ndarray:
+    """Gaussian probe: amplitude exp(-4 ln2 r^2 / fwhm^2) (amplitude FWHM ``fwhm_px``, peak 1), flat phase.
+
+    Seed 001 uses m = 64, fwhm = 14. Shape (m, m), complex64.
+    """
+    if int(m) < 1:
+        raise ValueError(f"probe size must be positive, got {m}")
+    if not fwhm_px > 0:
+        raise ValueError(f"probe FWHM must be positive, got {fwhm_px} px")
+    c = _centred_coords(int(m))
+    r2 = c[:, None] ** 2 + c[None, :] ** 2
+    return np.exp(-4.0 * math.log(2.0) * r2 / float(fwhm_px) ** 2).astype(np.complex64)
+
+
+def disc_probe(m: int, diameter_px: float) -> np.ndarray:
+    """Circular probe of constant amplitude 1 and constant phase inside ``diameter_px`` (seed 002: 15 px in
+    a 63 x 63 frame); each edge pixel holds the fraction of its area inside the disc (8 x 8 sub-samples).
+    """
+    m = int(m)
+    if m < 1:
+        raise ValueError(f"probe size must be positive, got {m}")
+    if not diameter_px > 0:
+        raise ValueError(f"probe diameter must be positive, got {diameter_px} px")
+    s = DISC_SUPERSAMPLE
+    sub = (np.arange(m * s) + 0.5) / s - 0.5 - (m - 1) / 2.0  # sub-sample offsets from the centre
+    inside = (sub[:, None] ** 2 + sub[None, :] ** 2) <= (diameter_px / 2.0) ** 2
+    frac = inside.reshape(m, s, m, s).mean(axis=(1, 3))
+    return frac.astype(np.complex64)
+
+
+def probe_diameter_px(probe) -> float:
+    """Beam diameter estimated from a probe array: the diameter of the disc whose area equals the area
+    where |w| >= max|w| / 2. For a Gaussian this is the amplitude FWHM, for a disc its diameter."""
+    a = np.abs(np.asarray(probe))
+    peak = float(a.max()) if a.size else 0.0
+    if peak <= 0:
+        raise ValueError("the probe is zero everywhere; cannot estimate its diameter")
+    area = float(np.count_nonzero(a >= peak / 2.0))
+    return 2.0 * math.sqrt(area / math.pi)
+
+
+def _check_probe(arr, where: str) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2:
+        raise InputError(f"probe in {where} has shape {arr.shape}; a single 2D (m1, m2) probe is needed, "
+                         "so save one probe mode as a 2D array")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise InputError(f"probe in {where} has non-numeric dtype {arr.dtype}; save a complex 2D array")
+    if not np.all(np.isfinite(arr)):
+        raise InputError(f"probe in {where} contains NaN or infinite values; fix the probe array")
+    if not np.any(arr != 0):
+        raise InputError(f"probe in {where} is zero everywhere; save the actual illumination")
+    return arr.astype(np.complex64)
+
+
+def load_probe(path) -> np.ndarray:
+    """Read a probe: a ``.npy`` array, or an HDF5/CXI file with dataset ``probe`` or
+    ``/entry_1/instrument_1/source_1/illumination`` (CXI). Returns complex64 (m1, m2).
+
+    Raises :class:`hpc_pt.errors.InputError` naming the problem and the fix when the file is missing,
+    unreadable or holds no usable 2D probe.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"probe file {p} does not exist; give the path of a .npy or HDF5/CXI probe file")
+    if p.suffix.lower() == ".npy":
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except Exception as exc:
+            raise InputError(f"cannot read probe file {p} as .npy ({exc}); save it with numpy.save") from exc
+        return _check_probe(arr, str(p))
+    import h5py
+
+    try:
+        f = h5py.File(p, "r")
+    except Exception as exc:
+        raise InputError(f"cannot open probe file {p} ({exc}); give a .npy file or an HDF5/CXI file") from exc
+    with f:
+        for name in PROBE_DATASETS:
+            if name in f and isinstance(f[name], h5py.Dataset):
+                return _check_probe(f[name][()], f"{p}:/{name}")
+    raise InputError(f"no probe dataset in {p}; store the probe at /probe or at "
+                     "/entry_1/instrument_1/source_1/illumination")
