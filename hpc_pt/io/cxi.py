@@ -31,7 +31,7 @@ from .provenance import provenance, to_json
 
 __all__ = [
     "CXI_VERSION", "TRUTH_GROUP", "CxiEntry", "CxiIndex", "write_cxi", "scan_cxi", "read_frames",
-    "read_cxi", "read_truth", "atomic_output",
+    "read_cxi", "read_truth", "atomic_output", "check_output_path",
 ]
 
 CXI_VERSION = 160
@@ -99,6 +99,14 @@ class atomic_output:
         else:
             _unlink(self.tmp)
         return False
+
+
+def check_output_path(path, overwrite: bool = False) -> None:
+    """Fail early (before hours of work) if ``path`` cannot be written: same checks as the real write,
+    including creating and removing a temporary file in the target directory."""
+    guard = atomic_output(path, overwrite)
+    guard.__enter__()
+    _unlink(guard.tmp)
 
 
 def _unlink(p):
