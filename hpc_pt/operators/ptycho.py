@@ -90,7 +90,12 @@ class Ptychography(LinearOperator):
         self._fy = asarray_on(frac[:, 0].astype(rdt)[:, None, None], probe)
         self._fx = asarray_on(frac[:, 1].astype(rdt)[:, None, None], probe)
         self._idx = asarray_on(idx, probe)
-        self._scatter_matrix = None if is_cupy(probe) else _scatter_matrix(idx, size, self.dtype)
+        self._scatter = None  # CPU adjoint's sparse matrix, built on the first adjoint call
+
+    def _scatter_matrix(self):
+        if self._scatter is None:
+            self._scatter = _scatter_matrix(self._idx, self._size, self.dtype)
+        return self._scatter
 
     # -- window extraction S_j and its adjoint -------------------------------------------------------
     def patches(self, psi):
@@ -115,10 +120,10 @@ class Ptychography(LinearOperator):
             g[:, 1:, 1:] += py * fx
         else:
             g = patches
-        if self._scatter_matrix is not None:
-            field = self._scatter_matrix @ xp.ascontiguousarray(g, dtype=self.dtype).reshape(-1)
-        else:
+        if is_cupy(g):
             field = scatter_add(xp.zeros(self._size, dtype=self.dtype), self._idx.ravel(), g.ravel())
+        else:
+            field = self._scatter_matrix() @ xp.ascontiguousarray(g, dtype=self.dtype).reshape(-1)
         return field.reshape(self.field_shape)
 
     # -- full operator ---------------------------------------------------------------------------------
