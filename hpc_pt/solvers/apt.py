@@ -1,0 +1,173 @@
+"""APT and APTs: ADMM for joint ptycho-tomography with the Rytov-linear model (seed 001, Algorithm 1).
+
+Variables: volume u, far-field splitting z_j = D_j u, gradient splitting p = grad u (APT only), scaled
+multipliers Lambda2 (per frame) and Lambda1 (per voxel). One outer iteration:
+
+  Step 1  u   <- CG solve of  L u = -r1 div(p + Lambda1) + r2 sum_j D_j^H (z_j + Lambda2_j)      (Eq. 5-6)
+              with L = -r1 Laplacian + r2 sum_j D_j^H D_j  (symmetric positive definite; sum_j D_j^H D_j =
+              P^T Pad^T [sum_j S_j^T |w|^2 S_j] Pad P because the FFT is unitary)
+  Step 2  z_j <- prox_{G, r2}(D_j u - Lambda2_j)                      (pAGM or pIPM, closed form)
+          p   <- soft_threshold(grad u - Lambda1, lambda / r1)        (isotropic TV)
+  Step 3  Lambda2_j += z_j - D_j u,  Lambda1 += p - grad u
+  Probe   w <- sum_j conj(S_j psi) F^H(z_j + Lambda2_j) / sum_j |S_j psi|^2   (seed 001 section 2.2.2)
+
+APTs (APT simplified) is the same with lambda = r1 = 0 and no p, Lambda1.
+
+Scale. The text fixes neither r1, r2 nor lambda. hpc-pt makes the defaults scale-free: the initial
+volume is the constant c that matches the data energy (||D(c 1)||^2 = sum f, seed 001 starts at u = 1),
+r2 = 1 (the z-prox weight is dimensionless), r1 = r1_rel * ||sum D^H D|| / 12 (12 bounds the Laplacian's
+norm, so r1_rel compares the two terms of L), and the TV threshold lambda / r1 = tv_rel * c.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..backend import get_xp
+from ..operators import divergence, gradient, laplacian, tv_value
+from .base import History, Shard, SolverResult, conjugate_gradient
+from .prox import data_objective, prox_amplitude, prox_poisson, prox_tv
+
+
+@dataclass
+class APTOptions:
+    iterations: int = 50
+    metric: str = "gaussian"  # "gaussian" (pAGM) or "poisson" (pIPM)
+    tv: bool = True  # False: APTs
+    tv_rel: float = 0.02  # soft threshold lambda / r1 in units of the volume scale c
+    r1_rel: float = 0.05  # r1 relative to ||sum D^H D|| / 12
+    r2: float = 1.0
+    cg_tol: float = 1e-2
+    cg_max_iter: int = 12
+    probe_refine: bool = False
+    probe_refine_start: int = 5
+    init: str = "constant"  # "constant" (energy-matched, seed 001's u0 = 1) or "zeros"
+
+
+class LinearJointOperator:
+    """D u = Ptycho(Pad(P u)) for this shard, its adjoint, and the normal operator sum_j D_j^H D_j."""
+
+    def __init__(self, shard: Shard):
+        m = shard.model
+        if m.expmap is not None:
+            raise ValueError("APT/APTs use the linear (Rytov) model; this dataset was set up with model 'exp'")
+        self.P, self.pad, self.pt = m.projector, m.pad, m.ptycho
+
+    def psi(self, u):
+        return self.pad.fwd(self.P.fwd(u))
+
+    def fwd(self, u):
+        return self.pt.fwd(self.psi(u))
+
+    def adj(self, y):
+        return self.P.adj(self.pad.adj(self.pt.adj(y)))
+
+    def normal(self, u):
+        pt = self.pt
+        xp = get_xp(u)
+        w2 = xp.abs(pt.probe) ** 2
+        return self.P.adj(self.pad.adj(pt.patches_adj(w2 * pt.patches(self.psi(u)))))
+
+
+def _power_norm(apply, shape, comm, dtype, n_iter=15, seed=0):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype)
+    lam = 0.0
+    for _ in range(n_iter):
+        x /= np.sqrt(comm.volume_dot(x, x))
+        y = apply(x)
+        lam = comm.volume_dot(x, y)
+        x = y
+    return lam
+
+
+def run_apt(shard: Shard, comm, opts: APTOptions = APTOptions(), callback=None) -> SolverResult:
+    """Seed 001 Algorithm 1 (APT, or APTs with ``opts.tv = False``) on this rank's shard."""
+    if opts.metric not in ("gaussian", "poisson"):
+        raise ValueError(f"unknown noise metric {opts.metric!r}; use 'gaussian' or 'poisson'")
+    D = LinearJointOperator(shard)
+    xp = get_xp(shard.intensities)
+    f, sqrt_f, mask = shard.intensities, shard.amplitudes, shard.mask
+    dtype = shard.model.dtype
+    shape = shard.volume_shape
+
+    def normal(u):
+        return comm.allreduce_sum(D.normal(u))
+
+    # --- scale-free defaults (module docstring)
+    ones = xp.ones(shape, dtype=dtype)
+    d1 = D.fwd(ones)
+    energy_model = comm.sum_scalar(float((xp.abs(d1) ** 2).sum()))
+    energy_data = comm.sum_scalar(float(f.sum()))
+    c = float(np.sqrt(energy_data / energy_model)) if energy_model > 0 else 1.0
+    nrm = _power_norm(normal, shape, comm, dtype)
+    r2 = opts.r2
+    r1 = opts.r1_rel * r2 * nrm / 12.0 if opts.tv else 0.0
+    thresh = opts.tv_rel * c
+    lam = thresh * r1
+
+    u = (c * ones) if opts.init == "constant" else xp.zeros(shape, dtype=dtype)
+    du = D.fwd(u)
+    z = du.copy()
+    lam2 = xp.zeros_like(z)
+    p = xp.zeros((3,) + shape, dtype=dtype)
+    lam1 = xp.zeros_like(p)
+    prox = prox_amplitude if opts.metric == "gaussian" else prox_poisson
+    data = sqrt_f if opts.metric == "gaussian" else f
+
+    def apply_l(x):
+        out = r2 * normal(x)
+        if opts.tv:
+            out -= r1 * laplacian(x)
+        return out
+
+    hist = History()
+    sum_sqrt_f = comm.sum_scalar(float(sqrt_f.sum()))
+    for k in range(opts.iterations):
+        t0 = time.perf_counter()
+        # Step 1: u-update by CG
+        rhs = r2 * comm.allreduce_sum(D.adj(z + lam2))
+        if opts.tv:
+            rhs -= r1 * divergence(p + lam1)
+        u_old = u
+        u, cg = conjugate_gradient(apply_l, rhs, u, comm.volume_dot, tol=opts.cg_tol, max_iter=opts.cg_max_iter)
+        du = D.fwd(u)
+        # Step 2: z and p proxes
+        z = prox(du - lam2, data, r2, mask)
+        # Step 3: multipliers
+        lam2 += z - du
+        primal = comm.sum_scalar(float((xp.abs(z - du) ** 2).sum()))
+        if opts.tv:
+            gu = gradient(u)
+            p = prox_tv(gu - lam1, thresh)
+            lam1 += p - gu
+            primal += float((xp.abs(p - gu) ** 2).sum())
+        if opts.probe_refine and k >= opts.probe_refine_start:
+            _update_probe(D, u, z + lam2, comm)
+        mag = xp.abs(du)
+        obj = comm.sum_scalar(data_objective(mag, f, sqrt_f, opts.metric, mask))
+        if opts.tv:
+            obj += lam * tv_value(u)
+        rf = comm.sum_scalar(float(xp.abs(mag - sqrt_f).sum())) / sum_sqrt_f
+        change = np.sqrt(comm.volume_dot(u - u_old, u - u_old) / max(comm.volume_dot(u, u), 1e-300))
+        row = hist.append(iteration=k + 1, objective=obj, r_factor=rf, primal_residual=np.sqrt(primal),
+                          rel_change=change, cg_iterations=cg.iterations, cg_residual=cg.residual,
+                          iter_time_s=time.perf_counter() - t0)
+        if callback is not None:
+            callback(row, u)
+    return SolverResult(volume=u, probe=D.pt.probe, history=hist,
+                        state={"r1": r1, "r2": r2, "lambda": lam, "scale": c})
+
+
+def _update_probe(D: LinearJointOperator, u, target, comm):
+    """w <- sum_j conj(S_j psi) F^H(target_j) / sum_j |S_j psi|^2 (seed 001 section 2.2.2)."""
+    from ..backend import ifft2c
+
+    xp = get_xp(u)
+    patches = D.pt.patches(D.psi(u))
+    num = comm.allreduce_sum((xp.conj(patches) * ifft2c(target)).sum(axis=0))
+    den = comm.allreduce_sum((xp.abs(patches) ** 2).sum(axis=0))
+    eps = 1e-6 * float(den.max()) if den.size else 0.0
+    D.pt.probe = (num / (den + eps)).astype(D.pt.dtype)
