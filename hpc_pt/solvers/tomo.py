@@ -1,0 +1,284 @@
+"""Tomography of recovered projections (the second step of the 2-step baseline).
+
+Projections are (A, nz, n_det) arrays on this rank's angles (``projector.angles``); the volume is
+(nz, n, n) and replicated on every rank, so back-projections are combined with ``comm.allreduce_sum`` and
+the per-angle sums with ``comm.sum_scalar``: the same code runs serially or sharded by angle.
+
+Engines
+-------
+``cg``   Damped least squares by CGLS (conjugate gradient on the normal equations, in the numerically
+         stable form that keeps the data residual)::
+
+             min_x 1/2 ||P x - p||^2 + mu/2 ||x||^2 + lam/2 ||grad x||^2
+
+         ``mu`` (Tikhonov) and ``lam`` (Laplacian: lam ||grad x||^2 has the normal operator -lam Laplacian)
+         default to 0. Stops when ||s|| <= tol ||s_0|| (s = the normal-equation residual, i.e. the
+         gradient) or after ``iterations``. History per iteration: ``objective`` (the value above),
+         ``residual`` (||s|| / ||s_0||).
+``fbp``  Filtered back-projection: f = (pi / A) sum_a P_a^T (h * p_a), A the total number of angles (pi / A
+         is the angular step of a uniform scan of [0, pi); for [0, 2 pi) every line is seen twice and the
+         same factor holds). ``h`` is the discrete Ram-Lak kernel of Kak & Slaney (h(0) = 1/4,
+         h(k odd) = -1/(pi k)^2, h(k even) = 0), applied by FFT with zero padding to >= 2 n_det (no
+         wrap-around), whose transfer function is the band-limited ramp |w| / (2 pi) without the
+         DC error of a sampled ramp; "shepp-logan" multiplies it by sinc(w / (2 pi)), "hann" by
+         (1 + cos w) / 2. The back-projection is the projector's exact adjoint, which for the NUFFT
+         projector is a band-limited (Dirichlet-kernel) interpolating back-projection.
+``tomopy`` tomopy's ``recon`` (gridrec, art, sirt, ...) when ``import tomopy`` works (tomopy is
+         conda-only; see :func:`tomopy_available`). Real and imaginary parts are reconstructed separately.
+         tomopy's angle sign and slice orientation are not ours, so the result is put in our orientation by
+         trying the eight flips / transposes of the slice and keeping the one whose re-projection by our
+         :class:`~hpc_pt.operators.Projector` best fits the data (a cheap, convention-proof check).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..backend import fftc, get_xp, ifftc, to_numpy
+from ..operators import divergence, gradient
+from .base import History
+
+ENGINES = ("cg", "fbp", "tomopy")
+FILTERS = ("ramp", "ram-lak", "shepp-logan", "hann")
+
+
+class _Serial:
+    def allreduce_sum(self, x):
+        return x
+
+    def sum_scalar(self, v):
+        return float(v)
+
+    def volume_dot(self, a, b):
+        return float(get_xp(a).vdot(a, b).real)
+
+
+@dataclass
+class TomoOptions:
+    engine: str = "cg"  # "cg", "fbp" or "tomopy"
+    iterations: int = 50  # CG iterations (tomopy: iterative algorithms' num_iter)
+    tol: float = 1e-4  # CG stop: ||normal residual|| <= tol * initial
+    damping: float = 0.0  # Tikhonov mu, relative to ||P^T P|| (estimated)
+    smoothing: float = 0.0  # Laplacian lam, relative to ||P^T P|| / 12
+    filter: str = "ramp"  # FBP filter
+    algorithm: str = "gridrec"  # tomopy algorithm
+
+
+def _norm_estimate(projector, comm, n_iter=10):
+    """||sum_a P_a^T P_a|| by power iteration (real volumes are enough for the norm)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(projector.shape_in).astype(projector.dtype)
+    lam = 0.0
+    for _ in range(n_iter):
+        x /= np.sqrt(comm.volume_dot(x, x))
+        y = comm.allreduce_sum(projector.adj(projector.fwd(x)))
+        lam = comm.volume_dot(x, y)
+        x = y
+    return float(lam)
+
+
+def tomo_cg(projector, projections, comm=None, x0=None, iterations: int = 50, tol: float = 1e-4,
+            damping: float = 0.0, smoothing: float = 0.0, relative: bool = True, callback=None):
+    """CGLS for min 1/2||P x - p||^2 + mu/2||x||^2 + lam/2||grad x||^2; returns (volume, History).
+
+    With ``relative`` (default), ``damping`` and ``smoothing`` are given relative to ||P^T P|| (and
+    ||P^T P|| / 12 for the Laplacian, whose norm is at most 12), so they are scale-free.
+    ``callback(row, x)`` is called after every iteration.
+    """
+    comm = comm if comm is not None else _Serial()
+    xp = get_xp(projections)
+    p = projections.astype(projector.dtype, copy=False)
+    if tuple(p.shape) != tuple(projector.shape_out):
+        raise ValueError(f"projections {tuple(p.shape)} do not match the projector's {projector.shape_out}")
+    mu, lam = float(damping), float(smoothing)
+    if relative and (mu > 0 or lam > 0):
+        nrm = _norm_estimate(projector, comm)
+        mu *= nrm
+        lam *= nrm / 12.0
+    smu, slam = np.sqrt(mu), np.sqrt(lam)
+    x = xp.zeros(projector.shape_in, dtype=projector.dtype) if x0 is None else x0.astype(projector.dtype)
+    r = p - projector.fwd(x)
+    r_mu = -smu * x if mu > 0 else None
+    r_lam = -slam * gradient(x) if lam > 0 else None
+
+    def normal_residual(r, r_mu, r_lam):
+        s = comm.allreduce_sum(projector.adj(r))
+        if r_mu is not None:
+            s = s + smu * r_mu
+        if r_lam is not None:
+            s = s - slam * divergence(r_lam)  # grad^H = -div
+        return s
+
+    def objective(r, r_mu, r_lam):
+        v = comm.sum_scalar(float((xp.abs(r) ** 2).sum()))
+        if r_mu is not None:
+            v += float((xp.abs(r_mu) ** 2).sum())
+        if r_lam is not None:
+            v += float((xp.abs(r_lam) ** 2).sum())
+        return 0.5 * v
+
+    s = normal_residual(r, r_mu, r_lam)
+    d = s.copy()
+    gamma = comm.volume_dot(s, s)
+    gamma0 = gamma
+    hist = History()
+    for k in range(int(iterations)):
+        if gamma <= (tol ** 2) * gamma0 or gamma == 0:
+            break
+        t0 = time.perf_counter()
+        q = projector.fwd(d)
+        delta = comm.sum_scalar(float((xp.abs(q) ** 2).sum()))
+        q_mu = smu * d if mu > 0 else None
+        q_lam = slam * gradient(d) if lam > 0 else None
+        if q_mu is not None:
+            delta += comm.volume_dot(q_mu, q_mu)
+        if q_lam is not None:
+            delta += float((xp.abs(q_lam) ** 2).sum())
+        if not delta > 0:
+            break
+        alpha = gamma / delta
+        x += alpha * d
+        r -= alpha * q
+        if q_mu is not None:
+            r_mu -= alpha * q_mu
+        if q_lam is not None:
+            r_lam -= alpha * q_lam
+        s = normal_residual(r, r_mu, r_lam)
+        gamma_new = comm.volume_dot(s, s)
+        d *= gamma_new / gamma
+        d += s
+        gamma = gamma_new
+        row = hist.append(iteration=k + 1, objective=objective(r, r_mu, r_lam),
+                          residual=float(np.sqrt(gamma / gamma0)) if gamma0 > 0 else 0.0,
+                          iter_time_s=time.perf_counter() - t0)
+        if callback is not None:
+            callback(row, x)
+    return x, hist
+
+
+def filter_response(n_pad: int, kind: str = "ramp", dtype=np.float64):
+    """Transfer function (length n_pad, DC at 0) of the Kak-Slaney Ram-Lak kernel times the window."""
+    if kind not in FILTERS:
+        raise ValueError(f"unknown FBP filter {kind!r}; use one of {FILTERS}")
+    k = np.arange(n_pad)
+    k = np.where(k > n_pad // 2, k - n_pad, k)
+    h = np.zeros(n_pad)
+    h[0] = 0.25
+    odd = (k % 2) != 0
+    h[odd] = -1.0 / (np.pi * k[odd]) ** 2
+    H = np.fft.fft(h).real  # ~ |w| / (2 pi), w = 2 pi k / n_pad
+    w = 2 * np.pi * k / n_pad
+    if kind == "shepp-logan":
+        H = H * np.sinc(w / (2 * np.pi))
+    elif kind == "hann":
+        H = H * 0.5 * (1 + np.cos(w))
+    return H.astype(dtype)
+
+
+def fbp(projector, projections, filter: str = "ramp", comm=None):
+    """Filtered back-projection (see the module docstring); returns the (nz, n, n) volume."""
+    comm = comm if comm is not None else _Serial()
+    xp = get_xp(projections)
+    p = projections.astype(projector.dtype, copy=False)
+    if tuple(p.shape) != tuple(projector.shape_out):
+        raise ValueError(f"projections {tuple(p.shape)} do not match the projector's {projector.shape_out}")
+    n_det = p.shape[-1]
+    n_pad = 1 << int(np.ceil(np.log2(max(2 * n_det, 2))))
+    Hf = xp.asarray(filter_response(n_pad, filter, np.float64)).astype(p.real.dtype)
+    q = xp.zeros(p.shape[:-1] + (n_pad,), dtype=p.dtype)
+    q[..., :n_det] = p
+    q = ifftc(fftc(q, axis=-1) * Hf, axis=-1)[..., :n_det].astype(projector.dtype)
+    n_angles = comm.sum_scalar(float(len(projector.angles)))
+    vol = comm.allreduce_sum(projector.adj(xp.ascontiguousarray(q)))
+    return (np.pi / max(n_angles, 1.0)) * vol
+
+
+# ----------------------------------------------------------------------------------------------------
+# tomopy (optional)
+# ----------------------------------------------------------------------------------------------------
+
+def tomopy_available() -> bool:
+    """True when ``import tomopy`` works (tomopy is distributed through conda-forge only)."""
+    try:
+        import tomopy  # noqa: F401
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+def _orientations(s):
+    """The eight flips / transposes of the last two axes."""
+    out = []
+    for t in (s, np.swapaxes(s, -1, -2)):
+        out += [t, t[..., ::-1, :], t[..., :, ::-1], t[..., ::-1, ::-1]]
+    return out
+
+
+def tomopy_recon(projector, projections, algorithm: str = "gridrec", iterations: int = 50, **kwargs):
+    """tomopy's reconstruction of the (A, nz, n_det) projections (this rank's angles: tomopy needs every
+    angle, so use it serially or after gathering), in our orientation; returns (nz, n, n).
+
+    Raises :class:`ImportError` with the fix when tomopy is not installed.
+    """
+    if not tomopy_available():
+        raise ImportError("tomopy is not installed (it is distributed through conda-forge only: "
+                          "conda install -c conda-forge tomopy); use the built-in 'cg' or 'fbp' engines")
+    import tomopy
+
+    p = to_numpy(projections)
+    n, _n_det = projector.n, p.shape[-1]
+    kw = dict(kwargs)
+    if algorithm not in ("gridrec", "fbp"):
+        kw.setdefault("num_iter", int(iterations))
+
+    def rec(part):
+        v = tomopy.recon(np.ascontiguousarray(part, dtype=np.float32), projector.angles,
+                         center=projector.center, algorithm=algorithm, sinogram_order=False, **kw)
+        # tomopy reconstructs on an n_det x n_det grid centred on the rotation axis: crop to n x n
+        lo = (v.shape[-1] - n) // 2
+        return v[:, lo:lo + n, lo:lo + n] if v.shape[-1] >= n else v
+
+    vol = rec(p.real).astype(np.float64)
+    if np.iscomplexobj(p) and np.any(p.imag != 0):
+        vol = vol + 1j * rec(p.imag)
+    if vol.shape[-1] != n:
+        raise ValueError(f"tomopy returned a {vol.shape} volume for a {n}-pixel slice")
+    best, best_err = None, np.inf
+    for cand in _orientations(vol):
+        c = np.ascontiguousarray(cand).astype(projector.dtype)
+        err = float(np.linalg.norm(to_numpy(projector.fwd(c)) - p))
+        if err < best_err:
+            best, best_err = c, err
+    return best
+
+
+def reconstruct(projector, projections, comm=None, opts: TomoOptions | None = None, callback=None):
+    """Dispatch on ``opts.engine``; returns (volume, History)."""
+    opts = TomoOptions() if opts is None else opts
+    if opts.engine == "cg":
+        return tomo_cg(projector, projections, comm, iterations=opts.iterations, tol=opts.tol,
+                       damping=opts.damping, smoothing=opts.smoothing, callback=callback)
+    if opts.engine == "fbp":
+        return fbp(projector, projections, opts.filter, comm), History()
+    if opts.engine == "tomopy":
+        if comm is not None and getattr(comm, "size", 1) > 1:
+            raise ValueError("the tomopy engine needs all angles on one rank; use 'cg' or 'fbp' when sharded")
+        vol = tomopy_recon(projector, projections, opts.algorithm, opts.iterations)
+        xp = get_xp(projections)
+        return xp.asarray(vol), History()
+    raise ValueError(f"unknown tomography engine {opts.engine!r}; use one of {ENGINES}")
+
+
+__all__ = [
+    "ENGINES",
+    "FILTERS",
+    "TomoOptions",
+    "fbp",
+    "filter_response",
+    "reconstruct",
+    "tomo_cg",
+    "tomopy_available",
+    "tomopy_recon",
+]
