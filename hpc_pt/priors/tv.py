@@ -1,0 +1,110 @@
+"""Isotropic 3D total-variation denoiser: the TV prox solved on Chambolle's dual by FGP.
+
+Problem (x, v complex volumes (z, y, x); grad = forward differences with Neumann boundary, fd.py):
+
+    v* = argmin_v  1/2 ||v - x||^2 + s TV(v),      TV(v) = sum_voxels |grad v|
+
+Dual (Chambolle 2004): TV(v) = max_{|p| <= 1} Re <p, grad v>, so v = x + s div p with p minimising
+1/2 ||x + s div p||^2 over the pointwise unit ball. We solve that smooth, ball-constrained problem by the
+fast gradient projection (FGP) of Beck & Teboulle (2009): a projected gradient step of length
+1 / (12 s^2) (||div||^2 <= 12 in 3D, 4 per axis) with Nesterov momentum, O(1/k^2) on the dual. It is
+Chambolle's projection algorithm with the optimal step and acceleration; every iterate's v is feasible,
+and the dual p is kept for a warm start of the next call on a volume of the same shape (ADMM calls the
+denoiser once per outer iteration on slowly changing inputs).
+
+Complex volumes, ``mode``:
+
+* ``"joint"`` (default): |grad v|^2 = |grad Re v|^2 + |grad Im v|^2 per voxel, one ball for the six
+  components. Edges of delta and beta coincide in a sample (same material boundaries), so they are
+  shrunk together, proportionally to their size; the weaker beta part is not wiped out by a threshold
+  sized for delta. This is ``hpc_pt.operators.tv_value`` and seed 001's isotropic TV.
+* ``"separate"``: TV(Re v) + TV(Im v), two independent problems with the same strength.
+
+Real input is denoised as real (both modes agree). Stopping: relative change of the dual below ``tol``
+or ``n_iter`` iterations.
+"""
+from __future__ import annotations
+
+import math
+
+from ..backend import get_xp
+from ..operators import divergence, gradient
+from .registry import Denoiser
+
+MODES = ("joint", "separate")
+
+#: ||grad||^2 bound for 3D forward differences (4 per axis)
+GRAD_NORM2 = 12.0
+
+
+class TVDenoiser(Denoiser):
+    """prox of ``strength * TV`` (isotropic 3D), see the module docstring.
+
+    Parameters: n_iter (max FGP iterations), tol (relative dual change to stop), mode ("joint" or
+    "separate"), warm_start (reuse the last dual for a same-shaped input).
+    """
+
+    name = "tv"
+
+    def __init__(self, n_iter: int = 50, tol: float = 1e-4, mode: str = "joint", warm_start: bool = True):
+        if mode not in MODES:
+            raise ValueError(f"unknown TV mode {mode!r}; use one of {MODES}")
+        if int(n_iter) < 1:
+            raise ValueError(f"n_iter must be at least 1, got {n_iter}")
+        self.n_iter = int(n_iter)
+        self.tol = float(tol)
+        self.mode = mode
+        self.warm_start = bool(warm_start)
+        self._p = None
+        self.last_iterations = 0
+
+    def _project(self, p, xp):
+        """Pointwise projection onto |p| <= 1 (joint over all components, or per real/imaginary part)."""
+        if not xp.iscomplexobj(p) or self.mode == "joint":
+            mag = xp.sqrt((xp.abs(p) ** 2).sum(axis=0))
+            return p / xp.maximum(mag, 1)[None]
+        re, im = p.real, p.imag
+        mr = xp.maximum(xp.sqrt((re ** 2).sum(axis=0)), 1)[None]
+        mi = xp.maximum(xp.sqrt((im ** 2).sum(axis=0)), 1)[None]
+        return (re / mr + 1j * (im / mi)).astype(p.dtype, copy=False)
+
+    def value(self, x) -> float:
+        xp = get_xp(x)
+        g = gradient(x)
+        if xp.iscomplexobj(x) and self.mode == "separate":
+            return float(xp.sqrt((g.real ** 2).sum(axis=0)).sum() + xp.sqrt((g.imag ** 2).sum(axis=0)).sum())
+        return float(xp.sqrt((xp.abs(g) ** 2).sum(axis=0)).sum())
+
+    def denoise(self, x, strength: float):
+        s = float(strength)
+        if not math.isfinite(s) or s < 0:
+            raise ValueError(f"TV strength must be a finite number >= 0, got {strength}")
+        if x.ndim != 3:
+            raise ValueError(f"TVDenoiser works on 3D volumes (z, y, x), got shape {tuple(x.shape)}")
+        if s == 0:
+            return x.copy()
+        xp = get_xp(x)
+        shape = (3,) + tuple(x.shape)
+        if self.warm_start and self._p is not None and self._p.shape == shape and self._p.dtype == x.dtype:
+            p = self._p
+        else:
+            p = xp.zeros(shape, dtype=x.dtype)
+        r = p.copy()
+        t = 1.0
+        step = 1.0 / (GRAD_NORM2 * s)
+        it = 0
+        for it in range(1, self.n_iter + 1):
+            v = x + s * divergence(r)
+            p_new = self._project(r + step * gradient(v), xp)
+            t_new = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
+            dp = p_new - p
+            r = p_new + ((t - 1.0) / t_new) * dp
+            num = float(xp.linalg.norm(dp.ravel()))
+            den = float(xp.linalg.norm(p_new.ravel()))
+            p, t = p_new, t_new
+            if num <= self.tol * max(den, 1e-30):
+                break
+        self.last_iterations = it
+        if self.warm_start:
+            self._p = p
+        return (x + s * divergence(p)).astype(x.dtype, copy=False)
