@@ -24,7 +24,7 @@ import zarr
 from ..errors import InputError
 from .provenance import jsonable, provenance
 
-__all__ = ["write_volume", "read_volume", "default_chunks_z", "ome_multiscales", "downsample2"]
+__all__ = ["write_volume", "read_volume", "read_table", "default_chunks_z", "ome_multiscales", "downsample2"]
 
 CHUNK_BYTES = 16 * 2**20
 
@@ -83,13 +83,16 @@ def ome_multiscales(voxel_size_m: float, factors1=(2, 2, 2), name: str = "delta"
 
 
 def write_volume(path, volume, voxel_size_m: float, attrs: dict | None = None, overwrite: bool = False,
-                 chunks_z: int | None = None, command=None, config=None, input_path=None) -> str:
+                 chunks_z: int | None = None, command=None, config=None, input_path=None,
+                 tables: dict | None = None, arrays: dict | None = None) -> str:
     """Write a (nz, n, n) complex volume u = delta + i beta as a Zarr v3 / OME-Zarr 0.5 store.
 
     The store is built at ``<path>.tmp-<pid>`` and renamed into place, so a failure leaves nothing.
     An existing ``path`` is refused unless ``overwrite`` (then it is replaced only after the new store is
     complete). ``command``, ``config`` and ``input_path`` go into the ``provenance`` attribute (the input
-    file's sha256 is computed by streaming it). Returns the absolute path.
+    file's sha256 is computed by streaming it). ``tables`` = {group: {column: 1D array}} adds groups of
+    float64 columns (the solver history goes to ``history/<column>``); ``arrays`` = {name: array} adds
+    further arrays (e.g. the refined ``probe``). Returns the absolute path.
     """
     path = os.path.abspath(os.fspath(path))
     vol = np.asarray(volume)
@@ -117,6 +120,14 @@ def write_volume(path, volume, voxel_size_m: float, attrs: dict | None = None, o
         low, factors = downsample2(vol.real.astype(np.float32))
         cz1 = max(1, min(low.shape[0], cz))
         g.create_array("1", shape=low.shape, chunks=(cz1,) + low.shape[1:], dtype="float32")[...] = low
+        for gname, cols in (tables or {}).items():
+            tg = g.create_group(gname)
+            for col, values in cols.items():
+                v = np.asarray(values, dtype=np.float64).ravel()
+                tg.create_array(col, shape=v.shape, chunks=(max(1, v.size),), dtype="float64")[...] = v
+        for name, arr in (arrays or {}).items():
+            a = np.asarray(arr)
+            g.create_array(name, shape=a.shape, chunks=a.shape or (1,), dtype=a.dtype)[...] = a
         meta = dict(jsonable(attrs or {}))
         meta.update({
             "ome": ome_multiscales(float(voxel_size_m), factors),
@@ -160,3 +171,12 @@ def read_volume(path) -> tuple[np.ndarray, dict]:
         raise InputError(f"{path}: not an hpc-pt Zarr volume ({type(e).__name__}: {e}); "
                          "give a store written by hpc-pt (with a 'volume' array)") from None
     return np.asarray(arr[...], dtype=np.complex64), dict(g.attrs.asdict())
+
+
+def read_table(path, name: str = "history") -> dict:
+    """{column: float64 array} of a table group written by :func:`write_volume` (empty if absent)."""
+    g = zarr.open_group(os.fspath(path), mode="r")
+    if name not in g:
+        return {}
+    t = g[name]
+    return {k: np.asarray(t[k][...]) for k in sorted(t.array_keys())}

@@ -83,8 +83,11 @@ def _power_norm(apply, shape, comm, dtype, n_iter=15, seed=0):
     return lam
 
 
-def run_apt(shard: Shard, comm, opts: APTOptions = APTOptions(), callback=None) -> SolverResult:
-    """Seed 001 Algorithm 1 (APT, or APTs with ``opts.tv = False``) on this rank's shard."""
+def run_apt(shard: Shard, comm, opts: APTOptions = APTOptions(), callback=None, u0=None) -> SolverResult:
+    """Seed 001 Algorithm 1 (APT, or APTs with ``opts.tv = False``) on this rank's shard.
+
+    ``u0``: initial volume (overrides ``opts.init``); ``callback(row, u)`` runs after every iteration.
+    """
     if opts.metric not in ("gaussian", "poisson"):
         raise ValueError(f"unknown noise metric {opts.metric!r}; use 'gaussian' or 'poisson'")
     D = LinearJointOperator(shard)
@@ -108,7 +111,10 @@ def run_apt(shard: Shard, comm, opts: APTOptions = APTOptions(), callback=None) 
     thresh = opts.tv_rel * c
     lam = thresh * r1
 
-    u = (c * ones) if opts.init == "constant" else xp.zeros(shape, dtype=dtype)
+    if u0 is not None:
+        u = xp.asarray(u0, dtype=dtype).copy()
+    else:
+        u = (c * ones) if opts.init == "constant" else xp.zeros(shape, dtype=dtype)
     du = D.fwd(u)
     z = du.copy()
     lam2 = xp.zeros_like(z)
