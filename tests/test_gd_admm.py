@@ -291,17 +291,26 @@ def run_sharded(run, shards, opts):
     return out
 
 
-@pytest.mark.parametrize("solver", ["gd", "admm"])
-def test_two_shards_match_serial(clean, solver):
-    ds, sh = clean
-    run, opts = ((run_gd, GDOptions(iterations=5)) if solver == "gd"
-                 else (run_admm, ADMMOptions(iterations=4, prior="tv")))
+@pytest.mark.parametrize("solver", ["gd", "admm", "admm-poisson"])
+def test_two_shards_match_serial(clean, noisy, solver):
+    """Angles dealt to two thread-ranks give the serial answer (psi-steps are local, every angle with its
+    own backtracking; volume sums go through allreduce_sum).
+
+    Gaussian: 2e-6 after 4 iterations (summation order only). Poisson: the serial solve itself moves by
+    8e-4 (2 iterations) to 3e-3 (4) when the data are scaled by 1 + 1e-7 (curvature f/|z|^2 of dark
+    pixels and discrete backtracking), so the check runs 2 iterations at a tolerance of 5e-3
+    (measured 6e-6)."""
+    ds, sh = noisy if solver == "admm-poisson" else clean
+    run, opts = {"gd": (run_gd, GDOptions(iterations=5)),
+                 "admm": (run_admm, ADMMOptions(iterations=4, prior="tv")),
+                 "admm-poisson": (run_admm, ADMMOptions(iterations=2, prior="tv", metric="poisson"))}[solver]
     serial = run(sh, SerialComm(), opts)
     A = len(ds.angles)
     shards = [make_shard(ds, np.arange(0, A, 2)), make_shard(ds, np.arange(1, A, 2))]  # uneven frames
     parts = run_sharded(run, shards, opts)
     np.testing.assert_array_equal(parts[0].volume, parts[1].volume)  # replicated volume stays identical
     u, us = parts[0].volume, serial.volume
-    assert np.linalg.norm(u - us) <= 1e-3 * np.linalg.norm(us)
+    tol = 5e-3 if solver == "admm-poisson" else 1e-4
+    assert np.linalg.norm(u - us) <= tol * np.linalg.norm(us)
     np.testing.assert_allclose(parts[0].history.column("objective"), serial.history.column("objective"),
-                               rtol=1e-3)
+                               rtol=tol)

@@ -70,7 +70,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..backend import get_xp
+from ..backend import asarray_on, get_xp
 from .base import History, Shard, SolverResult, conjugate_gradient
 from .gd import ExpJointModel, data_residual, power_lipschitz
 from .prox import METRICS, data_objective
@@ -96,6 +96,20 @@ class ADMMOptions:
     balance_every: int = 1
     balance_mode: str = "normalized"  # "normalized" (penalties in units of their start) or "relative"
     max_backtracks: int = 8  # psi-step halvings (Poisson guard)
+
+
+def frame_objective(model_mag, f, sqrt_f, metric: str, mask=None):
+    """Per-frame sums of G (the terms of :func:`hpc_pt.solvers.prox.data_objective`), shape (F,)."""
+    xp = get_xp(model_mag)
+    if metric == "gaussian":
+        g = 0.5 * (model_mag - sqrt_f) ** 2
+    else:
+        i = model_mag ** 2
+        tiny = 1e-30
+        g = 0.5 * (i - f - f * (xp.log(xp.maximum(i, tiny)) - xp.log(xp.maximum(f, tiny))))
+    if mask is not None:
+        g = g * mask
+    return g.reshape(g.shape[0], -1).sum(axis=1)
 
 
 def _rel(a: float, b: float) -> float:
@@ -148,7 +162,8 @@ def run_admm(shard: Shard, comm, opts: ADMMOptions | None = None, callback=None,
     n_lit = comm.sum_scalar(float(lit.sum()))
     w_mean = comm.sum_scalar(float(W[lit].sum())) / max(n_lit, 1.0)
     rho0 = opts.rho_rel * w_mean if w_mean > 0 else opts.rho_rel
-    lip_p = power_lipschitz(lambda v: comm.allreduce_sum(model.xadj(model.x(v))), shape, comm, dtype)
+    lip_p = power_lipschitz(lambda v: comm.allreduce_sum(model.xadj(model.x(v))), shape, comm, dtype,
+                            like=f)
     tau0 = 0.0 if no_prior else opts.tau_rel * rho0 * c * c * lip_p
     rho, tau = rho0, tau0
     alpha = None  # fixed after the first u-update
@@ -161,28 +176,39 @@ def run_admm(shard: Shard, comm, opts: ADMMOptions | None = None, callback=None,
     mu = xp.zeros_like(u)
     sum_sqrt_f = comm.sum_scalar(float(sqrt_f.sum()))
 
+    n_angles = len(shard.model.counts)
+    frame_angle = asarray_on(np.repeat(np.arange(n_angles), shard.model.counts), f)
+
     def sub_obj(p, zp, t, r):
-        return (data_objective(xp.abs(zp), f, sqrt_f, opts.metric, mask)
-                + 0.5 * r * float((xp.abs(p - t) ** 2).sum()))
+        """Per-angle values of F(psi) + r/2 ||psi - t||^2, shape (A,)."""
+        per_frame = frame_objective(xp.abs(zp), f, sqrt_f, opts.metric, mask)
+        data_a = xp.bincount(frame_angle, weights=per_frame, minlength=n_angles)
+        return data_a + 0.5 * r * (xp.abs(p - t) ** 2).sum(axis=(1, 2))
 
     def psi_step(psi, t, r):
-        """(a): preconditioned gradient steps on F(psi) + r/2 ||psi - t||^2 (local to the shard)."""
+        """(a): preconditioned gradient steps on F(psi) + r/2 ||psi - t||^2, every angle with its own
+        backtracking step (so the result does not depend on how angles are spread over ranks)."""
         z = pt.fwd(psi)
         phi = sub_obj(psi, z, t, r)
         inv = (1.0 / (W + r)).astype(psi.real.dtype)
         for _ in range(opts.ptycho_iterations):
-            g = pt.adj(data_residual(z, f, sqrt_f, opts.metric, mask)) + r * (psi - t)
-            d = -g * inv
-            a = 1.0
+            d = -(pt.adj(data_residual(z, f, sqrt_f, opts.metric, mask)) + r * (psi - t)) * inv
+            a = xp.ones(n_angles, dtype=inv.dtype)
             for _bt in range(opts.max_backtracks + 1):
-                p_new = psi + a * d
+                p_new = psi + a[:, None, None] * d
                 z_new = pt.fwd(p_new)
                 phi_new = sub_obj(p_new, z_new, t, r)
-                if phi_new <= phi:
+                bad = phi_new > phi
+                if not bool(bad.any()):
                     break
-                a *= 0.5
-            else:
-                break  # no decrease along d: psi is (numerically) the subproblem minimiser
+                a = xp.where(bad, 0.5 * a, a)
+            else:  # angles with no decrease along d keep their psi (a = 0)
+                a = xp.where(bad, 0, a)
+                p_new = psi + a[:, None, None] * d
+                z_new = pt.fwd(p_new)
+                phi_new = xp.where(bad, phi, phi_new)
+                if not bool((a > 0).any()):
+                    break
             psi, z, phi = p_new, z_new, phi_new
         return psi
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..backend import get_xp
+from ..backend import asarray_on, get_xp
 from .base import History, Shard, SolverResult
 from .prox import METRICS, data_objective
 
@@ -68,7 +68,8 @@ def data_residual(z, f, sqrt_f, metric: str, mask=None):
     """2 dG/d conj(z) per detector pixel: z - sqrt(f) z/|z| (amplitude) or z - f z/|z|^2 (Poisson).
 
     Where z = 0 the amplitude residual takes phase 1 (the subgradient choice of :mod:`.prox`); the
-    Poisson one guards |z|^2 by a floor of 1e-12 of the mean intensity.
+    Poisson one floors |z|^2 at sqrt(smallest normal float) (1e-19 in float32), a constant, so the result
+    does not depend on how frames are spread over ranks.
     """
     xp = get_xp(z)
     mag2 = z.real ** 2 + z.imag ** 2
@@ -77,7 +78,7 @@ def data_residual(z, f, sqrt_f, metric: str, mask=None):
         unit = xp.where(mag > 0, z / xp.where(mag > 0, mag, 1), 1)
         g = z - sqrt_f * unit
     else:
-        floor = 1e-12 * max(float(mag2.mean()), 1e-30)
+        floor = float(np.sqrt(np.finfo(mag2.dtype).tiny))
         g = z - f * z / xp.maximum(mag2, floor)
     if mask is not None:
         g = g * mask
@@ -123,10 +124,15 @@ class ExpJointModel:
         return (self.c ** 2) * self.xadj(xp.conj(psi) * t)
 
 
-def power_lipschitz(apply, shape, comm, dtype, n_iter: int = 15, seed: int = 0) -> float:
-    """Largest eigenvalue of the Hermitian PSD map ``apply`` (a collective) by power iteration."""
+def power_lipschitz(apply, shape, comm, dtype, n_iter: int = 15, seed: int = 0, like=None) -> float:
+    """Largest eigenvalue of the Hermitian PSD map ``apply`` (a collective) by power iteration.
+
+    The start vector is seeded, so every rank starts from the same one; it lives on ``like``'s backend.
+    """
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype)
+    if like is not None:
+        x = asarray_on(x, like)
     lam = 0.0
     for _ in range(max(1, n_iter)):
         nx = np.sqrt(comm.volume_dot(x, x))
@@ -177,7 +183,7 @@ def run_gd(shard: Shard, comm, opts: GDOptions | None = None, callback=None, u0=
 
     psi0 = model.psi(u)
     lip = power_lipschitz(lambda v: comm.allreduce_sum(model.jtj(v, psi0)), shape, comm, dtype,
-                          opts.power_iterations)
+                          opts.power_iterations, like=u)
     if opts.step is not None:
         alpha = float(opts.step)
     else:
