@@ -33,7 +33,7 @@ class ReconConfig(BaseModel):
     noise: Literal["gaussian", "poisson"] = Field("gaussian", description="pAGM or pIPM data metric")
     prior: str = Field("tv", description="tv, none, or a registered denoiser")
     prior_weight: float | None = Field(None, ge=0, description="relative prior strength (None: default)")
-    penalty: float | None = Field(None, gt=0, description="ADMM data penalty (r2 / rho)")
+    penalty: float | None = Field(None, gt=0, description="ADMM data penalty, dimensionless (APT r2, ADMM rho_rel)")
     probe_refine: bool = False
     init: str = Field("constant", description="constant, zeros, or a .npy / Zarr volume")
     model: Literal["linear", "exp"] | None = Field(None, description="forward model (default: by method)")
@@ -104,6 +104,9 @@ def build_shard(ds: Dataset, model: str, device: str = "cpu"):
 def _options(cls, cfg: ReconConfig, mapped: dict):
     """Instantiate a solver's options dataclass from the generic settings plus ``cfg.options``."""
     names = {f.name for f in fields(cls)}
+    if cfg.probe_refine and "probe_refine" not in names:
+        raise InputError(f"method {cfg.method!r} keeps the probe fixed; drop --probe-refine or use apt/apts "
+                         "or two-step")
     extra = dict(cfg.options)
     unknown = sorted(set(extra) - names)
     if unknown:
@@ -127,15 +130,16 @@ def _run_method(cfg: ReconConfig, shard, comm, callback, u0):
     if cfg.method == "gd":
         from .solvers.gd import GDOptions, run_gd
 
-        opts = _options(GDOptions, cfg, {"iterations": cfg.iterations, "probe_refine": cfg.probe_refine})
-        return run_gd(shard, comm, opts, callback=callback)
+        opts = _options(GDOptions, cfg, {"iterations": cfg.iterations, "metric": cfg.noise,
+                                         "probe_refine": cfg.probe_refine})
+        return run_gd(shard, comm, opts, callback=callback, u0=u0)
     if cfg.method == "admm":
         from .solvers.admm import ADMMOptions, run_admm
 
         opts = _options(ADMMOptions, cfg, {"iterations": cfg.iterations, "metric": cfg.noise, "prior": cfg.prior,
-                                           "prior_weight": cfg.prior_weight, "rho": cfg.penalty,
+                                           "prior_weight": cfg.prior_weight, "rho_rel": cfg.penalty,
                                            "probe_refine": cfg.probe_refine})
-        return run_admm(shard, comm, opts, callback=callback)
+        return run_admm(shard, comm, opts, callback=callback, u0=u0)
     from .solvers.twostep import TwoStepOptions, run_twostep
 
     opts = _options(TwoStepOptions, cfg, {"iterations": cfg.iterations, "metric": cfg.noise,

@@ -72,7 +72,8 @@ import numpy as np
 
 from ..backend import asarray_on, get_xp
 from .base import History, Shard, SolverResult, conjugate_gradient
-from .gd import ExpJointModel, data_residual, power_lipschitz
+from .base import power_lipschitz
+from .gd import ExpJointModel, data_residual
 from .prox import METRICS, data_objective
 
 BALANCE_MODES = ("normalized", "relative")

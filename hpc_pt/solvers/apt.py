@@ -27,7 +27,7 @@ import numpy as np
 
 from ..backend import get_xp
 from ..operators import divergence, gradient, laplacian, tv_value
-from .base import History, Shard, SolverResult, conjugate_gradient
+from .base import History, Shard, SolverResult, conjugate_gradient, power_lipschitz
 from .prox import data_objective, prox_amplitude, prox_poisson, prox_tv
 
 
@@ -36,7 +36,7 @@ class APTOptions:
     iterations: int = 50
     metric: str = "gaussian"  # "gaussian" (pAGM) or "poisson" (pIPM)
     tv: bool = True  # False: APTs
-    tv_rel: float = 0.02  # soft threshold lambda / r1 in units of the volume scale c
+    tv_rel: float = 0.5  # soft threshold lambda / r1 in units of the volume scale c
     r1_rel: float = 0.05  # r1 relative to ||sum D^H D|| / 12
     r2: float = 1.0
     cg_tol: float = 1e-2
@@ -71,23 +71,12 @@ class LinearJointOperator:
         return self.P.adj(self.pad.adj(pt.patches_adj(w2 * pt.patches(self.psi(u)))))
 
 
-def _power_norm(apply, shape, comm, dtype, n_iter=15, seed=0):
-    rng = np.random.default_rng(seed)
-    x = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype)
-    lam = 0.0
-    for _ in range(n_iter):
-        x /= np.sqrt(comm.volume_dot(x, x))
-        y = apply(x)
-        lam = comm.volume_dot(x, y)
-        x = y
-    return lam
-
-
-def run_apt(shard: Shard, comm, opts: APTOptions = APTOptions(), callback=None, u0=None) -> SolverResult:
+def run_apt(shard: Shard, comm, opts: APTOptions | None = None, callback=None, u0=None) -> SolverResult:
     """Seed 001 Algorithm 1 (APT, or APTs with ``opts.tv = False``) on this rank's shard.
 
     ``u0``: initial volume (overrides ``opts.init``); ``callback(row, u)`` runs after every iteration.
     """
+    opts = opts or APTOptions()
     if opts.metric not in ("gaussian", "poisson"):
         raise ValueError(f"unknown noise metric {opts.metric!r}; use 'gaussian' or 'poisson'")
     D = LinearJointOperator(shard)
@@ -105,7 +94,7 @@ def run_apt(shard: Shard, comm, opts: APTOptions = APTOptions(), callback=None, 
     energy_model = comm.sum_scalar(float((xp.abs(d1) ** 2).sum()))
     energy_data = comm.sum_scalar(float(f.sum()))
     c = float(np.sqrt(energy_data / energy_model)) if energy_model > 0 else 1.0
-    nrm = _power_norm(normal, shape, comm, dtype)
+    nrm = power_lipschitz(normal, shape, comm, dtype, like=shard.intensities)
     r2 = opts.r2
     r1 = opts.r1_rel * r2 * nrm / 12.0 if opts.tv else 0.0
     thresh = opts.tv_rel * c

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..backend import get_xp
+from ..backend import asarray_on, get_xp
 from ..operators import ForwardModel
 
 
@@ -118,3 +118,24 @@ class SolverResult:
     probe: object
     history: History
     state: dict = field(default_factory=dict)
+
+
+def power_lipschitz(apply, shape, comm, dtype, n_iter: int = 15, seed: int = 0, like=None) -> float:
+    """Largest eigenvalue of the Hermitian PSD map ``apply`` (a collective) by power iteration.
+
+    The start vector is seeded, so every rank starts from the same one; it lives on ``like``'s backend.
+    """
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype)
+    if like is not None:
+        x = asarray_on(x, like)
+    lam = 0.0
+    for _ in range(max(1, n_iter)):
+        nx = np.sqrt(comm.volume_dot(x, x))
+        if nx == 0:
+            return 0.0
+        x /= nx
+        y = apply(x)
+        lam = comm.volume_dot(x, y)
+        x = y
+    return float(lam)

@@ -40,8 +40,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..backend import asarray_on, get_xp
-from .base import History, Shard, SolverResult
+from ..backend import get_xp
+from .base import History, Shard, SolverResult, power_lipschitz
 from .prox import METRICS, data_objective
 
 SCHEDULES = ("time", "constant")
@@ -122,27 +122,6 @@ class ExpJointModel:
         t = psi * self.x(v)
         t = pt.patches_adj(w2 * pt.patches(t))
         return (self.c ** 2) * self.xadj(xp.conj(psi) * t)
-
-
-def power_lipschitz(apply, shape, comm, dtype, n_iter: int = 15, seed: int = 0, like=None) -> float:
-    """Largest eigenvalue of the Hermitian PSD map ``apply`` (a collective) by power iteration.
-
-    The start vector is seeded, so every rank starts from the same one; it lives on ``like``'s backend.
-    """
-    rng = np.random.default_rng(seed)
-    x = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype)
-    if like is not None:
-        x = asarray_on(x, like)
-    lam = 0.0
-    for _ in range(max(1, n_iter)):
-        nx = np.sqrt(comm.volume_dot(x, x))
-        if nx == 0:
-            return 0.0
-        x /= nx
-        y = apply(x)
-        lam = comm.volume_dot(x, y)
-        x = y
-    return float(lam)
 
 
 def _check(opts: GDOptions):
