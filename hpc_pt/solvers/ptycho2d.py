@@ -364,7 +364,7 @@ def pb_fourier(pb: _Problem, d, sel):
 # ----------------------------------------------------------------------------------------------------
 
 def dm(frames, positions, probe, field_shape=None, iterations: int = 100, probe_refine: bool = False,
-       probe_start: int = 2, obj_init="ones", mask=None, angle_index=None, eps: float = 1e-3,
+       probe_start: int = 2, obj_init="ones", mask=None, angle_index=None, eps: float = 1e-5,
        dtype=np.complex64, comm=None, callback=None) -> Ptycho2DResult:
     """Difference map (Thibault et al. 2009), all frames at once; see the module docstring.
 
