@@ -181,7 +181,7 @@ def _parse_option(text: str):
 
 
 def _reconstruct(args) -> int:
-    from .reconstruct import ReconConfig, reconstruct
+    from .pipeline import ReconConfig, reconstruct
 
     flags = {k: getattr(args, k) for k in ("method", "iterations", "noise", "prior", "prior_weight", "penalty",
                                            "probe_refine", "init", "model", "device")

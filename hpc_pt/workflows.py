@@ -68,7 +68,8 @@ def validate_input(path, chunk_frames: int = 4096, **scan_kwargs) -> dict:
 #: The demo's dataset: 48^3 Shepp-Logan, 24 angles, a sparse raster (step = 1.5 x beam FWHM, so 2D
 #: ptychography alone has no overlap), free space around the sample so the beam reaches its edges.
 DEMO_SIMULATION = dict(phantom="shepp-logan", size=48, angles=24, angle_range=180, probe_size=24, probe_fwhm=6.0,
-                       step=9.0, scan="raster", field_pad=8, model="linear", noise="poisson", peak=1.0, seed=0)
+                       step=4.0, scan="raster", per_angle_offset=1.0, field_pad=8, model="linear", noise="poisson",
+                       peak=100.0, seed=0)
 DEMO_RECONSTRUCTION = dict(method="apt", iterations=60)
 
 
@@ -79,7 +80,7 @@ def run_demo(out_dir, iterations=None, overwrite: bool = False, progress=None) -
 
     from .io import check_output_path, write_cxi
     from .metrics import evaluate
-    from .reconstruct import reconstruct
+    from .pipeline import reconstruct
     from .simulate import SimulationConfig, simulate_dataset
 
     t0 = time.perf_counter()

@@ -103,8 +103,14 @@ class atomic_output:
 
 def check_output_path(path, overwrite: bool = False) -> None:
     """Fail early (before hours of work) if ``path`` cannot be written: same checks as the real write,
-    including creating and removing a temporary file in the target directory."""
-    guard = atomic_output(path, overwrite)
+    including creating and removing a temporary file in the target directory. An existing directory (a Zarr
+    store) is accepted when ``overwrite`` is set: writers replace it only once the new one is complete."""
+    p = os.path.abspath(os.fspath(path))
+    if os.path.isdir(p):
+        if not overwrite:
+            raise InputError(f"{p} already exists; pass --force (overwrite=True) to replace it")
+        p = os.path.join(os.path.dirname(p), f".{os.path.basename(p)}.probe")
+    guard = atomic_output(p, overwrite)
     guard.__enter__()
     _unlink(guard.tmp)
 

@@ -71,6 +71,8 @@ class Ptychography(LinearOperator):
             if F and (aidx.min() < 0 or aidx.max() >= A):
                 raise ValueError(f"angle_index out of range 0..{A - 1}")
         self.field_shape = field_shape
+        self.positions = pos  # (F, 2) top-left (row, col), host copy
+        self.angle_index = aidx  # (F,) angle of each frame, host copy
         self.shape_in = field_shape
         self.shape_out = (F, m1, m2)
         ipos = np.floor(pos).astype(np.int64)

@@ -15,8 +15,15 @@ APTs (APT simplified) is the same with lambda = r1 = 0 and no p, Lambda1.
 
 Scale. The text fixes neither r1, r2 nor lambda. hpc-pt makes the defaults scale-free: the initial
 volume is the constant c that matches the data energy (||D(c 1)||^2 = sum f, seed 001 starts at u = 1),
-r2 = 1 (the z-prox weight is dimensionless), r1 = r1_rel * ||sum D^H D|| / 12 (12 bounds the Laplacian's
+r2 = 0.1 (the z-prox weight is dimensionless), r1 = r1_rel * ||sum D^H D|| / 12 (12 bounds the Laplacian's
 norm, so r1_rel compares the two terms of L), and the TV threshold lambda / r1 = tv_rel * c.
+
+Measured on 32^3 Shepp-Logan (24 angles, 16 px probe FWHM 3.5, 100 iterations): a smaller data penalty
+r2 converges much faster on noise-free data (sparse scan, step 5: r2 = 1 -> 6 dB, 0.1 -> 11 dB,
+0.01 -> 18 dB), while on Poisson data (48^3 demo, peak 100) small r2 over-fits the noise through a smaller
+lambda (0.3 -> 16.6 dB, 0.1 -> 14.5 dB, 0.01 -> 8.1 dB). The default r2 = 0.1 is the compromise; pass
+``--penalty`` 0.01 for clean simulations, 0.3 for noisy data. 4 CG iterations per outer iteration give the
+same quality as 12 at a third of the cost.
 """
 from __future__ import annotations
 
@@ -38,9 +45,9 @@ class APTOptions:
     tv: bool = True  # False: APTs
     tv_rel: float = 0.5  # soft threshold lambda / r1 in units of the volume scale c
     r1_rel: float = 0.05  # r1 relative to ||sum D^H D|| / 12
-    r2: float = 1.0
+    r2: float = 0.1
     cg_tol: float = 1e-2
-    cg_max_iter: int = 12
+    cg_max_iter: int = 4
     probe_refine: bool = False
     probe_refine_start: int = 5
     init: str = "constant"  # "constant" (energy-matched, seed 001's u0 = 1) or "zeros"

@@ -86,18 +86,8 @@ class TwoStepOptions:
 
 
 def model_positions(pt) -> np.ndarray:
-    """Top-left (row, col) positions of a :class:`~hpc_pt.operators.Ptychography` operator's frames.
-
-    Uses ``pt.positions`` when the operator keeps them, else recovers them from its window layout.
-    """
-    pos = getattr(pt, "positions", None)
-    if pos is not None:
-        return np.asarray(to_numpy(pos), dtype=np.float64)
-    shape = pt.field_shape
-    H, W = shape[-2:]
-    base = to_numpy(pt._idx[:, 0, 0]).astype(np.int64) % (H * W)
-    frac = np.stack([to_numpy(pt._fy).ravel(), to_numpy(pt._fx).ravel()], axis=1).astype(np.float64)
-    return np.stack([base // W, base % W], axis=1).astype(np.float64) + frac
+    """Top-left (row, col) positions of a :class:`~hpc_pt.operators.Ptychography` operator's frames."""
+    return np.asarray(pt.positions, dtype=np.float64)
 
 
 def probe_diameter(probe) -> float:
