@@ -51,7 +51,7 @@ class Ptychography(LinearOperator):
     def __init__(self, probe, positions, field_shape, angle_index=None, dtype=np.complex64):
         self.dtype = np.dtype(dtype)
         xp = get_xp(probe)
-        self.probe = probe.astype(self.dtype, copy=False)
+        self._probe = probe.astype(self.dtype, copy=False)
         m1, m2 = probe.shape
         field_shape = tuple(int(s) for s in field_shape)
         stacked = len(field_shape) == 3
@@ -82,27 +82,56 @@ class Ptychography(LinearOperator):
         # zero weight may point one past a field edge, so indices are clipped (their weight is exactly 0).
         e = 1 if self.fractional else 0
         self._win = (m1 + e, m2 + e)
-        base = aidx * (H * W) + ipos[:, 0] * W + ipos[:, 1]
-        grid = np.arange(m1 + e)[:, None] * W + np.arange(m2 + e)[None, :]
-        size = int(np.prod(field_shape))
-        idx = np.minimum(base[:, None, None] + grid[None], size - 1)
-        self._size = size
+        self._ipos, self._aidx, self._A, self._HW = ipos, aidx, A, (H, W)
+        self._size = int(np.prod(field_shape))
         self._xp = xp
         rdt = np.float32 if self.dtype == np.complex64 else np.float64
         self._fy = asarray_on(frac[:, 0].astype(rdt)[:, None, None], probe)
         self._fx = asarray_on(frac[:, 1].astype(rdt)[:, None, None], probe)
-        self._idx = asarray_on(idx, probe)
-        self._scatter = None  # CPU adjoint's sparse matrix, built on the first adjoint call
+        # GPU: flat gather/scatter indices; CPU: strided window views and a sparse scatter matrix (lazy)
+        self._idx = asarray_on(self._flat_index(), probe) if is_cupy(probe) else None
+        self._scatter = None
+
+    @property
+    def probe(self):
+        return self._probe
+
+    @probe.setter
+    def probe(self, value):
+        self._probe = value.astype(self.dtype, copy=False)
+
+    def _flat_index(self):
+        """(F, w1, w2) flat field index of every window pixel (clipped at the end: those taps weigh 0)."""
+        H, W = self._HW
+        w1, w2 = self._win
+        base = self._aidx * (H * W) + self._ipos[:, 0] * W + self._ipos[:, 1]
+        grid = np.arange(w1)[:, None] * W + np.arange(w2)[None, :]
+        return np.minimum(base[:, None, None] + grid[None], self._size - 1)
 
     def _scatter_matrix(self):
+        """CPU adjoint matrix S^T (built on the first adjoint call)."""
         if self._scatter is None:
-            self._scatter = _scatter_matrix(self._idx, self._size, self.dtype)
+            self._scatter = _scatter_matrix(self._flat_index(), self._size, self.dtype)
         return self._scatter
+
+    def _windows(self, psi):
+        """(F, w1, w2) windows of the field, gathered through a strided view (no index array)."""
+        from numpy.lib.stride_tricks import sliding_window_view
+
+        H, W = self._HW
+        w1, w2 = self._win
+        field = psi.reshape(self._A, H, W)
+        if self.fractional:  # one zero row and column so every (m+1)-window exists; they weigh 0
+            padded = np.zeros((self._A, H + 1, W + 1), dtype=self.dtype)
+            padded[:, :H, :W] = field
+            field = padded
+        view = sliding_window_view(field, (w1, w2), axis=(1, 2))
+        return view[self._aidx, self._ipos[:, 0], self._ipos[:, 1]]
 
     # -- window extraction S_j and its adjoint -------------------------------------------------------
     def patches(self, psi):
         """S_j psi for every frame: (F, m1, m2)."""
-        g = psi.reshape(-1)[self._idx]
+        g = psi.reshape(-1)[self._idx] if is_cupy(psi) else self._windows(psi)
         if not self.fractional:
             return g
         # separable bilinear interpolation: along columns, then along rows
