@@ -142,7 +142,7 @@ def _run_method(cfg: ReconConfig, shard, comm, callback, u0):
         return run_admm(shard, comm, opts, callback=callback, u0=u0)
     from .solvers.twostep import TwoStepOptions, run_twostep
 
-    opts = _options(TwoStepOptions, cfg, {"iterations": cfg.iterations, "metric": cfg.noise,
+    opts = _options(TwoStepOptions, cfg, {"iterations": cfg.iterations, "noise": cfg.noise,
                                           "probe_refine": cfg.probe_refine})
     return run_twostep(shard, comm, opts, callback=callback)
 

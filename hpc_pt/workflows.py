@@ -70,7 +70,7 @@ def validate_input(path, chunk_frames: int = 4096, **scan_kwargs) -> dict:
 DEMO_SIMULATION = dict(phantom="shepp-logan", size=48, angles=24, angle_range=180, probe_size=24, probe_fwhm=6.0,
                        step=4.0, scan="raster", per_angle_offset=1.0, field_pad=8, model="linear", noise="poisson",
                        peak=100.0, seed=0)
-DEMO_RECONSTRUCTION = dict(method="apt", iterations=60)
+DEMO_RECONSTRUCTION = dict(method="apt", iterations=100, penalty=0.3)  # noisy data: r2 = 0.3 (see apt.py)
 
 
 def run_demo(out_dir, iterations=None, overwrite: bool = False, progress=None) -> dict:

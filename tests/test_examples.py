@@ -1,0 +1,35 @@
+"""Every example config file parses and its settings are accepted by the solver it names."""
+import glob
+import os
+
+import pytest
+
+from hpc_pt.pipeline import ReconConfig
+from hpc_pt.simulate import SimulationConfig
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "examples")
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "reconstruct_*.toml"))))
+def test_reconstruct_examples_parse(path):
+    from dataclasses import fields
+
+    from hpc_pt.pipeline import _options  # noqa: F401  (the same mapping the CLI uses)
+    from hpc_pt.solvers import admm, apt, gd, twostep
+
+    cfg = ReconConfig.from_file(path)
+    assert os.path.basename(path) == f"reconstruct_{cfg.method}.toml"
+    cls = {"apt": apt.APTOptions, "apts": apt.APTOptions, "gd": gd.GDOptions, "admm": admm.ADMMOptions,
+           "two-step": twostep.TwoStepOptions}[cfg.method]
+    assert set(cfg.options) <= {f.name for f in fields(cls)}
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "simulate_*"))))
+def test_simulate_examples_parse(path):
+    cfg = SimulationConfig.from_file(path)
+    assert cfg.size in (64, 128)
+
+
+def test_one_example_per_method():
+    names = {os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "reconstruct_*.toml"))}
+    assert names == {f"reconstruct_{m}.toml" for m in ("apt", "apts", "admm", "gd", "two-step")}
