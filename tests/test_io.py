@@ -14,13 +14,22 @@ import zarr
 from hpc_pt import conventions as cv
 from hpc_pt.data import AngleData, Dataset, Geometry
 from hpc_pt.errors import InputError
-from hpc_pt.io import (
-    describe, file_checksum, format_description, provenance, read_cxi, read_frames, read_truth, read_volume,
-    scan_cxi, write_cxi, write_volume,
-)
 from hpc_pt.io import cxi as cxi_mod
-from hpc_pt.io import zarr_store
-from hpc_pt.io.summary import probe_fwhm_px
+from hpc_pt.io import (
+    describe,
+    file_checksum,
+    format_description,
+    provenance,
+    read_cxi,
+    read_frames,
+    read_truth,
+    read_volume,
+    scan_cxi,
+    write_cxi,
+    write_volume,
+    zarr_store,
+)
+from hpc_pt.operators.scan import probe_diameter_px as probe_fwhm_px
 
 M = 16  # probe / frame size
 FIELD = (32, 40)

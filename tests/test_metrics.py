@@ -5,7 +5,16 @@ import numpy as np
 import pytest
 
 from hpc_pt.errors import InputError
-from hpc_pt.metrics import align, centre_crop, evaluate, nrmse, psnr_db, r_factor, snr_db, ssim
+from hpc_pt.metrics import (
+    align,
+    centre_crop,
+    evaluate,
+    nrmse,
+    psnr_db,
+    r_factor,
+    snr_db,
+    ssim,
+)
 
 
 def cplx(rng, shape):

@@ -2,8 +2,19 @@
 import numpy as np
 import pytest
 
-from hpc_pt.operators import (ExpMap, ForwardModel, Gradient, Pad, Projector, Ptychography, divergence,
-                              dot_test, gradient, laplacian, tv_value)
+from hpc_pt.operators import (
+    ExpMap,
+    ForwardModel,
+    Gradient,
+    Pad,
+    Projector,
+    Ptychography,
+    divergence,
+    dot_test,
+    gradient,
+    laplacian,
+    tv_value,
+)
 
 TOL = {np.complex64: 1e-6, np.complex128: 1e-12}
 DTYPES = [np.complex64, np.complex128]

@@ -10,10 +10,10 @@ import zarr
 from hpc_pt.cli import main
 from hpc_pt.io import read_table, read_volume, write_cxi
 from hpc_pt.metrics import evaluate
+from hpc_pt.parallel import SerialComm
 from hpc_pt.pipeline import ReconConfig, build_shard, reconstruct
 from hpc_pt.simulate import SimulationConfig, simulate_dataset
 from hpc_pt.solvers.apt import APTOptions, run_apt
-from hpc_pt.parallel import SerialComm
 
 # 32^3 Shepp-Logan, 16 px probe (FWHM 3.5): dense scan (overlap 0.43) and sparse scan (overlap -0.43,
 # no 2D ptychography possible), both with free space around the sample and a per-angle shift of the raster

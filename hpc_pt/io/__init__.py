@@ -2,7 +2,16 @@
 
 See docs/formats.md for every path, dtype, unit and convention.
 """
-from .cxi import CxiEntry, CxiIndex, check_output_path, read_cxi, read_frames, read_truth, scan_cxi, write_cxi
+from .cxi import (
+    CxiEntry,
+    CxiIndex,
+    check_output_path,
+    read_cxi,
+    read_frames,
+    read_truth,
+    scan_cxi,
+    write_cxi,
+)
 from .provenance import file_checksum, provenance
 from .summary import describe, format_description
 from .zarr_store import read_table, read_volume, write_volume

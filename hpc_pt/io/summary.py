@@ -1,38 +1,17 @@
 """``hpc-pt info``: what a CXI input holds and how much memory reconstructing it needs (frames not read)."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .. import conventions as cv
+from ..operators.scan import (
+    nearest_neighbour_distances,
+    overlap_ratio,
+    probe_diameter_px,
+)
 from .cxi import CxiIndex, scan_cxi
 
-__all__ = ["describe", "format_description", "probe_fwhm_px", "median_nn_distance_px", "memory_estimate"]
-
-
-def probe_fwhm_px(probe) -> float:
-    """Probe FWHM in pixels: diameter of the disc whose area equals the area where |w| >= max|w| / 2."""
-    amp = np.abs(np.asarray(probe))
-    peak = float(amp.max()) if amp.size else 0.0
-    if peak <= 0:
-        return float("nan")
-    area = float(np.count_nonzero(amp >= peak / 2))
-    return 2.0 * math.sqrt(area / math.pi)
-
-
-def median_nn_distance_px(positions_per_angle) -> float:
-    """Median over all frames of the distance to the nearest other probe centre of the same angle."""
-    from scipy.spatial import cKDTree
-
-    d = []
-    for pos in positions_per_angle:
-        pos = np.asarray(pos, dtype=np.float64)
-        if pos.shape[0] < 2:
-            continue
-        dist, _ = cKDTree(pos).query(pos, k=2)
-        d.append(dist[:, 1])
-    return float(np.median(np.concatenate(d))) if d else float("nan")
+__all__ = ["describe", "format_description", "memory_estimate"]
 
 
 def memory_estimate(n_frames_total: int, frame_shape, field_shape) -> dict:
@@ -49,13 +28,17 @@ def describe(path_or_index, **scan_kwargs) -> dict:
     """Summary of a CXI file / directory (metadata only; no frame is read). See :func:`format_description`.
 
     ``overlap_ratio`` = 1 - (median nearest-neighbour probe-centre distance) / (probe FWHM), where the FWHM
-    is estimated from the illumination amplitude (:func:`probe_fwhm_px`); None when no angle has two frames.
+    is estimated from the illumination amplitude (:func:`hpc_pt.operators.scan.probe_diameter_px`); None when no angle has two frames.
     """
     idx = path_or_index if isinstance(path_or_index, CxiIndex) else scan_cxi(path_or_index, **scan_kwargs)
     nf = [int(v) for v in idx.n_frames]
-    fwhm = probe_fwhm_px(idx.probe)
-    nn = median_nn_distance_px([e.positions for e in idx.entries])
-    overlap = None if not (np.isfinite(fwhm) and np.isfinite(nn) and fwhm > 0) else 1.0 - nn / fwhm
+    fwhm = probe_diameter_px(idx.probe)
+    positions = [e.positions for e in idx.entries]
+    dists = [nearest_neighbour_distances(p) for p in positions]
+    nn = float(np.median(np.concatenate(dists))) if any(d.size for d in dists) else float("nan")
+    overlap = None
+    if np.isfinite(fwhm) and fwhm > 0 and np.isfinite(nn):
+        overlap = overlap_ratio(positions, fwhm)
     return {
         "path": idx.path,
         "n_angles": idx.n_angles,

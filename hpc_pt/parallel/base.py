@@ -8,7 +8,6 @@ so volume-sized partial sums (back-projections of each rank's frames) are combin
 from __future__ import annotations
 
 
-
 class Comm:
     """Interface: collective operations over the ranks/workers that each hold one shard."""
 

@@ -6,7 +6,14 @@ shifted scans over [0, 2 pi)).
 """
 from .angles import make_angles
 from .config import SimulationConfig
-from .dataset import iter_intensities, make_geometry, make_phantom, make_positions, make_probe, simulate_dataset
+from .dataset import (
+    iter_intensities,
+    make_geometry,
+    make_phantom,
+    make_positions,
+    make_probe,
+    simulate_dataset,
+)
 from .materials import MATERIALS, Material, refractive_index
 from .noise import poisson_noise, snr_intensity
 from .phantoms import random_ellipsoids, shepp_logan_3d, wire_phantom

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..operators.scan import probe_diameter_px as _shared_diameter
 
 #: dataset paths searched in HDF5 / CXI probe files, in order
 PROBE_DATASETS = ("probe", "entry_1/instrument_1/source_1/illumination", "entry_1/probe")
@@ -55,14 +56,11 @@ def disc_probe(m: int, diameter_px: float) -> np.ndarray:
 
 
 def probe_diameter_px(probe) -> float:
-    """Beam diameter estimated from a probe array: the diameter of the disc whose area equals the area
-    where |w| >= max|w| / 2. For a Gaussian this is the amplitude FWHM, for a disc its diameter."""
-    a = np.abs(np.asarray(probe))
-    peak = float(a.max()) if a.size else 0.0
-    if peak <= 0:
+    """Beam diameter of a probe (see :func:`hpc_pt.operators.scan.probe_diameter_px`); ValueError if zero."""
+    d = _shared_diameter(probe)
+    if not math.isfinite(d):
         raise ValueError("the probe is zero everywhere; cannot estimate its diameter")
-    area = float(np.count_nonzero(a >= peak / 2.0))
-    return 2.0 * math.sqrt(area / math.pi)
+    return d
 
 
 def _check_probe(arr, where: str) -> np.ndarray:

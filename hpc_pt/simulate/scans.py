@@ -13,6 +13,9 @@ import math
 
 import numpy as np
 
+from ..operators.scan import nearest_neighbour_distances  # noqa: F401  (re-exported)
+from ..operators.scan import overlap_ratio as _shared_overlap
+
 SCAN_KINDS = ("raster", "fermat")
 #: median nearest-neighbour distance of the golden-angle Fermat spiral r_i = sqrt(i), theta_i = i * golden
 #: angle (measured over 2,000 points; 1.67 - 1.69 for any count above 30)
@@ -98,30 +101,9 @@ def scan_for_angle(kind: str, field_hw, probe_shape, step: float, angle_index: i
     raise ValueError(f"unknown scan kind {kind!r}; use one of {SCAN_KINDS}")
 
 
-def nearest_neighbour_distances(positions) -> np.ndarray:
-    """Distance from each position to its nearest other position (pixels)."""
-    from scipy.spatial import cKDTree
-
-    pos = np.asarray(positions, dtype=np.float64).reshape(-1, 2)
-    if pos.shape[0] < 2:
-        return np.zeros(0)
-    d, _ = cKDTree(pos).query(pos, k=2)
-    return d[:, 1]
-
-
 def overlap_ratio(positions, beam_diameter_px: float) -> float:
-    """Linear overlap 1 - d_nn / D (Bunk et al., Ultramicroscopy 108, 481 (2008)), d_nn the median
-    nearest-neighbour distance between probe positions and D the beam diameter (amplitude FWHM for a
-    Gaussian probe, the diameter for a disc; see :func:`hpc_pt.simulate.probes.probe_diameter_px`).
-
-    Negative values mean gaps between neighbouring beams (seed 001's 32-px step with a 14-px FWHM
-    gives 1 - 32/14 = -1.29); 0.0 is returned for fewer than two positions.
-    Note: seed 002 labels its 4- and 10-pixel steps with a 15-pixel beam as "30% and 70% of overlap";
-    under this definition they are 1 - 4/15 = 73% and 1 - 10/15 = 33%, so the seed's labels appear swapped.
-    """
-    if not beam_diameter_px > 0:
-        raise ValueError(f"beam diameter must be positive, got {beam_diameter_px}")
-    d = nearest_neighbour_distances(positions)
-    if d.size == 0:
-        return 0.0
-    return float(1.0 - np.median(d) / float(beam_diameter_px))
+    """Linear overlap 1 - d_nn / D of one scan (:func:`hpc_pt.operators.scan.overlap_ratio`); 0.0 for
+    fewer than two positions. Seed 002 labels its 4- and 10-pixel steps with a 15-pixel beam "30% and 70%
+    of overlap"; under this (Bunk et al.) definition they are 73% and 33%, so the labels appear swapped."""
+    value = _shared_overlap(positions, beam_diameter_px)
+    return 0.0 if math.isnan(value) else value

@@ -71,10 +71,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..backend import asarray_on, get_xp
-from .base import History, Shard, SolverResult, conjugate_gradient
-from .base import power_lipschitz
+from .base import History, Shard, SolverResult, conjugate_gradient, power_lipschitz
 from .gd import ExpJointModel, data_residual
-from .prox import METRICS, data_objective
+from .prox import METRICS, data_objective, frame_objective
 
 BALANCE_MODES = ("normalized", "relative")
 
@@ -98,19 +97,6 @@ class ADMMOptions:
     balance_mode: str = "normalized"  # "normalized" (penalties in units of their start) or "relative"
     max_backtracks: int = 8  # psi-step halvings (Poisson guard)
 
-
-def frame_objective(model_mag, f, sqrt_f, metric: str, mask=None):
-    """Per-frame sums of G (the terms of :func:`hpc_pt.solvers.prox.data_objective`), shape (F,)."""
-    xp = get_xp(model_mag)
-    if metric == "gaussian":
-        g = 0.5 * (model_mag - sqrt_f) ** 2
-    else:
-        i = model_mag ** 2
-        tiny = 1e-30
-        g = 0.5 * (i - f - f * (xp.log(xp.maximum(i, tiny)) - xp.log(xp.maximum(f, tiny))))
-    if mask is not None:
-        g = g * mask
-    return g.reshape(g.shape[0], -1).sum(axis=1)
 
 
 def _rel(a: float, b: float) -> float:

@@ -46,9 +46,9 @@ def prox_poisson(zt, f, r: float, mask=None):
     return z if mask is None else xp.where(mask, z, zt)
 
 
-def data_objective(model_mag, f, sqrt_f, metric: str, mask=None) -> float:
-    """sum G over pixels for model moduli ``model_mag`` (seed 001 Eq. 2 with eps = 0; pIPM up to the
-    constant that makes it zero at |z|^2 = f)."""
+def frame_objective(model_mag, f, sqrt_f, metric: str, mask=None):
+    """Per-frame sums of G, shape (F,), for model moduli ``model_mag`` (F, m1, m2) (seed 001 Eq. 2 with
+    eps = 0; pIPM shifted by the constant that makes it zero at |z|^2 = f)."""
     xp = get_xp(model_mag)
     if metric == "gaussian":
         g = 0.5 * (model_mag - sqrt_f) ** 2
@@ -58,7 +58,12 @@ def data_objective(model_mag, f, sqrt_f, metric: str, mask=None) -> float:
         g = 0.5 * (i - f - f * (xp.log(xp.maximum(i, tiny)) - xp.log(xp.maximum(f, tiny))))
     if mask is not None:
         g = g * mask
-    return float(g.sum())
+    return g.reshape(g.shape[0], -1).sum(axis=1)
+
+
+def data_objective(model_mag, f, sqrt_f, metric: str, mask=None) -> float:
+    """sum G over all pixels of all frames (see :func:`frame_objective`)."""
+    return float(frame_objective(model_mag, f, sqrt_f, metric, mask).sum())
 
 
 def prox_tv(pt, thresh: float):

@@ -55,6 +55,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backend import get_xp, to_numpy
+from ..operators.scan import overlap_ratio
+from ..operators.scan import probe_diameter_px as probe_diameter
 from .base import History, Shard, SolverResult
 from .ptycho2d import METHODS, solve
 from .tomo import TomoOptions, reconstruct
@@ -90,25 +92,11 @@ def model_positions(pt) -> np.ndarray:
     return np.asarray(pt.positions, dtype=np.float64)
 
 
-def probe_diameter(probe) -> float:
-    """Area-equivalent diameter of the region where |w| >= max|w| / 2 (FWHM for a Gaussian)."""
-    a = np.abs(to_numpy(probe))
-    area = float((a >= 0.5 * a.max()).sum()) if a.size and a.max() > 0 else 0.0
-    return 2.0 * np.sqrt(area / np.pi)
-
-
 def scan_overlap(positions, counts, probe) -> float:
-    """Smallest per-angle linear overlap 1 - median nearest-neighbour distance / beam diameter."""
-    from scipy.spatial import cKDTree
-
-    D = probe_diameter(probe)
-    worst = np.inf
-    for pos in np.split(np.asarray(positions), np.cumsum(counts)[:-1]):
-        if len(pos) < 2:
-            continue
-        d, _ = cKDTree(pos).query(pos, k=2)
-        worst = min(worst, 1.0 - float(np.median(d[:, 1])) / max(D, 1e-12))
-    return float(worst) if np.isfinite(worst) else 0.0
+    """Smallest per-angle linear overlap (:func:`hpc_pt.operators.scan.overlap_ratio`); 0.0 if undefined."""
+    per_angle = np.split(np.asarray(positions), np.cumsum(counts)[:-1])
+    value = overlap_ratio(per_angle, max(probe_diameter(probe), 1e-12), reduce="min")
+    return 0.0 if np.isnan(value) else value
 
 
 def unwrap_phase_2d(phase, method: str = "auto", mask=None):
