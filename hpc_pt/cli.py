@@ -73,8 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--init", default=None, help="constant, zeros, or a .npy / Zarr volume")
     r.add_argument("--model", choices=["linear", "exp"], default=None, help="forward model (default: by method)")
     r.add_argument("--device", choices=["cpu", "gpu"], default=None)
+    r.add_argument("--volume-size", type=int, default=None,
+                   help="edge N of the reconstructed volume (default: simulated sample size or field width)")
     r.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method-specific option, e.g. --option cg_max_iter=20 (repeatable)")
+    _add_reader_flags(r)
     r.add_argument("--out", required=True, help="output Zarr store (a PNG is written next to it)")
     r.add_argument("--force", action="store_true", help="overwrite an existing output store")
     r.add_argument("--quiet", action="store_true", help="no per-iteration progress")
@@ -85,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p2.add_argument("--method", choices=["epie", "dm", "ml"], default="dm")
     p2.add_argument("--iterations", type=int, default=100)
     p2.add_argument("--probe-refine", action="store_true")
+    _add_reader_flags(p2)
     p2.add_argument("--out", help="write the object field and probe to this .npz file")
     p2.add_argument("--force", action="store_true")
 
@@ -142,11 +146,31 @@ def _with_progress(run, label, quiet):
         return run(lambda done, total: bar.update(task, completed=done, total=total))
 
 
+def _json(d) -> str:
+    """One strict-JSON object: NaN and infinities become null."""
+    import math
+
+    def clean(v):
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, float) or type(v).__module__ == "numpy":
+            try:
+                f = float(v)
+            except (TypeError, ValueError):
+                return v
+            return f if math.isfinite(f) else None
+        return v
+
+    return json.dumps(clean(d))
+
+
 def _info(args) -> int:
     from .io import describe, format_description
 
     d = describe(args.path, **_reader_kwargs(args))
-    print(json.dumps(d, default=float) if args.json else format_description(d))
+    print(_json(d) if args.json else format_description(d))
     return 0
 
 
@@ -155,7 +179,7 @@ def _validate(args) -> int:
     from .workflows import validate_input
 
     d = validate_input(args.path, **_reader_kwargs(args))
-    print(json.dumps(d, default=float) if args.json else format_description(d) + "\nvalid: every frame checked")
+    print(_json(d) if args.json else format_description(d) + "\nvalid: every frame checked")
     return 0
 
 
@@ -163,7 +187,7 @@ def _evaluate(args) -> int:
     from .workflows import evaluate_reconstruction, format_metrics
 
     m = evaluate_reconstruction(args.recon, args.truth)
-    print(json.dumps(m, default=float) if args.json else format_metrics(m))
+    print(_json(m) if args.json else format_metrics(m))
     return 0
 
 
@@ -184,18 +208,21 @@ def _reconstruct(args) -> int:
     from .pipeline import ReconConfig, reconstruct
 
     flags = {k: getattr(args, k) for k in ("method", "iterations", "noise", "prior", "prior_weight", "penalty",
-                                           "probe_refine", "init", "model", "device")
+                                           "probe_refine", "init", "model", "device", "volume_size")
              if getattr(args, k) is not None}
     if args.option:
         flags["options"] = dict(_parse_option(o) for o in args.option)
     cfg = ReconConfig.from_file(args.config, flags) if args.config else ReconConfig.build(flags)
     progress = None if args.quiet else _print_row
     t0 = time.perf_counter()
-    res = reconstruct(args.data, out=args.out, config=cfg, overwrite=args.force, progress=progress,
-                      command=" ".join(sys.argv))
-    last = {k: v[-1] for k, v in res.history.items() if len(v)}
-    print(f"wrote {res.out} and {res.figure}: {cfg.method}, {len(res.history.get('iteration', []))} iterations "
-          f"in {time.perf_counter() - t0:.1f} s, final R-factor {last.get('r_factor', float('nan')):.4g}")
+    from .io import read_cxi
+
+    data = read_cxi(args.data, **_reader_kwargs(args))
+    res = reconstruct(data, out=args.out, config=cfg, overwrite=args.force, progress=progress,
+                      command=" ".join(sys.argv), input_path=args.data)
+    rf = [v for v in res.history.get("r_factor", []) if v == v]  # two-step's last rows are tomography rows
+    print(f"wrote {res.out} and {res.figure}: {cfg.method}, {cfg.iterations} iterations "
+          f"in {time.perf_counter() - t0:.1f} s, final R-factor {rf[-1] if rf else float('nan'):.4g}")
     return 0
 
 
@@ -213,7 +240,7 @@ def _ptycho2d(args) -> int:
 
     if args.out:
         check_output_path(args.out, overwrite=args.force)
-    ds = read_cxi(args.data)
+    ds = read_cxi(args.data, **_reader_kwargs(args))
     if not 0 <= args.angle < len(ds.angles):
         raise InputError(f"--angle {args.angle} is out of range; the file has {len(ds.angles)} angles (0..."
                          f"{len(ds.angles) - 1})")

@@ -37,6 +37,8 @@ class ReconConfig(BaseModel):
     probe_refine: bool = False
     init: str = Field("constant", description="constant, zeros, or a .npy / Zarr volume")
     model: Literal["linear", "exp"] | None = Field(None, description="forward model (default: by method)")
+    volume_size: int | None = Field(None, ge=4, description="edge N of the reconstructed (nz, N, N) volume "
+                                    "(default: the simulated sample size, else the object-field width)")
     device: Literal["cpu", "gpu"] = "cpu"
     options: dict = Field(default_factory=dict, description="method-specific options, by name")
 
@@ -83,7 +85,20 @@ class ReconResult:
     figure: str | None = None
 
 
-def build_shard(ds: Dataset, model: str, device: str = "cpu"):
+def volume_shape_for(ds: Dataset, volume_size: int | None = None) -> tuple[int, int, int]:
+    """(nz, N, N) of the reconstruction. N: ``volume_size``, else the sample size hpc-pt's simulator records
+    (a support the solvers then need not fill with free space), else the object-field width W. nz: N for a
+    simulated sample of that size, else the field height H. The volume sits centred in the field."""
+    H, W = ds.geometry.field_shape
+    size = ds.attrs.get("size")
+    n = int(volume_size or size or W)
+    if n > W:
+        raise InputError(f"volume size {n} is wider than the {W}-pixel object field; choose --volume-size <= {W}")
+    nz = n if (size and n == int(size) and n <= H) else H
+    return nz, n, n
+
+
+def build_shard(ds: Dataset, model: str, device: str = "cpu", volume_size: int | None = None):
     """The serial shard (all angles, all frames) and the forward model on ``device``."""
     from .backend import require_gpu
     from .operators import ForwardModel
@@ -94,29 +109,74 @@ def build_shard(ds: Dataset, model: str, device: str = "cpu"):
     H, W = ds.geometry.field_shape
     c = cv.k_dz(ds.geometry.energy_ev, ds.geometry.pixel_m)
     probe = xp.asarray(ds.probe.astype(np.complex64))
-    fm = ForwardModel((H, W, W), ds.angles_rad, probe, [a.positions for a in ds.angles], (H, W), model=model,
-                      c=c, gpu=gpu)
+    fm = ForwardModel(volume_shape_for(ds, volume_size), ds.angles_rad, probe, [a.positions for a in ds.angles],
+                      (H, W), model=model, c=c, gpu=gpu)
     f = xp.asarray(np.concatenate([a.frames for a in ds.angles]).astype(np.float32))
     mask = None if ds.mask is None else xp.asarray(ds.mask.astype(bool))
     return Shard(fm, f, np.arange(len(ds.angles)), mask=mask)
 
 
+#: generic settings each method uses (setting any other one explicitly is an error, not silently ignored)
+USES = {"apt": {"noise", "prior", "prior_weight", "penalty", "probe_refine", "init"},
+        "apts": {"noise", "prior", "penalty", "probe_refine", "init"},
+        "gd": {"noise", "init"},
+        "admm": {"noise", "prior", "prior_weight", "penalty", "init"},
+        "two-step": {"noise", "probe_refine"}}
+GENERIC = {"noise", "prior", "prior_weight", "penalty", "probe_refine", "init"}
+
+
+def check_settings(cfg: ReconConfig, model: str) -> None:
+    """Reject settings the chosen method would ignore, and model/method mismatches, before any work."""
+    unused = sorted((cfg.model_fields_set & GENERIC) - USES[cfg.method])
+    if cfg.method == "apts" and cfg.prior != "none" and "prior" in cfg.model_fields_set:
+        unused.append("prior")
+    if unused:
+        flags = ", ".join("--" + u.replace("_", "-") for u in unused)
+        raise InputError(f"method {cfg.method!r} does not use {flags}; drop it or choose a method that does "
+                         "(see docs/solvers.md)")
+    if cfg.method in ("apt", "apts") and model != "linear":
+        raise InputError(f"{cfg.method} uses the linear (Rytov) model; drop --model exp or use --method admm/gd")
+    if cfg.method in ("gd", "admm") and model != "exp":
+        raise InputError(f"{cfg.method} uses the exponential model; drop --model linear or use --method apt")
+    if cfg.method in ("gd", "admm") and cfg.init == "constant" and "init" in cfg.model_fields_set:
+        raise InputError(f"{cfg.method} starts from zeros (free space) or a given volume; use --init zeros or FILE")
+
+
+def _coerce(cls, values: dict) -> dict:
+    """Convert option values to the dataclass fields' types, with a one-line error naming the option."""
+    types = {f.name: f.type for f in fields(cls)}
+    out = {}
+    for k, v in values.items():
+        t = str(types[k])
+        try:
+            if t in ("int", "<class 'int'>") and not isinstance(v, bool):
+                fv = float(v)
+                if not fv.is_integer():
+                    raise ValueError(v)
+                v = int(fv)
+            elif t in ("float", "<class 'float'>"):
+                v = float(v)
+            elif t in ("bool", "<class 'bool'>") and not isinstance(v, bool):
+                v = {"true": True, "false": False, "1": True, "0": False}[str(v).lower()]
+        except (ValueError, TypeError, KeyError):
+            raise InputError(f"option {k}={v!r} must be of type {t.replace(chr(39), '')}") from None
+        out[k] = v
+    return out
+
+
 def _options(cls, cfg: ReconConfig, mapped: dict):
     """Instantiate a solver's options dataclass from the generic settings plus ``cfg.options``."""
     names = {f.name for f in fields(cls)}
-    if cfg.probe_refine and "probe_refine" not in names:
-        raise InputError(f"method {cfg.method!r} keeps the probe fixed; drop --probe-refine or use apt/apts "
-                         "or two-step")
     extra = dict(cfg.options)
     unknown = sorted(set(extra) - names)
     if unknown:
         raise InputError(f"unknown option(s) {unknown} for method {cfg.method!r}; known: {sorted(names)}")
     values = {k: v for k, v in mapped.items() if k in names and v is not None}
-    values.update(extra)
+    values.update(_coerce(cls, extra))
     return cls(**values)
 
 
-def _run_method(cfg: ReconConfig, shard, comm, callback, u0):
+def _run_method(cfg: ReconConfig, shard, comm, callback, u0, support=None):
     if cfg.method in ("apt", "apts"):
         from .solvers.apt import APTOptions, run_apt
 
@@ -143,7 +203,7 @@ def _run_method(cfg: ReconConfig, shard, comm, callback, u0):
     from .solvers.twostep import TwoStepOptions, run_twostep
 
     opts = _options(TwoStepOptions, cfg, {"iterations": cfg.iterations, "noise": cfg.noise,
-                                          "probe_refine": cfg.probe_refine})
+                                          "probe_refine": cfg.probe_refine, "support_width": support})
     return run_twostep(shard, comm, opts, callback=callback)
 
 
@@ -164,7 +224,7 @@ def _initial_volume(init: str, shape):
 
 
 def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwrite: bool = False,
-                comm=None, progress=None, command=None, **settings) -> ReconResult:
+                comm=None, progress=None, command=None, input_path=None, **settings) -> ReconResult:
     """Reconstruct ``data`` (CXI path or :class:`Dataset`) with ``config`` / keyword ``settings``
     (see :class:`ReconConfig`); write ``out`` (Zarr) and ``out`` with suffix .png when given."""
     from .backend import to_numpy
@@ -174,7 +234,6 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
         cfg = config if not settings else ReconConfig.build({**config.model_dump(), **settings})
     else:
         cfg = ReconConfig.build({**(config or {}), **settings})
-    input_path = None
     if isinstance(data, Dataset):
         ds = data
     else:
@@ -182,21 +241,29 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
 
         input_path = os.fspath(data)
         ds = read_cxi(input_path)
+    figure = None
     if out is not None:
         from .io import check_output_path
 
         check_output_path(out, overwrite=overwrite)
+        figure = os.path.splitext(os.path.abspath(out))[0] + ".png"
+        check_output_path(figure, overwrite=overwrite)
     model = cfg.model or DEFAULT_MODEL[cfg.method] or ds.attrs.get("model", "linear")
-    if cfg.method in ("apt", "apts") and model != "linear":
-        raise InputError(f"{cfg.method} uses the linear (Rytov) model; drop --model exp or use --method admm/gd")
-    shard = build_shard(ds, model, cfg.device)
+    check_settings(cfg, model)
+    shard = build_shard(ds, model, cfg.device, cfg.volume_size)
     u0 = _initial_volume(cfg.init, shard.volume_shape)
     comm = comm or SerialComm()
     callback = None
     if progress is not None:
         def callback(row, u):
             progress(row)
-    res = _run_method(cfg, shard, comm, callback, u0)
+    support = ds.attrs.get("size") if cfg.method == "two-step" else None  # simulated sample width
+    try:
+        res = _run_method(cfg, shard, comm, callback, u0, support=support)
+    except (ValueError, TypeError) as e:  # option values the solvers' own checks reject
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"{cfg.method}: {e}") from None
     volume = to_numpy(res.volume).astype(np.complex64)
     probe = to_numpy(res.probe).astype(np.complex64)
     hist = res.history.as_columns()
@@ -208,9 +275,12 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
         attrs = {"method": cfg.method, "model": model, "reconstruction": cfg.model_dump(),
                  "solver_state": {k: v for k, v in res.state.items() if np.isscalar(v)},
                  "energy_ev": ds.geometry.energy_ev, "angles_deg": [a.angle_deg for a in ds.angles]}
+        from .io.cxi import atomic_output
+
+        with atomic_output(figure, overwrite) as tmp:  # the figure first: a failure leaves no store behind
+            recon_figure(volume, hist, tmp, title=f"hpc-pt {cfg.method}: {os.path.basename(os.path.abspath(out))}")
+        result.figure = figure
         result.out = write_volume(out, volume, ds.geometry.pixel_m, attrs=attrs, overwrite=overwrite,
                                   command=command, config=cfg.model_dump(), input_path=input_path,
                                   tables={"history": hist}, arrays={"probe": probe})
-        result.figure = recon_figure(volume, hist, os.path.splitext(os.path.abspath(out))[0] + ".png",
-                                     title=f"hpc-pt {cfg.method}: {os.path.basename(os.path.abspath(out))}")
     return result

@@ -36,6 +36,6 @@ def recon_figure(volume, history: dict, path, title: str = "") -> str:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=11)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, format="png")
     plt.close(fig)
     return str(path)

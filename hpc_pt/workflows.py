@@ -18,10 +18,16 @@ def load_truth(path):
         vol, _ = read_volume(path)
         return vol, {}
     if path.endswith(".npy"):
-        return np.load(path), {}
+        try:
+            return np.load(path, allow_pickle=False), {}
+        except (ValueError, OSError) as e:
+            raise InputError(f"truth {path} is not a plain .npy array ({e}); save the volume with np.save") from None
     from .io import read_truth
 
     truth = read_truth(path)
+    if truth is None or "volume" not in truth:
+        raise InputError(f"{path} holds no /hpc_pt_truth group; pass the file hpc-pt simulate wrote, "
+                         "a Zarr volume store or a .npy volume")
     return truth["volume"], truth
 
 

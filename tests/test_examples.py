@@ -14,7 +14,7 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "examples")
 def test_reconstruct_examples_parse(path):
     from dataclasses import fields
 
-    from hpc_pt.pipeline import _options  # noqa: F401  (the same mapping the CLI uses)
+    from hpc_pt.pipeline import DEFAULT_MODEL, _options, check_settings
     from hpc_pt.solvers import admm, apt, gd, twostep
 
     cfg = ReconConfig.from_file(path)
@@ -22,6 +22,10 @@ def test_reconstruct_examples_parse(path):
     cls = {"apt": apt.APTOptions, "apts": apt.APTOptions, "gd": gd.GDOptions, "admm": admm.ADMMOptions,
            "two-step": twostep.TwoStepOptions}[cfg.method]
     assert set(cfg.options) <= {f.name for f in fields(cls)}
+    check_settings(cfg, DEFAULT_MODEL[cfg.method] or "linear")  # no setting the method would ignore
+    opts = _options(cls, cfg, {})  # values of the right types
+    for k, v in cfg.options.items():
+        assert getattr(opts, k) == v
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "simulate_*"))))

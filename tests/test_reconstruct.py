@@ -37,7 +37,7 @@ def snr(res, ds):
 
 def test_apt_reconstructs_dense_scan_and_objective_decreases(dense):
     res = reconstruct(dense, method="apt", iterations=60)
-    assert snr(res, dense) > 25.0  # measured 29.9 dB
+    assert snr(res, dense) > 28.0  # measured 33.4 dB (APTs 14.3, two-step 14.1)
     obj = res.history["objective"]
     assert obj[-1] < 0.01 * obj[0] and np.all(np.diff(obj[-10:]) < 0)  # measured 0.0065, still falling
     assert res.history["r_factor"][-1] < 0.03
@@ -53,7 +53,7 @@ def test_sparse_scan_ordering_apt_apts_twostep(sparse):
     assert np.all(np.isfinite(two.volume))
     assert any("overlap" in str(w.message) for w in caught)
     two_snr = snr(two, sparse)
-    assert apt > apts + 1.0 and apts > two_snr, (apt, apts, two_snr)
+    assert apt > apts + 1.0 and apts > two_snr, (apt, apts, two_snr)  # measured 11.7 > 8.0 > 2.5 dB
 
 
 def test_probe_update_improves_wrong_probe(dense):
@@ -132,6 +132,10 @@ def test_reconstruct_from_config_file(small_files, tmp_path, capsys):
     (["--method", "gd", "--probe-refine"], ["probe"]),
     (["--method", "apt", "--model", "exp"], ["linear"]),
     (["--method", "apt", "--init", "missing.npy"], ["missing.npy"]),
+    (["--method", "apt", "--option", "cg_max_iter=abc"], ["cg_max_iter"]),
+    (["--method", "gd", "--model", "linear"], ["exponential"]),
+    (["--method", "two-step", "--penalty", "3"], ["--penalty"]),
+    (["--method", "admm", "--model", "exp", "--prior", "no-such-denoiser"], ["no-such-denoiser"]),
 ])
 def test_bad_reconstruct_options_fail_cleanly(small_files, tmp_path, capsys, argv, words):
     out = tmp_path / "bad.zarr"
@@ -140,6 +144,37 @@ def test_bad_reconstruct_options_fail_cleanly(small_files, tmp_path, capsys, arg
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and all(w in err[0] for w in words), err
     assert not out.exists()
+
+
+def test_existing_figure_is_not_overwritten(small_files, tmp_path, capsys):
+    (tmp_path / "r.png").write_text("keep")
+    code = main(["reconstruct", str(small_files / "lin.h5"), "--iterations", "1", "--out", str(tmp_path / "r.zarr"),
+                 "--quiet"])
+    assert code == 2 and "--force" in capsys.readouterr().err
+    assert (tmp_path / "r.png").read_text() == "keep" and not (tmp_path / "r.zarr").exists()
+
+
+def test_evaluate_needs_a_truth(small_files, tmp_path, capsys):
+    import h5py
+    import shutil
+
+    bare = tmp_path / "bare.h5"
+    shutil.copy(small_files / "lin.h5", bare)
+    with h5py.File(bare, "r+") as f:
+        del f["hpc_pt_truth"]
+    out = tmp_path / "r.zarr"
+    assert main(["reconstruct", str(small_files / "lin.h5"), "--iterations", "1", "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--truth", str(bare)]) == 2
+    assert "hpc_pt_truth" in capsys.readouterr().err
+
+
+def test_twostep_exp_through_the_pipeline_uses_free_space():
+    """The 2-step exp path through reconstruct() finds the free-space band around the simulated sample."""
+    ds = simulate_dataset(SimulationConfig(phantom="wires", size=24, angles=24, angle_range=360, probe_size=16,
+                                           probe_kind="disc", probe_fwhm=10, step=3, field_pad=6, model="exp"))
+    res = reconstruct(ds, method="two-step", iterations=50)
+    assert snr(res, ds) > 9.0  # measured 10.8 dB (7.1 dB without the free-space band)
 
 
 def test_ptycho2d_cli(small_files, tmp_path, capsys):

@@ -504,6 +504,14 @@ def scan_cxi(path, flip_translations: bool = False, translation_layout: str = "a
         fshape, source = stored_field, f"the file's {FIELD_ATTR} attribute"
     else:
         all_t = np.concatenate([e.translations for e in entries], axis=0)
+        # A vertical stage position means nothing relative to a vertical rotation axis (and facilities
+        # record absolute heights): centre the field vertically on the middle of the scanned range.
+        y0 = 0.5 * (all_t[:, 1].min() + all_t[:, 1].max()) if all_t.size else 0.0
+        if y0 != 0.0:
+            shift = np.array([0.0, y0, 0.0])
+            for e in entries:
+                e.translations = e.translations - shift
+            all_t = all_t - shift
         fshape, source = cv.field_for_translations(all_t, frame_shape, pixel_m), None
     for e in entries:
         e.positions = cv.translations_to_positions(e.translations, frame_shape, fshape, pixel_m)

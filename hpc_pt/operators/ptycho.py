@@ -170,7 +170,7 @@ class Ptychography(LinearOperator):
     def fwd(self, psi):
         """Far field F(w o S_j psi) of every frame: (F, m1, m2)."""
         check_shape(psi, self.shape_in, "Ptychography.fwd")
-        w = self.patches(psi)
+        w = self.patches(psi).astype(self.dtype, copy=False)
         w *= self.probe
         return fft2c(w, overwrite=True).astype(self.dtype, copy=False)
 

@@ -73,7 +73,7 @@ import numpy as np
 from ..backend import asarray_on, get_xp
 from .base import History, Shard, SolverResult, conjugate_gradient, power_lipschitz
 from .gd import ExpJointModel, data_residual
-from .prox import METRICS, data_objective, frame_objective
+from .prox import METRICS, data_objective, frame_objective, pixel_sum
 
 BALANCE_MODES = ("normalized", "relative")
 
@@ -161,7 +161,7 @@ def run_admm(shard: Shard, comm, opts: ADMMOptions | None = None, callback=None,
     lam = xp.zeros_like(psi)
     v = u.copy()
     mu = xp.zeros_like(u)
-    sum_sqrt_f = comm.sum_scalar(float(sqrt_f.sum()))
+    sum_sqrt_f = comm.sum_scalar(pixel_sum(sqrt_f, shard.mask))
 
     n_angles = len(shard.model.counts)
     frame_angle = asarray_on(np.repeat(np.arange(n_angles), shard.model.counts), f)
@@ -268,7 +268,7 @@ def run_admm(shard: Shard, comm, opts: ADMMOptions | None = None, callback=None,
         dobj = comm.sum_scalar(data_objective(mag, f, sqrt_f, opts.metric, mask))
         pval = 0.0 if no_prior else float(denoiser.value(u))
         obj = dobj + (alpha * pval if alpha else 0.0)
-        rf = comm.sum_scalar(float(xp.abs(mag - sqrt_f).sum())) / sum_sqrt_f
+        rf = comm.sum_scalar(pixel_sum(xp.abs(mag - sqrt_f), shard.mask)) / sum_sqrt_f
         du = u - u_old
         change = np.sqrt(comm.volume_dot(du, du) / max(comm.volume_dot(u, u), 1e-300))
         row = hist.append(iteration=k + 1, objective=obj, data_objective=dobj, prior_value=pval,

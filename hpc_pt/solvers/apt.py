@@ -35,7 +35,7 @@ import numpy as np
 from ..backend import get_xp
 from ..operators import divergence, gradient, laplacian, tv_value
 from .base import History, Shard, SolverResult, conjugate_gradient, power_lipschitz
-from .prox import data_objective, prox_amplitude, prox_poisson, prox_tv
+from .prox import data_objective, pixel_sum, prox_amplitude, prox_poisson, prox_tv
 
 
 @dataclass
@@ -98,8 +98,8 @@ def run_apt(shard: Shard, comm, opts: APTOptions | None = None, callback=None, u
     # --- scale-free defaults (module docstring)
     ones = xp.ones(shape, dtype=dtype)
     d1 = D.fwd(ones)
-    energy_model = comm.sum_scalar(float((xp.abs(d1) ** 2).sum()))
-    energy_data = comm.sum_scalar(float(f.sum()))
+    energy_model = comm.sum_scalar(pixel_sum(xp.abs(d1) ** 2, mask))
+    energy_data = comm.sum_scalar(pixel_sum(f, mask))
     c = float(np.sqrt(energy_data / energy_model)) if energy_model > 0 else 1.0
     nrm = power_lipschitz(normal, shape, comm, dtype, like=shard.intensities)
     r2 = opts.r2
@@ -126,7 +126,7 @@ def run_apt(shard: Shard, comm, opts: APTOptions | None = None, callback=None, u
         return out
 
     hist = History()
-    sum_sqrt_f = comm.sum_scalar(float(sqrt_f.sum()))
+    sum_sqrt_f = comm.sum_scalar(pixel_sum(sqrt_f, mask))
     for k in range(opts.iterations):
         t0 = time.perf_counter()
         # Step 1: u-update by CG
@@ -152,7 +152,7 @@ def run_apt(shard: Shard, comm, opts: APTOptions | None = None, callback=None, u
         obj = comm.sum_scalar(data_objective(mag, f, sqrt_f, opts.metric, mask))
         if opts.tv:
             obj += lam * tv_value(u)
-        rf = comm.sum_scalar(float(xp.abs(mag - sqrt_f).sum())) / sum_sqrt_f
+        rf = comm.sum_scalar(pixel_sum(xp.abs(mag - sqrt_f), mask)) / sum_sqrt_f
         change = np.sqrt(comm.volume_dot(u - u_old, u - u_old) / max(comm.volume_dot(u, u), 1e-300))
         row = hist.append(iteration=k + 1, objective=obj, r_factor=rf, primal_residual=np.sqrt(primal),
                           rel_change=change, cg_iterations=cg.iterations, cg_residual=cg.residual,

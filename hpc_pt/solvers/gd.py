@@ -42,7 +42,7 @@ import numpy as np
 
 from ..backend import get_xp
 from .base import History, Shard, SolverResult, power_lipschitz
-from .prox import METRICS, data_objective
+from .prox import METRICS, data_objective, pixel_sum
 
 SCHEDULES = ("time", "constant")
 INITS = ("zeros",)
@@ -173,7 +173,7 @@ def run_gd(shard: Shard, comm, opts: GDOptions | None = None, callback=None, u0=
         p, z = model.farfield(v)
         return comm.sum_scalar(data_objective(xp.abs(z), f, sqrt_f, opts.metric, mask)), p, z
 
-    sum_sqrt_f = comm.sum_scalar(float(sqrt_f.sum()))
+    sum_sqrt_f = comm.sum_scalar(pixel_sum(sqrt_f, shard.mask))
     loss, g, psi, z = loss_and_gradient(model, shard, comm, u, opts.metric)
     hist = History()
     for n in range(opts.iterations):
@@ -203,7 +203,7 @@ def run_gd(shard: Shard, comm, opts: GDOptions | None = None, callback=None, u0=
         # next step: the seed's time-based decay, applied to the accepted step (x growth) with line search
         base = step_used * opts.growth if opts.line_search else alpha
         alpha = base / (1.0 + opts.eps * n) if opts.schedule == "time" else base
-        rf = comm.sum_scalar(float(xp.abs(xp.abs(z) - sqrt_f).sum())) / sum_sqrt_f
+        rf = comm.sum_scalar(pixel_sum(xp.abs(xp.abs(z) - sqrt_f), shard.mask)) / sum_sqrt_f
         row = hist.append(iteration=n + 1, objective=loss, r_factor=rf, step=step_used,
                           grad_norm=float(np.sqrt(gg)), backtracks=backtracks, rel_change=change,
                           iter_time_s=time.perf_counter() - t0)

@@ -72,3 +72,8 @@ def prox_tv(pt, thresh: float):
     mag = xp.sqrt((xp.abs(pt) ** 2).sum(axis=0))
     scale = xp.maximum(mag - thresh, 0) / xp.where(mag > 0, mag, 1)
     return pt * scale[None]
+
+
+def pixel_sum(x, mask=None) -> float:
+    """Sum of ``x`` (F, m1, m2) over valid detector pixels only (``mask`` True = valid)."""
+    return float((x * mask).sum() if mask is not None else x.sum())

@@ -36,9 +36,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..backend import fftc, get_xp, ifftc, to_numpy
+from ..backend import asarray_on, fftc, get_xp, ifftc, to_numpy
 from ..operators import divergence, gradient
-from .base import History
+from .base import History, power_lipschitz
 
 ENGINES = ("cg", "fbp", "tomopy")
 FILTERS = ("ramp", "ram-lak", "shepp-logan", "hann")
@@ -66,17 +66,10 @@ class TomoOptions:
     algorithm: str = "gridrec"  # tomopy algorithm
 
 
-def _norm_estimate(projector, comm, n_iter=10):
-    """||sum_a P_a^T P_a|| by power iteration (real volumes are enough for the norm)."""
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(projector.shape_in).astype(projector.dtype)
-    lam = 0.0
-    for _ in range(n_iter):
-        x /= np.sqrt(comm.volume_dot(x, x))
-        y = comm.allreduce_sum(projector.adj(projector.fwd(x)))
-        lam = comm.volume_dot(x, y)
-        x = y
-    return float(lam)
+def _norm_estimate(projector, comm, n_iter=10, like=None):
+    """||sum_a P_a^T P_a|| by power iteration, on ``like``'s backend."""
+    return power_lipschitz(lambda x: comm.allreduce_sum(projector.adj(projector.fwd(x))), projector.shape_in,
+                           comm, projector.dtype, n_iter=n_iter, like=like)
 
 
 def tomo_cg(projector, projections, comm=None, x0=None, iterations: int = 50, tol: float = 1e-4,
@@ -94,7 +87,7 @@ def tomo_cg(projector, projections, comm=None, x0=None, iterations: int = 50, to
         raise ValueError(f"projections {tuple(p.shape)} do not match the projector's {projector.shape_out}")
     mu, lam = float(damping), float(smoothing)
     if relative and (mu > 0 or lam > 0):
-        nrm = _norm_estimate(projector, comm)
+        nrm = _norm_estimate(projector, comm, like=p)
         mu *= nrm
         lam *= nrm / 12.0
     smu, slam = np.sqrt(mu), np.sqrt(lam)
@@ -248,7 +241,7 @@ def tomopy_recon(projector, projections, algorithm: str = "gridrec", iterations:
     best, best_err = None, np.inf
     for cand in _orientations(vol):
         c = np.ascontiguousarray(cand).astype(projector.dtype)
-        err = float(np.linalg.norm(to_numpy(projector.fwd(c)) - p))
+        err = float(np.linalg.norm(to_numpy(projector.fwd(asarray_on(c, projections))) - p))
         if err < best_err:
             best, best_err = c, err
     return best

@@ -32,8 +32,9 @@ counts ``shard.model.counts``):
      (no single reference angle whose errors propagate).
    * ``exp``: e^{i phi_a} adds the constant phi_a / c to Re x_a (and a refined probe's scale adds a
      constant to Im x_a). Free space has x = 0, so each angle's complex offset is the mean of x_a over its
-     free-space band: lit pixels of the volume rows whose column is outside the volume's inscribed
-     cylinder (|col - centre| > n/2 + 1), which needs ``field_pad`` > 0. Without such a band the offsets
+     free-space band: lit pixels of the volume rows whose column is outside the sample's support
+     (|col - centre| > n/2 + 1, n = ``support_width``, default the volume width; the pipeline sets it from
+     the simulated sample size), which needs free space around the sample. Without such a band the offsets
      are aligned by mass conservation instead (equal field sums over the volume rows for every angle,
      relative to the mean over angles; the common offset then stays undetermined).
 4. Crop to the volume rows (``Pad.adj``) and reconstruct the volume by tomography
@@ -85,6 +86,7 @@ class TwoStepOptions:
     illum_threshold: float = 1e-2
     min_overlap: float = 0.2
     max_r_factor: float = 0.2
+    support_width: float | None = None  # sample width (px) around the axis; wider columns are free space
 
 
 def model_positions(pt) -> np.ndarray:
@@ -152,7 +154,8 @@ def _fields_to_projections(psi, lit, model, opts, comm):
         x[a] = (ph - 1j * np.log(np.maximum(amp[a], floor))) / c
     x = np.where(lit, x, 0)
     # free-space band: lit pixels of the volume rows outside the inscribed cylinder
-    nz, n = model.volume_shape[0], model.volume_shape[1]
+    nz = model.volume_shape[0]
+    n = opts.support_width if opts.support_width else model.volume_shape[1]
     H, W = model.field_shape
     r0 = model.pad.offset[0]
     cols = np.arange(W) - model.projector.center
