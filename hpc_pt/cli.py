@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out-dir", default="hpc-pt-demo", help="folder for demo.h5, demo.zarr and demo.png")
     d.add_argument("--iterations", type=int, default=None)
     d.add_argument("--force", action="store_true", help="overwrite an earlier demo's files")
+    d.add_argument("--quiet", action="store_true", help="no per-iteration progress")
 
     e = sub.add_parser("evaluate", help="compare a reconstruction with the ground truth")
     e.add_argument("recon", help="reconstruction Zarr store")
@@ -262,7 +263,8 @@ def _ptycho2d(args) -> int:
 def _demo(args) -> int:
     from .workflows import run_demo
 
-    summary = run_demo(args.out_dir, iterations=args.iterations, overwrite=args.force, progress=_print_row)
+    summary = run_demo(args.out_dir, iterations=args.iterations, overwrite=args.force,
+                       progress=None if args.quiet else _print_row)
     print(f"demo: SNR {summary['snr_db']:.2f} dB, R-factor {summary['r_factor']:.4g}, "
           f"{summary['seconds']:.0f} s; wrote {summary['data']}, {summary['recon']}, {summary['figure']}")
     return 0
