@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--init", default=None, help="constant, zeros, or a .npy / Zarr volume")
     r.add_argument("--model", choices=["linear", "exp"], default=None, help="forward model (default: by method)")
     r.add_argument("--device", choices=["cpu", "gpu"], default=None)
+    r.add_argument("--backend", choices=["serial", "mpi"], default="serial",
+                   help="serial (one process) or mpi: run under `mpiexec -n P hpc-pt reconstruct ... "
+                        "--backend mpi`; each rank reads only its frames, rank 0 writes the output")
     r.add_argument("--volume-size", type=int, default=None,
                    help="edge N of the reconstructed volume (default: simulated sample size or field width)")
     r.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -216,13 +219,25 @@ def _reconstruct(args) -> int:
     cfg = ReconConfig.from_file(args.config, flags) if args.config else ReconConfig.build(flags)
     progress = None if args.quiet else _print_row
     t0 = time.perf_counter()
-    from .io import read_cxi
+    if args.backend == "mpi":
+        # every rank scans the metadata and reads only its own frames (pipeline.build_rank_shard)
+        from .parallel import MPIComm
 
-    data = read_cxi(args.data, **_reader_kwargs(args))
-    res = reconstruct(data, out=args.out, config=cfg, overwrite=args.force, progress=progress,
-                      command=" ".join(sys.argv), input_path=args.data)
+        comm = MPIComm()
+        res = reconstruct(args.data, out=args.out, config=cfg, overwrite=args.force, progress=progress,
+                          command=" ".join(sys.argv), comm=comm, reader=_reader_kwargs(args))
+        if comm.rank != 0:
+            return 0
+    else:
+        from .io import read_cxi
+
+        data = read_cxi(args.data, **_reader_kwargs(args))
+        res = reconstruct(data, out=args.out, config=cfg, overwrite=args.force, progress=progress,
+                          command=" ".join(sys.argv), input_path=args.data)
     rf = [v for v in res.history.get("r_factor", []) if v == v]  # two-step's last rows are tomography rows
-    print(f"wrote {res.out} and {res.figure}: {cfg.method}, {cfg.iterations} iterations "
+    ranks = res.parallel.get("ranks", 1)
+    where = f" on {ranks} MPI ranks" if args.backend == "mpi" else ""
+    print(f"wrote {res.out} and {res.figure}: {cfg.method}, {cfg.iterations} iterations{where} "
           f"in {time.perf_counter() - t0:.1f} s, final R-factor {rf[-1] if rf else float('nan'):.4g}")
     return 0
 
@@ -276,6 +291,8 @@ COMMANDS = {"simulate": _simulate, "info": _info, "validate": _validate, "evalua
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "backend", "serial") == "mpi":
+        return _main_mpi(args)
     try:
         return COMMANDS[args.command](args)
     except (InputError, BackendUnavailable) as exc:
@@ -286,6 +303,42 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _main_mpi(args) -> int:
+    """Run under MPI: an exception on any rank prints its one-line error there and aborts the whole job
+    (``MPI_Abort``), so ``mpiexec`` exits non-zero within seconds instead of other ranks waiting forever."""
+    try:
+        from .parallel.mpi import load_mpi
+
+        MPI = load_mpi()
+    except BackendUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    world = MPI.COMM_WORLD
+    rank, size = world.Get_rank(), world.Get_size()
+    tag = f"rank {rank} of {size}: " if size > 1 else ""
+    try:
+        return COMMANDS[args.command](args)
+    except (InputError, BackendUnavailable) as exc:
+        if not getattr(exc, "secondary", False):  # "another rank failed": that rank prints the reason
+            print(f"error: {tag}{exc}", file=sys.stderr, flush=True)
+        if getattr(exc, "all_ranks", False):  # raised on every rank at once (pipeline setup): exit cleanly
+            return 2
+        code = 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        code = 130
+    except Exception:  # noqa: BLE001 - an unexpected failure: show it, then stop every rank
+        import traceback
+
+        traceback.print_exc()
+        sys.stderr.flush()
+        code = 1
+    if size > 1:
+        time.sleep(0.5)  # let mpiexec forward the message before the job is torn down
+        world.Abort(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
@@ -83,10 +83,14 @@ class ReconResult:
     config: ReconConfig
     out: str | None = None
     figure: str | None = None
+    bytes_read: int = 0  # frame bytes this rank read from the input file (0 for an in-memory Dataset)
+    parallel: dict = field(default_factory=dict)  # backend, ranks, bytes_read_per_rank, shards
 
 
-def volume_shape_for(ds: Dataset, volume_size: int | None = None) -> tuple[int, int, int]:
-    """(nz, N, N) of the reconstruction. N: ``volume_size``, else the sample size hpc-pt's simulator records
+def volume_shape_for(ds, volume_size: int | None = None) -> tuple[int, int, int]:
+    """(nz, N, N) of the reconstruction, from a :class:`Dataset` or a :class:`~hpc_pt.io.cxi.CxiIndex`
+    (both carry ``geometry`` and ``attrs``, so every rank of a distributed run gets the same shape from the
+    metadata alone). N: ``volume_size``, else the sample size hpc-pt's simulator records
     (a support the solvers then need not fill with free space), else the object-field width W. nz: N for a
     simulated sample of that size, else the field height H. The volume sits centred in the field."""
     H, W = ds.geometry.field_shape
@@ -114,6 +118,61 @@ def build_shard(ds: Dataset, model: str, device: str = "cpu", volume_size: int |
     f = xp.asarray(np.concatenate([a.frames for a in ds.angles]).astype(np.float32))
     mask = None if ds.mask is None else xp.asarray(ds.mask.astype(bool))
     return Shard(fm, f, np.arange(len(ds.angles)), mask=mask)
+
+
+#: methods whose per-angle variables (object fields psi, multipliers, per-angle step sizes and
+#: illumination) need all frames of an angle on one rank
+WHOLE_ANGLES = ("two-step", "admm")
+
+
+def build_rank_shard(meta, pieces, model: str, device: str = "cpu", volume_size: int | None = None):
+    """This rank's shard: frames ``start:stop`` of each (angle, start, stop) in ``pieces`` (see
+    :func:`hpc_pt.parallel.plan_shards`), with a forward model over those angles (global angle values)
+    and only those frames' positions. An angle split over ranks appears on each of them with its part.
+
+    ``meta`` is a :class:`~hpc_pt.io.cxi.CxiIndex` (frames are read with ``read_frames``, only this
+    rank's slices) or an in-memory :class:`Dataset` (sliced, nothing read). The volume shape comes from
+    the metadata, so it is the same on every rank. Returns (Shard, bytes_read): the frame bytes read from
+    the file, at the file's dtype.
+    """
+    from .backend import require_gpu
+    from .operators import ForwardModel
+    from .solvers.base import Shard
+
+    gpu = device == "gpu"
+    xp = require_gpu() if gpu else np
+    H, W = meta.geometry.field_shape
+    from_file = not isinstance(meta, Dataset)
+    if from_file:
+        from .io.cxi import read_frames
+
+        m1, m2 = meta.frame_shape
+        itemsize = np.dtype(meta.frame_dtype).itemsize
+    frames, positions, angles, ids = [], [], [], []
+    nbytes = 0
+    for a, start, stop in pieces:
+        if from_file:
+            e = meta.entries[a]
+            fr = read_frames(meta, a, start, stop)
+            nbytes += (stop - start) * m1 * m2 * itemsize
+        else:
+            e = meta.angles[a]
+            fr = e.frames[start:stop]
+        frames.append(np.asarray(fr, dtype=np.float32))
+        positions.append(np.asarray(e.positions)[start:stop])
+        angles.append(e.angle_deg)
+        ids.append(a)
+    c = cv.k_dz(meta.geometry.energy_ev, meta.geometry.pixel_m)
+    probe = xp.asarray(np.asarray(meta.probe).astype(np.complex64))
+    fm = ForwardModel(volume_shape_for(meta, volume_size), np.deg2rad(angles), probe, positions, (H, W),
+                      model=model, c=c, gpu=gpu)
+    f = xp.asarray(np.concatenate(frames).astype(np.float32))
+    mask = None if meta.mask is None else xp.asarray(meta.mask.astype(bool))
+    return Shard(fm, f, np.asarray(ids, dtype=np.int64), mask=mask), int(nbytes)
+
+
+def _angles_deg(meta) -> list[float]:
+    return [a.angle_deg for a in meta.angles] if isinstance(meta, Dataset) else list(meta.angles_deg)
 
 
 #: generic settings each method uses (setting any other one explicitly is an error, not silently ignored)
@@ -224,63 +283,108 @@ def _initial_volume(init: str, shape):
 
 
 def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwrite: bool = False,
-                comm=None, progress=None, command=None, input_path=None, **settings) -> ReconResult:
+                comm=None, progress=None, command=None, input_path=None, reader: dict | None = None,
+                **settings) -> ReconResult:
     """Reconstruct ``data`` (CXI path or :class:`Dataset`) with ``config`` / keyword ``settings``
-    (see :class:`ReconConfig`); write ``out`` (Zarr) and ``out`` with suffix .png when given."""
+    (see :class:`ReconConfig`); write ``out`` (Zarr) and ``out`` with suffix .png when given.
+
+    ``comm`` (default serial) is a :class:`hpc_pt.parallel.Comm`; with several ranks (e.g.
+    ``MPIComm()`` under ``mpiexec``) every rank calls this function, reads the file's metadata, takes its
+    part of :func:`hpc_pt.parallel.plan_shards` and reads only those frames; rank 0 alone checks and writes
+    ``out`` and calls ``progress``. A failure on any rank before the solve raises on every rank.
+    ``reader`` holds ``scan_cxi`` flags (flip_translations, translation_layout) for a path input.
+    """
     from .backend import to_numpy
-    from .parallel import SerialComm
+    from .parallel import SerialComm, plan_shards, split_angles
 
-    if isinstance(config, ReconConfig):
-        cfg = config if not settings else ReconConfig.build({**config.model_dump(), **settings})
-    else:
-        cfg = ReconConfig.build({**(config or {}), **settings})
-    if isinstance(data, Dataset):
-        ds = data
-    else:
-        from .io import read_cxi
-
-        input_path = os.fspath(data)
-        ds = read_cxi(input_path)
-    figure = None
-    if out is not None:
-        from .io import check_output_path
-
-        check_output_path(out, overwrite=overwrite)
-        figure = os.path.splitext(os.path.abspath(out))[0] + ".png"
-        check_output_path(figure, overwrite=overwrite)
-    model = cfg.model or DEFAULT_MODEL[cfg.method] or ds.attrs.get("model", "linear")
-    check_settings(cfg, model)
-    shard = build_shard(ds, model, cfg.device, cfg.volume_size)
-    u0 = _initial_volume(cfg.init, shard.volume_shape)
     comm = comm or SerialComm()
+    rank, size = int(comm.rank), int(comm.size)
+    err = None
+    try:
+        if isinstance(config, ReconConfig):
+            cfg = config if not settings else ReconConfig.build({**config.model_dump(), **settings})
+        else:
+            cfg = ReconConfig.build({**(config or {}), **settings})
+        if isinstance(data, Dataset):
+            meta = data
+        else:
+            from .io.cxi import scan_cxi
+
+            input_path = os.fspath(data)
+            meta = scan_cxi(input_path, **(reader or {}))  # metadata only; frames below, this rank's only
+        figure = None
+        if out is not None:
+            figure = os.path.splitext(os.path.abspath(out))[0] + ".png"
+            if rank == 0:
+                from .io import check_output_path
+
+                check_output_path(out, overwrite=overwrite)
+                check_output_path(figure, overwrite=overwrite)
+        model = cfg.model or DEFAULT_MODEL[cfg.method] or meta.attrs.get("model", "linear")
+        check_settings(cfg, model)
+        counts = meta.n_frames
+        try:
+            plan = plan_shards(counts, size)
+        except ValueError as e:
+            raise InputError(f"{e} (the input has {int(counts.sum())} frames)") from None
+        split = split_angles(plan)
+        if split and cfg.method in WHOLE_ANGLES:
+            raise InputError(f"{cfg.method} needs whole angles on every rank, but {size} ranks for "
+                             f"{len(counts)} angles split angle(s) {split}; run with at most {len(counts)} "
+                             "ranks (mpiexec -n ...)")
+        if size == 1 and isinstance(meta, Dataset):
+            shard, bytes_read = build_shard(meta, model, cfg.device, cfg.volume_size), 0
+        else:
+            shard, bytes_read = build_rank_shard(meta, plan[rank], model, cfg.device, cfg.volume_size)
+        u0 = _initial_volume(cfg.init, shard.volume_shape)
+    except Exception as e:  # noqa: BLE001 - re-raised below, after the ranks agree
+        err = e
+    if size > 1:  # collective: a rank that failed alone would leave the others waiting in the solver
+        failed = comm.sum_scalar(1.0 if err is not None else 0.0)
+        if err is None and failed:
+            err = InputError(f"{int(failed)} other rank(s) of {size} failed before the solve; "
+                             "see their error messages")
+            err.secondary = True  # this rank's own setup was fine
+        if err is not None:
+            err.all_ranks = True  # every rank raises here: callers need not abort the job
+    if err is not None:
+        raise err
+    per_rank = np.zeros(size, dtype=np.float64)
+    per_rank[rank] = bytes_read
+    per_rank = comm.allreduce_sum(per_rank) if size > 1 else per_rank
+    parallel = {"backend": getattr(comm, "name", type(comm).__name__), "ranks": size,
+                "bytes_read_per_rank": [int(v) for v in per_rank],
+                "shards": [[list(p) for p in pieces] for pieces in plan]}
     callback = None
-    if progress is not None:
+    if progress is not None and rank == 0:
         def callback(row, u):
             progress(row)
-    support = ds.attrs.get("size") if cfg.method == "two-step" else None  # simulated sample width
+    support = meta.attrs.get("size") if cfg.method == "two-step" else None  # simulated sample width
     try:
         res = _run_method(cfg, shard, comm, callback, u0, support=support)
     except (ValueError, TypeError) as e:  # option values the solvers' own checks reject
         if isinstance(e, InputError):
             raise
         raise InputError(f"{cfg.method}: {e}") from None
+    res.state["bytes_read"] = bytes_read
     volume = to_numpy(res.volume).astype(np.complex64)
     probe = to_numpy(res.probe).astype(np.complex64)
     hist = res.history.as_columns()
-    result = ReconResult(volume, probe, hist, cfg)
-    if out is not None and comm.rank == 0:
+    result = ReconResult(volume, probe, hist, cfg, bytes_read=bytes_read, parallel=parallel)
+    if out is not None and rank == 0:
         from .io import write_volume
         from .plots import recon_figure
 
         attrs = {"method": cfg.method, "model": model, "reconstruction": cfg.model_dump(),
                  "solver_state": {k: v for k, v in res.state.items() if np.isscalar(v)},
-                 "energy_ev": ds.geometry.energy_ev, "angles_deg": [a.angle_deg for a in ds.angles]}
+                 "energy_ev": meta.geometry.energy_ev, "angles_deg": _angles_deg(meta),
+                 "parallel": parallel}
         from .io.cxi import atomic_output
 
         with atomic_output(figure, overwrite) as tmp:  # the figure first: a failure leaves no store behind
             recon_figure(volume, hist, tmp, title=f"hpc-pt {cfg.method}: {os.path.basename(os.path.abspath(out))}")
         result.figure = figure
-        result.out = write_volume(out, volume, ds.geometry.pixel_m, attrs=attrs, overwrite=overwrite,
+        result.out = write_volume(out, volume, meta.geometry.pixel_m, attrs=attrs, overwrite=overwrite,
                                   command=command, config=cfg.model_dump(), input_path=input_path,
                                   tables={"history": hist}, arrays={"probe": probe})
     return result
