@@ -2,7 +2,7 @@
 
 First checks the :class:`MPIComm` collectives (rank 0 writes OUTDIR/comm.json). Then every rank
 reconstructs DATA (a CXI file) with ``MPIComm`` for each case ``[name, method, iterations, settings]``
-of CASES.json; rank 0 saves the volume to OUTDIR/<name>.npy and every rank's bytes read and shard plan
+of CASES.json (setting ``_in_memory``: pass the read Dataset instead of the path); rank 0 saves the volume to OUTDIR/<name>.npy and every rank's bytes read and shard plan
 to OUTDIR/<name>.json. A case that raises InputError (e.g. two-step with an angle split over ranks) has
 its message saved to OUTDIR/<name>.error instead.
 """
@@ -43,8 +43,14 @@ def main():
     check_comm(comm, outdir)
     warnings.simplefilter("ignore")  # tiny problems: two-step warns about overlap / convergence
     for name, method, iterations, settings in cases:
+        settings = dict(settings)
+        source = data
+        if settings.pop("_in_memory", False):  # every rank holds the whole Dataset and slices its shard
+            from hpc_pt.io import read_cxi
+
+            source = read_cxi(data)
         try:
-            res = reconstruct(data, comm=comm, method=method, iterations=iterations, **settings)
+            res = reconstruct(source, comm=comm, method=method, iterations=iterations, **settings)
         except InputError as e:
             if comm.rank == 0:
                 with open(os.path.join(outdir, f"{name}.error"), "w") as fh:
