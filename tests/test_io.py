@@ -132,18 +132,34 @@ def test_cxi_layout_on_disk(ds, cxi_file):
 
 
 def test_cxi_computed_field_without_attr(ds, cxi_file):
-    """An external file (no hpc_pt_field_shape attr) gets the smallest even field holding every window."""
+    """An external file (no hpc_pt_field_shape attr) gets the smallest even field holding every window,
+    centred on the rotation axis horizontally and on the middle of the scanned heights vertically."""
     with h5py.File(cxi_file, "a") as f:
         del f.attrs["hpc_pt_field_shape"]
     back = read_cxi(cxi_file)
     all_t = np.concatenate([cv.positions_to_translations(a.positions, (M, M), FIELD, PIX) for a in ds.angles])
-    fs = cv.field_for_translations(all_t, (M, M), PIX)
+    y0 = 0.5 * (all_t[:, 1].min() + all_t[:, 1].max())
+    fs = cv.field_for_translations(all_t - [0, y0, 0], (M, M), PIX)
     assert back.geometry.field_shape == fs
-    off = (np.array(fs) - np.array(FIELD)) / 2
+    off = (np.array(fs) - np.array(FIELD)) / 2 - np.array([y0 / PIX, 0.0])
     for a, b in zip(ds.angles, back.angles):
         np.testing.assert_allclose(b.positions, a.positions + off, atol=1e-9)
     # an explicit field_shape wins
     assert read_cxi(cxi_file, field_shape=(48, 48)).geometry.field_shape == (48, 48)
+
+
+def test_absolute_stage_heights_do_not_inflate_the_field(ds, cxi_file):
+    """A 50 um vertical stage offset (facilities record absolute heights) leaves the field unchanged."""
+    with h5py.File(cxi_file, "a") as f:
+        del f.attrs["hpc_pt_field_shape"]
+    before = read_cxi(cxi_file).geometry.field_shape
+    with h5py.File(cxi_file, "a") as f:
+        for name in [k for k in f if k.startswith("entry_")]:
+            t = f[f"{name}/sample_1/geometry_1/translation"]
+            v = t[()]
+            v[:, 1] += 50e-6
+            t[...] = v
+    assert read_cxi(cxi_file).geometry.field_shape == before
 
 
 def test_cxi_directory_form(rng, tmp_path):
