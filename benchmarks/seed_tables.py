@@ -386,7 +386,11 @@ def markdown(doc: dict) -> str:
           "The rotation axis is vertical (along the row index), so rotation moves the beam across columns only, "
           "never across rows: no angle fills those rows. They carry no data; whatever the solvers put there "
           "comes from the prior (APT's TV) or the initial guess, and it caps the attainable SNR of the whole "
-          "volume (the SNR is computed over all 128^3 voxels). `rows lit` is the fraction of volume rows whose "
+          "volume (the SNR is computed over all 128^3 voxels). The same holds across the detector: the beam centre "
+          "never comes within 32 px of the field's left and right edges, so projection columns more than ~39 px "
+          "from the rotation axis are dark at every angle, and voxels farther than that from the axis (most of "
+          "the phantom's outer ellipse, radius up to ~59 px) are seen only at the angles that bring them inside "
+          "that band (a limited-angle problem; visible in the PNG as a grey halo outside the skull). `rows lit` is the fraction of volume rows whose "
           "summed probe intensity exceeds 1% of its peak at some angle. The paper's text does not specify the "
           "geometry that produced its numbers (a padded field, a shifted or periodic scan); the "
           "\"recommended\" variant shows what the same solvers do when every row is lit. Neither variant was "
@@ -529,6 +533,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="reduced sizes, about a minute (smoke test)")
     ap.add_argument("--only", default=None,
                     help="seed001_t1, seed001_t2 or seed002 (or a comma-separated list of them)")
+    ap.add_argument("--methods", default=None, help="only these methods (comma-separated, e.g. two-step,gd)")
+    ap.add_argument("--columns", default=None,
+                    help="only these columns (comma-separated labels as in the JSON, e.g. step4_a100,eta1)")
     ap.add_argument("--merge", nargs="+", default=None, metavar="DIR",
                     help="merge the seed_tables.json of these folders (e.g. two --only runs) into --out")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="output folder")
@@ -543,7 +550,11 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     jpath, mpath, ppath = out / "seed_tables.json", out / "seed_tables.md", out / "seed_tables.png"
     runs = plan(args.quick, args.only)
-    doc = dict(benchmark="seed_tables", quick=args.quick, only=args.only, environment=environment(),
+    if args.methods:
+        runs = [r for r in runs if r["method"] in args.methods.split(",")]
+    if args.columns:
+        runs = [r for r in runs if r["column"] in args.columns.split(",")]
+    doc = dict(benchmark="seed_tables", quick=args.quick, only=args.only, methods=args.methods, columns=args.columns, environment=environment(),
                iterations={k: (10 if args.quick else v) for k, v in ITERATIONS.items()},
                two_step_options=dict(TWO_STEP_OPTIONS, tomo_iterations=10) if args.quick else TWO_STEP_OPTIONS,
                penalty={"clean": PENALTY_CLEAN, "poisson": PENALTY_POISSON}, recommended_geometry=RECOMMENDED,
