@@ -453,6 +453,12 @@ def markdown(doc: dict) -> str:
         L += ["## Solver warnings", ""] + [f"- `{i}`: {w}" for i, w in warned] + [""]
     L += [f"Total wall time so far: {doc.get('elapsed_s', 0) / 60:.1f} min. Times are wall-clock on a shared "
           "2-core machine (other processes running): indicative only.", ""]
+    if doc.get("parts"):
+        L += [f"Merged from {len(doc['parts'])} processes that ran concurrently on the 2 cores (each with "
+              "HPC_PT_FFT_WORKERS=1, HPC_PT_NUFFT_THREADS=1), so per-run times include that sharing: "
+              + "; ".join(f"`--only {p['only']}" + (f" --methods {p['methods']}" if p.get("methods") else "")
+                          + (f" --columns {p['columns']}" if p.get("columns") else "") + "`" + (f" (started {p['environment']['date_utc']}, "
+                          f"{(p.get('elapsed_s') or 0) / 60:.0f} min)") for p in doc["parts"]) + ".", ""]
     return "\n".join(L)
 
 
@@ -520,7 +526,8 @@ def merge(dirs, out: Path) -> int:
     merged = dict(docs[0])
     merged.update(only=None, runs=runs, merged_from=[str(d) for d in dirs],
                   elapsed_s=max(doc.get("elapsed_s", 0) for doc in docs),
-                  parts=[dict(folder=str(d), only=doc.get("only"), environment=doc["environment"],
+                  parts=[dict(folder=str(d), only=doc.get("only"), methods=doc.get("methods"), columns=doc.get("columns"),
+                              environment=doc["environment"],
                               elapsed_s=doc.get("elapsed_s")) for d, doc in zip(dirs, docs)])
     out.mkdir(parents=True, exist_ok=True)
     write_outputs(out, merged, {k: v for k, v in slices.items() if k in done}, truths)
