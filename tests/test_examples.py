@@ -37,3 +37,11 @@ def test_simulate_examples_parse(path):
 def test_one_example_per_method():
     names = {os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "reconstruct_*.toml"))}
     assert names == {f"reconstruct_{m}.toml" for m in ("apt", "apts", "admm", "gd", "two-step")}
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "simulate_*"))))
+def test_simulate_examples_run(path, tmp_path):
+    """Each shipped simulation config runs as given (only fewer angles, for time)."""
+    from hpc_pt.cli import main
+
+    assert main(["simulate", "--config", path, "--angles", "2", "--quiet", "--out", str(tmp_path / "x.h5")]) == 0

@@ -97,6 +97,18 @@ def test_projector_matches_slow_reference(rng):
     assert np.linalg.norm(P.fwd(u) - ref) / np.linalg.norm(ref) < 1e-10
 
 
+def test_projector_detector_wider_than_the_volume(rng):
+    """A small volume in a wide field (seed 002: 64^3 in a 112-pixel field) keeps every detector bin."""
+    u = rng.standard_normal((2, 16, 16)).astype(np.complex128)
+    P = Projector(16, 2, [0.0, np.pi / 2], n_det=64, dtype=np.complex128)
+    p = P.fwd(u)
+    assert p.shape == (2, 2, 64) and P.M > 64
+    c = (64 - 16) // 2  # the volume's columns sit in the middle of the detector
+    assert np.allclose(p[0, :, c:c + 16], u.sum(axis=1), atol=1e-9)
+    assert np.allclose(p[0, :, :c], 0, atol=1e-9) and np.allclose(p[1, :, c:c + 16], u.sum(axis=2), atol=1e-9)
+    assert dot_test(P) <= 1e-12
+
+
 def test_projector_axis_aligned_angles_are_exact_sums(rng):
     """theta = 0 integrates along y (sums over rows), theta = pi/2 along x, theta = pi mirrors theta = 0."""
     u = rng.standard_normal((3, 16, 16)).astype(np.complex128)

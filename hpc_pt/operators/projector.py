@@ -83,7 +83,7 @@ class Projector(LinearOperator):
         0.2502% error against the analytic phantom, and a 1.5x faster NUFFT pair."""
         reach = max(self.center, self.n_det - 1 - self.center)
         half_diag = (self.n - 1) / np.sqrt(2) + 1
-        return int(np.ceil(reach + half_diag + 4)) + 1
+        return max(self.n_det, int(np.ceil(reach + half_diag + 4))) + 1  # and never fewer than the detector
 
     def _get_ramp(self, like):
         if is_cupy(like):
