@@ -61,7 +61,9 @@ class Projector(LinearOperator):
         self.shape_out = (len(self.angles), self.nz, self.n_det)
         self.M = _odd_at_least(self._min_samples() if oversample is None
                                else int(np.ceil(oversample * max(self.n, self.n_det))) + 1)
-        m = np.arange(self.M) - (self.M - 1) // 2
+        # frequencies in FFT order (0, 1, ..., (M-1)/2, -(M-1)/2, ..., -1): the NUFFT output then feeds the
+        # 1D inverse FFT directly, with no fftshift pass in either direction
+        m = np.fft.ifftshift(np.arange(self.M) - (self.M - 1) // 2)
         w = 2 * np.pi * m / self.M  # (M,)
         cos, sin = np.cos(self.angles)[:, None], np.sin(self.angles)[:, None]
         wy, wx = (w * sin), (w * cos)  # (A, M): frequency along rows (y) and columns (x)
@@ -71,10 +73,11 @@ class Projector(LinearOperator):
         # exp(-i w center) puts detector bin k at s_k = k - center.
         ramp = np.exp(-1j * (wy + wx) * off) * np.exp(-1j * w * self.center)[None, :]
         self._ramp_host = ramp.astype(self.dtype)
+        self._ramp_adj_host = (np.conj(ramp) / self.M).astype(self.dtype)  # adjoint of ifft's 1/M folded in
         self.gpu = bool(gpu)
         self._nufft = NufftPair2D(wy.ravel(), wx.ravel(), (self.n, self.n), dtype=self.dtype, eps=eps,
                                   gpu=self.gpu)
-        self._ramp = None
+        self._ramp = self._ramp_adj = None
 
     def _min_samples(self) -> int:
         """Fewest Fourier samples M that keep the projection's periodic copies (period M) off the detector:
@@ -85,14 +88,15 @@ class Projector(LinearOperator):
         half_diag = (self.n - 1) / np.sqrt(2) + 1
         return max(self.n_det, int(np.ceil(reach + half_diag + 4))) + 1  # and never fewer than the detector
 
-    def _get_ramp(self, like):
+    def _get_ramps(self, like):
+        """(forward ramp, adjoint ramp) on ``like``'s backend."""
         if is_cupy(like):
             if self._ramp is None:
                 import cupy
 
-                self._ramp = cupy.asarray(self._ramp_host)
-            return self._ramp
-        return self._ramp_host
+                self._ramp, self._ramp_adj = cupy.asarray(self._ramp_host), cupy.asarray(self._ramp_adj_host)
+            return self._ramp, self._ramp_adj
+        return self._ramp_host, self._ramp_adj_host
 
     def fwd(self, u):
         """Projections of ``u`` (nz, n, n) at every angle -> (n_angles, nz, n_det)."""
@@ -100,8 +104,7 @@ class Projector(LinearOperator):
         xp = get_xp(u)
         A, M = len(self.angles), self.M
         c = self._nufft.type2(u).reshape(self.nz, A, M)  # sum_ij u_ij exp(-i w (x'_j cos + y'_i sin))
-        c *= self._get_ramp(u)[None]
-        c = xp.fft.ifftshift(c, axes=-1)
+        c *= self._get_ramps(u)[0][None]
         p = ifftc(c, axis=-1)[..., : self.n_det]  # (nz, A, n_det)
         return xp.ascontiguousarray(p.transpose(1, 0, 2)).astype(self.dtype, copy=False)
 
@@ -112,8 +115,7 @@ class Projector(LinearOperator):
         A, M = len(self.angles), self.M
         q = xp.zeros((self.nz, A, M), dtype=self.dtype)
         q[..., : self.n_det] = p.transpose(1, 0, 2)
-        c = fftc(q, axis=-1) / M  # adjoint of ifft (1/M sum exp(+)) is (1/M) sum exp(-)
-        c = xp.fft.fftshift(c, axes=-1)
-        c *= xp.conj(self._get_ramp(p))[None]
+        c = fftc(q, axis=-1)  # adjoint of ifft (1/M sum exp(+)) is (1/M) sum exp(-): 1/M is in the ramp
+        c *= self._get_ramps(p)[1][None]
         u = self._nufft.type1(c.reshape(self.nz, A * M))
         return u.astype(self.dtype, copy=False)
