@@ -15,6 +15,22 @@ from ..backend import asarray_on, get_xp
 from ..operators import ForwardModel
 
 
+class LocalReductions:
+    """The reductions of one process holding every shard: what a solver uses when it is called without a
+    communicator (the parallel layer's ``SerialComm`` behaves the same; solvers do not import that layer)."""
+
+    rank, size = 0, 1
+
+    def allreduce_sum(self, x):
+        return x
+
+    def sum_scalar(self, v) -> float:
+        return float(v)
+
+    def volume_dot(self, a, b) -> float:
+        return float(get_xp(a).vdot(a, b).real)
+
+
 @dataclass
 class Shard:
     """This rank's part of the problem: its frames and the forward model restricted to them.

@@ -64,7 +64,7 @@ import numpy as np
 
 from ..backend import fft2c, get_xp, ifft2c, is_cupy, real_dtype, to_numpy
 from ..operators import Ptychography
-from .base import History
+from .base import History, LocalReductions
 
 METHODS = ("epie", "dm", "ml")
 
@@ -85,16 +85,6 @@ class Ptycho2DResult:
         return iter((self.obj, self.probe, self.history))
 
 
-class _Serial:
-    """Stand-in for a communicator when the 2D solvers run on their own."""
-
-    def allreduce_sum(self, x):
-        return x
-
-    def sum_scalar(self, v):
-        return float(v)
-
-
 class _Problem:
     """Frames, mask, operator and the per-pixel helpers every method shares."""
 
@@ -103,7 +93,7 @@ class _Problem:
         self.xp = xp
         self.dtype = np.dtype(dtype)
         self.rdtype = real_dtype(self.dtype)
-        self.comm = comm if comm is not None else _Serial()
+        self.comm = comm if comm is not None else LocalReductions()
         field_shape = tuple(int(s) for s in field_shape)
         if frames.ndim != 3 or tuple(frames.shape[1:]) != tuple(probe.shape):
             raise ValueError(f"frames {tuple(frames.shape)} must be (F, {probe.shape[0]}, {probe.shape[1]}) "

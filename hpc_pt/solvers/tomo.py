@@ -38,21 +38,10 @@ import numpy as np
 
 from ..backend import asarray_on, fftc, get_xp, ifftc, to_numpy
 from ..operators import divergence, gradient
-from .base import History, power_lipschitz
+from .base import History, LocalReductions, power_lipschitz
 
 ENGINES = ("cg", "fbp", "tomopy")
 FILTERS = ("ramp", "ram-lak", "shepp-logan", "hann")
-
-
-class _Serial:
-    def allreduce_sum(self, x):
-        return x
-
-    def sum_scalar(self, v):
-        return float(v)
-
-    def volume_dot(self, a, b):
-        return float(get_xp(a).vdot(a, b).real)
 
 
 @dataclass
@@ -80,7 +69,7 @@ def tomo_cg(projector, projections, comm=None, x0=None, iterations: int = 50, to
     ||P^T P|| / 12 for the Laplacian, whose norm is at most 12), so they are scale-free.
     ``callback(row, x)`` is called after every iteration.
     """
-    comm = comm if comm is not None else _Serial()
+    comm = comm if comm is not None else LocalReductions()
     xp = get_xp(projections)
     p = projections.astype(projector.dtype, copy=False)
     if tuple(p.shape) != tuple(projector.shape_out):
@@ -172,7 +161,7 @@ def filter_response(n_pad: int, kind: str = "ramp", dtype=np.float64):
 
 def fbp(projector, projections, filter: str = "ramp", comm=None):
     """Filtered back-projection (see the module docstring); returns the (nz, n, n) volume."""
-    comm = comm if comm is not None else _Serial()
+    comm = comm if comm is not None else LocalReductions()
     xp = get_xp(projections)
     p = projections.astype(projector.dtype, copy=False)
     if tuple(p.shape) != tuple(projector.shape_out):
