@@ -102,7 +102,24 @@ def volume_shape_for(ds, volume_size: int | None = None) -> tuple[int, int, int]
     return nz, n, n
 
 
-def build_shard(ds: Dataset, model: str, device: str = "cpu", volume_size: int | None = None):
+def make_space(meta, plan, comm, device: str = "cpu", volume_size: int | None = None):
+    """This rank's :class:`~hpc_pt.parallel.SlabSpace`: the volume's rows split over the ranks in blocks of
+    the Zarr chunk height (so every rank writes whole chunks), all angles, the shard plan's angle lists."""
+    from .parallel import SerialComm, SlabSpace, chunk_rows
+
+    comm = comm or SerialComm()
+    shape = volume_shape_for(meta, volume_size)
+    angles = np.deg2rad(_angles_deg(meta))
+    rank_angles = [[a for a, _s, _e in pieces] for pieces in plan]
+    align = chunk_rows(shape[0], shape[1], comm.size)
+    try:
+        return SlabSpace(comm, angles, rank_angles, shape, n_det=meta.geometry.field_shape[1],
+                         gpu=device == "gpu", align=align)
+    except ValueError as e:
+        raise InputError(f"{e} ({comm.size} ranks, volume {shape})") from None
+
+
+def build_shard(ds: Dataset, model: str, device: str = "cpu", volume_size: int | None = None, comm=None):
     """The serial shard (all angles, all frames) and the forward model on ``device``."""
     from .backend import require_gpu
     from .operators import ForwardModel
@@ -117,7 +134,9 @@ def build_shard(ds: Dataset, model: str, device: str = "cpu", volume_size: int |
                       (H, W), model=model, c=c, gpu=gpu)
     f = xp.asarray(np.concatenate([a.frames for a in ds.angles]).astype(np.float32))
     mask = None if ds.mask is None else xp.asarray(ds.mask.astype(bool))
-    return Shard(fm, f, np.arange(len(ds.angles)), mask=mask)
+    space = make_space(ds, [[(a, 0, len(e.positions)) for a, e in enumerate(ds.angles)]], comm, device,
+                       volume_size)
+    return Shard(fm, f, np.arange(len(ds.angles)), mask=mask, space=space)
 
 
 #: methods whose per-angle variables (object fields psi, multipliers, per-angle step sizes and
@@ -125,8 +144,8 @@ def build_shard(ds: Dataset, model: str, device: str = "cpu", volume_size: int |
 WHOLE_ANGLES = ("two-step", "admm")
 
 
-def build_rank_shard(meta, pieces, model: str, device: str = "cpu", volume_size: int | None = None):
-    """This rank's shard: frames ``start:stop`` of each (angle, start, stop) in ``pieces`` (see
+def build_rank_shard(meta, plan, comm, model: str, device: str = "cpu", volume_size: int | None = None):
+    """This rank's shard: frames ``start:stop`` of each (angle, start, stop) in ``plan[comm.rank]`` (see
     :func:`hpc_pt.parallel.plan_shards`), with a forward model over those angles (global angle values)
     and only those frames' positions. An angle split over ranks appears on each of them with its part.
 
@@ -150,7 +169,7 @@ def build_rank_shard(meta, pieces, model: str, device: str = "cpu", volume_size:
         itemsize = np.dtype(meta.frame_dtype).itemsize
     frames, positions, angles, ids = [], [], [], []
     nbytes = 0
-    for a, start, stop in pieces:
+    for a, start, stop in plan[comm.rank]:
         if from_file:
             e = meta.entries[a]
             fr = read_frames(meta, a, start, stop)
@@ -168,7 +187,8 @@ def build_rank_shard(meta, pieces, model: str, device: str = "cpu", volume_size:
                       model=model, c=c, gpu=gpu)
     f = xp.asarray(np.concatenate(frames).astype(np.float32))
     mask = None if meta.mask is None else xp.asarray(meta.mask.astype(bool))
-    return Shard(fm, f, np.asarray(ids, dtype=np.int64), mask=mask), int(nbytes)
+    space = make_space(meta, plan, comm, device, volume_size)
+    return Shard(fm, f, np.asarray(ids, dtype=np.int64), mask=mask, space=space), int(nbytes)
 
 
 def _angles_deg(meta) -> list[float]:
@@ -235,7 +255,10 @@ def _options(cls, cfg: ReconConfig, mapped: dict):
     return cls(**values)
 
 
-def _run_method(cfg: ReconConfig, shard, comm, callback, u0, support=None):
+def _run_method(cfg: ReconConfig, shard, comm, callback, u0, support=None, checkpoints=None):
+    from .solvers.base import NO_CHECKPOINTS
+
+    ck = {"checkpoints": checkpoints or NO_CHECKPOINTS}
     if cfg.method in ("apt", "apts"):
         from .solvers.apt import APTOptions, run_apt
 
@@ -245,25 +268,25 @@ def _run_method(cfg: ReconConfig, shard, comm, callback, u0, support=None):
         opts = _options(APTOptions, cfg, {"iterations": cfg.iterations, "metric": cfg.noise, "tv": tv,
                                           "tv_rel": cfg.prior_weight, "r2": cfg.penalty,
                                           "probe_refine": cfg.probe_refine, "init": cfg.init})
-        return run_apt(shard, comm, opts, callback=callback, u0=u0)
+        return run_apt(shard, comm, opts, callback=callback, u0=u0, **ck)
     if cfg.method == "gd":
         from .solvers.gd import GDOptions, run_gd
 
         opts = _options(GDOptions, cfg, {"iterations": cfg.iterations, "metric": cfg.noise,
                                          "probe_refine": cfg.probe_refine})
-        return run_gd(shard, comm, opts, callback=callback, u0=u0)
+        return run_gd(shard, comm, opts, callback=callback, u0=u0, **ck)
     if cfg.method == "admm":
         from .solvers.admm import ADMMOptions, run_admm
 
         opts = _options(ADMMOptions, cfg, {"iterations": cfg.iterations, "metric": cfg.noise, "prior": cfg.prior,
                                            "prior_weight": cfg.prior_weight, "rho_rel": cfg.penalty,
                                            "probe_refine": cfg.probe_refine})
-        return run_admm(shard, comm, opts, callback=callback, u0=u0)
+        return run_admm(shard, comm, opts, callback=callback, u0=u0, **ck)
     from .solvers.twostep import TwoStepOptions, run_twostep
 
     opts = _options(TwoStepOptions, cfg, {"iterations": cfg.iterations, "noise": cfg.noise,
                                           "probe_refine": cfg.probe_refine, "support_width": support})
-    return run_twostep(shard, comm, opts, callback=callback)
+    return run_twostep(shard, comm, opts, callback=callback, **ck)
 
 
 def _initial_volume(init: str, shape):
@@ -282,17 +305,29 @@ def _initial_volume(init: str, shape):
     return vol.astype(np.complex64)
 
 
+#: volumes up to this size are gathered onto every rank for :attr:`ReconResult.volume` (larger ones: None)
+GATHER_LIMIT_BYTES = 2 << 30
+
+
 def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwrite: bool = False,
                 comm=None, progress=None, command=None, input_path=None, reader: dict | None = None,
+                checkpoint_every: int = 0, resume: bool = False, checkpoint_dir=None,
                 **settings) -> ReconResult:
     """Reconstruct ``data`` (CXI path or :class:`Dataset`) with ``config`` / keyword ``settings``
     (see :class:`ReconConfig`); write ``out`` (Zarr) and ``out`` with suffix .png when given.
 
     ``comm`` (default serial) is a :class:`hpc_pt.parallel.Comm`; with several ranks (e.g.
     ``MPIComm()`` under ``mpiexec``) every rank calls this function, reads the file's metadata, takes its
-    part of :func:`hpc_pt.parallel.plan_shards` and reads only those frames; rank 0 alone checks and writes
-    ``out`` and calls ``progress``. A failure on any rank before the solve raises on every rank.
-    ``reader`` holds ``scan_cxi`` flags (flip_translations, translation_layout) for a path input.
+    part of :func:`hpc_pt.parallel.plan_shards` and reads only those frames. The volume is split in slabs
+    (:class:`hpc_pt.parallel.SlabSpace`): every rank writes its own rows of ``out`` (whole chunks), rank 0
+    the metadata and the PNG, and calls ``progress``. A failure on any rank before the solve raises on
+    every rank. ``reader`` holds ``scan_cxi`` flags (flip_translations, translation_layout) for a path input.
+
+    Checkpoints: with ``checkpoint_every`` K > 0 the whole solver state is saved every K iterations into
+    ``checkpoint_dir`` (default ``<out>.ckpt``), atomically (see :mod:`hpc_pt.io.checkpoint`); with
+    ``resume`` the run continues from the latest checkpoint there and ends bitwise-equal (CPU) to an
+    uninterrupted run. ``ReconResult.volume`` is the whole volume on every rank when it is at most
+    ``GATHER_LIMIT_BYTES``, else None (read ``out``).
     """
     from .backend import to_numpy
     from .parallel import SerialComm, plan_shards, split_angles
@@ -300,6 +335,7 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
     comm = comm or SerialComm()
     rank, size = int(comm.rank), int(comm.size)
     err = None
+    ckpt = None
     try:
         if isinstance(config, ReconConfig):
             cfg = config if not settings else ReconConfig.build({**config.model_dump(), **settings})
@@ -315,7 +351,7 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
         figure = None
         if out is not None:
             figure = os.path.splitext(os.path.abspath(out))[0] + ".png"
-            if rank == 0:
+            if rank == 0 and not resume:
                 from .io import check_output_path
 
                 check_output_path(out, overwrite=overwrite)
@@ -332,11 +368,23 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
             raise InputError(f"{cfg.method} needs whole angles on every rank, but {size} ranks for "
                              f"{len(counts)} angles split angle(s) {split}; run with at most {len(counts)} "
                              "ranks (mpiexec -n ...)")
+        if checkpoint_every or resume:
+            from .io.checkpoint import CheckpointStore
+
+            where = checkpoint_dir or (None if out is None else os.path.abspath(out) + ".ckpt")
+            if where is None:
+                raise InputError("checkpoints need a place: give --out (checkpoints go to OUT.ckpt) "
+                                 "or --checkpoint-dir")
+            ckpt = CheckpointStore(where, rank, size, cfg.model_dump(), plan)
+            if resume:
+                ckpt.check_resumable()
         if size == 1 and isinstance(meta, Dataset):
-            shard, bytes_read = build_shard(meta, model, cfg.device, cfg.volume_size), 0
+            shard, bytes_read = build_shard(meta, model, cfg.device, cfg.volume_size, comm=comm), 0
         else:
-            shard, bytes_read = build_rank_shard(meta, plan[rank], model, cfg.device, cfg.volume_size)
-        u0 = _initial_volume(cfg.init, shard.volume_shape)
+            shard, bytes_read = build_rank_shard(meta, plan, comm, model, cfg.device, cfg.volume_size)
+        u0 = _initial_volume(cfg.init, shard.global_volume_shape)
+        if u0 is not None:
+            u0 = shard.space.local(u0)
     except Exception as e:  # noqa: BLE001 - re-raised below, after the ranks agree
         err = e
     if size > 1:  # collective: a rank that failed alone would leave the others waiting in the solver
@@ -352,39 +400,98 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
     per_rank = np.zeros(size, dtype=np.float64)
     per_rank[rank] = bytes_read
     per_rank = comm.allreduce_sum(per_rank) if size > 1 else per_rank
+    space = shard.space
     parallel = {"backend": getattr(comm, "name", type(comm).__name__), "ranks": size,
                 "bytes_read_per_rank": [int(v) for v in per_rank],
-                "shards": [[list(p) for p in pieces] for pieces in plan]}
-    callback = None
-    if progress is not None and rank == 0:
-        def callback(row, u):
+                "shards": [[list(p) for p in pieces] for pieces in plan],
+                "slabs": [list(b) for b in space.bounds]}
+    stats = getattr(comm, "stats", None)
+    last = {"snap": stats.snapshot() if stats is not None else {}, "io": 0.0}
+
+    def callback(row, u):
+        """Per-iteration communication bytes / time and checkpoint I/O time into the history row."""
+        if stats is not None:
+            snap = stats.snapshot()
+            for k, v in snap.items():
+                row[k] = float(v - last["snap"].get(k, 0))
+            last["snap"] = snap
+            row["compute_time_s"] = max(float(row.get("iter_time_s", 0.0)) - row.get("comm_time_s", 0.0), 0.0)
+        row["io_time_s"], last["io"] = last["io"], 0.0
+        if progress is not None and rank == 0:
             progress(row)
+
+    checkpoints = None
+    if ckpt is not None:
+        from .solvers.base import Checkpointer
+
+        def save(state):
+            import time as _t
+
+            t0 = _t.perf_counter()
+            ckpt.save(state, comm)
+            last["io"] += _t.perf_counter() - t0
+
+        checkpoints = Checkpointer(checkpoint_every, save, ckpt.load() if resume else None)
     support = meta.attrs.get("size") if cfg.method == "two-step" else None  # simulated sample width
     try:
-        res = _run_method(cfg, shard, comm, callback, u0, support=support)
+        res = _run_method(cfg, shard, comm, callback, u0, support=support, checkpoints=checkpoints)
     except (ValueError, TypeError) as e:  # option values the solvers' own checks reject
         if isinstance(e, InputError):
             raise
         raise InputError(f"{cfg.method}: {e}") from None
     res.state["bytes_read"] = bytes_read
-    volume = to_numpy(res.volume).astype(np.complex64)
+    slab = to_numpy(res.volume).astype(np.complex64)
     probe = to_numpy(res.probe).astype(np.complex64)
     hist = res.history.as_columns()
+    nbytes = int(np.prod(space.global_shape)) * 8
+    volume = space.allgather(slab) if nbytes <= GATHER_LIMIT_BYTES else None
     result = ReconResult(volume, probe, hist, cfg, bytes_read=bytes_read, parallel=parallel)
-    if out is not None and rank == 0:
-        from .io import write_volume
-        from .plots import recon_figure
-
-        attrs = {"method": cfg.method, "model": model, "reconstruction": cfg.model_dump(),
-                 "solver_state": {k: v for k, v in res.state.items() if np.isscalar(v)},
-                 "energy_ev": meta.geometry.energy_ev, "angles_deg": _angles_deg(meta),
-                 "parallel": parallel}
-        from .io.cxi import atomic_output
-
-        with atomic_output(figure, overwrite) as tmp:  # the figure first: a failure leaves no store behind
-            recon_figure(volume, hist, tmp, title=f"hpc-pt {cfg.method}: {os.path.basename(os.path.abspath(out))}")
-        result.figure = figure
-        result.out = write_volume(out, volume, meta.geometry.pixel_m, attrs=attrs, overwrite=overwrite,
-                                  command=command, config=cfg.model_dump(), input_path=input_path,
-                                  tables={"history": hist}, arrays={"probe": probe})
+    result.slab = (space.z0, space.z1)
+    if out is not None:
+        result.figure, result.out = _write_outputs(out, figure, slab, space, probe, hist, res, cfg, model, meta,
+                                                   parallel, overwrite or resume, command, input_path, comm)
     return result
+
+
+def _write_outputs(out, figure, slab, space, probe, hist, res, cfg, model, meta, parallel, overwrite,
+                   command, input_path, comm):
+    """Every rank writes its slab's rows (whole chunks); rank 0 the figure first (a failure leaves no
+    store), the metadata, and the final rename. Returns (figure, store path)."""
+    from .io.cxi import atomic_output
+    from .io.zarr_store import begin_volume, finish_volume, write_volume_rows
+    from .parallel import chunk_rows
+    from .plots import recon_figure
+
+    nz, n, _ = space.global_shape
+    mid = [nz // 2]
+    central = {"xy": space.gather_rows(slab, mid)[0], "xz": space.gather_plane(slab, 1, n // 2),
+               "yz": space.gather_plane(slab, 2, n // 2)}
+    token = comm.bcast(int(os.getpid()) if comm.rank == 0 else 0, root=0)
+    err = None
+    tmp = None
+    try:
+        if comm.rank == 0:
+            with atomic_output(figure, overwrite) as t:
+                recon_figure(central, hist, t, title=f"hpc-pt {cfg.method}: {os.path.basename(os.path.abspath(out))}")
+            attrs = {"method": cfg.method, "model": model, "reconstruction": cfg.model_dump(),
+                     "solver_state": {k: v for k, v in res.state.items() if np.isscalar(v)},
+                     "energy_ev": meta.geometry.energy_ev, "angles_deg": _angles_deg(meta),
+                     "parallel": parallel}
+            tmp = begin_volume(out, space.global_shape, meta.geometry.pixel_m, attrs=attrs, overwrite=overwrite,
+                               chunks_z=chunk_rows(nz, n, comm.size), command=command, config=cfg.model_dump(),
+                               input_path=input_path, tables={"history": hist}, arrays={"probe": probe},
+                               token=str(token))
+    except Exception as e:  # noqa: BLE001 - agreed on below
+        err = e
+    if comm.size > 1 and comm.sum_scalar(1.0 if err is not None else 0.0) and err is None:
+        err = RuntimeError("rank 0 could not start the output store")
+    if err is not None:
+        raise err
+    tmp = os.path.abspath(os.fspath(out)) + f".tmp-{token}"
+    _, after = space.halo(slab) if comm.size > 1 else (None, None)
+    write_volume_rows(tmp, space.z0, slab, next_row=after if space.z1 < nz else None)
+    comm.sum_scalar(0.0)  # every rank's rows are on disk before the store is finished
+    path = os.path.abspath(os.fspath(out))
+    if comm.rank == 0:
+        path = finish_volume(tmp, out, overwrite)
+    return figure, path

@@ -6,15 +6,19 @@ import numpy as np
 
 def recon_figure(volume, history: dict, path, title: str = "") -> str:
     """PNG with the three central slices (z, y, x) of delta (row 1) and beta (row 2) and the convergence
-    curves (objective, R-factor, residuals) of ``history`` ({column: array})."""
+    curves (objective, R-factor, residuals) of ``history`` ({column: array}). ``volume``: the (nz, n, n)
+    volume, or {"xy", "xz", "yz"} central planes (what a slab-distributed run gathers)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    vol = np.asarray(volume)
-    nz, ny, nx = vol.shape
-    cuts = [("z", vol[nz // 2]), ("y", vol[:, ny // 2]), ("x", vol[:, :, nx // 2])]
+    if isinstance(volume, dict):
+        cuts = [("z", np.asarray(volume["xy"])), ("y", np.asarray(volume["xz"])), ("x", np.asarray(volume["yz"]))]
+    else:
+        vol = np.asarray(volume)
+        nz, ny, nx = vol.shape
+        cuts = [("z", vol[nz // 2]), ("y", vol[:, ny // 2]), ("x", vol[:, :, nx // 2])]
     fig = plt.figure(figsize=(13, 6.5), constrained_layout=True)
     grid = fig.add_gridspec(2, 4)
     for row, (part, fn) in enumerate((("delta", np.real), ("beta", np.imag))):

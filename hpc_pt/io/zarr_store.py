@@ -24,7 +24,7 @@ import zarr
 from ..errors import InputError
 from .provenance import jsonable, provenance
 
-__all__ = ["write_volume", "read_volume", "read_table", "default_chunks_z", "ome_multiscales", "downsample2"]
+__all__ = ["begin_volume", "finish_volume", "write_volume", "write_volume_rows", "read_volume", "read_table", "default_chunks_z", "ome_multiscales", "downsample2"]
 
 CHUNK_BYTES = 16 * 2**20
 
@@ -82,29 +82,26 @@ def ome_multiscales(voxel_size_m: float, factors1=(2, 2, 2), name: str = "delta"
     }
 
 
-def write_volume(path, volume, voxel_size_m: float, attrs: dict | None = None, overwrite: bool = False,
-                 chunks_z: int | None = None, command=None, config=None, input_path=None,
-                 tables: dict | None = None, arrays: dict | None = None) -> str:
-    """Write a (nz, n, n) complex volume u = delta + i beta as a Zarr v3 / OME-Zarr 0.5 store.
+def _level1_factors(shape) -> tuple[int, ...]:
+    return tuple(2 if n >= 2 else 1 for n in shape)
 
-    The store is built at ``<path>.tmp-<pid>`` and renamed into place, so a failure leaves nothing.
-    An existing ``path`` is refused unless ``overwrite`` (then it is replaced only after the new store is
-    complete). ``command``, ``config`` and ``input_path`` go into the ``provenance`` attribute (the input
-    file's sha256 is computed by streaming it). ``tables`` = {group: {column: 1D array}} adds groups of
-    float64 columns (the solver history goes to ``history/<column>``); ``arrays`` = {name: array} adds
-    further arrays (e.g. the refined ``probe``). Returns the absolute path.
-    """
+
+def begin_volume(path, shape, voxel_size_m: float, attrs: dict | None = None, overwrite: bool = False,
+                 chunks_z: int | None = None, command=None, config=None, input_path=None,
+                 tables: dict | None = None, arrays: dict | None = None, token: str | None = None) -> str:
+    """First step of a (possibly parallel) volume write: create ``<path>.tmp-<token>`` with every array
+    (empty), the tables, extra arrays and attributes. Returns the temporary path; every writer then fills
+    its rows with :func:`write_volume_rows` and one process calls :func:`finish_volume`."""
     path = os.path.abspath(os.fspath(path))
-    vol = np.asarray(volume)
-    if vol.ndim != 3:
-        raise InputError(f"volume has shape {vol.shape}; write_volume needs a 3D (nz, n, n) array")
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3:
+        raise InputError(f"volume has shape {shape}; write_volume needs a 3D (nz, n, n) array")
     if not (np.isfinite(voxel_size_m) and voxel_size_m > 0):
         raise InputError(f"voxel size {voxel_size_m} m must be a positive finite number; check the geometry")
-    vol = vol.astype(np.complex64, copy=False)
     if os.path.exists(path) and not overwrite:
         raise InputError(f"{path} already exists; pass --force (overwrite=True) to replace it")
-    cz = default_chunks_z(vol.shape) if chunks_z is None else max(1, min(int(chunks_z), vol.shape[0]))
-    tmp = f"{path}.tmp-{os.getpid()}"
+    cz = default_chunks_z(shape) if chunks_z is None else max(1, min(int(chunks_z), shape[0]))
+    tmp = f"{path}.tmp-{token or os.getpid()}"
     if os.path.exists(tmp):
         shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -113,13 +110,14 @@ def write_volume(path, volume, voxel_size_m: float, attrs: dict | None = None, o
         raise InputError(f"cannot write {path}: {e.strerror or e}; choose a writable --out path") from None
     try:
         g = zarr.open_group(tmp, mode="w-", zarr_format=3)
-        chunks = (cz,) + vol.shape[1:]
-        g.create_array("volume", shape=vol.shape, chunks=chunks, dtype="complex64")[...] = vol
-        g.create_array("0", shape=vol.shape, chunks=chunks, dtype="float32")[...] = vol.real
-        g.create_array("beta", shape=vol.shape, chunks=chunks, dtype="float32")[...] = vol.imag
-        low, factors = downsample2(vol.real.astype(np.float32))
-        cz1 = max(1, min(low.shape[0], cz))
-        g.create_array("1", shape=low.shape, chunks=(cz1,) + low.shape[1:], dtype="float32")[...] = low
+        chunks = (cz,) + shape[1:]
+        g.create_array("volume", shape=shape, chunks=chunks, dtype="complex64")
+        g.create_array("0", shape=shape, chunks=chunks, dtype="float32")
+        g.create_array("beta", shape=shape, chunks=chunks, dtype="float32")
+        factors = _level1_factors(shape)
+        low = tuple(n // f for n, f in zip(shape, factors))
+        cz1 = max(1, cz // factors[0]) if cz % factors[0] == 0 else 1  # level-1 chunks never straddle writers
+        g.create_array("1", shape=low, chunks=(min(cz1, max(low[0], 1)),) + low[1:], dtype="float32")
         for gname, cols in (tables or {}).items():
             tg = g.create_group(gname)
             for col, values in cols.items():
@@ -132,7 +130,8 @@ def write_volume(path, volume, voxel_size_m: float, attrs: dict | None = None, o
         meta.update({
             "ome": ome_multiscales(float(voxel_size_m), factors),
             "voxel_size_m": float(voxel_size_m),
-            "shape": list(vol.shape),
+            "shape": list(shape),
+            "chunks_z": int(cz),
             "axes": ["z", "y", "x"],
             "units": {"volume": "dimensionless (delta + i beta)", "voxel_size_m": "m",
                       "0": "dimensionless (delta)", "1": "dimensionless (delta, 2x block mean)",
@@ -140,10 +139,50 @@ def write_volume(path, volume, voxel_size_m: float, attrs: dict | None = None, o
             "provenance": jsonable(provenance(command=command, config=config, input_path=input_path)),
         })
         g.attrs.update(meta)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
+
+
+def write_volume_rows(tmp, z0: int, rows, next_row=None) -> None:
+    """Write rows ``z0 .. z0 + len(rows)`` of the volume (and of its real / imaginary parts, and the
+    level-1 block means whose first row is in this range) into a store begun by :func:`begin_volume`.
+    ``next_row``: the volume's row ``z0 + len(rows)`` when this range ends inside a 2-row block (the
+    following writer's first row). Writers whose row ranges start on chunk boundaries never share a chunk."""
+    g = zarr.open_group(tmp, mode="r+")
+    rows = np.asarray(rows).astype(np.complex64, copy=False)
+    z1 = z0 + rows.shape[0]
+    if rows.shape[0]:
+        g["volume"][z0:z1] = rows
+        g["0"][z0:z1] = rows.real
+        g["beta"][z0:z1] = rows.imag
+    shape = tuple(g["volume"].shape)
+    fz, fy, fx = _level1_factors(shape)
+    first = -(-z0 // fz)  # level-1 rows whose first volume row lies in [z0, z1)
+    last = min(-(-z1 // fz), shape[0] // fz)
+    if last <= first:
+        return
+    ext = rows.real.astype(np.float32)
+    if next_row is not None:
+        ext = np.concatenate([ext, np.asarray(next_row).real.astype(np.float32)[None]], axis=0)
+    blk = ext[first * fz - z0:last * fz - z0]
+    ny, nx = shape[1] // fy, shape[2] // fx
+    blk = blk[:, :ny * fy, :nx * fx].reshape(last - first, fz, ny, fy, nx, fx).mean(axis=(1, 3, 5))
+    g["1"][first:last] = blk.astype(np.float32)
+
+
+def finish_volume(tmp, path, overwrite: bool = False) -> str:
+    """Consolidate the metadata once and move the finished store into place (an existing ``path`` is
+    replaced only now, with ``overwrite``)."""
+    path = os.path.abspath(os.fspath(path))
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "consolidated metadata is not part of the v3 spec"
             zarr.consolidate_metadata(tmp)
         if os.path.exists(path):  # overwrite=True: swap only once the new store is complete
+            if not overwrite:
+                raise InputError(f"{path} already exists; pass --force (overwrite=True) to replace it")
             old = f"{path}.old-{os.getpid()}"
             os.rename(path, old)
             os.rename(tmp, path)
@@ -157,6 +196,32 @@ def write_volume(path, volume, voxel_size_m: float, attrs: dict | None = None, o
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def write_volume(path, volume, voxel_size_m: float, attrs: dict | None = None, overwrite: bool = False,
+                 chunks_z: int | None = None, command=None, config=None, input_path=None,
+                 tables: dict | None = None, arrays: dict | None = None) -> str:
+    """Write a (nz, n, n) complex volume u = delta + i beta as a Zarr v3 / OME-Zarr 0.5 store.
+
+    The store is built at ``<path>.tmp-<pid>`` and renamed into place, so a failure leaves nothing.
+    An existing ``path`` is refused unless ``overwrite`` (then it is replaced only after the new store is
+    complete). ``command``, ``config`` and ``input_path`` go into the ``provenance`` attribute (the input
+    file's sha256 is computed by streaming it). ``tables`` = {group: {column: 1D array}} adds groups of
+    float64 columns (the solver history goes to ``history/<column>``); ``arrays`` = {name: array} adds
+    further arrays (e.g. the refined ``probe``). Returns the absolute path. (Parallel writers use
+    :func:`begin_volume`, :func:`write_volume_rows` and :func:`finish_volume` directly.)
+    """
+    vol = np.asarray(volume)
+    if vol.ndim != 3:
+        raise InputError(f"volume has shape {vol.shape}; write_volume needs a 3D (nz, n, n) array")
+    tmp = begin_volume(path, vol.shape, voxel_size_m, attrs=attrs, overwrite=overwrite, chunks_z=chunks_z,
+                       command=command, config=config, input_path=input_path, tables=tables, arrays=arrays)
+    try:
+        write_volume_rows(tmp, 0, vol)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return finish_volume(tmp, path, overwrite)
 
 
 def read_volume(path) -> tuple[np.ndarray, dict]:

@@ -5,9 +5,10 @@ from .fd import Gradient, divergence, gradient, laplacian, tv_value
 from .model import MODELS, ForwardModel
 from .pad import Pad
 from .projector import Projector
-from .ptycho import Ptychography, intensity, validate_positions
+from .ptycho import STENCIL_OFFSETS, Ptychography, apply_stencil, intensity, validate_positions
 
 __all__ = [
     "LinearOperator", "dot_test", "ExpMap", "Gradient", "divergence", "gradient", "laplacian", "tv_value",
-    "ForwardModel", "MODELS", "Pad", "Projector", "Ptychography", "intensity", "validate_positions",
+    "ForwardModel", "MODELS", "Pad", "Projector", "Ptychography", "STENCIL_OFFSETS", "apply_stencil", "intensity",
+    "validate_positions",
 ]

@@ -188,6 +188,60 @@ class Ptychography(LinearOperator):
         return self.patches_adj(inten).real
 
 
+    def normal_stencil(self):
+        """The normal operator N = sum_j S_j^T |w|^2 S_j of every angle as a 3x3 stencil.
+
+        With bilinear sub-pixel windows a field pixel q couples only to q + d, d in {-1, 0, 1}^2, so
+        (N x)[q] = sum_d M_d[q] x[q + d] (:func:`apply_stencil`). Returns ``maps`` (9, A, H, W), real,
+        d ordered as ``STENCIL_OFFSETS``; for integer positions only the centre map (the illumination)
+        is non-zero. Computed exactly by probing N with nine combs of spacing 3: for every q exactly one
+        comb point lies within +-1 of q, so (N comb)[q] is one matrix entry N[q, q + d].
+        """
+        xp = self._xp
+        A, (H, W) = self._A, self._HW
+        w2 = xp.abs(self.probe) ** 2
+        maps = xp.zeros((9, A, H, W), dtype=np.float32 if self.dtype == np.complex64 else np.float64)
+        ys, xs = np.arange(H), np.arange(W)
+        for sy in range(3):
+            for sx in range(3):
+                comb = np.zeros((H, W), dtype=self.dtype)
+                comb[sy::3, sx::3] = 1
+                field = xp.broadcast_to(asarray_on(comb, self.probe), self.shape_in)
+                y = self.patches_adj(w2 * self.patches(xp.ascontiguousarray(field))).real
+                dy = ((sy - ys + 1) % 3) - 1  # comb point q + d within +-1 of q
+                dx = ((sx - xs + 1) % 3) - 1
+                for k, (oy, ox) in enumerate(STENCIL_OFFSETS):
+                    sel = asarray_on(((dy == oy)[:, None] & (dx == ox)[None, :]), self.probe)
+                    maps[k] += xp.where(sel[None], y, 0)
+        return maps
+
+
+#: (row, column) offsets d of :meth:`Ptychography.normal_stencil`'s maps; index 4 is the centre
+STENCIL_OFFSETS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+
+
+def apply_stencil(maps, x, below=None, above=None):
+    """(N x)[a, q] = sum_d maps[d, a, q] x[a, q + d] for x (A, R, W) (rows R of a larger field).
+
+    ``below`` / ``above`` (A, W): the field rows just before / after x's rows (zeros when None: the field's
+    edge); columns outside [0, W) are zero. With only the centre map (``maps`` of length 1) this is a
+    pixel-wise product and the halos are not needed."""
+    xp = get_xp(x)
+    if maps.shape[0] == 1:
+        return maps[0] * x
+    A, R, W = x.shape
+    ext = xp.zeros((A, R + 2, W + 2), dtype=x.dtype)
+    ext[:, 1:-1, 1:-1] = x
+    if below is not None:
+        ext[:, 0, 1:-1] = below
+    if above is not None:
+        ext[:, -1, 1:-1] = above
+    out = xp.zeros_like(x)
+    for k, (dy, dx) in enumerate(STENCIL_OFFSETS):
+        out += maps[k] * ext[:, 1 + dy:1 + dy + R, 1 + dx:1 + dx + W]
+    return out
+
+
 def _scatter_matrix(idx, size, dtype):
     """CSC matrix S^T (field x patch elements) with one unit entry per patch element.
 

@@ -4,5 +4,7 @@ reduction; they never import mpi4py or dask. The serial implementation lives in 
 from .base import Comm, SerialComm, split_evenly
 from .mpi import MPIComm
 from .shards import plan_shards, split_angles
+from .slabs import SlabSpace, chunk_rows, halo_bytes, slab_bounds, transpose_bytes
 
-__all__ = ["Comm", "MPIComm", "SerialComm", "plan_shards", "split_angles", "split_evenly"]
+__all__ = ["Comm", "MPIComm", "SerialComm", "SlabSpace", "chunk_rows", "halo_bytes", "plan_shards", "slab_bounds",
+           "split_angles", "split_evenly", "transpose_bytes"]

@@ -1,11 +1,65 @@
 """The parallel interface every solver uses, and its serial implementation.
 
 Data layout (DESIGN.md section 3): measured frames and per-frame variables are sharded by angle (and by
-frames within an angle); they never move. The volume is replicated on every rank in this first version,
-so volume-sized partial sums (back-projections of each rank's frames) are combined with
-:meth:`Comm.allreduce_sum`, and scalar sums (objective, R-factor) with :meth:`Comm.sum_scalar`.
+frames within an angle); they never move. The volume is split into slabs of rows along the rotation axis
+(:mod:`hpc_pt.parallel.slabs`); projections move between the per-angle and the per-slab layout with one
+all-to-all per direction.
+
+A :class:`Comm` offers five collectives, all of them SPMD (every rank calls them in the same order):
+
+* :meth:`Comm.allreduce_sum` - arrays of one shape on every rank (probe-sized sums, small tables);
+* :meth:`Comm.sum_scalar` - one float (dot products, objectives);
+* :meth:`Comm.bcast` - root's array or scalar;
+* :meth:`Comm.alltoallv` - rank r sends ``send[s]`` (a 1-D host array) to rank s and receives what every
+  rank sent it (the transposes and halo exchanges are built on it, in :mod:`~hpc_pt.parallel.slabs`);
+* :meth:`Comm.barrier`.
+
+Every implementation counts what it sends in :attr:`Comm.stats` (bytes to other ranks and wall time, per
+kind of collective), and :meth:`Comm.phase` labels a stretch of solver work ("ptycho", "project", "cg",
+"prox") so its time can be reported apart from communication (and, on Dask, shows on the dashboard).
 """
 from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import numpy as np
+
+
+class CommStats:
+    """Bytes sent to other ranks, number of calls and seconds spent, per collective kind, plus seconds per
+    labelled compute phase. ``snapshot()`` gives a flat dict; differences of two snapshots give one
+    iteration's share."""
+
+    def __init__(self):
+        self.bytes: dict[str, int] = {}
+        self.calls: dict[str, int] = {}
+        self.seconds: dict[str, float] = {}
+        self.phase_seconds: dict[str, float] = {}
+
+    def add(self, kind: str, nbytes: int, seconds: float) -> None:
+        self.bytes[kind] = self.bytes.get(kind, 0) + int(nbytes)
+        self.calls[kind] = self.calls.get(kind, 0) + 1
+        self.seconds[kind] = self.seconds.get(kind, 0.0) + float(seconds)
+
+    def add_phase(self, name: str, seconds: float) -> None:
+        self.phase_seconds[name] = self.phase_seconds.get(name, 0.0) + float(seconds)
+
+    @property
+    def bytes_sent(self) -> int:
+        return int(sum(self.bytes.values()))
+
+    @property
+    def comm_seconds(self) -> float:
+        return float(sum(self.seconds.values()))
+
+    def snapshot(self) -> dict:
+        out = {"comm_bytes": self.bytes_sent, "comm_time_s": self.comm_seconds}
+        for k, v in self.bytes.items():
+            out[f"comm_bytes_{k}"] = v
+        for k, v in self.phase_seconds.items():
+            out[f"phase_time_{k}_s"] = v
+        return out
 
 
 class Comm:
@@ -14,6 +68,9 @@ class Comm:
     rank: int = 0
     size: int = 1
     name: str = "abstract"
+
+    def __init__(self):
+        self.stats = CommStats()
 
     def allreduce_sum(self, x):
         """Sum ``x`` (an array of identical shape on every rank) over ranks; every rank gets the sum."""
@@ -27,11 +84,33 @@ class Comm:
         """Value of ``x`` on ``root``, returned on every rank."""
         raise NotImplementedError
 
+    def alltoallv(self, send: list, recv_counts: list[int]) -> list:
+        """Personalised all-to-all. ``send[s]``: 1-D C-contiguous NumPy array for rank ``s`` (one dtype
+        for the whole call, any length including 0); ``recv_counts[s]``: the number of elements rank ``s``
+        sends to this rank. Returns the list of received 1-D arrays, by source rank."""
+        raise NotImplementedError
+
+    def barrier(self) -> None:
+        """Wait for every rank."""
+
+    def abort(self, code: int = 2) -> None:
+        """Stop every rank of the job (what a rank that failed alone must do)."""
+        raise SystemExit(code)
+
+    @contextmanager
+    def phase(self, name: str):
+        """Label a stretch of compute (time per label in :attr:`stats`)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stats.add_phase(name, time.perf_counter() - t0)
+
     def volume_dot(self, a, b) -> float:
-        """Re <a, b> of two volumes as laid out on the ranks (replicated volumes: a local dot product)."""
+        """Re <a, b> of two slab-distributed volumes (local dot product, summed over ranks)."""
         from ..backend import get_xp
 
-        return float(get_xp(a).vdot(a, b).real)
+        return self.sum_scalar(float(get_xp(a).vdot(a, b).real))
 
 
 class SerialComm(Comm):
@@ -48,6 +127,16 @@ class SerialComm(Comm):
     def bcast(self, x, root: int = 0):
         return x
 
+    def alltoallv(self, send: list, recv_counts: list[int]) -> list:
+        if len(send) != 1 or send[0].size != recv_counts[0]:
+            raise ValueError("serial alltoallv: one buffer, sent to itself")
+        return [send[0]]
+
+    def volume_dot(self, a, b) -> float:
+        from ..backend import get_xp
+
+        return float(get_xp(a).vdot(a, b).real)
+
 
 def split_evenly(n: int, parts: int, index: int) -> tuple[int, int]:
     """[start, stop) of part ``index`` when ``n`` items are split into ``parts`` nearly equal blocks."""
@@ -56,4 +145,8 @@ def split_evenly(n: int, parts: int, index: int) -> tuple[int, int]:
     return start, start + base + (1 if index < extra else 0)
 
 
-__all__ = ["Comm", "SerialComm", "split_evenly"]
+def nbytes_of(arrays) -> int:
+    return int(sum(int(np.asarray(a).nbytes) for a in arrays))
+
+
+__all__ = ["Comm", "CommStats", "SerialComm", "nbytes_of", "split_evenly"]

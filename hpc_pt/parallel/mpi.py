@@ -1,18 +1,20 @@
 """MPI implementation of :class:`~hpc_pt.parallel.base.Comm` (mpi4py buffer methods only).
 
-Every rank runs the same solver loop (SPMD) on its own shard; the volume is replicated, so volume-sized
-partial sums are combined with ``Allreduce(IN_PLACE, SUM)`` and scalars with a one-element float64
-``Allreduce`` (DESIGN.md section 3, "easy first version"). Only the upper-case buffer methods are used
-(no pickling of arrays).
+Every rank runs the same solver loop (SPMD) on its own shard. Scalars are summed with a one-element
+float64 ``Allreduce``, small arrays (probe-sized sums) with ``Allreduce(IN_PLACE, SUM)``, and the
+per-angle <-> per-slab transposes and halo exchanges of :mod:`hpc_pt.parallel.slabs` with one
+``Alltoallv`` on a contiguous byte buffer. Only the upper-case buffer methods are used (no pickling of
+arrays). Every call is counted in :attr:`Comm.stats` (bytes sent to other ranks, time).
 
 CuPy arrays are staged through host memory (``cupy.asnumpy`` before, ``cupy.asarray`` after the
-collective). There is no CUDA-aware MPI path yet: with a GPU per rank every reduction costs two
-device-host copies of the volume.
+collective; the slab layer stages its buffers the same way). There is no CUDA-aware MPI path.
 
 Launch under ``mpiexec -n P python -m mpi4py ...`` (``-m mpi4py`` makes an uncaught exception on one
 rank abort the whole job instead of leaving the others blocked in a collective).
 """
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -47,6 +49,7 @@ class MPIComm(Comm):
     name = "mpi"
 
     def __init__(self, comm=None):
+        super().__init__()
         self.MPI = load_mpi()
         self.comm = self.MPI.COMM_WORLD if comm is None else comm
         self.rank = int(self.comm.Get_rank())
@@ -62,7 +65,9 @@ class MPIComm(Comm):
         else:
             buf = np.array(x, copy=True, order="C")
         if self.size > 1:
+            t0 = time.perf_counter()
             self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+            self.stats.add("allreduce", buf.nbytes, time.perf_counter() - t0)
         if gpu:
             import cupy
 
@@ -72,8 +77,34 @@ class MPIComm(Comm):
     def sum_scalar(self, v: float) -> float:
         buf = np.array([float(v)], dtype=np.float64)
         if self.size > 1:
+            t0 = time.perf_counter()
             self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+            self.stats.add("scalar", 8, time.perf_counter() - t0)
         return float(buf[0])
+
+    def alltoallv(self, send: list, recv_counts: list[int]) -> list:
+        """One ``Alltoallv`` on contiguous byte buffers (counts and displacements in bytes, so any dtype
+        travels; each rank pair's message must stay below 2 GiB, MPI's int counts)."""
+        if len(send) != self.size or len(recv_counts) != self.size:
+            raise ValueError(f"alltoallv needs one buffer and one count per rank ({self.size})")
+        dtype = np.result_type(*[b.dtype for b in send]) if send else np.dtype(np.float64)
+        item = dtype.itemsize
+        scounts = np.array([b.size * item for b in send], dtype=np.int64)
+        rcounts = np.array(recv_counts, dtype=np.int64) * item
+        if max(scounts.max(initial=0), rcounts.max(initial=0)) >= 2**31:
+            raise ValueError("alltoallv message over 2 GiB for one rank pair; use more ranks")
+        sbuf = np.concatenate([np.ascontiguousarray(b, dtype=dtype).view(np.uint8).reshape(-1) for b in send]) \
+            if scounts.sum() else np.zeros(0, np.uint8)
+        rbuf = np.empty(int(rcounts.sum()), dtype=np.uint8)
+        sdisp = np.concatenate([[0], np.cumsum(scounts)[:-1]])
+        rdisp = np.concatenate([[0], np.cumsum(rcounts)[:-1]])
+        t0 = time.perf_counter()
+        self.comm.Alltoallv([sbuf, (scounts.astype(np.int32), sdisp.astype(np.int32)), self.MPI.BYTE],
+                            [rbuf, (rcounts.astype(np.int32), rdisp.astype(np.int32)), self.MPI.BYTE])
+        self.stats.add("alltoallv", int(scounts.sum() - scounts[self.rank]), time.perf_counter() - t0)
+        out = rbuf.view(dtype)
+        bounds = np.concatenate([[0], np.cumsum(recv_counts)])
+        return [out[bounds[s]:bounds[s + 1]] for s in range(self.size)]
 
     def bcast(self, x, root: int = 0):
         """Root's ``x`` on every rank. Arrays (NumPy or CuPy) must have the same shape and dtype on every
@@ -92,7 +123,9 @@ class MPIComm(Comm):
             else:
                 buf = np.array(x, copy=True, order="C")
             if self.size > 1:
+                t0 = time.perf_counter()
                 self.comm.Bcast(buf, root=root)
+                self.stats.add("bcast", buf.nbytes if self.rank == root else 0, time.perf_counter() - t0)
             if gpu:
                 import cupy
 

@@ -6,6 +6,10 @@ multipliers Lambda2 (per frame) and Lambda1 (per voxel). One outer iteration:
   Step 1  u   <- CG solve of  L u = -r1 div(p + Lambda1) + r2 sum_j D_j^H (z_j + Lambda2_j)      (Eq. 5-6)
               with L = -r1 Laplacian + r2 sum_j D_j^H D_j  (symmetric positive definite; sum_j D_j^H D_j =
               P^T Pad^T [sum_j S_j^T |w|^2 S_j] Pad P because the FFT is unitary)
+              Distributed: u, p, Lambda1 live in slabs (:class:`hpc_pt.parallel.SlabSpace`); the bracket
+              is a per-angle 3x3 stencil moved to the slab layout once, so a CG iteration is local except
+              for dot products and one-row halos. One transpose brings sum_j D_j^H(...) to the slabs, one
+              takes P u back to the angles, per outer iteration.
   Step 2  z_j <- prox_{G, r2}(D_j u - Lambda2_j)                      (pAGM or pIPM, closed form)
           p   <- soft_threshold(grad u - Lambda1, lambda / r1)        (isotropic TV)
   Step 3  Lambda2_j += z_j - D_j u,  Lambda1 += p - grad u
@@ -33,8 +37,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backend import get_xp
-from ..operators import divergence, gradient, laplacian, tv_value
-from .base import History, Shard, SolverResult, conjugate_gradient, power_lipschitz
+from ..operators import apply_stencil
+from .base import (NO_CHECKPOINTS, Checkpointer, History, Shard, SolverResult, conjugate_gradient,
+                   power_lipschitz)
 from .prox import data_objective, pixel_sum, prox_amplitude, prox_poisson, prox_tv
 
 
@@ -54,104 +59,142 @@ class APTOptions:
 
 
 class LinearJointOperator:
-    """D u = Ptycho(Pad(P u)) for this shard, its adjoint, and the normal operator sum_j D_j^H D_j."""
+    """D u = Ptycho(Pad(P u)) for this shard, its adjoint (summed over ranks, on this rank's slab), and the
+    normal operator L_D = sum_j D_j^H D_j = P^T Pad^T N Pad P on the slab (no transpose: N, the
+    ptychographic normal operator sum_j S_j^T |w|^2 S_j, is a 3x3 stencil per angle, moved to the slab
+    layout once by :meth:`refresh`)."""
 
-    def __init__(self, shard: Shard):
+    def __init__(self, shard: Shard, comm):
         m = shard.model
         if m.expmap is not None:
             raise ValueError("APT/APTs use the linear (Rytov) model; this dataset was set up with model 'exp'")
-        self.P, self.pad, self.pt = m.projector, m.pad, m.ptycho
+        self.space, self.pad, self.pt, self.comm = shard.space, m.pad, m.ptycho, comm
+        self.refresh()
+
+    def refresh(self):
+        """(Re)build the slab-layout stencil of N after a probe change (one transpose per non-zero map)."""
+        sp, r0 = self.space, self.pad.offset[0]
+        nz = sp.global_shape[0]
+        maps = self.pt.normal_stencil()[:, :, r0:r0 + nz]
+        xp = get_xp(maps)
+        off = self.comm.sum_scalar(float(xp.abs(maps[[0, 1, 2, 3, 5, 6, 7, 8]]).sum()))
+        vert = self.comm.sum_scalar(float(xp.abs(maps[[0, 1, 2, 6, 7, 8]]).sum()))
+        keep = range(9) if off > 0 else (4,)
+        self.maps = xp.stack([sp.to_slabs(xp.ascontiguousarray(maps[k])) for k in keep])
+        self.vertical = vert > 0
 
     def psi(self, u):
-        return self.pad.fwd(self.P.fwd(u))
+        return self.pad.fwd(self.space.project(u))
 
     def fwd(self, u):
         return self.pt.fwd(self.psi(u))
 
     def adj(self, y):
-        return self.P.adj(self.pad.adj(self.pt.adj(y)))
+        return self.space.backproject(self.pad.adj(self.pt.adj(y)))
 
     def normal(self, u):
-        pt = self.pt
-        xp = get_xp(u)
-        w2 = xp.abs(pt.probe) ** 2
-        return self.P.adj(self.pad.adj(pt.patches_adj(w2 * pt.patches(self.psi(u)))))
+        P = self.space.P
+        q = P.fwd(u)
+        lo, hi = self.space.halo(q, axis=1) if self.vertical else (None, None)
+        return P.adj(apply_stencil(self.maps, q, lo, hi))
 
 
-def run_apt(shard: Shard, comm, opts: APTOptions | None = None, callback=None, u0=None) -> SolverResult:
-    """Seed 001 Algorithm 1 (APT, or APTs with ``opts.tv = False``) on this rank's shard.
+def run_apt(shard: Shard, comm, opts: APTOptions | None = None, callback=None, u0=None,
+            checkpoints: Checkpointer = NO_CHECKPOINTS) -> SolverResult:
+    """Seed 001 Algorithm 1 (APT, or APTs with ``opts.tv = False``) on this rank's shard and slab.
 
-    ``u0``: initial volume (overrides ``opts.init``); ``callback(row, u)`` runs after every iteration.
+    ``u0``: initial volume slab (overrides ``opts.init``); ``callback(row, u)`` runs after every iteration;
+    ``checkpoints`` hands the loop state out every K iterations and back on resume (bitwise continuation).
     """
     opts = opts or APTOptions()
     if opts.metric not in ("gaussian", "poisson"):
         raise ValueError(f"unknown noise metric {opts.metric!r}; use 'gaussian' or 'poisson'")
-    D = LinearJointOperator(shard)
+    sp = shard.space
     xp = get_xp(shard.intensities)
     f, sqrt_f, mask = shard.intensities, shard.amplitudes, shard.mask
     dtype = shard.model.dtype
     shape = shard.volume_shape
+    st = checkpoints.resume
+    if st is not None:
+        shard.model.ptycho.probe = xp.asarray(st["probe"])
+    D = LinearJointOperator(shard, comm)
 
     def normal(u):
-        return comm.allreduce_sum(D.normal(u))
+        with comm.phase("cg"):
+            return D.normal(u)
 
     # --- scale-free defaults (module docstring)
     ones = xp.ones(shape, dtype=dtype)
-    d1 = D.fwd(ones)
-    energy_model = comm.sum_scalar(pixel_sum(xp.abs(d1) ** 2, mask))
-    energy_data = comm.sum_scalar(pixel_sum(f, mask))
-    c = float(np.sqrt(energy_data / energy_model)) if energy_model > 0 else 1.0
-    nrm = power_lipschitz(normal, shape, comm, dtype, like=shard.intensities)
+    if st is None:
+        d1 = D.fwd(ones)
+        energy_model = comm.sum_scalar(pixel_sum(xp.abs(d1) ** 2, mask))
+        energy_data = comm.sum_scalar(pixel_sum(f, mask))
+        c = float(np.sqrt(energy_data / energy_model)) if energy_model > 0 else 1.0
+        nrm = power_lipschitz(normal, sp.global_shape, comm, dtype, like=shard.intensities,
+                              rows=(sp.z0, sp.z1))
+    else:
+        c, nrm = float(st["scale"]), float(st["normal_norm"])
     r2 = opts.r2
     r1 = opts.r1_rel * r2 * nrm / 12.0 if opts.tv else 0.0
     thresh = opts.tv_rel * c
     lam = thresh * r1
 
-    if u0 is not None:
-        u = xp.asarray(u0, dtype=dtype).copy()
+    if st is not None:
+        u, z, lam2 = (xp.asarray(st[k]) for k in ("u", "z", "lambda2"))
+        p, lam1 = (xp.asarray(st[k]) for k in ("p", "lambda1"))
     else:
-        u = (c * ones) if opts.init == "constant" else xp.zeros(shape, dtype=dtype)
-    du = D.fwd(u)
-    z = du.copy()
-    lam2 = xp.zeros_like(z)
-    p = xp.zeros((3,) + shape, dtype=dtype)
-    lam1 = xp.zeros_like(p)
+        if u0 is not None:
+            u = xp.asarray(u0, dtype=dtype).copy()
+        else:
+            u = (c * ones) if opts.init == "constant" else xp.zeros(shape, dtype=dtype)
+        z = D.fwd(u)
+        lam2 = xp.zeros_like(z)
+        p = xp.zeros((3,) + shape, dtype=dtype)
+        lam1 = xp.zeros_like(p)
     prox = prox_amplitude if opts.metric == "gaussian" else prox_poisson
     data = sqrt_f if opts.metric == "gaussian" else f
 
     def apply_l(x):
         out = r2 * normal(x)
         if opts.tv:
-            out -= r1 * laplacian(x)
+            out -= r1 * sp.laplacian(x)
         return out
 
-    hist = History()
+    hist = History(st["history"] if st is not None else None)
     sum_sqrt_f = comm.sum_scalar(pixel_sum(sqrt_f, mask))
-    for k in range(opts.iterations):
+    for k in range(len(hist), opts.iterations):
         t0 = time.perf_counter()
         # Step 1: u-update by CG
-        rhs = r2 * comm.allreduce_sum(D.adj(z + lam2))
+        with comm.phase("project"):
+            rhs = r2 * D.adj(z + lam2)
         if opts.tv:
-            rhs -= r1 * divergence(p + lam1)
+            rhs -= r1 * sp.divergence(p + lam1)
         u_old = u
         u, cg = conjugate_gradient(apply_l, rhs, u, comm.volume_dot, tol=opts.cg_tol, max_iter=opts.cg_max_iter)
-        du = D.fwd(u)
+        with comm.phase("project"):
+            psi = D.psi(u)
+        with comm.phase("ptycho"):
+            du = D.pt.fwd(psi)
         # Step 2: z and p proxes
-        z = prox(du - lam2, data, r2, mask)
-        # Step 3: multipliers
-        lam2 += z - du
+        with comm.phase("prox"):
+            z = prox(du - lam2, data, r2, mask)
+            # Step 3: multipliers
+            lam2 += z - du
         primal = comm.sum_scalar(float((xp.abs(z - du) ** 2).sum()))
         if opts.tv:
-            gu = gradient(u)
-            p = prox_tv(gu - lam1, thresh)
-            lam1 += p - gu
-            primal += float((xp.abs(p - gu) ** 2).sum())
+            gu = sp.gradient(u)
+            with comm.phase("prox"):
+                p = prox_tv(gu - lam1, thresh)
+                lam1 += p - gu
+            primal += comm.sum_scalar(float((xp.abs(p - gu) ** 2).sum()))
         if opts.probe_refine and k >= opts.probe_refine_start:
-            _update_probe(D, u, z + lam2, comm)
+            with comm.phase("ptycho"):
+                _update_probe(D, psi, z + lam2, comm)
+            D.refresh()
         mag = xp.abs(du)
         obj = comm.sum_scalar(data_objective(mag, f, sqrt_f, opts.metric, mask))
         if opts.tv:
-            obj += lam * tv_value(u)
+            obj += lam * sp.tv_value(u)
         rf = comm.sum_scalar(pixel_sum(xp.abs(mag - sqrt_f), mask)) / sum_sqrt_f
         change = np.sqrt(comm.volume_dot(u - u_old, u - u_old) / max(comm.volume_dot(u, u), 1e-300))
         row = hist.append(iteration=k + 1, objective=obj, r_factor=rf, primal_residual=np.sqrt(primal),
@@ -159,16 +202,19 @@ def run_apt(shard: Shard, comm, opts: APTOptions | None = None, callback=None, u
                           iter_time_s=time.perf_counter() - t0)
         if callback is not None:
             callback(row, u)
+        if checkpoints.due(k + 1):
+            checkpoints.save({"iteration": k + 1, "u": u, "z": z, "lambda2": lam2, "p": p, "lambda1": lam1,
+                              "probe": D.pt.probe, "scale": c, "normal_norm": nrm, "history": hist.rows})
     return SolverResult(volume=u, probe=D.pt.probe, history=hist,
                         state={"r1": r1, "r2": r2, "lambda": lam, "scale": c})
 
 
-def _update_probe(D: LinearJointOperator, u, target, comm):
+def _update_probe(D: LinearJointOperator, psi, target, comm):
     """w <- sum_j conj(S_j psi) F^H(target_j) / sum_j |S_j psi|^2 (seed 001 section 2.2.2)."""
     from ..backend import ifft2c
 
-    xp = get_xp(u)
-    patches = D.pt.patches(D.psi(u))
+    xp = get_xp(psi)
+    patches = D.pt.patches(psi)
     num = comm.allreduce_sum((xp.conj(patches) * ifft2c(target)).sum(axis=0))
     den = comm.allreduce_sum((xp.abs(patches) ** 2).sum(axis=0))
     eps = 1e-6 * float(den.max()) if den.size else 0.0

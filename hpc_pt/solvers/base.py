@@ -7,6 +7,7 @@ files or devices).
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,21 +31,38 @@ class LocalReductions:
     def volume_dot(self, a, b) -> float:
         return float(get_xp(a).vdot(a, b).real)
 
+    @contextmanager
+    def phase(self, name):
+        yield
+
 
 @dataclass
 class Shard:
-    """This rank's part of the problem: its frames and the forward model restricted to them.
+    """This rank's part of the problem: its frames, the forward model restricted to them, its volume slab.
 
     ``model`` covers the shard's angles (``angle_ids``, global indices) and exactly the shard's frames,
     concatenated by angle, matching ``intensities`` (F_local, m1, m2), DC at index 0. ``mask`` (m1, m2)
-    is True where a detector pixel is valid.
+    is True where a detector pixel is valid. ``space`` (a :class:`hpc_pt.parallel.SlabSpace`) holds this
+    rank's slab of the volume and the tomography operators on it: solvers take P and P^T from it
+    (``space.project`` / ``space.backproject`` between the slab and the shard's angles, ``space.P`` inside
+    the slab), never from ``model.projector``. Volumes in a solver are always this rank's slab
+    (``volume_shape``).
     """
 
     model: ForwardModel
     intensities: object
     angle_ids: np.ndarray
     mask: object = None
+    space: object = None
     _amplitudes: object = field(default=None, repr=False)
+
+    def projections(self, u):
+        """Pad(P u) on the shard's angles: (A_r, H, W), per-angle layout (one transpose)."""
+        return self.model.pad.fwd(self.space.project(u))
+
+    def backproject(self, field_):
+        """P^T Pad^T of per-angle fields (A_r, H, W), summed over ranks, on this slab (one transpose)."""
+        return self.space.backproject(self.model.pad.adj(field_))
 
     @property
     def amplitudes(self):
@@ -56,15 +74,20 @@ class Shard:
 
     @property
     def volume_shape(self):
-        return self.model.volume_shape
+        """This rank's slab: (rows, n, n)."""
+        return self.space.shape
+
+    @property
+    def global_volume_shape(self):
+        return self.space.global_shape
 
 
 class History:
     """Per-iteration records (objective, R-factor, residuals, CG iterations, time) as columns."""
 
-    def __init__(self):
-        self.rows: list[dict] = []
-        self._t0 = time.perf_counter()
+    def __init__(self, rows: list[dict] | None = None):
+        self.rows: list[dict] = [dict(r) for r in (rows or [])]
+        self._t0 = time.perf_counter() - (self.rows[-1].get("time_s", 0.0) if self.rows else 0.0)
 
     def append(self, **row) -> dict:
         row.setdefault("time_s", time.perf_counter() - self._t0)
@@ -136,13 +159,18 @@ class SolverResult:
     state: dict = field(default_factory=dict)
 
 
-def power_lipschitz(apply, shape, comm, dtype, n_iter: int = 15, seed: int = 0, like=None) -> float:
+def power_lipschitz(apply, shape, comm, dtype, n_iter: int = 15, seed: int = 0, like=None,
+                    rows: tuple[int, int] | None = None) -> float:
     """Largest eigenvalue of the Hermitian PSD map ``apply`` (a collective) by power iteration.
 
-    The start vector is seeded, so every rank starts from the same one; it lives on ``like``'s backend.
+    The start vector is seeded and drawn at the global ``shape``; with ``rows`` = (z0, z1) each rank keeps
+    its slab's rows of it, so the iteration is the serial one whatever the number of ranks. It lives on
+    ``like``'s backend.
     """
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype)
+    if rows is not None:
+        x = np.ascontiguousarray(x[rows[0]:rows[1]])
     if like is not None:
         x = asarray_on(x, like)
     lam = 0.0
@@ -155,3 +183,30 @@ def power_lipschitz(apply, shape, comm, dtype, n_iter: int = 15, seed: int = 0, 
         lam = comm.volume_dot(x, y)
         x = y
     return float(lam)
+
+
+class Checkpointer:
+    """How a solver hands its state out for checkpoints and takes it back on resume (the pipeline makes one;
+    solvers know nothing of files).
+
+    A solver calls :meth:`due` after finishing iteration ``k`` (1-based) and, when it says so, :meth:`save`
+    with a dict of its whole loop state: this rank's arrays (volume slab, z, multipliers, probe, ...),
+    Python scalars (penalties, step sizes, the iteration) and ``history`` (the rows so far). On resume the
+    solver receives that dict back as ``resume`` and continues from iteration ``resume["iteration"]`` so
+    that the end result is bitwise-equal to an uninterrupted run: every quantity the loop carries, and any
+    set-up value that is not bitwise reproducible, must be in the dict.
+    """
+
+    def __init__(self, every: int = 0, save=None, resume: dict | None = None):
+        self.every = int(every or 0)
+        self._save = save
+        self.resume = resume
+
+    def due(self, k: int) -> bool:
+        return self.every > 0 and self._save is not None and k % self.every == 0
+
+    def save(self, state: dict) -> None:
+        self._save(state)
+
+
+NO_CHECKPOINTS = Checkpointer()

@@ -1,0 +1,277 @@
+"""The slab-decomposed volume (DESIGN.md section 3): rows along the rotation axis split over the ranks.
+
+A horizontal slab's projections at every angle depend only on that slab, so with the volume in slabs the
+tomography operator, its adjoint and every CG iteration of the u-updates are local; the only
+communication inside CG is scalar dot products (:meth:`Comm.volume_dot`) and one-row halos for the
+finite differences and the ptychographic normal operator's +-1 row stencil. Between the per-angle layout
+of the frames (ptychography: each rank holds its angles' full projections) and the per-slab layout
+(tomography: each rank holds every angle's projection rows of its slab) the projections move with one
+``alltoallv`` per direction (:meth:`SlabSpace.to_slabs`, :meth:`SlabSpace.to_angles`).
+
+Bytes per transpose (complex64, A angles, N_z x W projections, P ranks, whole angles): every projection
+value leaves its rank unless the angle's holder also owns the row, so
+``8 * sum_r A_r (N_z - rows_r) * W`` bytes cross the network in each direction, about
+``8 A N_z W (P - 1) / P``; an angle split over k ranks is sent by each of them (``to_slabs`` sums the
+parts) and received by each of them (``to_angles``). :func:`transpose_bytes` evaluates the exact formula,
+tests check it against the counters.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import get_xp, is_cupy, to_numpy
+
+
+def slab_bounds(nz: int, size: int, align: int = 1) -> list[tuple[int, int]]:
+    """[z0, z1) of every rank: ``nz`` rows in blocks of ``align`` rows (the Zarr chunk height, so no two
+    ranks write one chunk), the blocks split as evenly as possible. Every rank gets at least one block."""
+    nz, size, align = int(nz), int(size), max(1, int(align))
+    nblocks = -(-nz // align)
+    if nblocks < size:
+        raise ValueError(f"a volume of {nz} rows in blocks of {align} cannot give each of {size} ranks a slab; "
+                         "use fewer ranks or a taller volume")
+    base, extra = divmod(nblocks, size)
+    out, b = [], 0
+    for r in range(size):
+        nb = base + (1 if r < extra else 0)
+        out.append((min(b * align, nz), min((b + nb) * align, nz)))
+        b += nb
+    return out
+
+
+def chunk_rows(nz: int, n: int, size: int, itemsize: int = 8, max_chunk_bytes: int = 64 << 20) -> int:
+    """Zarr chunk height (rows) for a (nz, n, n) volume on ``size`` ranks: an equal share of rows per rank,
+    divided until one chunk holds at most ``max_chunk_bytes``."""
+    k = 1
+    while True:
+        rows = max(1, -(-int(nz) // (int(size) * k)))
+        if rows == 1 or rows * n * n * itemsize <= max_chunk_bytes:
+            return rows
+        k += 1
+
+
+def transpose_bytes(rank_angles: list[list[int]], bounds: list[tuple[int, int]], row_len: int,
+                    itemsize: int = 8) -> int:
+    """Bytes one transpose (either direction) sends between ranks: rank r's angles' rows outside its own
+    slab, summed over ranks (the module docstring's formula)."""
+    nz = bounds[-1][1]
+    return int(sum(len(a) * (nz - (z1 - z0)) * row_len * itemsize
+                   for a, (z0, z1) in zip(rank_angles, bounds)))
+
+
+def halo_bytes(bounds: list[tuple[int, int]], row_elems: int, itemsize: int = 8) -> int:
+    """Bytes of one halo exchange: every interior slab boundary moves one row each way."""
+    return int(2 * (len(bounds) - 1) * row_elems * itemsize)
+
+
+class SlabSpace:
+    """This rank's slab of the volume and the operators that act on it.
+
+    Parameters
+    ----------
+    comm : a :class:`~hpc_pt.parallel.Comm`.
+    angles : every angle of the dataset (radians), in global order.
+    rank_angles : for every rank, the global indices of the angles its shard holds, in the order of its
+        shard's projections (an angle split over ranks appears in several lists).
+    volume_shape : global (nz, n, n).
+    n_det, center : detector width and rotation-axis position of the projections (the object field).
+    align : slab boundaries are multiples of ``align`` rows.
+    """
+
+    def __init__(self, comm, angles, rank_angles, volume_shape, n_det, center=None, dtype=np.complex64,
+                 gpu=False, align: int = 1):
+        from ..operators.projector import Projector
+
+        self.comm = comm
+        self.angles = np.asarray(angles, dtype=np.float64).ravel()
+        self.rank_angles = [list(map(int, a)) for a in rank_angles]
+        if len(self.rank_angles) != comm.size:
+            raise ValueError(f"{len(self.rank_angles)} angle lists for {comm.size} ranks")
+        self.global_shape = tuple(int(s) for s in volume_shape)
+        nz, n, _ = self.global_shape
+        self.bounds = slab_bounds(nz, comm.size, align)
+        self.z0, self.z1 = self.bounds[comm.rank]
+        self.shape = (self.z1 - self.z0, n, n)
+        self.n_det = int(n_det)
+        self.dtype = np.dtype(dtype)
+        self.my_angles = self.rank_angles[comm.rank]
+        self.P = Projector(n, self.shape[0], self.angles, n_det=self.n_det, center=center, dtype=self.dtype,
+                           gpu=gpu)
+
+    # -- layout helpers --------------------------------------------------------------------------------
+    @property
+    def n_angles(self) -> int:
+        return len(self.angles)
+
+    @property
+    def angle_shape(self) -> tuple[int, int, int]:
+        """Shape of this rank's projections in the per-angle layout."""
+        return (len(self.my_angles), self.global_shape[0], self.n_det)
+
+    @property
+    def slab_proj_shape(self) -> tuple[int, int, int]:
+        """Shape of this rank's projections in the per-slab layout."""
+        return (self.n_angles, self.shape[0], self.n_det)
+
+    def zeros(self, dtype=None, like=None):
+        xp = get_xp(like) if like is not None else np
+        return xp.zeros(self.shape, dtype=dtype or self.dtype)
+
+    def local(self, full):
+        """This rank's slab of a global volume (a copy)."""
+        return full[self.z0:self.z1].copy()
+
+    # -- transposes --------------------------------------------------------------------------------------
+    def to_slabs(self, x):
+        """Per-angle (A_r, N_z, W) -> per-slab (A, rows_r, W); parts of an angle held by several ranks are
+        summed. One ``alltoallv``."""
+        comm = self.comm
+        if comm.size == 1:
+            if list(self.my_angles) == list(range(self.n_angles)):
+                return x
+        xp, gpu = get_xp(x), is_cupy(x)
+        h = to_numpy(x)
+        send = [np.ascontiguousarray(h[:, z0:z1]).reshape(-1) for z0, z1 in self.bounds]
+        rows, W = self.shape[0], self.n_det
+        counts = [len(a) * rows * W for a in self.rank_angles]
+        recv = comm.alltoallv(send, counts)
+        out = np.zeros(self.slab_proj_shape, dtype=h.dtype)
+        for src, buf in enumerate(recv):
+            blk = buf.reshape(len(self.rank_angles[src]), rows, W)
+            for i, a in enumerate(self.rank_angles[src]):
+                out[a] += blk[i]
+        return xp.asarray(out) if gpu else out
+
+    def to_angles(self, q):
+        """Per-slab (A, rows_r, W) -> per-angle (A_r, N_z, W), every holder of an angle getting all of it.
+        One ``alltoallv``."""
+        comm = self.comm
+        if comm.size == 1 and list(self.my_angles) == list(range(self.n_angles)):
+            return q
+        xp, gpu = get_xp(q), is_cupy(q)
+        h = to_numpy(q)
+        send = [np.ascontiguousarray(h[a]).reshape(-1) for a in self.rank_angles]
+        W = self.n_det
+        counts = [len(self.my_angles) * (z1 - z0) * W for z0, z1 in self.bounds]
+        recv = comm.alltoallv(send, counts)
+        out = np.empty(self.angle_shape, dtype=h.dtype)
+        for src, buf in enumerate(recv):
+            z0, z1 = self.bounds[src]
+            out[:, z0:z1] = buf.reshape(len(self.my_angles), z1 - z0, W)
+        return xp.asarray(out) if gpu else out
+
+    # -- tomography ---------------------------------------------------------------------------------------
+    def project(self, u):
+        """P u at this rank's angles, per-angle layout (A_r, N_z, W): local projection + one transpose."""
+        return self.to_angles(self.P.fwd(u))
+
+    def backproject(self, y):
+        """P^T y summed over every rank's angles, on this rank's slab: one transpose + local adjoint."""
+        return self.P.adj(self.to_slabs(y))
+
+    # -- halos and finite differences -------------------------------------------------------------------
+    def halo(self, x, axis: int = 0):
+        """(row before the slab, row after it) of the global array that ``x`` is this rank's slab of, along
+        ``axis`` (the rows axis: 0 for volumes, 1 for slab-layout projections); zeros at the volume's ends.
+        One ``alltoallv`` moving one row to each neighbour."""
+        xp, gpu = get_xp(x), is_cupy(x)
+        comm = self.comm
+        first = to_numpy(xp.take(x, 0, axis=axis))
+        last = to_numpy(xp.take(x, x.shape[axis] - 1, axis=axis))
+        zero = np.zeros_like(first)
+        if comm.size == 1:
+            lo, hi = zero, zero
+        else:
+            r, P = comm.rank, comm.size
+            empty = np.zeros(0, dtype=first.dtype)
+            send = [empty] * P
+            counts = [0] * P
+            if r > 0:
+                send[r - 1] = np.ascontiguousarray(first).reshape(-1)
+                counts[r - 1] = first.size
+            if r < P - 1:
+                send[r + 1] = np.ascontiguousarray(last).reshape(-1)
+                counts[r + 1] = first.size
+            recv = comm.alltoallv(send, counts)
+            lo = recv[r - 1].reshape(first.shape) if r > 0 else zero
+            hi = recv[r + 1].reshape(first.shape) if r < P - 1 else zero
+        if gpu:
+            return xp.asarray(lo), xp.asarray(hi)
+        return lo, hi
+
+    def gradient(self, u):
+        """Forward differences (3, rows, n, n) of the global volume on this slab (Neumann at the volume's
+        ends, as :func:`hpc_pt.operators.gradient`); the z difference of the last row uses the next slab's
+        first row (halo)."""
+        from ..operators import gradient
+
+        g = gradient(u)
+        if self.z1 < self.global_shape[0]:
+            _, hi = self.halo(u)
+            g[0, -1] = hi - u[-1]
+        elif self.comm.size > 1:
+            self.halo(u)  # collective: every rank takes part
+        return g
+
+    def divergence(self, g):
+        """-grad^H of the global gradient field, on this slab (halo: the previous slab's last z row)."""
+        from ..operators import divergence
+
+        gz = g[0]
+        if self.comm.size > 1:
+            lo, _ = self.halo(gz)
+        last = self.z1 == self.global_shape[0]
+        if last:
+            d = divergence(g)
+        else:  # the slab's last z difference is an interior one: it counts (divergence() would drop it)
+            xp = get_xp(g)
+            ext = xp.concatenate([g, xp.zeros((3, 1) + g.shape[2:], dtype=g.dtype)], axis=1)
+            d = divergence(ext)[:-1]
+        if self.z0 > 0:
+            d[0] -= lo
+        return d
+
+    def laplacian(self, u):
+        return self.divergence(self.gradient(u))
+
+    def tv_value(self, u) -> float:
+        """Isotropic TV of the global volume (seed 001 Eq. 3), summed over slabs."""
+        xp = get_xp(u)
+        g = self.gradient(u)
+        return self.comm.sum_scalar(float(xp.sqrt((xp.abs(g) ** 2).sum(axis=0)).sum()))
+
+    def dot(self, a, b) -> float:
+        return self.comm.volume_dot(a, b)
+
+    # -- whole volumes ----------------------------------------------------------------------------------
+    def allgather(self, u):
+        """The global volume on every rank (for small volumes: results returned by the Python API)."""
+        h = to_numpy(u)
+        if self.comm.size == 1:
+            return h
+        P = self.comm.size
+        send = [np.ascontiguousarray(h).reshape(-1)] * P
+        n2 = self.global_shape[1] * self.global_shape[2]
+        recv = self.comm.alltoallv(send, [(z1 - z0) * n2 for z0, z1 in self.bounds])
+        return np.concatenate([b.reshape(-1, *self.global_shape[1:]) for b in recv], axis=0)
+
+    def gather_rows(self, u, rows) -> np.ndarray:
+        """Global rows ``rows`` (any order) of the volume, on every rank: small, for figures."""
+        h = to_numpy(u)
+        rows = [int(z) for z in rows]
+        out = np.zeros((len(rows),) + self.global_shape[1:], dtype=h.dtype)
+        for i, z in enumerate(rows):
+            if self.z0 <= z < self.z1:
+                out[i] = h[z - self.z0]
+        return self.comm.allreduce_sum(out) if self.comm.size > 1 else out
+
+    def gather_plane(self, u, axis: int, index: int) -> np.ndarray:
+        """A central plane through the global volume (axis 1 or 2 cuts every slab), on every rank."""
+        h = to_numpy(u)
+        out = np.zeros((self.global_shape[0],) + tuple(s for i, s in enumerate(self.global_shape[1:], 1)
+                                                        if i != axis), dtype=h.dtype)
+        out[self.z0:self.z1] = np.take(h, int(index), axis=axis)
+        return self.comm.allreduce_sum(out) if self.comm.size > 1 else out
+
+
+__all__ = ["SlabSpace", "chunk_rows", "halo_bytes", "slab_bounds", "transpose_bytes"]
