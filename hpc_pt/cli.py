@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="output Zarr store (a PNG is written next to it)")
     r.add_argument("--force", action="store_true", help="overwrite an existing output store")
     r.add_argument("--quiet", action="store_true", help="no per-iteration progress")
+    r.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
+                   help="save the whole solver state every K iterations (atomically, into OUT.ckpt)")
+    r.add_argument("--checkpoint-dir", default=None, help="where checkpoints go (default: OUT.ckpt)")
+    r.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint (same settings and ranks; --iterations may grow)")
 
     p2 = sub.add_parser("ptycho2d", help="2D ptychography of one angle (ePIE, DM or Poisson ML)")
     p2.add_argument("data", help="CXI file or directory")
@@ -218,6 +223,9 @@ def _reconstruct(args) -> int:
         flags["options"] = dict(_parse_option(o) for o in args.option)
     cfg = ReconConfig.from_file(args.config, flags) if args.config else ReconConfig.build(flags)
     progress = None if args.quiet else _print_row
+    if args.checkpoint_every < 0:
+        raise InputError(f"--checkpoint-every {args.checkpoint_every} must be >= 0 (0: no checkpoints)")
+    ckpt = {"checkpoint_every": args.checkpoint_every, "resume": args.resume, "checkpoint_dir": args.checkpoint_dir}
     t0 = time.perf_counter()
     if args.backend == "mpi":
         # every rank scans the metadata and reads only its own frames (pipeline.build_rank_shard)
@@ -225,7 +233,7 @@ def _reconstruct(args) -> int:
 
         comm = MPIComm()
         res = reconstruct(args.data, out=args.out, config=cfg, overwrite=args.force, progress=progress,
-                          command=" ".join(sys.argv), comm=comm, reader=_reader_kwargs(args))
+                          command=" ".join(sys.argv), comm=comm, reader=_reader_kwargs(args), **ckpt)
         if comm.rank != 0:
             return 0
     else:
@@ -233,7 +241,7 @@ def _reconstruct(args) -> int:
 
         data = read_cxi(args.data, **_reader_kwargs(args))
         res = reconstruct(data, out=args.out, config=cfg, overwrite=args.force, progress=progress,
-                          command=" ".join(sys.argv), input_path=args.data)
+                          command=" ".join(sys.argv), input_path=args.data, **ckpt)
     rf = [v for v in res.history.get("r_factor", []) if v == v]  # two-step's last rows are tomography rows
     ranks = res.parallel.get("ranks", 1)
     where = f" on {ranks} MPI ranks" if args.backend == "mpi" else ""

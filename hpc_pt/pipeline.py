@@ -351,7 +351,7 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
         figure = None
         if out is not None:
             figure = os.path.splitext(os.path.abspath(out))[0] + ".png"
-            if rank == 0 and not resume:
+            if rank == 0:
                 from .io import check_output_path
 
                 check_output_path(out, overwrite=overwrite)
@@ -378,6 +378,10 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
             ckpt = CheckpointStore(where, rank, size, cfg.model_dump(), plan)
             if resume:
                 ckpt.check_resumable()
+        if cfg.device == "gpu":
+            from .parallel.devices import select_gpu
+
+            select_gpu(comm)  # one GPU per rank, from the local rank and CUDA_VISIBLE_DEVICES
         if size == 1 and isinstance(meta, Dataset):
             shard, bytes_read = build_shard(meta, model, cfg.device, cfg.volume_size, comm=comm), 0
         else:
@@ -449,7 +453,7 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
     result.slab = (space.z0, space.z1)
     if out is not None:
         result.figure, result.out = _write_outputs(out, figure, slab, space, probe, hist, res, cfg, model, meta,
-                                                   parallel, overwrite or resume, command, input_path, comm)
+                                                   parallel, overwrite, command, input_path, comm)
     return result
 
 
