@@ -1,0 +1,125 @@
+"""The slab-decomposed volume (hpc_pt.parallel.slabs): transposes, halos, finite differences, projections
+and byte counts against the global operators, on 1-4 in-process ranks (threads) and on real MPI ranks."""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from hpc_pt.parallel import SerialComm, chunk_rows, slab_bounds
+from hpc_pt.parallel.base import Comm
+
+sys.path.insert(0, os.path.dirname(__file__))
+from slab_helpers import assert_checks, run_checks  # noqa: E402
+
+
+class _Group:
+    def __init__(self, size):
+        self.size = size
+        self.barrier = threading.Barrier(size, timeout=60)
+        self.box = [None] * size
+
+
+class ThreadComm(Comm):
+    """P ranks as threads of one process (test double of MPIComm: same semantics, counted the same way)."""
+
+    name = "threads"
+
+    def __init__(self, group, rank):
+        super().__init__()
+        self.g, self.rank, self.size = group, rank, group.size
+
+    def _exchange(self, obj):
+        self.g.barrier.wait()
+        self.g.box[self.rank] = obj
+        self.g.barrier.wait()
+        out = list(self.g.box)
+        self.g.barrier.wait()
+        return out
+
+    def alltoallv(self, send, recv_counts):
+        everyone = self._exchange([np.array(b, copy=True) for b in send])
+        self.stats.add("alltoallv", sum(b.nbytes for s, b in enumerate(send) if s != self.rank), 0.0)
+        recv = [everyone[s][self.rank] for s in range(self.size)]
+        assert [b.size for b in recv] == list(recv_counts)
+        return recv
+
+    def allreduce_sum(self, x):
+        return sum(self._exchange(np.array(x, copy=True)))
+
+    def sum_scalar(self, v):
+        return float(sum(self._exchange(float(v))))
+
+    def bcast(self, x, root=0):
+        return self._exchange(x)[root]
+
+
+def run_threads(size, fn):
+    group = _Group(size)
+    results, errors = [None] * size, []
+
+    def work(r):
+        try:
+            results[r] = fn(ThreadComm(group, r))
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+            group.barrier.abort()
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in range(size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def test_slab_bounds_and_chunks():
+    assert slab_bounds(10, 3) == [(0, 4), (4, 7), (7, 10)]
+    assert slab_bounds(10, 2, align=4) == [(0, 8), (8, 10)]  # 3 blocks of 4 rows: 2 + 1
+    for nz, size, align in [(128, 3, 8), (48, 2, 24), (17, 4, 2), (5, 5, 1)]:
+        b = slab_bounds(nz, size, align)
+        assert b[0][0] == 0 and b[-1][1] == nz and all(x[1] == y[0] for x, y in zip(b, b[1:]))
+        assert all(z0 % align == 0 for z0, _ in b), "every slab starts on a chunk boundary"
+        assert all(z1 > z0 for z0, z1 in b)
+    with pytest.raises(ValueError, match="fewer ranks"):
+        slab_bounds(3, 4)
+    assert chunk_rows(48, 48, 2) == 24
+    assert chunk_rows(2048, 2048, 256) * 2048 * 2048 * 8 <= 64 << 20
+
+
+def test_serial_space_is_global():
+    out = run_checks(SerialComm())
+    assert_checks([out])
+
+
+@pytest.mark.parametrize("size,n_angles,align", [(2, 5, 1), (3, 5, 1), (4, 5, 2), (3, 2, 1), (4, 3, 1)])
+def test_threaded_ranks_match_global(size, n_angles, align):
+    """Whole angles (ranks <= angles) and split angles (more ranks than angles), uneven slabs, chunk-aligned
+    slabs: everything equals the global operators and the bytes equal the formulas."""
+    outs = run_threads(size, lambda comm: run_checks(comm, n_angles=n_angles, align=align))
+    assert_checks(outs)
+    if size > n_angles:
+        assert outs[0]["to_slabs_bytes"] > 0
+
+
+def test_mpi_ranks_match_global(tmp_path):
+    """The same checks with MPIComm under mpiexec (3 ranks, 5 angles; and 4 ranks, 3 angles: split angles)."""
+    import json
+    import shutil
+    import subprocess
+
+    script = os.path.join(os.path.dirname(__file__), "mpi_scripts", "slab_checks.py")
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    exe = here if os.access(here, os.X_OK) else shutil.which("mpiexec")
+    assert exe, "mpiexec not found: install the test extra"
+    for n, angles in [(3, 5), (4, 3)]:
+        out = tmp_path / f"slabs{n}.json"
+        p = subprocess.run(["timeout", "240", exe, "-n", str(n), sys.executable, "-m", "mpi4py", script,
+                            str(angles), str(out)], capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+        assert_checks(json.loads(out.read_text()))
