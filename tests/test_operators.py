@@ -217,3 +217,30 @@ def test_expmap_physics_signs():
     psi = E.fwd(np.array([0.1 + 0.0j, 0.0 + 0.1j]))
     assert np.angle(psi[0]) == pytest.approx(0.2)
     assert abs(psi[1]) == pytest.approx(np.exp(-0.2))
+
+
+@pytest.mark.parametrize("fractional", [True, False])
+def test_normal_stencil_equals_normal_operator(fractional):
+    """N = sum_j S_j^T |w|^2 S_j as nine maps (Ptychography.normal_stencil) applied by apply_stencil equals
+    the composition patches_adj(|w|^2 patches(x)), also when the rows are cut in two with halos (the slab
+    layout); integer positions leave only the centre map (the illumination)."""
+    from hpc_pt.operators import Ptychography, apply_stencil
+
+    rng = np.random.default_rng(3)
+    A, H, W = 3, 20, 22
+    probe = rng.standard_normal((6, 6)) + 1j * rng.standard_normal((6, 6))
+    pos = rng.uniform(0, 13, (12, 2))
+    if not fractional:
+        pos = np.round(pos)
+    pt = Ptychography(probe, pos, (A, H, W), angle_index=np.repeat(np.arange(A), 4), dtype=np.complex128)
+    x = rng.standard_normal((A, H, W)) + 1j * rng.standard_normal((A, H, W))
+    ref = pt.patches_adj(np.abs(probe) ** 2 * pt.patches(x))
+    maps = pt.normal_stencil()
+    assert np.abs(apply_stencil(maps, x) - ref).max() < 1e-13 * np.abs(ref).max()
+    top = apply_stencil(maps[:, :, :8], x[:, :8], None, x[:, 8])
+    bottom = apply_stencil(maps[:, :, 8:], x[:, 8:], x[:, 7], None)
+    assert np.abs(np.concatenate([top, bottom], axis=1) - ref).max() < 1e-13 * np.abs(ref).max()
+    off = np.abs(maps[[0, 1, 2, 3, 5, 6, 7, 8]]).max()
+    assert (off > 0) == fractional
+    if not fractional:
+        assert np.allclose(maps[4], pt.illumination(), atol=1e-12)
