@@ -403,3 +403,19 @@ def test_file_probe_dataset(tmp_path):
     np.save(tmp_path / "big.npy", disc_probe(20, 6.0))
     with pytest.raises(InputError, match="exceeds"):
         simulate_dataset(cfg.model_copy(update={"probe_file": tmp_path / "big.npy"}))
+
+
+def test_phase_object_sample():
+    """seed 001's pure-phase sample: u = exp(i phi s), |u| = 1 everywhere, phase = phi x the phantom."""
+    from hpc_pt.simulate import SimulationConfig, simulate_dataset
+    from hpc_pt.simulate.dataset import make_phantom
+
+    cfg = SimulationConfig(size=16, angles=2, probe_size=8, probe_fwhm=3, step=4, phase_object_rad=1.5)
+    u = make_phantom(cfg)
+    s = make_phantom(SimulationConfig(size=16, angles=2, probe_size=8, probe_fwhm=3, step=4))
+    assert np.allclose(np.abs(u), 1, atol=1e-6)
+    assert np.allclose(np.angle(u), 1.5 * s.real, atol=1e-5)
+    ds = simulate_dataset(cfg)
+    assert np.allclose(ds.truth["volume"], u)
+    with pytest.raises(ValueError, match="pure-phase sample"):
+        SimulationConfig(size=16, model="exp", phase_object_rad=1.0)

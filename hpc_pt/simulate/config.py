@@ -55,6 +55,9 @@ class SimulationConfig(BaseModel):
     detector_pixel_um: float = Field(75.0, gt=0)
     seed: int = 0
     ellipsoids: int = Field(12, ge=1, description="number of ellipsoids of the 'ellipsoids' phantom")
+    phase_object_rad: float | None = Field(
+        None, gt=0, description="seed 001's pure-phase sample for the linear model: u = exp(i phi s), s the "
+                                "phantom's real part in [0, 1], phi this value (radians); None: u = s")
 
     @field_validator("peak", "energy_kev", "voxel_nm", "detector_pixel_um", "step", "probe_fwhm",
                      "per_angle_offset")
@@ -66,6 +69,9 @@ class SimulationConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self):
+        if self.phase_object_rad is not None and self.model != "linear":
+            raise ValueError("phase_object_rad describes a pure-phase sample u for the linear (Rytov) model; "
+                             "with model 'exp' the phantom is delta + i beta: drop phase_object_rad")
         if self.probe_kind == "file" and self.probe_file is None:
             raise ValueError("probe_kind 'file' needs probe_file: set probe_file to a .npy or HDF5/CXI probe")
         if self.probe_kind != "file" and self.probe_file is not None:

@@ -35,10 +35,14 @@ def make_phantom(cfg: SimulationConfig) -> np.ndarray:
     """The configured phantom u, complex64 (N, N, N)."""
     n = cfg.size
     if cfg.phantom == "shepp-logan":
-        return shepp_logan_3d(n)
-    if cfg.phantom == "wires":
-        return wire_phantom(n, cfg.energy_ev, cfg.voxel_m, seed=cfg.seed)
-    return random_ellipsoids(n, cfg.ellipsoids, seed=cfg.seed)
+        vol = shepp_logan_3d(n)
+    elif cfg.phantom == "wires":
+        vol = wire_phantom(n, cfg.energy_ev, cfg.voxel_m, seed=cfg.seed)
+    else:
+        vol = random_ellipsoids(n, cfg.ellipsoids, seed=cfg.seed)
+    if cfg.phase_object_rad is not None:  # seed 001 section 3: "a synthetic 3D sample with pure phase"
+        vol = np.exp(1j * cfg.phase_object_rad * vol.real).astype(np.complex64)
+    return vol
 
 
 def make_probe(cfg: SimulationConfig) -> np.ndarray:
