@@ -6,8 +6,9 @@ per-angle <-> per-slab transposes and halo exchanges of :mod:`hpc_pt.parallel.sl
 ``Alltoallv`` on a contiguous byte buffer. Only the upper-case buffer methods are used (no pickling of
 arrays). Every call is counted in :attr:`Comm.stats` (bytes sent to other ranks, time).
 
-CuPy arrays are staged through host memory (``cupy.asnumpy`` before, ``cupy.asarray`` after the
-collective; the slab layer stages its buffers the same way). There is no CUDA-aware MPI path.
+CuPy arrays: with a CUDA-aware MPI (``device_buffers``, see :func:`cuda_aware_mpi`) the slab layer's
+transposes and halos pass device buffers straight to ``Alltoallv``; otherwise it stages them through
+pinned (page-locked) host memory. The small ``allreduce_sum`` / ``bcast`` arrays go through host memory.
 
 Launch under ``mpiexec -n P python -m mpi4py ...`` (``-m mpi4py`` makes an uncaught exception on one
 rank abort the whole job instead of leaving the others blocked in a collective).
@@ -34,6 +35,21 @@ def load_mpi():
     return MPI
 
 
+def cuda_aware_mpi(MPI) -> bool:
+    """Whether device buffers may go to MPI directly: ``HPC_PT_CUDA_AWARE_MPI`` (1/0) decides when set,
+    else the library's own answer where mpi4py exposes one (``MPI.Query_cuda_support``), else False."""
+    import os
+
+    env = os.environ.get("HPC_PT_CUDA_AWARE_MPI")
+    if env is not None:
+        return env.strip().lower() in ("1", "true", "yes")
+    query = getattr(MPI, "Query_cuda_support", None)
+    try:
+        return bool(query()) if query is not None else False
+    except Exception:  # noqa: BLE001 - an MPI without the extension
+        return False
+
+
 def _is_cupy(x) -> bool:
     return type(x).__module__.split(".")[0] == "cupy"
 
@@ -48,9 +64,12 @@ class MPIComm(Comm):
 
     name = "mpi"
 
-    def __init__(self, comm=None):
+    def __init__(self, comm=None, cuda_aware: bool | None = None):
         super().__init__()
         self.MPI = load_mpi()
+        #: the slab transposes hand CuPy buffers straight to MPI (CUDA-aware MPI) instead of staging them
+        #: through pinned host memory: ``HPC_PT_CUDA_AWARE_MPI=1``, or what the MPI library reports
+        self.device_buffers = cuda_aware_mpi(self.MPI) if cuda_aware is None else bool(cuda_aware)
         self.comm = self.MPI.COMM_WORLD if comm is None else comm
         self.rank = int(self.comm.Get_rank())
         self.size = int(self.comm.Get_size())
@@ -87,6 +106,8 @@ class MPIComm(Comm):
         travels; each rank pair's message must stay below 2 GiB, MPI's int counts)."""
         if len(send) != self.size or len(recv_counts) != self.size:
             raise ValueError(f"alltoallv needs one buffer and one count per rank ({self.size})")
+        if any(_is_cupy(b) for b in send):
+            return self._alltoallv_device(send, recv_counts)
         dtype = np.result_type(*[b.dtype for b in send]) if send else np.dtype(np.float64)
         item = dtype.itemsize
         scounts = np.array([b.size * item for b in send], dtype=np.int64)
@@ -101,6 +122,27 @@ class MPIComm(Comm):
         t0 = time.perf_counter()
         self.comm.Alltoallv([sbuf, (scounts.astype(np.int32), sdisp.astype(np.int32)), self.MPI.BYTE],
                             [rbuf, (rcounts.astype(np.int32), rdisp.astype(np.int32)), self.MPI.BYTE])
+        self.stats.add("alltoallv", int(scounts.sum() - scounts[self.rank]), time.perf_counter() - t0)
+        out = rbuf.view(dtype)
+        bounds = np.concatenate([[0], np.cumsum(recv_counts)])
+        return [out[bounds[s]:bounds[s + 1]] for s in range(self.size)]
+
+    def _alltoallv_device(self, send: list, recv_counts: list[int]) -> list:
+        """The same collective on CuPy buffers, for a CUDA-aware MPI (``device_buffers``)."""
+        import cupy
+
+        dtype = np.dtype(send[0].dtype)
+        item = dtype.itemsize
+        scounts = np.array([b.size * item for b in send], dtype=np.int64)
+        rcounts = np.array(recv_counts, dtype=np.int64) * item
+        sbuf = cupy.concatenate([cupy.ascontiguousarray(b).view(cupy.uint8).reshape(-1) for b in send])
+        rbuf = cupy.empty(int(rcounts.sum()), dtype=cupy.uint8)
+        sdisp = np.concatenate([[0], np.cumsum(scounts)[:-1]]).astype(np.int32)
+        rdisp = np.concatenate([[0], np.cumsum(rcounts)[:-1]]).astype(np.int32)
+        cupy.cuda.get_current_stream().synchronize()  # MPI reads the buffers outside CuPy's stream
+        t0 = time.perf_counter()
+        self.comm.Alltoallv([sbuf, (scounts.astype(np.int32), sdisp), self.MPI.BYTE],
+                            [rbuf, (rcounts.astype(np.int32), rdisp), self.MPI.BYTE])
         self.stats.add("alltoallv", int(scounts.sum() - scounts[self.rank]), time.perf_counter() - t0)
         out = rbuf.view(dtype)
         bounds = np.concatenate([[0], np.cumsum(recv_counts)])

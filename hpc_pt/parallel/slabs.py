@@ -22,6 +22,24 @@ import numpy as np
 from ..backend import get_xp, is_cupy, to_numpy
 
 
+def _transport(comm, x):
+    """``x`` as the collective will carry it: device arrays stay on the device when the communicator takes
+    device buffers (CUDA-aware MPI), otherwise they are staged through pinned host memory."""
+    if not is_cupy(x) or getattr(comm, "device_buffers", False):
+        return x
+    return pinned_copy(x)
+
+
+def pinned_copy(x) -> np.ndarray:
+    """Host copy of a CuPy array in page-locked memory (fast device-to-host transfer)."""
+    import cupy
+
+    mem = cupy.cuda.alloc_pinned_memory(max(int(x.nbytes), 1))
+    h = np.frombuffer(mem, dtype=x.dtype, count=x.size).reshape(x.shape)
+    x.get(out=h)
+    return h
+
+
 def slab_bounds(nz: int, size: int, align: int = 1) -> list[tuple[int, int]]:
     """[z0, z1) of every rank: ``nz`` rows in blocks of ``align`` rows (the Zarr chunk height, so no two
     ranks write one chunk), the blocks split as evenly as possible. Every rank gets at least one block."""
@@ -129,18 +147,19 @@ class SlabSpace:
         if comm.size == 1:
             if list(self.my_angles) == list(range(self.n_angles)):
                 return x
-        xp, gpu = get_xp(x), is_cupy(x)
-        h = to_numpy(x)
-        send = [np.ascontiguousarray(h[:, z0:z1]).reshape(-1) for z0, z1 in self.bounds]
+        xp = get_xp(x)
+        h = _transport(comm, x)
+        tp = get_xp(h)
+        send = [tp.ascontiguousarray(h[:, z0:z1]).reshape(-1) for z0, z1 in self.bounds]
         rows, W = self.shape[0], self.n_det
         counts = [len(a) * rows * W for a in self.rank_angles]
         recv = comm.alltoallv(send, counts)
-        out = np.zeros(self.slab_proj_shape, dtype=h.dtype)
+        out = xp.zeros(self.slab_proj_shape, dtype=h.dtype)
         for src, buf in enumerate(recv):
-            blk = buf.reshape(len(self.rank_angles[src]), rows, W)
+            blk = xp.asarray(buf).reshape(len(self.rank_angles[src]), rows, W)
             for i, a in enumerate(self.rank_angles[src]):
                 out[a] += blk[i]
-        return xp.asarray(out) if gpu else out
+        return out
 
     def to_angles(self, q):
         """Per-slab (A, rows_r, W) -> per-angle (A_r, N_z, W), every holder of an angle getting all of it.
@@ -148,17 +167,18 @@ class SlabSpace:
         comm = self.comm
         if comm.size == 1 and list(self.my_angles) == list(range(self.n_angles)):
             return q
-        xp, gpu = get_xp(q), is_cupy(q)
-        h = to_numpy(q)
-        send = [np.ascontiguousarray(h[a]).reshape(-1) for a in self.rank_angles]
+        xp = get_xp(q)
+        h = _transport(comm, q)
+        tp = get_xp(h)
+        send = [tp.ascontiguousarray(h[a]).reshape(-1) for a in self.rank_angles]
         W = self.n_det
         counts = [len(self.my_angles) * (z1 - z0) * W for z0, z1 in self.bounds]
         recv = comm.alltoallv(send, counts)
-        out = np.empty(self.angle_shape, dtype=h.dtype)
+        out = xp.empty(self.angle_shape, dtype=h.dtype)
         for src, buf in enumerate(recv):
             z0, z1 = self.bounds[src]
-            out[:, z0:z1] = buf.reshape(len(self.my_angles), z1 - z0, W)
-        return xp.asarray(out) if gpu else out
+            out[:, z0:z1] = xp.asarray(buf).reshape(len(self.my_angles), z1 - z0, W)
+        return out
 
     # -- tomography ---------------------------------------------------------------------------------------
     def project(self, u):
@@ -174,30 +194,29 @@ class SlabSpace:
         """(row before the slab, row after it) of the global array that ``x`` is this rank's slab of, along
         ``axis`` (the rows axis: 0 for volumes, 1 for slab-layout projections); zeros at the volume's ends.
         One ``alltoallv`` moving one row to each neighbour."""
-        xp, gpu = get_xp(x), is_cupy(x)
+        xp = get_xp(x)
         comm = self.comm
-        first = to_numpy(xp.take(x, 0, axis=axis))
-        last = to_numpy(xp.take(x, x.shape[axis] - 1, axis=axis))
-        zero = np.zeros_like(first)
+        first = _transport(comm, xp.ascontiguousarray(xp.take(x, 0, axis=axis)))
+        last = _transport(comm, xp.ascontiguousarray(xp.take(x, x.shape[axis] - 1, axis=axis)))
+        tp = get_xp(first)
+        zero = tp.zeros_like(first)
         if comm.size == 1:
             lo, hi = zero, zero
         else:
             r, P = comm.rank, comm.size
-            empty = np.zeros(0, dtype=first.dtype)
+            empty = tp.zeros(0, dtype=first.dtype)
             send = [empty] * P
             counts = [0] * P
             if r > 0:
-                send[r - 1] = np.ascontiguousarray(first).reshape(-1)
+                send[r - 1] = first.reshape(-1)
                 counts[r - 1] = first.size
             if r < P - 1:
-                send[r + 1] = np.ascontiguousarray(last).reshape(-1)
+                send[r + 1] = last.reshape(-1)
                 counts[r + 1] = first.size
             recv = comm.alltoallv(send, counts)
             lo = recv[r - 1].reshape(first.shape) if r > 0 else zero
             hi = recv[r + 1].reshape(first.shape) if r < P - 1 else zero
-        if gpu:
-            return xp.asarray(lo), xp.asarray(hi)
-        return lo, hi
+        return xp.asarray(lo), xp.asarray(hi)
 
     def gradient(self, u):
         """Forward differences (3, rows, n, n) of the global volume on this slab (Neumann at the volume's
