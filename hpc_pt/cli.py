@@ -73,9 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--init", default=None, help="constant, zeros, or a .npy / Zarr volume")
     r.add_argument("--model", choices=["linear", "exp"], default=None, help="forward model (default: by method)")
     r.add_argument("--device", choices=["cpu", "gpu"], default=None)
-    r.add_argument("--backend", choices=["serial", "mpi"], default="serial",
-                   help="serial (one process) or mpi: run under `mpiexec -n P hpc-pt reconstruct ... "
-                        "--backend mpi`; each rank reads only its frames, rank 0 writes the output")
+    r.add_argument("--backend", choices=["serial", "mpi", "dask"], default="serial",
+                   help="serial (one process); mpi: run under `mpiexec -n P hpc-pt reconstruct ... "
+                        "--backend mpi`; dask: one rank per Dask worker (--workers or --scheduler). Each rank "
+                        "reads only its frames, rank 0 writes the output")
+    r.add_argument("--workers", type=int, default=None,
+                   help="--backend dask: start a local cluster of this many worker processes (with "
+                        "--scheduler: use this many of its workers)")
+    r.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                   help="--backend dask: run on the workers of this Dask scheduler")
     r.add_argument("--volume-size", type=int, default=None,
                    help="edge N of the reconstructed volume (default: simulated sample size or field width)")
     r.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -227,6 +233,8 @@ def _reconstruct(args) -> int:
         raise InputError(f"--checkpoint-every {args.checkpoint_every} must be >= 0 (0: no checkpoints)")
     ckpt = {"checkpoint_every": args.checkpoint_every, "resume": args.resume, "checkpoint_dir": args.checkpoint_dir}
     t0 = time.perf_counter()
+    if args.backend == "dask":
+        return _reconstruct_dask(args, cfg, progress, ckpt, t0)
     if args.backend == "mpi":
         # every rank scans the metadata and reads only its own frames (pipeline.build_rank_shard)
         from .parallel import MPIComm
@@ -247,6 +255,29 @@ def _reconstruct(args) -> int:
     where = f" on {ranks} MPI ranks" if args.backend == "mpi" else ""
     print(f"wrote {res.out} and {res.figure}: {cfg.method}, {cfg.iterations} iterations{where} "
           f"in {time.perf_counter() - t0:.1f} s, final R-factor {rf[-1] if rf else float('nan'):.4g}")
+    return 0
+
+
+def _reconstruct_dask(args, cfg, progress, ckpt, t0) -> int:
+    """``--backend dask``: one rank task per worker runs the same ``reconstruct`` an MPI rank runs
+    (:func:`hpc_pt.parallel.dask.run_dask`); progress rows come back to this process."""
+    from .parallel.dask import run_dask
+
+    if args.workers is None and args.scheduler is None:
+        raise InputError("--backend dask needs --workers K (a local cluster of K processes) or "
+                         "--scheduler tcp://HOST:PORT (a running cluster)")
+    try:
+        res = run_dask(args.data, out=args.out, workers=args.workers, scheduler=args.scheduler, config=cfg,
+                       overwrite=args.force, progress=progress, command=" ".join(sys.argv),
+                       reader=_reader_kwargs(args), **ckpt)
+    except (InputError, BackendUnavailable) as exc:
+        if getattr(exc, "rank", None) is None:
+            raise
+        raise type(exc)(f"rank {exc.rank}: {exc}") from None
+    rf = [v for v in res.history.get("r_factor", []) if v == v]
+    print(f"wrote {res.out} and {res.figure}: {cfg.method}, {cfg.iterations} iterations on "
+          f"{res.parallel.get('ranks', 1)} Dask workers in {time.perf_counter() - t0:.1f} s, "
+          f"final R-factor {rf[-1] if rf else float('nan'):.4g}")
     return 0
 
 
@@ -299,6 +330,10 @@ COMMANDS = {"simulate": _simulate, "info": _info, "validate": _validate, "evalua
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if (getattr(args, "workers", None) is not None or getattr(args, "scheduler", None) is not None) \
+            and args.backend != "dask":
+        print("error: --workers and --scheduler go with --backend dask", file=sys.stderr)
+        return 2
     if getattr(args, "backend", "serial") == "mpi":
         return _main_mpi(args)
     try:

@@ -1,0 +1,784 @@
+"""Dask implementation of :class:`~hpc_pt.parallel.base.Comm`, and the runner that starts it.
+
+SPMD on Dask workers, like MPI ranks: :func:`run_spmd` submits one long-running task per worker ("rank" r
+of P, key ``hpc-pt-<name>-rank<r>-<token>``, pinned to its worker with ``allow_other_workers=False``), and
+every rank task calls the very same function an MPI rank calls (:func:`run_dask`:
+:func:`hpc_pt.pipeline.reconstruct` with a :class:`DaskComm`), so solvers do not know which backend runs
+them. A rank task keeps its worker's thread slot for the whole run (it does not ``secede``): with
+``threads_per_worker=1`` a worker *is* a rank, and nothing else is scheduled beside it.
+
+Transport. The rank tasks open a full mesh of TCP connections among themselves at start-up: each rank
+listens on the worker's host (port 0), publishes ``host:port`` in a ``distributed.Variable`` named after
+the run token, connects to every lower rank (handshake: token and rank) and accepts every higher one.
+Collectives then move contiguous NumPy buffers directly worker to worker (``socket.sendmsg`` /
+``recv_into`` on non-blocking sockets driven by one ``poll`` loop: every rank sends to and receives from
+all its peers at once, so no ordering can deadlock and no array is pickled or copied into a message).
+Every message carries a 16-byte header (collective sequence number, byte count) that the receiver checks,
+so ranks that call collectives in different orders fail with a clear error instead of mixing data.
+Plain sockets rather than ``multiprocessing.connection`` because ``recv_bytes_into`` reads each message
+into an intermediate ``BytesIO`` first and cannot wait on several peers at once; rather than Dask's own
+data transfer (futures, ``Queue``, actors) because every one of those goes through the scheduler and
+costs milliseconds per message, while CG does several scalar reductions per iteration.
+
+Reductions are deterministic and identical on every rank: the parts are summed in rank order
+(``x_0 + x_1 + ...``) on every rank (directly, or for large arrays on more than two ranks by a
+reduce-scatter + all-gather over the same order), so every rank takes the same branches in the solvers.
+
+Statistics: :attr:`Comm.stats` counts what :class:`~hpc_pt.parallel.mpi.MPIComm` counts, with the same
+formulas (``allreduce``: the array's bytes per call; ``scalar``: 8; ``alltoallv``: bytes sent to other
+ranks; ``bcast``: the array's bytes on the root), so byte-count tests are backend independent.
+
+Dashboard. :meth:`DaskComm.phase` and every collective are metered with
+``distributed.metrics.context_meter``: the Fine Performance Metrics page shows the solver phases
+("ptycho", "project", "cg", "prox") and the communication ("transpose" = ``alltoallv``, "allreduce",
+"allreduce-scalar", "bcast") as activities of the task prefix ``hpc-pt-<method>``; the time in a phase
+excludes the communication metered inside it. Dask publishes a task's metrics when the task ends, so they
+appear once the rank tasks finish.
+
+Failure. A rank that raises closes its sockets (every peer's next receive from it sees end-of-file at
+once) and sets the ``distributed.Event`` ``hpc-pt-abort-<token>``; a rank blocked in a collective polls
+that flag whenever ``POLL_S`` passes without progress. Ranks stopped this way raise :class:`RankAborted`
+(``secondary = True``); the client waits for every rank and re-raises the first error that is not
+secondary (the original exception, with ``rank`` set on it).
+
+The TCP connections are plain and unauthenticated apart from the run token (like MPI's): run on a
+trusted cluster network.
+"""
+from __future__ import annotations
+
+import os
+import select
+import socket
+import struct
+import time
+import uuid
+from contextlib import contextmanager, nullcontext
+
+import numpy as np
+
+from ..errors import BackendUnavailable, InputError
+from .base import Comm, split_evenly
+
+INSTALL_HINT = 'pip install "hpc-pt[dask]"'
+
+#: seconds a blocked collective waits without progress before it checks the job's abort flag
+POLL_S = 0.25
+#: allreduce of arrays at least this large on more than 2 ranks: reduce-scatter + all-gather
+RS_BYTES = 1 << 16
+#: messages up to this size travel as one buffer with their header
+SMALL = 1 << 12
+#: seconds a collective busy-polls its sockets before it sleeps in ``poll`` (latency of scalar sums;
+#: set HPC_PT_DASK_SPIN_US=0 where ranks share cores with other work)
+SPIN_S = float(os.environ.get("HPC_PT_DASK_SPIN_US", "50")) * 1e-6
+_HDR = struct.Struct("<QQ")  # sequence number, payload bytes
+_F64 = struct.Struct("<d")
+_HANDSHAKE = struct.Struct("<32sQ")  # run token, rank of the connecting side
+_COMM_LABEL = {"alltoallv": "transpose", "allreduce": "allreduce", "scalar": "allreduce-scalar",
+               "bcast": "bcast"}
+
+
+def load_distributed():
+    """``distributed``, imported on first use, with a one-line error naming the install command."""
+    try:
+        import distributed
+    except ImportError as e:
+        raise BackendUnavailable(f"the Dask backend needs dask.distributed ({e}); install it with "
+                                 f"{INSTALL_HINT}") from None
+    return distributed
+
+
+class RankAborted(RuntimeError):
+    """This rank stopped because another rank failed (or the job was aborted): not the original error."""
+
+    secondary = True
+
+
+class JobAborted(RuntimeError):
+    """Raised by :meth:`DaskComm.abort` on the rank that aborts the job."""
+
+
+_CONTEXT_METER = []
+
+
+def _meter(label: str):
+    """``context_meter.meter(label)`` (Dask's Fine Performance Metrics), or nothing on an old distributed."""
+    if not _CONTEXT_METER:
+        try:
+            from distributed.metrics import context_meter
+        except ImportError:
+            context_meter = None
+        _CONTEXT_METER.append(context_meter)
+    cm = _CONTEXT_METER[0]
+    return cm.meter(label) if cm is not None else nullcontext()
+
+
+def _is_cupy(x) -> bool:
+    return type(x).__module__.split(".")[0] == "cupy"
+
+
+def _bytes_view(a: np.ndarray) -> memoryview:
+    return memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+
+
+def _abort_name(token: str) -> str:
+    return f"hpc-pt-abort-{token}"
+
+
+def _addr_name(token: str, rank: int) -> str:
+    return f"hpc-pt-addr-{token}-{rank}"
+
+
+class DaskComm(Comm):
+    """Collectives between the rank tasks of one :func:`run_spmd` job (create it inside a rank task).
+
+    ``token`` names the job (its abort flag and address board), ``rank``/``size`` as in MPI. The
+    constructor builds the TCP mesh (collective: every rank of the job must construct its DaskComm);
+    ``connect_timeout`` bounds that. ``allreduce_sum`` and ``bcast`` of arrays need the same shape and
+    dtype on every rank, as with :class:`~hpc_pt.parallel.mpi.MPIComm`; CuPy arrays go through host memory.
+    """
+
+    name = "dask"
+
+    def __init__(self, token: str, rank: int, size: int, connect_timeout: float = 120.0):
+        super().__init__()
+        self.token, self.rank, self.size = str(token), int(rank), int(size)
+        self._socks: dict[int, socket.socket] = {}
+        self._seq = 0
+        self._client = None
+        self._event = None
+        self._closed = False
+        if self.size > 1:
+            self._connect(float(connect_timeout))
+
+    # -- set-up and tear-down ---------------------------------------------------------------------------
+    def _dask(self):
+        if self._client is None:
+            distributed = load_distributed()
+            self._client = distributed.get_client()
+            self._event = distributed.Event(_abort_name(self.token), client=self._client)
+        return self._client
+
+    def _aborted(self) -> bool:
+        try:
+            self._dask()
+            return bool(self._event.is_set())
+        except Exception:  # noqa: BLE001 - no scheduler any more: the job is gone
+            return True
+
+    def _check_abort(self, what: str) -> None:
+        if self._aborted():
+            raise RankAborted(f"rank {self.rank} of {self.size}: the job was aborted (another rank failed) "
+                              f"while {what}")
+
+    def _connect(self, timeout: float) -> None:
+        distributed = load_distributed()
+        client = self._dask()
+        try:
+            from distributed.comm import get_address_host
+
+            host = get_address_host(distributed.get_worker().address)
+        except Exception:  # noqa: BLE001 - not a TCP worker address: stay on this machine
+            host = "127.0.0.1"
+        lsock = socket.create_server((host, 0), backlog=max(8, self.size))
+        deadline = time.monotonic() + timeout
+        token = self.token.encode()[:32].ljust(32, b"\0")
+        try:
+            port = lsock.getsockname()[1]
+            mine = distributed.Variable(_addr_name(self.token, self.rank), client=client)
+            mine.set(f"{host}:{port}")
+            for peer in range(self.rank):  # connect to every lower rank
+                var = distributed.Variable(_addr_name(self.token, peer), client=client)
+                while True:
+                    try:
+                        addr = var.get(timeout=POLL_S * 4)
+                        break
+                    except TimeoutError:
+                        self._check_abort(f"waiting for rank {peer}'s address")
+                        if time.monotonic() > deadline:
+                            raise TimeoutError(f"rank {peer} did not start within {timeout:g} s") from None
+                phost, pport = addr.rsplit(":", 1)
+                s = socket.create_connection((phost, int(pport)), timeout=max(1.0, deadline - time.monotonic()))
+                s.sendall(_HANDSHAKE.pack(token, self.rank))
+                self._add_peer(peer, s)
+            lsock.settimeout(POLL_S * 4)
+            while len(self._socks) < self.size - 1:  # accept every higher rank
+                try:
+                    s, _ = lsock.accept()
+                except TimeoutError:
+                    self._check_abort("waiting for the other ranks to connect")
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"rank {self.rank}: the other ranks did not connect within "
+                                           f"{timeout:g} s") from None
+                    continue
+                s.settimeout(max(1.0, deadline - time.monotonic()))
+                buf = bytearray(_HANDSHAKE.size)
+                view, got = memoryview(buf), 0
+                while got < len(buf):
+                    n = s.recv_into(view[got:])
+                    if not n:
+                        break
+                    got += n
+                if got < len(buf):
+                    s.close()
+                    continue
+                tok, peer = _HANDSHAKE.unpack(buf)
+                if tok != token or not self.rank < peer < self.size or peer in self._socks:
+                    s.close()  # a stray connection: not one of this job's ranks
+                    continue
+                self._add_peer(int(peer), s)
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            lsock.close()
+        try:
+            mine.delete()  # every higher rank has read it and connected
+        except Exception:  # noqa: BLE001 - bookkeeping only
+            pass
+
+    def _add_peer(self, peer: int, s: socket.socket) -> None:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            try:
+                s.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
+            except OSError:
+                pass
+        s.setblocking(False)
+        self._socks[peer] = s
+
+    def close(self) -> None:
+        """Close the connections (peers blocked on this rank see end-of-file)."""
+        self._closed = True
+        socks, self._socks = self._socks, {}
+        for s in socks.values():
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def mark_failed(self) -> None:
+        """Tell every rank that this one failed: close the connections, set the job's abort flag."""
+        self.close()
+        if self.size > 1:
+            try:
+                self._dask()
+                self._event.set()
+            except Exception:  # noqa: BLE001 - the scheduler is gone: the sockets told the peers already
+                pass
+
+    def abort(self, code: int = 2) -> None:
+        """Stop every rank of the job: mark the failure (the others raise :class:`RankAborted` at their
+        next collective) and raise :class:`JobAborted` here (a Dask task must not ``SystemExit``: that
+        would take its worker down)."""
+        self.mark_failed()
+        raise JobAborted(f"rank {self.rank} of {self.size} aborted the job (code {code})")
+
+    # -- the message engine ---------------------------------------------------------------------------
+    def _exchange(self, sends: dict, recvs: dict, what: str) -> None:
+        """Send ``sends[peer]`` (bytes-like) to each peer and receive exactly ``len(recvs[peer])`` bytes
+        into each writable memoryview ``recvs[peer]``, all at once: one loop over non-blocking sockets that
+        spins for ``SPIN_S`` and then sleeps in ``poll``. A message is a 16-byte header (sequence number,
+        size) and its payload; small ones travel as one buffer and land in a scratch buffer first, large
+        ones go straight from and into the arrays."""
+        if self._closed:
+            raise RankAborted(f"rank {self.rank} of {self.size}: communicator closed")
+        seq = self._seq
+        self._seq += 1
+        out = {}
+        for p, buf in sends.items():
+            mv = memoryview(buf).cast("B")
+            if mv.nbytes <= SMALL:
+                out[p] = [memoryview(_HDR.pack(seq, mv.nbytes) + mv.tobytes())]
+            else:
+                out[p] = [memoryview(_HDR.pack(seq, mv.nbytes)), mv]
+        inn = {}
+        for p, mv in recvs.items():
+            small = mv.nbytes <= SMALL
+            scratch = bytearray(_HDR.size + (mv.nbytes if small else 0))
+            inn[p] = [memoryview(scratch), 0, mv, scratch, small]  # target, offset, payload, scratch, small
+        socks = self._socks
+        spin_until = None
+        while True:
+            for p in list(out):
+                views = out[p]
+                try:
+                    n = socks[p].sendmsg(views)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except (OSError, KeyError) as e:
+                    raise RankAborted(f"rank {self.rank} of {self.size}: rank {p} is gone ({e}) while "
+                                      f"{what}") from None
+                while n and views:
+                    if n >= views[0].nbytes:
+                        n -= views[0].nbytes
+                        views.pop(0)
+                    else:
+                        views[0] = views[0][n:]
+                        n = 0
+                if not views:
+                    del out[p]
+            for p in list(inn):
+                st = inn[p]
+                while True:
+                    target, off = st[0], st[1]
+                    if off == target.nbytes:
+                        if target.obj is st[3]:  # the scratch buffer is full: check the header
+                            rseq, nbytes = _HDR.unpack_from(st[3])
+                            if rseq != seq or nbytes != st[2].nbytes:
+                                raise RuntimeError(
+                                    f"DaskComm rank {self.rank}: expected message #{seq} of {st[2].nbytes} "
+                                    f"bytes from rank {p} while {what}, got #{rseq} of {nbytes} bytes: the "
+                                    "ranks called collectives in different orders or with different sizes")
+                            if st[4]:
+                                if nbytes:
+                                    st[2][:] = target[_HDR.size:]
+                            elif nbytes:
+                                st[0], st[1] = st[2], 0  # now the payload, straight into the array
+                                continue
+                        del inn[p]
+                        break
+                    try:
+                        n = socks[p].recv_into(target[off:])
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except (OSError, KeyError) as e:
+                        raise RankAborted(f"rank {self.rank} of {self.size}: rank {p} is gone ({e}) while "
+                                          f"{what}") from None
+                    if n == 0:
+                        raise RankAborted(f"rank {self.rank} of {self.size}: rank {p} closed its connection "
+                                          f"(it failed or stopped) while {what}")
+                    st[1] += n
+            if not (out or inn):
+                return
+            now = time.perf_counter()
+            if spin_until is None:
+                spin_until = now + SPIN_S
+            if now < spin_until:
+                continue
+            poller = select.poll()
+            masks: dict[int, int] = {}
+            for p in inn:
+                fd = socks[p].fileno()
+                masks[fd] = masks.get(fd, 0) | select.POLLIN
+            for p in out:
+                fd = socks[p].fileno()
+                masks[fd] = masks.get(fd, 0) | select.POLLOUT
+            for fd, m in masks.items():
+                poller.register(fd, m)
+            if not poller.poll(int(POLL_S * 1000)):
+                self._check_abort(what)
+
+    @contextmanager
+    def _timed(self, kind: str, nbytes: int):
+        t0 = time.perf_counter()
+        with _meter(_COMM_LABEL[kind]):
+            yield
+        self.stats.add(kind, nbytes, time.perf_counter() - t0)
+
+    def _sum_in_rank_order(self, parts: list):
+        acc = np.array(parts[0], copy=True)
+        for p in parts[1:]:
+            acc += p
+        return acc
+
+    # -- collectives -----------------------------------------------------------------------------------
+    def allreduce_sum(self, x):
+        gpu = _is_cupy(x)
+        if gpu:
+            import cupy
+
+            buf = np.ascontiguousarray(cupy.asnumpy(x))
+        else:
+            buf = np.array(x, copy=True, order="C")
+        if self.size > 1:
+            with self._timed("allreduce", buf.nbytes):
+                buf = self._allreduce(buf)
+        if gpu:
+            import cupy
+
+            return cupy.asarray(buf)
+        return buf if isinstance(x, np.ndarray) else buf[()]
+
+    def _allreduce(self, buf: np.ndarray) -> np.ndarray:
+        r, P = self.rank, self.size
+        flat = buf.reshape(-1)
+        if P == 2 or buf.nbytes < RS_BYTES:  # every rank gets every part, sums in rank order
+            parts = [None] * P
+            parts[r] = flat
+            recvs = {}
+            for s in range(P):
+                if s != r:
+                    parts[s] = np.empty_like(flat)
+                    recvs[s] = _bytes_view(parts[s])
+            self._exchange({s: _bytes_view(flat) for s in range(P) if s != r}, recvs, "all-reducing an array")
+            return self._sum_in_rank_order(parts).reshape(buf.shape)
+        # reduce-scatter (chunk s summed on rank s in rank order) + all-gather
+        bounds = [split_evenly(flat.size, P, s) for s in range(P)]
+        a, b = bounds[r]
+        parts = [flat[a:b] if s == r else np.empty(b - a, dtype=flat.dtype) for s in range(P)]
+        self._exchange({s: _bytes_view(flat[bounds[s][0]:bounds[s][1]]) for s in range(P)
+                        if s != r and bounds[s][1] > bounds[s][0]},
+                       {s: _bytes_view(parts[s]) for s in range(P) if s != r and b > a},
+                       "all-reducing an array (reduce-scatter)")
+        mine = self._sum_in_rank_order(parts)
+        self._exchange({s: _bytes_view(mine) for s in range(P) if s != r and b > a},
+                       {s: memoryview(flat[bounds[s][0]:bounds[s][1]].view(np.uint8)) for s in range(P)
+                        if s != r and bounds[s][1] > bounds[s][0]},
+                       "all-reducing an array (all-gather)")
+        flat[a:b] = mine
+        return buf
+
+    def sum_scalar(self, v: float) -> float:
+        v = float(v)
+        if self.size == 1:
+            return v
+        r, P = self.rank, self.size
+        with self._timed("scalar", 8):
+            mine = _F64.pack(v)
+            bufs = [bytearray(8) for _ in range(P)]
+            self._exchange({s: mine for s in range(P) if s != r},
+                           {s: memoryview(bufs[s]) for s in range(P) if s != r}, "summing a scalar")
+        total = 0.0
+        for s in range(P):  # rank order, identical on every rank
+            total += v if s == r else _F64.unpack(bufs[s])[0]
+        return total
+
+    def alltoallv(self, send: list, recv_counts: list[int]) -> list:
+        """Every rank pair's buffers at once (one poll loop); empty buffers are not sent."""
+        r, P = self.rank, self.size
+        if len(send) != P or len(recv_counts) != P:
+            raise ValueError(f"alltoallv needs one buffer and one count per rank ({P})")
+        dtype = np.result_type(*[b.dtype for b in send]) if send else np.dtype(np.float64)
+        bufs = [np.ascontiguousarray(b, dtype=dtype).reshape(-1) for b in send]
+        if bufs[r].size != int(recv_counts[r]):
+            raise ValueError(f"alltoallv: rank {r} sends {bufs[r].size} elements to itself but expects "
+                             f"{recv_counts[r]}")
+        out = [bufs[r].copy() if s == r else np.empty(int(recv_counts[s]), dtype=dtype) for s in range(P)]
+        if P > 1:
+            sent = int(sum(b.nbytes for s, b in enumerate(bufs) if s != r))
+            with self._timed("alltoallv", sent):
+                self._exchange({s: _bytes_view(bufs[s]) for s in range(P) if s != r and bufs[s].size},
+                               {s: _bytes_view(out[s]) for s in range(P) if s != r and out[s].size},
+                               "exchanging buffers (alltoallv)")
+        return out
+
+    def bcast(self, x, root: int = 0):
+        """Root's ``x`` on every rank. Arrays (NumPy or CuPy) must have the same shape and dtype on every
+        rank; Python / NumPy scalars (bool, int, float, complex) are sent as one-element buffers."""
+        r, P = self.rank, self.size
+        if isinstance(x, (bool, int, float, complex, np.generic)):
+            buf = np.array([x])
+            if P > 1:
+                self._bcast_buf(buf, root)
+            return type(x)(buf[0]) if not isinstance(x, np.generic) else buf[0]
+        if isinstance(x, np.ndarray) or _is_cupy(x):
+            gpu = _is_cupy(x)
+            if gpu:
+                import cupy
+
+                buf = np.ascontiguousarray(cupy.asnumpy(x))
+            else:
+                buf = np.array(x, copy=True, order="C")
+            if P > 1:
+                with self._timed("bcast", buf.nbytes if r == root else 0):
+                    self._bcast_buf(buf, root)
+            if gpu:
+                import cupy
+
+                return cupy.asarray(buf)
+            return buf
+        raise TypeError(f"DaskComm.bcast sends arrays and scalars only, not {type(x).__name__}")
+
+    def _bcast_buf(self, buf: np.ndarray, root: int) -> None:
+        r, P = self.rank, self.size
+        if not 0 <= root < P:
+            raise ValueError(f"bcast root {root} is not a rank of {P}")
+        view = _bytes_view(buf) if buf.nbytes else memoryview(b"")
+        if r == root:
+            self._exchange({s: view for s in range(P) if s != r}, {}, f"broadcasting from rank {root}")
+        else:
+            self._exchange({}, {root: memoryview(buf.reshape(-1).view(np.uint8))}, f"broadcasting from rank {root}")
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            self._exchange({s: b"" for s in range(self.size) if s != self.rank},
+                           {s: memoryview(bytearray(0)) for s in range(self.size) if s != self.rank},
+                           "in a barrier")
+
+    @contextmanager
+    def phase(self, name: str):
+        """Time per label in :attr:`stats` (as every Comm) and the same label as an activity on the Dask
+        dashboard's Fine Performance Metrics page."""
+        with _meter(name), super().phase(name):
+            yield
+
+
+# ------------------------------------------------------------------------------------------------------
+# running rank tasks
+# ------------------------------------------------------------------------------------------------------
+
+class _QuietRankFailures:
+    """Logging filter for a worker: drop distributed's "Compute Failed" report of a rank task (the client
+    re-raises that error itself; the report would repeat it once per rank)."""
+
+    def filter(self, record) -> bool:
+        try:
+            msg = record.getMessage()
+        except Exception:  # noqa: BLE001
+            return True
+        return not (msg.startswith("Compute Failed") and "hpc-pt-" in msg)
+
+
+def _quiet_worker_log() -> None:
+    import logging
+
+    log = logging.getLogger("distributed.worker")
+    if not any(isinstance(f, _QuietRankFailures) for f in log.filters):
+        log.addFilter(_QuietRankFailures())
+
+
+def _rank_entry(fn, token, rank, size, connect_timeout, kwargs, *args):
+    """Body of rank task ``rank``: build the mesh, run ``fn(comm, *args, **kwargs)``, tell the other ranks
+    if it fails."""
+    _quiet_worker_log()
+    comm = None
+    try:
+        comm = DaskComm(token, rank, size, connect_timeout=connect_timeout)
+        return fn(comm, *args, **kwargs)
+    except BaseException as e:
+        if not getattr(e, "secondary", False):
+            if comm is not None:
+                comm.mark_failed()
+            elif size > 1:
+                try:
+                    distributed = load_distributed()
+                    distributed.Event(_abort_name(token), client=distributed.get_client()).set()
+                except Exception:  # noqa: BLE001
+                    pass
+        try:
+            e.rank = rank
+        except Exception:  # noqa: BLE001 - an exception type without a __dict__
+            pass
+        raise
+    finally:
+        if comm is not None:
+            comm.close()
+
+
+def worker_addresses(client, workers: int | list | None = None) -> list[str]:
+    """Addresses of the workers that become ranks 0..K-1: the first ``workers`` (an int; all when None)
+    of the scheduler's workers ordered by name, or the given list of addresses."""
+    if isinstance(workers, (list, tuple)):
+        return [str(w) for w in workers]
+    try:
+        info = client.scheduler_info(n_workers=-1)
+    except TypeError:  # older distributed: every worker by default
+        info = client.scheduler_info()
+    ws = info.get("workers", {})
+
+    def order(item):
+        addr, w = item
+        name = w.get("name", addr)
+        return (0, int(name), addr) if str(name).isdigit() else (1, str(name), addr)
+
+    addrs = [a for a, _ in sorted(ws.items(), key=order)]
+    if workers is None:
+        if not addrs:
+            raise InputError("the Dask scheduler has no workers; start some (dask worker SCHEDULER_ADDRESS)")
+        return addrs
+    k = int(workers)
+    if k < 1:
+        raise InputError(f"--workers {k}: need at least one worker")
+    if k > len(addrs):
+        raise InputError(f"asked for {k} Dask workers but the scheduler has {len(addrs)}; start more or "
+                         f"ask for at most {len(addrs)}")
+    return addrs[:k]
+
+
+def run_spmd(client, fn, *args, workers: int | list | None = None, name: str = "spmd",
+             connect_timeout: float = 120.0, grace: float = 10.0, **kwargs) -> list:
+    """Run ``fn(comm, *args, **kwargs)`` as one task per worker (SPMD, ``comm`` a :class:`DaskComm`) and
+    return every rank's result, by rank. ``fn`` and its arguments must pickle (Dask futures among ``args``
+    are resolved on the workers). If a rank raises, every rank is stopped and the first error that is not
+    a consequence of another rank's (``secondary``) is re-raised here, with ``rank`` set on it; ranks still
+    running ``grace`` seconds after the first error are cancelled."""
+    distributed = load_distributed()
+    addrs = worker_addresses(client, workers)
+    size = len(addrs)
+    token = uuid.uuid4().hex
+    event = distributed.Event(_abort_name(token), client=client)
+    futures = [client.submit(_rank_entry, fn, token, r, size, connect_timeout, kwargs, *args,
+                             key=f"hpc-pt-{name}-rank{r}-{token[:12]}", workers=[a], allow_other_workers=False,
+                             pure=False)
+               for r, a in enumerate(addrs)]
+    errors = []
+    try:
+        pending, first_error = set(futures), None
+        while pending:
+            timeout = None if first_error is None else max(0.1, grace - (time.monotonic() - first_error))
+            try:
+                done, pending = distributed.wait(pending, timeout=timeout, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                break  # stragglers after an error: cancelled below
+            for f in done:
+                if f.status != "finished":
+                    errors.append(f)
+                    if first_error is None:
+                        first_error = time.monotonic()
+                        event.set()
+        if errors:
+            client.cancel([f for f in futures if f.status == "pending"])
+            primary = next((f for f in errors if f.status == "error"
+                            and not getattr(f.exception(), "secondary", False)), errors[0])
+            primary.result()  # re-raises the rank's exception (with its traceback)
+            raise RuntimeError(f"a rank task ended as {primary.status!r}")
+        return [f.result() for f in futures]
+    except BaseException:
+        try:
+            event.set()
+            client.cancel(futures)
+        except Exception:  # noqa: BLE001
+            pass
+        raise
+    finally:
+        try:
+            event.clear()  # drops the scheduler's record of the flag
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _dashboard_url(client, cluster=None) -> str | None:
+    link = getattr(cluster, "dashboard_link", None) if cluster is not None else None
+    try:
+        link = link or client.dashboard_link
+    except Exception:  # noqa: BLE001 - no dashboard (bokeh missing on the scheduler)
+        return None
+    return link or None
+
+
+@contextmanager
+def dask_client(workers: int | None = None, scheduler: str | None = None, client=None):
+    """``(client, dashboard URL)``: the given client; or a ``Client`` of the scheduler at ``scheduler``;
+    or a fresh ``LocalCluster`` of ``workers`` single-threaded worker processes on 127.0.0.1 with its
+    dashboard on a free port (closed on exit)."""
+    distributed = load_distributed()
+    if client is not None:
+        yield client, _dashboard_url(client)
+        return
+    if scheduler:
+        try:
+            c = distributed.Client(scheduler, timeout="30s")
+        except OSError as e:
+            raise InputError(f"cannot reach the Dask scheduler at {scheduler} ({e}); check --scheduler") from None
+        try:
+            if workers:
+                c.wait_for_workers(int(workers), timeout=60)
+            yield c, _dashboard_url(c)
+        finally:
+            c.close()
+        return
+    if not workers:
+        raise InputError("the Dask backend needs --workers K (a local cluster) or --scheduler tcp://HOST:PORT")
+    cluster = distributed.LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
+                                       host="127.0.0.1", dashboard_address="127.0.0.1:0")
+    try:
+        with distributed.Client(cluster) as c:
+            c.wait_for_workers(int(workers), timeout=120)
+            yield c, _dashboard_url(c, cluster)
+    finally:
+        cluster.close()
+
+
+def _plain(v):
+    try:
+        return v.item() if hasattr(v, "item") else v
+    except (TypeError, ValueError):
+        return float(v)
+
+
+def _reconstruct_rank(comm, data, out, settings, progress_topic):
+    """One rank of :func:`run_dask`: the same call an MPI rank makes."""
+    from ..pipeline import reconstruct
+
+    rows = [0]
+    callback = None
+    if progress_topic and comm.rank == 0:
+        from distributed import get_worker
+
+        worker = get_worker()
+
+        def callback(row):
+            worker.log_event(progress_topic, {str(k): _plain(v) for k, v in row.items()})
+            rows[0] += 1
+
+    res = reconstruct(data, out=out, comm=comm, progress=callback, **settings)
+    info = {"rank": comm.rank, "bytes_read": int(res.bytes_read), "progress_rows": rows[0],
+            "calls": dict(comm.stats.calls), **comm.stats.snapshot()}
+    return (res if comm.rank == 0 else None), info
+
+
+def run_dask(data, out=None, *, workers: int | None = None, scheduler: str | None = None, client=None,
+             progress=None, dashboard=True, connect_timeout: float = 120.0, **settings):
+    """Reconstruct ``data`` on Dask workers, one rank per worker; returns rank 0's
+    :class:`~hpc_pt.pipeline.ReconResult` (rank 0 writes ``out``).
+
+    Where: ``workers=K`` starts a local cluster of K single-threaded worker processes (closed at the end);
+    ``scheduler="tcp://HOST:PORT"`` uses the first ``workers`` (default: all) workers of a running
+    cluster, which must see ``data`` and ``out`` at the same paths; ``client=`` uses an existing
+    ``distributed.Client`` (benchmarks: one cluster for many runs). ``data``: a CXI path (every rank
+    reads only its own frames) or a :class:`~hpc_pt.data.Dataset` (scattered to every worker once).
+    ``settings``: everything :func:`hpc_pt.pipeline.reconstruct` takes (``config``, ``method``,
+    ``iterations``, ``overwrite``, ``command``, ``reader``, ...). ``progress(row)`` is called here, on the
+    client, for rank 0's per-iteration rows (forwarded as Dask events). ``dashboard``: True prints
+    ``dashboard: URL`` on stdout as soon as the cluster is up, a callable gets the URL, False neither.
+
+    The result also carries ``dashboard`` (the URL) and ``rank_info`` (per rank: bytes read and its
+    :class:`~hpc_pt.parallel.base.CommStats` snapshot and call counts).
+    """
+    load_distributed()
+    if workers is None and scheduler is None and client is None:
+        raise InputError("run_dask needs workers=K (a local cluster), scheduler='tcp://HOST:PORT' or client=")
+    from ..data import Dataset
+
+    if not isinstance(data, Dataset):
+        data = os.path.abspath(os.fspath(data))
+    if out is not None:
+        out = os.path.abspath(os.fspath(out))
+    with dask_client(workers, scheduler, client) as (c, url):
+        if dashboard is True:
+            print(f"dashboard: {url or 'unavailable (pip install bokeh)'}", flush=True)
+        elif callable(dashboard):
+            dashboard(url)
+        method = getattr(settings.get("config"), "method", None) or settings.get("method") or "recon"
+        topic, received = None, [0]
+        if progress is not None:
+            topic = f"hpc-pt-progress-{uuid.uuid4().hex[:12]}"
+
+            def handler(event):
+                received[0] += 1
+                progress(event[1])
+
+            c.subscribe_topic(topic, handler)
+        try:
+            arg = c.scatter(data, broadcast=True) if isinstance(data, Dataset) else data
+            results = run_spmd(c, _reconstruct_rank, arg, out, settings, topic,
+                               workers=workers if client is not None or scheduler else None,
+                               name=str(method), connect_timeout=connect_timeout)
+            if topic is not None:  # the last rows may still be on their way
+                expected, t0 = results[0][1]["progress_rows"], time.monotonic()
+                while received[0] < expected and time.monotonic() - t0 < 5:
+                    time.sleep(0.01)
+        finally:
+            if topic is not None:
+                try:
+                    c.unsubscribe_topic(topic)
+                except Exception:  # noqa: BLE001
+                    pass
+    res = results[0][0]
+    res.dashboard = url
+    res.rank_info = [info for _, info in results]
+    return res
+
+
+__all__ = ["INSTALL_HINT", "DaskComm", "JobAborted", "RankAborted", "dask_client", "load_distributed",
+           "run_dask", "run_spmd", "worker_addresses"]
