@@ -10,8 +10,20 @@ psi is holomorphic, so the steepest-descent direction for (Re u, Im u) is the co
     g_u = P^H Pad^H ExpMap.vjp( Ptycho^H ( z - sqrt(f) z / |z| ) ),   z = D psi(u),
 
 i.e. g_u = 2 dL/d conj(u) and dL = Re <g_u, du>). ``metric="poisson"`` swaps in the Poisson loss
-1/2 sum (|z|^2 - f log |z|^2) with residual z - f z / |z|^2. Each rank back-projects its own frames; the
-volume gradient is summed with ``comm.allreduce_sum`` and every scalar with ``comm.sum_scalar``.
+1/2 sum (|z|^2 - f log |z|^2) with residual z - f z / |z|^2.
+
+Distribution (DESIGN.md section 3). The frames are sharded by angle, the volume u, the gradient g and
+the search direction are this rank's slab (:class:`hpc_pt.parallel.SlabSpace`). P u and P g are kept in
+the per-angle layout (A_r, N_z, W); since P is linear, the line search's trial points are
+P(u - t g) = P u - t P g, formed locally. Per outer iteration the main data flow moves the projections
+twice: one transpose angles -> slabs for the gradient (P^T of the shard's residual fields, summed over
+ranks by the transpose itself) and one slabs -> angles for P g; trials of the line search cost no
+communication beyond scalar sums, and a rejected step (no decrease at the smallest trial) skips the
+gradient's transpose. Scalars (loss, R-factor, dot products) go through ``comm.sum_scalar``; there is no
+volume all-reduce. Set-up adds one transpose for P u_0, one per non-zero map of the ptychographic normal
+stencil (1 or 9, :func:`linearised_normal`, so that the power iteration for Lip below is local on the
+slabs) and one for the first gradient. P u is carried (P u - t P g every step), not recomputed, so it
+drifts from P u by float rounding only (relative ~1e-7 per step in complex64).
 
 Iteration (seed 002): u_{n+1} = u_n - alpha_n g_u(u_n), u_0 = 0, alpha_{n+1} = alpha_n / (1 + eps n),
 eps = 1e-6 (``schedule="time"``; ``"constant"`` keeps alpha fixed).
@@ -21,17 +33,21 @@ is not a default here. The default is scale-free: alpha_0 = ``step_rel`` / Lip w
 
     Lip = ||J||^2,   J = Ptycho o diag(i c psi_0) o Pad o P   (the linearised model at u_0),
 
-estimated by power iteration on J^H J (15 products). Per detector pixel the amplitude loss has curvature
-at most 1 along |z| and 1 - sqrt(f)/|z| <= 1 across it, so 1/Lip is the classical safe step of gradient
-descent (up to the exponential's own curvature, which is of the order of the residual). It is invariant
-to rescaling the data and probe, to the units of u (through c) and to the problem size. A user-given
-``step`` overrides it (absolute units, as in the seed).
+estimated by power iteration on J^H J (15 products, in the slab layout). Per detector pixel the
+amplitude loss has curvature at most 1 along |z| and 1 - sqrt(f)/|z| <= 1 across it, so 1/Lip is the
+classical safe step of gradient descent (up to the exponential's own curvature, which is of the order
+of the residual). It is invariant to rescaling the data and probe, to the units of u (through c) and to
+the problem size. A user-given ``step`` overrides it (absolute units, as in the seed).
 
 Line search (default on): backtracking Armijo on L with c1 = 1e-4, halving the trial step. The trial
 at iteration n is ``growth`` (1.5) times the last accepted step, decayed by the schedule, so the step
-follows the local curvature up and down. Every trial costs one forward model; the accepted one is reused
-as the next gradient's forward pass, so a line search that accepts at once costs nothing extra (the
-loss is needed for the history anyway). With ``line_search=False`` the plain seed-002 iteration runs.
+follows the local curvature up and down. Every trial costs one exponential and ptychographic forward
+pass (no projection: P u - t P g); the accepted one is reused as the next gradient's forward pass, so a
+line search that accepts at once costs nothing extra (the loss is needed for the history anyway). With
+``line_search=False`` the plain seed-002 iteration runs.
+
+Checkpoints hold the loop state of this rank: u, the carried P u (per-angle), the gradient g, the loss,
+the current and initial steps and Lip, so a resumed run continues bitwise.
 """
 from __future__ import annotations
 
@@ -41,7 +57,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backend import get_xp
-from .base import History, Shard, SolverResult, power_lipschitz
+from .base import (
+    NO_CHECKPOINTS,
+    Checkpointer,
+    History,
+    Shard,
+    SolverResult,
+    power_lipschitz,
+)
 from .prox import METRICS, data_objective, pixel_sum
 
 SCHEDULES = ("time", "constant")
@@ -86,22 +109,31 @@ def data_residual(z, f, sqrt_f, metric: str, mask=None):
 
 
 class ExpJointModel:
-    """u -> x = Pad(P u) -> psi = exp(i c x) -> z = D psi for one shard, with the pieces the solvers need."""
+    """u -> x = Pad(P u) -> psi = exp(i c x) -> z = D psi for one shard, with the pieces the solvers need.
+
+    Slab layout (DESIGN.md section 3): ``u`` is this rank's slab of the volume; ``x`` / ``psi`` / ``z`` are
+    the shard's per-angle fields (A_r, H, W) and frames. :meth:`x` costs one transpose (slab -> angles),
+    :meth:`xadj` one transpose (angles -> slab) and returns the adjoint SUMMED over every rank's angles on
+    this slab (no further reduction is needed; on one rank it is the plain adjoint). Solvers that keep
+    P u in the per-angle layout use :meth:`farfield_at` and :meth:`grad_field` (no communication).
+    """
 
     def __init__(self, shard: Shard):
         m = shard.model
         if m.expmap is None:
             raise ValueError("GD / three-way ADMM use the exponential model; this dataset was set up with "
                              "model 'linear' (use APT for the linear model)")
-        self.P, self.pad, self.pt, self.exp = m.projector, m.pad, m.ptycho, m.expmap
+        self.shard, self.space = shard, shard.space
+        self.pad, self.pt, self.exp = m.pad, m.ptycho, m.expmap
         self.c = self.exp.c
 
     def x(self, u):
-        return self.pad.fwd(self.P.fwd(u))
+        """Pad(P u) on the shard's angles (A_r, H, W) (one transpose)."""
+        return self.shard.projections(u)
 
     def xadj(self, y):
-        """(Pad P)^H y: field stack (A, H, W) -> volume."""
-        return self.P.adj(self.pad.adj(y))
+        """(Pad P)^H y: per-angle fields (A_r, H, W), summed over ranks, -> this rank's slab (one transpose)."""
+        return self.shard.backproject(y)
 
     def psi(self, u):
         return self.exp.fwd(self.x(u))
@@ -110,18 +142,60 @@ class ExpJointModel:
         psi = self.psi(u)
         return psi, self.pt.fwd(psi)
 
+    def farfield_at(self, pu):
+        """(psi, z) from P u given in the per-angle layout (A_r, N_z, W): no communication."""
+        psi = self.exp.fwd(self.pad.fwd(pu))
+        return psi, self.pt.fwd(psi)
+
+    def grad_field(self, psi, gz):
+        """ExpMap^H Ptycho^H gz: the per-angle field (A_r, H, W) of this shard's frames (local)."""
+        return self.exp.vjp(psi, self.pt.adj(gz), psi=psi)
+
     def grad_from(self, psi, gz):
-        """P^H Pad^H ExpMap^H Ptycho^H gz (this shard's part of the volume gradient)."""
-        return self.xadj(self.exp.vjp(psi, self.pt.adj(gz), psi=psi))
+        """P^H Pad^H ExpMap^H Ptycho^H gz summed over ranks: the volume gradient on this slab (one transpose)."""
+        return self.xadj(self.grad_field(psi, gz))
 
     def jtj(self, v, psi):
-        """J^H J v for the linearisation at psi: c^2 (Pad P)^H [conj(psi) Pt^H Pt (psi Pad P v)]."""
+        """J^H J v for the linearisation at psi: c^2 (Pad P)^H [conj(psi) Pt^H Pt (psi Pad P v)] (two
+        transposes; :func:`linearised_normal` is the communication-free slab-layout version)."""
         xp = get_xp(v)
         pt = self.pt
         w2 = xp.abs(pt.probe) ** 2
         t = psi * self.x(v)
         t = pt.patches_adj(w2 * pt.patches(t))
         return (self.c ** 2) * self.xadj(xp.conj(psi) * t)
+
+
+def linearised_normal(model: ExpJointModel, u, comm):
+    """J^H J of the model linearised at ``u`` (this rank's slab), as a map on slabs with no transposes.
+
+    J^H J = c^2 P^H Pad^H conj(psi) N psi Pad P with N = sum_j S_j^T |w|^2 S_j. N is a 3x3 stencil per
+    angle (:meth:`~hpc_pt.operators.Ptychography.normal_stencil`); cropped to the volume's rows (the padded
+    rows of Pad P v are zero) it is moved to the slab layout once (one transpose per non-zero map, 1 for
+    integer scan positions, 9 otherwise; the parts of an angle split over ranks add up), and psi on the
+    volume rows in the slab layout is exp(i c P u) computed locally. A product is then local except for a
+    one-row halo of the stencil.
+    """
+    from ..operators import apply_stencil
+
+    sp, r0 = model.space, model.pad.offset[0]
+    nz = sp.global_shape[0]
+    maps = model.pt.normal_stencil()[:, :, r0:r0 + nz]
+    xp = get_xp(maps)
+    off = comm.sum_scalar(float(xp.abs(maps[[0, 1, 2, 3, 5, 6, 7, 8]]).sum()))
+    vert = comm.sum_scalar(float(xp.abs(maps[[0, 1, 2, 6, 7, 8]]).sum())) > 0
+    keep = range(9) if off > 0 else (4,)
+    maps = xp.stack([sp.to_slabs(xp.ascontiguousarray(maps[k])) for k in keep])
+    psi = model.exp.fwd(sp.P.fwd(u))  # (A, rows, W): every angle, this slab's rows
+    psi_c = xp.conj(psi)
+    c2 = model.c ** 2
+
+    def apply(v):
+        t = psi * sp.P.fwd(v)
+        lo, hi = sp.halo(t, axis=1) if vert else (None, None)
+        return c2 * sp.P.adj(psi_c * apply_stencil(maps, t, lo, hi))
+
+    return apply
 
 
 def _check(opts: GDOptions):
@@ -138,68 +212,100 @@ def _check(opts: GDOptions):
 
 
 def loss_and_gradient(model: ExpJointModel, shard: Shard, comm, u, metric: str = "gaussian"):
-    """(L(u), g_u, psi, z): the global loss and volume gradient (collectives over ``comm``)."""
+    """(L(u), g_u, psi, z): the global loss and the volume gradient on this rank's slab (collectives over
+    ``comm``; two transposes)."""
     psi, z = model.farfield(u)
     f, sqrt_f, mask = shard.intensities, shard.amplitudes, shard.mask
     loss = comm.sum_scalar(data_objective(get_xp(z).abs(z), f, sqrt_f, metric, mask))
-    g = comm.allreduce_sum(model.grad_from(psi, data_residual(z, f, sqrt_f, metric, mask)))
+    g = model.grad_from(psi, data_residual(z, f, sqrt_f, metric, mask))
     return loss, g, psi, z
 
 
-def run_gd(shard: Shard, comm, opts: GDOptions | None = None, callback=None, u0=None) -> SolverResult:
-    """Seed 002 Algorithm 1 on this rank's shard (module docstring); ``u0`` warm-starts instead of zeros.
+def run_gd(shard: Shard, comm, opts: GDOptions | None = None, callback=None, u0=None,
+           checkpoints: Checkpointer = NO_CHECKPOINTS) -> SolverResult:
+    """Seed 002 Algorithm 1 on this rank's shard and slab (module docstring); ``u0`` (this rank's slab)
+    warm-starts instead of zeros.
 
-    ``callback(row, u)`` is called after every iteration with the history row and the volume.
+    ``callback(row, u)`` is called after every iteration with the history row and the volume slab;
+    ``checkpoints`` hands the loop state out every K iterations and back on resume (bitwise continuation).
     """
     opts = GDOptions() if opts is None else opts
     _check(opts)
     model = ExpJointModel(shard)
+    sp = shard.space
     xp = get_xp(shard.intensities)
     dtype = shard.model.dtype
     shape = shard.volume_shape
     f, sqrt_f, mask = shard.intensities, shard.amplitudes, shard.mask
-    u = xp.zeros(shape, dtype=dtype) if u0 is None else xp.asarray(u0, dtype=dtype).copy()
+    st = checkpoints.resume
 
-    psi0 = model.psi(u)
-    lip = power_lipschitz(lambda v: comm.allreduce_sum(model.jtj(v, psi0)), shape, comm, dtype,
-                          opts.power_iterations, like=u)
-    if opts.step is not None:
-        alpha = float(opts.step)
-    else:
-        alpha = opts.step_rel / lip if lip > 0 else 1.0
-    alpha0 = alpha
+    def loss_of(z):
+        return comm.sum_scalar(data_objective(xp.abs(z), f, sqrt_f, opts.metric, mask))
 
-    def loss_at(v):
-        p, z = model.farfield(v)
-        return comm.sum_scalar(data_objective(xp.abs(z), f, sqrt_f, opts.metric, mask)), p, z
+    def gradient(psi, z):
+        with comm.phase("ptycho"):
+            field = model.grad_field(psi, data_residual(z, f, sqrt_f, opts.metric, mask))
+        with comm.phase("project"):
+            return model.xadj(field)  # one transpose: angles -> slabs
+
+    if st is None:
+        u = xp.zeros(shape, dtype=dtype) if u0 is None else xp.asarray(u0, dtype=dtype).copy()
+        with comm.phase("project"):
+            pu = sp.project(u)  # P u, per-angle layout (A_r, N_z, W): one transpose
+            normal = linearised_normal(model, u, comm)
+            lip = power_lipschitz(normal, sp.global_shape, comm, dtype, opts.power_iterations, like=u,
+                                  rows=(sp.z0, sp.z1))
+        if opts.step is not None:
+            alpha = float(opts.step)
+        else:
+            alpha = opts.step_rel / lip if lip > 0 else 1.0
+        alpha0 = alpha
+        with comm.phase("ptycho"):
+            psi, z = model.farfield_at(pu)
+        loss = loss_of(z)
+        g = gradient(psi, z)
+    else:  # the whole loop state: u, P u as carried (not recomputed: bitwise), the gradient, the steps
+        u, pu, g = (xp.asarray(st[k]) for k in ("u", "pu", "g"))
+        lip, alpha, alpha0, loss = (float(st[k]) for k in ("lipschitz", "step", "step0", "loss"))
+        with comm.phase("ptycho"):
+            psi, z = model.farfield_at(pu)
 
     sum_sqrt_f = comm.sum_scalar(pixel_sum(sqrt_f, shard.mask))
-    loss, g, psi, z = loss_and_gradient(model, shard, comm, u, opts.metric)
-    hist = History()
-    for n in range(opts.iterations):
+    hist = History(st["history"] if st is not None else None)
+    for n in range(len(hist), opts.iterations):
         t0 = time.perf_counter()
         gg = comm.volume_dot(g, g)
+        with comm.phase("project"):
+            pg = sp.project(g)  # P g at this rank's angles: one transpose; trial points P u - t P g
         backtracks = 0
+        moved = True
         if opts.line_search:
             trial = alpha
             while True:
-                u_new = u - trial * g
-                new_loss, psi_new, z_new = loss_at(u_new)
+                pu_new = pu - trial * pg
+                with comm.phase("ptycho"):
+                    psi_new, z_new = model.farfield_at(pu_new)
+                new_loss = loss_of(z_new)
                 if new_loss <= loss - opts.armijo_c1 * trial * gg or backtracks >= opts.max_backtracks:
                     break
                 trial *= 0.5
                 backtracks += 1
-            if new_loss > loss:  # no decrease even at the smallest trial: stay (gradient ~ 0 or noise)
-                u_new, new_loss, psi_new, z_new = u, loss, psi, z
+            moved = new_loss <= loss  # else no decrease even at the smallest trial: stay (gradient ~ 0)
             step_used = trial
         else:
             step_used = alpha
-            u_new = u - alpha * g
-            new_loss, psi_new, z_new = loss_at(u_new)
-        du = u_new - u
-        change = np.sqrt(comm.volume_dot(du, du) / max(comm.volume_dot(u_new, u_new), 1e-300))
-        u, loss, psi, z = u_new, new_loss, psi_new, z_new
-        g = comm.allreduce_sum(model.grad_from(psi, data_residual(z, f, sqrt_f, opts.metric, mask)))
+            pu_new = pu - alpha * pg
+            with comm.phase("ptycho"):
+                psi_new, z_new = model.farfield_at(pu_new)
+            new_loss = loss_of(z_new)
+        if moved:
+            u_new = u - step_used * g
+            du = u_new - u
+            change = np.sqrt(comm.volume_dot(du, du) / max(comm.volume_dot(u_new, u_new), 1e-300))
+            u, pu, loss, psi, z = u_new, pu_new, new_loss, psi_new, z_new
+            g = gradient(psi, z)
+        else:  # u, and so its gradient, unchanged (the branch is taken on every rank alike)
+            change = 0.0
         # next step: the seed's time-based decay, applied to the accepted step (x growth) with line search
         base = step_used * opts.growth if opts.line_search else alpha
         alpha = base / (1.0 + opts.eps * n) if opts.schedule == "time" else base
@@ -209,5 +315,8 @@ def run_gd(shard: Shard, comm, opts: GDOptions | None = None, callback=None, u0=
                           iter_time_s=time.perf_counter() - t0)
         if callback is not None:
             callback(row, u)
+        if checkpoints.due(n + 1):
+            checkpoints.save({"iteration": n + 1, "u": u, "pu": pu, "g": g, "loss": loss, "step": alpha,
+                              "step0": alpha0, "lipschitz": lip, "history": hist.rows})
     return SolverResult(volume=u, probe=model.pt.probe, history=hist,
                         state={"lipschitz": lip, "step0": alpha0, "step": alpha, "c": model.c})
