@@ -28,7 +28,10 @@ def check_comm(comm, outdir):
         "sum_scalar": comm.sum_scalar(r + 0.5) == sum(q + 0.5 for q in range(p)),
         "bcast_array": bool(np.all(comm.bcast(np.full(5, float(r)), root=p - 1) == p - 1)),
         "bcast_scalar": comm.bcast(r * 2.5, root=0) == 0.0,
-        "volume_dot": comm.volume_dot(x, x) == p * float(np.vdot(x, x).real),  # slabs: summed over ranks
+        # slab volumes: the local dot products summed over ranks (x differs per rank)
+        "volume_dot": bool(np.isclose(comm.volume_dot(x, x),
+                                      sum(float(np.vdot(np.full((3, 4), q + 1j * (q + 1)),
+                                                        np.full((3, 4), q + 1j * (q + 1))).real) for q in range(p)))),
     }
     if r == 0:
         with open(os.path.join(outdir, "comm.json"), "w") as fh:
