@@ -1,17 +1,25 @@
-"""Priors behind denoise(x, strength): the TV prox against a brute-force minimiser, identities, registry."""
+"""Priors behind denoise(x, strength): the TV prox against a brute-force minimiser, identities, registry;
+priors on slab-distributed volumes (1-3 thread-ranks) against the serial ones; ADMM's distributed
+percentile."""
 import itertools
+import threading
 
 import numpy as np
 import pytest
 from scipy.optimize import minimize
 
 from hpc_pt.operators import divergence, gradient, tv_value
+from hpc_pt.parallel import SerialComm, SlabSpace
+from hpc_pt.parallel.base import Comm
 from hpc_pt.priors import (
     Denoiser,
     NoPrior,
     TVDenoiser,
     available_denoisers,
+    denoise,
     get_denoiser,
+    is_slab_aware,
+    prior_value,
     register_denoiser,
 )
 from hpc_pt.priors import registry as prior_base
@@ -186,3 +194,193 @@ def test_registry(monkeypatch):
     assert get_denoiser(obj) is obj
     with pytest.raises(ValueError, match="keyword"):
         get_denoiser(obj, factor=2)
+
+
+# ---------------------------------------------------------------- priors on slab-distributed volumes
+class _ThreadComm(Comm):
+    """Ranks as threads of one process; reductions sum in rank order (the same on every rank)."""
+
+    name = "threads"
+
+    def __init__(self, shared, rank, size):
+        super().__init__()
+        self.s, self.rank, self.size = shared, rank, size
+
+    def _exchange(self, obj):
+        b = self.s["barrier"]
+        b.wait()
+        self.s["box"][self.rank] = obj
+        b.wait()
+        out = list(self.s["box"])
+        b.wait()
+        return out
+
+    def alltoallv(self, send, recv_counts):
+        everyone = self._exchange([np.array(x, copy=True) for x in send])
+        recv = [everyone[s][self.rank] for s in range(self.size)]
+        assert [x.size for x in recv] == list(recv_counts)
+        return recv
+
+    def allreduce_sum(self, x):
+        parts = self._exchange(np.array(x, copy=True))
+        out = parts[0].copy()
+        for p in parts[1:]:
+            out = out + p
+        return out
+
+    def sum_scalar(self, v):
+        return float(sum(self._exchange(float(v))))
+
+    def bcast(self, x, root=0):
+        return self._exchange(x)[root]
+
+
+def on_ranks(size, fn):
+    """fn(comm) on ``size`` thread-ranks; the list of their results (size 1: a SerialComm)."""
+    if size == 1:
+        return [fn(SerialComm())]
+    shared = {"barrier": threading.Barrier(size, timeout=60), "box": [None] * size}
+    out, errors = [None] * size, []
+
+    def work(r):
+        try:
+            out[r] = fn(_ThreadComm(shared, r, size))
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            errors.append(e)
+            shared["barrier"].abort()
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in range(size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return out
+
+
+def space_of(comm, shape):
+    """A slab space over ``shape`` (the angles are irrelevant to the priors)."""
+    angles = np.linspace(0, np.pi, comm.size, endpoint=False)
+    return SlabSpace(comm, angles, [[r] for r in range(comm.size)], shape, n_det=shape[1] + 2,
+                     dtype=np.complex128)
+
+
+def gathered(size, shape, fn):
+    """Run fn(space, slab_of) on ``size`` ranks; results' slabs concatenated (arrays) or rank 0's (else)."""
+    def work(comm):
+        sp = space_of(comm, shape)
+        return sp, fn(sp, lambda full: full[sp.z0:sp.z1].copy())
+
+    res = on_ranks(size, work)
+    first = res[0][1]
+    if isinstance(first, tuple):
+        return tuple(np.concatenate([r[1][i] for r in res]) if hasattr(first[i], "shape") else first[i]
+                     for i in range(len(first)))
+    return np.concatenate([r[1] for r in res]) if hasattr(first, "shape") else first
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+@pytest.mark.parametrize("mode", ["joint", "separate"])
+def test_tv_on_slabs_equals_serial(size, mode):
+    """TV's prox and value on 1-3 slabs (7 rows: uneven slabs) equal the serial ones, warm start included
+    (the stopping test uses global norms, so every rank stops at the serial iteration)."""
+    rng = np.random.default_rng(3)
+    shape = (7, 5, 5)
+    x1 = rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+    x2 = x1 + 0.1 * rng.standard_normal(shape)
+    serial = TVDenoiser(n_iter=200, tol=1e-5, mode=mode)
+    ref1, ref2 = serial.denoise(x1, 0.3), serial.denoise(x2, 0.3)
+    its, val, p_ref = serial.last_iterations, serial.value(ref2), serial.state()["p"]
+
+    def run(sp, mine):
+        den = TVDenoiser(n_iter=200, tol=1e-5, mode=mode)
+        a = denoise(den, mine(x1), 0.3, space=sp)
+        b = denoise(den, mine(x2), 0.3, space=sp)
+        return a, b, den.last_iterations, prior_value(den, b, space=sp), np.moveaxis(den.state()["p"], 1, 0)
+
+    a, b, it, v, p = gathered(size, shape, run)
+    assert it == its
+    np.testing.assert_allclose(a, ref1, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(b, ref2, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.moveaxis(p, 0, 1), p_ref, rtol=0, atol=1e-12)  # the warm-start dual
+    assert abs(v - val) <= 1e-12 * val
+
+
+class Pointwise(Denoiser):
+    """Soft shrinkage of every voxel (receptive field 0)."""
+
+    name = "pointwise"
+
+    def denoise(self, x, strength):
+        mag = np.abs(x)
+        return x * np.maximum(1 - strength / np.maximum(mag, 1e-30), 0)
+
+
+class Box(Denoiser):
+    """(1 - s) x + s * 3x3x3 mean (receptive field 1 row; 'nearest' edges at the volume's ends)."""
+
+    name = "box"
+
+    def denoise(self, x, strength):
+        from scipy.ndimage import uniform_filter
+
+        sm = uniform_filter(x.real, 3, mode="nearest") + 1j * uniform_filter(x.imag, 3, mode="nearest")
+        return (1 - strength) * x + strength * sm
+
+    def value(self, x):
+        return float(np.abs(x).sum())
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+@pytest.mark.parametrize("den,halo,exact", [(Pointwise(), 0, True), (Box(), 1, True), (Box(), 3, True),
+                                            (Box(), None, True), (Box(), 0, False)])
+def test_generic_denoiser_on_slabs_with_halo(size, den, halo, exact):
+    """A denoiser without slab support gets its slab plus ``halo`` neighbouring rows: equal to the serial
+    result when the halo covers its receptive field (3 rows over slabs of 2-3 rows: rows from two ranks
+    away), and not equal when it does not (box filter, halo 0)."""
+    rng = np.random.default_rng(5)
+    shape = (7, 4, 4)
+    x = rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+    den.halo = halo
+    ref = den.denoise(x, 0.4)
+    out = gathered(size, shape, lambda sp, mine: denoise(den, mine(x), 0.4, space=sp))
+    if exact or size == 1:
+        np.testing.assert_allclose(out, ref, rtol=0, atol=1e-14)
+    else:
+        assert np.abs(out - ref).max() > 1e-3
+    val = gathered(size, shape, lambda sp, mine: prior_value(den, mine(x), space=sp))
+    if isinstance(den, Box):
+        assert val == pytest.approx(den.value(x), rel=1e-12)  # gathered volume
+    else:
+        assert np.isnan(val)  # no functional: no exchange, NaN
+
+
+def test_registry_halo(monkeypatch):
+    monkeypatch.setattr(prior_base, "_REGISTRY", dict(prior_base._REGISTRY))
+    monkeypatch.setattr(prior_base, "_HALOS", dict(prior_base._HALOS))
+    register_denoiser("box", Box, halo=1)
+    assert get_denoiser("box").halo == 1
+    register_denoiser("box", Box, overwrite=True)
+    assert get_denoiser("box").halo is None
+    with pytest.raises(ValueError, match="halo"):
+        register_denoiser("box2", Box, halo=-1)
+    assert is_slab_aware(get_denoiser("tv")) and is_slab_aware(get_denoiser("none"))
+    assert not is_slab_aware(Box())
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+def test_distributed_percentile_is_numpy_percentile(size, dtype):
+    """ADMM's s_u: the exact percentile of |u| over all slabs, whatever the split."""
+    from hpc_pt.solvers.admm import distributed_percentile
+
+    rng = np.random.default_rng(11)
+    shape = (7, 6, 6)
+    u = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype)
+    u[2, 1] = 0  # ties and zeros
+    u[4] = u[3]
+    for q in (0, 37.5, 99, 100):
+        ref = float(np.percentile(np.abs(u).astype(np.float64), q))
+        got = gathered(size, shape, lambda sp, mine, q=q: distributed_percentile(mine(u), q, sp.comm))
+        assert got == pytest.approx(ref, rel=1e-12, abs=0), q

@@ -1,4 +1,4 @@
-"""The one interface every prior implements, and the registry that names them.
+"""The one interface every prior implements, the registry that names them, and priors on slabs.
 
 A prior (DESIGN.md layer 5, scico style) is any object with
 
@@ -10,8 +10,27 @@ A prior (DESIGN.md layer 5, scico style) is any object with
 identity. A learned denoiser fits the same slot with ``strength`` playing its noise level; ADMM never asks
 more of a prior than ``denoise`` (and ``value`` for its objective column).
 
-Registry: ``register_denoiser(name, factory)`` binds a name to a zero-or-keyword-argument factory;
-``get_denoiser(name, **kw)`` builds one (unknown names raise a ValueError listing the known ones).
+Slab-distributed volumes (DESIGN.md section 3). The solvers hold only this rank's slab of rows of the
+volume; :func:`denoise` / :func:`prior_value` apply a prior to the GLOBAL volume through its slabs:
+
+* a slab-aware prior (class attribute ``slab_aware = True``: :class:`TVDenoiser`, :class:`NoPrior`) takes
+  ``denoise(x, strength, space=...)`` / ``value(x, space=...)`` with the :class:`~hpc_pt.parallel.SlabSpace`
+  and computes the serial result itself (one-row halos, global norms);
+* any other prior gets its slab extended by ``halo`` rows from the neighbouring slabs (fetched with one
+  ``alltoallv``; fewer rows at the volume's ends, so the volume's own boundary is where the serial run has
+  it), denoises that block and keeps its own rows. This is EXACT only for denoisers whose output at a voxel
+  depends on input rows within ``halo`` of it (receptive field <= halo along z: a pointwise map needs 0, a
+  3x3x3 filter 1, a CNN with k layers of 3x3x3 convolutions k) and that act the same on every block (no
+  global statistics such as a noise estimate over the whole input). ``halo`` is the denoiser's attribute
+  ``halo`` or the one given to :func:`register_denoiser`; where neither says, the whole volume is fetched
+  (exact for any denoiser, but N^3 values on every rank). Its ``value`` is computed on the gathered whole
+  volume (unless the class keeps the base ``value``, i.e. NaN).
+
+Warm starts: a prior that carries state between calls (TV's dual) exposes it through ``state()`` (a dict
+of arrays) and ``load_state(d)``, so solvers can checkpoint it.
+
+Registry: ``register_denoiser(name, factory, halo=None)`` binds a name to a zero-or-keyword-argument
+factory; ``get_denoiser(name, **kw)`` builds one (unknown names raise a ValueError listing the known ones).
 The registry is filled once at import with "tv" and "none"; it is the only module-level state and holds
 factories, never arrays.
 """
@@ -20,11 +39,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
+
 
 class Denoiser:
-    """Base class: subclasses implement :meth:`denoise` (and :meth:`value` where R is explicit)."""
+    """Base class: subclasses implement :meth:`denoise` (and :meth:`value` where R is explicit).
+
+    ``slab_aware``: True when ``denoise`` / ``value`` accept ``space=`` (a SlabSpace) and then act on the
+    slab-distributed global volume exactly. ``halo``: rows of neighbouring slabs a non-slab-aware denoiser
+    needs (its receptive field along z); None: unknown (the whole volume is gathered)."""
 
     name = "abstract"
+    slab_aware = False
+    halo: int | None = None
 
     def denoise(self, x, strength: float):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -40,26 +67,38 @@ class Denoiser:
     def __call__(self, x, strength: float):
         return self.denoise(x, strength)
 
+    def state(self) -> dict:
+        """Arrays the denoiser carries from one call to the next (warm starts), for checkpoints."""
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        """Restore what :meth:`state` returned (arrays already on the right device)."""
+
 
 class NoPrior(Denoiser):
     """R = 0: ``denoise`` is the identity (returns a copy, so callers may update it in place)."""
 
     name = "none"
+    slab_aware = True
 
-    def denoise(self, x, strength: float):
+    def denoise(self, x, strength: float, space=None):
         return x.copy()
 
-    def value(self, x) -> float:
+    def value(self, x, space=None) -> float:
         return 0.0
 
 
 _REGISTRY: dict[str, Callable[..., Denoiser]] = {}
+_HALOS: dict[str, int] = {}
 
 
-def register_denoiser(name: str, factory: Callable[..., Denoiser], overwrite: bool = False) -> None:
+def register_denoiser(name: str, factory: Callable[..., Denoiser], overwrite: bool = False,
+                      halo: int | None = None) -> None:
     """Make ``get_denoiser(name, **kw)`` return ``factory(**kw)``.
 
     Names are case-insensitive; re-registering an existing name raises ValueError unless ``overwrite``.
+    ``halo``: for a denoiser that is not slab-aware, its receptive field along z in rows (module
+    docstring); the built object gets it as its ``halo`` attribute unless it has its own.
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"denoiser name must be a non-empty string, got {name!r}")
@@ -68,7 +107,12 @@ def register_denoiser(name: str, factory: Callable[..., Denoiser], overwrite: bo
     key = name.strip().lower()
     if key in _REGISTRY and not overwrite:
         raise ValueError(f"denoiser {key!r} is already registered; pass overwrite=True to replace it")
+    if halo is not None and (int(halo) != halo or halo < 0):
+        raise ValueError(f"halo must be a whole number of rows >= 0, got {halo}")
     _REGISTRY[key] = factory
+    _HALOS.pop(key, None)
+    if halo is not None:
+        _HALOS[key] = int(halo)
 
 
 def available_denoisers() -> list[str]:
@@ -93,4 +137,92 @@ def get_denoiser(name, **kwargs) -> Denoiser:
     if not hasattr(den, "denoise"):
         raise ValueError(f"the factory registered as {key!r} returned {type(den).__name__}, "
                          "which has no denoise(x, strength) method")
+    if key in _HALOS and getattr(den, "halo", None) is None:
+        try:
+            den.halo = _HALOS[key]
+        except AttributeError:  # an object that takes no attributes: it keeps halo None (whole volume)
+            pass
     return den
+
+
+# ---------------------------------------------------------------------------------------------------
+# priors on slab-distributed volumes
+# ---------------------------------------------------------------------------------------------------
+
+def is_slab_aware(den) -> bool:
+    return bool(getattr(den, "slab_aware", False))
+
+
+def slab_with_halo(space, x, halo: int | None):
+    """This rank's slab ``x`` of the global volume extended by up to ``halo`` rows of the neighbouring
+    slabs on each side (whatever ranks hold them; None: every row, the whole volume). Returns (block, lo),
+    ``block[lo:lo + rows]`` being ``x``. One ``alltoallv`` when there is more than one rank and halo != 0
+    (the same on every rank, so the collective is SPMD)."""
+    from ..backend import get_xp, is_cupy, to_numpy
+
+    comm = space.comm
+    nz = space.global_shape[0]
+    h = nz if halo is None else min(int(halo), nz)
+    if comm.size == 1 or h == 0:
+        return x, 0
+    xp, gpu = get_xp(x), is_cupy(x)
+    hx = to_numpy(x)
+    row = int(np.prod(hx.shape[1:]))
+
+    def wanted(r):  # [lo, hi) rows rank r needs (its own included)
+        z0, z1 = space.bounds[r]
+        return max(0, z0 - h), min(nz, z1 + h)
+
+    send, counts = [], []
+    for s, (z0s, z1s) in enumerate(space.bounds):
+        lo, hi = wanted(s)
+        a, b = max(lo, space.z0), min(hi, space.z1)
+        if s == comm.rank or b <= a:
+            send.append(np.zeros(0, dtype=hx.dtype))
+        else:
+            send.append(np.ascontiguousarray(hx[a - space.z0:b - space.z0]).reshape(-1))
+        lo_me, hi_me = wanted(comm.rank)
+        n_rows = 0 if s == comm.rank else max(0, min(hi_me, z1s) - max(lo_me, z0s))
+        counts.append(n_rows * row)
+    recv = comm.alltoallv(send, counts)
+    parts = [buf.reshape((-1,) + hx.shape[1:]) for buf in recv[:comm.rank]]
+    lo = int(sum(p.shape[0] for p in parts))
+    parts.append(hx)
+    parts += [buf.reshape((-1,) + hx.shape[1:]) for buf in recv[comm.rank + 1:]]
+    block = np.concatenate(parts, axis=0)
+    return (xp.asarray(block) if gpu else block), lo
+
+
+def denoise(den, x, strength: float, space=None):
+    """``den``'s prox of the GLOBAL volume whose slab (this rank's rows) is ``x`` (module docstring).
+
+    ``space=None``: ``x`` is the whole volume, plain ``den.denoise(x, strength)``. Otherwise every rank
+    must call it (collectives): slab-aware priors get ``space``, others a block of ``x`` with ``halo``
+    neighbouring rows on each side (exact within their receptive field)."""
+    if space is None:
+        return den.denoise(x, strength)
+    if is_slab_aware(den):
+        return den.denoise(x, strength, space=space)
+    if float(strength) == 0.0:  # identity by the interface's contract: no exchange needed
+        return x.copy()
+    block, lo = slab_with_halo(space, x, getattr(den, "halo", None))
+    out = den.denoise(block, strength)
+    return out[lo:lo + x.shape[0]].copy()
+
+
+def prior_value(den, x, space=None) -> float:
+    """R of the global volume whose slab is ``x`` (every rank gets it; collective when ``space`` is given).
+
+    Slab-aware priors sum their slabs' parts; for others the whole volume is gathered (NaN without any
+    exchange when the class keeps the base :meth:`Denoiser.value`)."""
+    if space is None:
+        return float(den.value(x)) if hasattr(den, "value") else math.nan
+    if is_slab_aware(den):
+        return float(den.value(x, space=space))
+    if not hasattr(den, "value") or (isinstance(den, Denoiser) and type(den).value is Denoiser.value):
+        return math.nan
+    if space.comm.size == 1:
+        return float(den.value(x))
+    from ..backend import get_xp
+
+    return float(den.value(get_xp(x).asarray(space.allgather(x))))

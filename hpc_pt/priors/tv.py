@@ -21,11 +21,20 @@ Complex volumes, ``mode``:
 * ``"separate"``: TV(Re v) + TV(Im v), two independent problems with the same strength.
 
 Real input is denoised as real (both modes agree). Stopping: relative change of the dual below ``tol``
-or ``n_iter`` iterations.
+(||p_new - p|| <= tol ||p_new||, norms over the whole volume) or ``n_iter`` iterations.
+
+Slabs: ``denoise(x, s, space=sp)`` / ``value(x, space=sp)`` with a
+:class:`~hpc_pt.parallel.SlabSpace` treat ``x`` as this rank's slab of the global volume: the gradient and
+divergence are the slab ones (one-row halos, ``sp.gradient`` / ``sp.divergence``) and the two norms of the
+stopping test are summed over ranks (one ``allreduce_sum`` of two numbers per FGP iteration), so every
+rank stops at the same iteration and the result is the serial one up to rounding (summation order). Every
+rank must call it (collectives). The warm-start dual is then this rank's slab of the global dual.
 """
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 from ..backend import get_xp
 from ..operators import divergence, gradient
@@ -45,6 +54,7 @@ class TVDenoiser(Denoiser):
     """
 
     name = "tv"
+    slab_aware = True
 
     def __init__(self, n_iter: int = 50, tol: float = 1e-4, mode: str = "joint", warm_start: bool = True):
         if mode not in MODES:
@@ -68,14 +78,23 @@ class TVDenoiser(Denoiser):
         mi = xp.maximum(xp.sqrt((im ** 2).sum(axis=0)), 1)[None]
         return (re / mr + 1j * (im / mi)).astype(p.dtype, copy=False)
 
-    def value(self, x) -> float:
+    def value(self, x, space=None) -> float:
+        """TV of ``x`` (the global volume whose slab ``x`` is, summed over ranks, when ``space`` is given)."""
         xp = get_xp(x)
-        g = gradient(x)
+        g = gradient(x) if space is None else space.gradient(x)
         if xp.iscomplexobj(x) and self.mode == "separate":
-            return float(xp.sqrt((g.real ** 2).sum(axis=0)).sum() + xp.sqrt((g.imag ** 2).sum(axis=0)).sum())
-        return float(xp.sqrt((xp.abs(g) ** 2).sum(axis=0)).sum())
+            v = float(xp.sqrt((g.real ** 2).sum(axis=0)).sum() + xp.sqrt((g.imag ** 2).sum(axis=0)).sum())
+        else:
+            v = float(xp.sqrt((xp.abs(g) ** 2).sum(axis=0)).sum())
+        return v if space is None else space.comm.sum_scalar(v)
 
-    def denoise(self, x, strength: float):
+    def state(self) -> dict:
+        return {} if self._p is None else {"p": self._p}
+
+    def load_state(self, state: dict) -> None:
+        self._p = state.get("p")
+
+    def denoise(self, x, strength: float, space=None):
         s = float(strength)
         if not math.isfinite(s) or s < 0:
             raise ValueError(f"TV strength must be a finite number >= 0, got {strength}")
@@ -84,6 +103,20 @@ class TVDenoiser(Denoiser):
         if s == 0:
             return x.copy()
         xp = get_xp(x)
+        if space is None:
+            grad, div = gradient, divergence
+
+            def norms2(a, b):
+                return float(xp.vdot(a, a).real), float(xp.vdot(b, b).real)
+        else:
+            if tuple(x.shape) != tuple(space.shape):
+                raise ValueError(f"TVDenoiser: a slab of shape {tuple(x.shape)} for a space whose slab is "
+                                 f"{tuple(space.shape)}")
+            grad, div = space.gradient, space.divergence
+
+            def norms2(a, b):  # one collective for both sums
+                s2 = space.comm.allreduce_sum(np.array([float(xp.vdot(a, a).real), float(xp.vdot(b, b).real)]))
+                return float(s2[0]), float(s2[1])
         shape = (3,) + tuple(x.shape)
         if self.warm_start and self._p is not None and self._p.shape == shape and self._p.dtype == x.dtype:
             p = self._p
@@ -94,17 +127,16 @@ class TVDenoiser(Denoiser):
         step = 1.0 / (GRAD_NORM2 * s)
         it = 0
         for it in range(1, self.n_iter + 1):
-            v = x + s * divergence(r)
-            p_new = self._project(r + step * gradient(v), xp)
+            v = x + s * div(r)
+            p_new = self._project(r + step * grad(v), xp)
             t_new = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
             dp = p_new - p
             r = p_new + ((t - 1.0) / t_new) * dp
-            num = float(xp.linalg.norm(dp.ravel()))
-            den = float(xp.linalg.norm(p_new.ravel()))
+            num2, den2 = norms2(dp, p_new)
             p, t = p_new, t_new
-            if num <= self.tol * max(den, 1e-30):
+            if math.sqrt(num2) <= self.tol * max(math.sqrt(den2), 1e-30):
                 break
         self.last_iterations = it
         if self.warm_start:
             self._p = p
-        return (x + s * divergence(p)).astype(x.dtype, copy=False)
+        return (x + s * div(p)).astype(x.dtype, copy=False)

@@ -36,9 +36,21 @@ One outer iteration (Gauss-Seidel over the three blocks, then the dual ascent):
     solved by warm-started CG (``tomo_cg_iterations`` per step, ``tomo_gn_steps`` relinearisations). Only
     exp is ever evaluated; the phase enters through T_k, so wrapped phases are no problem, and the
     damping tau (and CG's early stop) keeps the step inside the region where the linearisation holds.
-    Back-projections of each rank's angles are summed with ``comm.allreduce_sum``.
+    Slabs (DESIGN.md section 3): u, v, mu and du are this rank's slab of rows. Since (Pad P)^H only sees
+    the volume's rows of a field, the whole step runs in the slab layout (all angles, own rows): the
+    target y, cropped to the volume's rows, moves to the slabs with ONE ``to_slabs`` per outer iteration;
+    T_k on the volume rows is exp(i c q), q = space.P.fwd(u_k) computed locally, so the weights |T_k|^2
+    and the right-hand side are built on the slab at every relinearisation without any transpose (no
+    weight is ever moved), and CG is local except for its dot products. After the step, q = P u goes back
+    to the angles with ONE ``to_angles`` to give T(u) on the field; that q is also the next iteration's
+    first linearisation point. So the main data flow costs one transpose each way per outer iteration,
+    whatever ``tomo_gn_steps`` (set-up: one ``to_angles`` for T(u_0)). Angles must be whole on a rank
+    (the pipeline refuses split angles for ADMM): ``to_slabs`` sums the parts of a split angle.
 (c) prior (plug-and-play): v <- denoise(u + mu/tau, alpha/tau) through hpc_pt.priors ("tv", "none" or a
-    registered name / denoiser object). With prior "none" the v-block is dropped (tau = 0, no mu).
+    registered name / denoiser object), applied to the global volume through its slabs
+    (:func:`hpc_pt.priors.denoise`: exact for TV / none; a third-party denoiser gets its slab with
+    ``halo`` overlapping rows). TV costs two one-row halos and one 2-number all-reduce (its stopping test)
+    per FGP iteration. With prior "none" the v-block is dropped (tau = 0, no mu).
 (d) duals: lambda += rho (psi - T(u)), mu += tau (u - v).
 (e) residual balancing (Boyd et al. 2011, section 3.4.1), separately for rho and tau: rho *= 2 when the
     primal residual exceeds 10 x the dual residual, rho /= 2 in the opposite case. Boyd's r and s have
@@ -56,7 +68,14 @@ and coupling terms of (a) are balanced whatever the probe intensity); tau_0 = ta
 ||Pad P||^2 (power iteration), balancing the two terms of (b); the prior weight alpha = prior_weight x
 tau_0 x s_u, where s_u is the 99th percentile of |u| after the first u-update (the first iteration runs
 with v = u's start), so ``prior_weight`` is the denoiser strength in units of the volume's own scale at
-the start and alpha is then fixed (the objective does not drift when tau is rebalanced).
+the start and alpha is then fixed (the objective does not drift when tau is rebalanced). On slabs s_u is
+the exact percentile of the global volume (:func:`distributed_percentile`: radix selection over the
+floats' bit patterns, a few all-reduced 256-bin histograms, the same definition as ``np.percentile``).
+
+Checkpoints: after iteration k, when ``checkpoints.due(k)``, the whole loop state is saved (u, psi,
+lambda, v, mu slabs/fields, rho, tau, rho_0, tau_0, ||P||^2, alpha, s_u, the denoiser's warm-start dual,
+the history); a run resumed from it ends bitwise-equal to an uninterrupted one on the CPU (T(u) and
+P u are recomputed from u by the same code).
 
 History columns: objective (F(T(u)) + alpha R(u), the consistent-point value), data_objective, prior_value,
 r_factor, primal_residual / dual_residual (psi = T(u)), primal_residual_prior / dual_residual_prior
@@ -70,9 +89,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..backend import asarray_on, get_xp
-from .base import History, Shard, SolverResult, conjugate_gradient, power_lipschitz
-from .gd import ExpJointModel, data_residual
+from ..backend import asarray_on, get_xp, to_numpy
+from .base import (
+    NO_CHECKPOINTS,
+    Checkpointer,
+    History,
+    Shard,
+    SolverResult,
+    conjugate_gradient,
+    power_lipschitz,
+)
+from .gd import data_residual
 from .prox import METRICS, data_objective, frame_objective, pixel_sum
 
 BALANCE_MODES = ("normalized", "relative")
@@ -128,20 +155,79 @@ def _get_prior(opts: ADMMOptions):
     return den, isinstance(den, NoPrior)
 
 
-def run_admm(shard: Shard, comm, opts: ADMMOptions | None = None, callback=None, u0=None) -> SolverResult:
-    """Three-way ADMM (module docstring) on this rank's shard; ``u0`` warm-starts instead of zeros.
+def distributed_percentile(x, q: float, comm) -> float:
+    """The ``q``-th percentile of |x| over the values of every rank's ``x`` (e.g. slabs of one volume),
+    exactly as ``np.percentile`` of the gathered values ("linear": v_k + (h - k)(v_{k+1} - v_k), h =
+    (N - 1) q / 100, v sorted), whatever the split, on every rank.
 
-    ``callback(row, u)`` is called after every iteration with the history row and the volume.
+    Non-negative floats order like their bit patterns read as unsigned integers, so the two order
+    statistics are found by radix selection: 8 bits at a time, every rank histograms the next byte of its
+    candidates (values whose higher bytes match the prefix found so far) into 256 bins and the
+    histograms are summed over ranks (``allreduce_sum`` of a (2, 256) array: 4 calls for float32, 8 for
+    float64, plus one ``sum_scalar`` for N). Collective: every rank must call it.
     """
+    a = np.abs(to_numpy(x)).ravel()
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float64)
+    ut = np.uint32 if a.dtype == np.float32 else np.uint64
+    nbits = 8 * a.dtype.itemsize
+    keys = a.view(ut)
+    n = round(comm.sum_scalar(float(a.size)))
+    if n == 0:
+        raise ValueError("percentile of an empty volume")
+    h = (n - 1) * float(q) / 100.0
+    k0 = min(int(np.floor(h)), n - 1)
+    k1 = min(k0 + 1, n - 1)
+    frac = h - k0
+    targets, prefixes = [k0, k1], [0, 0]
+    for shift in range(nbits - 8, -1, -8):
+        hist = np.zeros((2, 256), dtype=np.float64)  # counts < 2^53: exact
+        for i in range(2):
+            if shift + 8 < nbits:
+                sel = keys[(keys >> ut(shift + 8)) == ut(prefixes[i] >> (shift + 8))]
+            else:
+                sel = keys
+            byte = ((sel >> ut(shift)) & ut(255)).astype(np.intp)
+            hist[i] = np.bincount(byte, minlength=256)
+        hist = np.asarray(comm.allreduce_sum(hist))
+        for i in range(2):
+            cum = np.cumsum(hist[i])
+            b = int(np.searchsorted(cum, targets[i], side="right"))
+            targets[i] -= int(cum[b - 1]) if b > 0 else 0
+            prefixes[i] |= b << shift
+    v0, v1 = (float(np.array([p], dtype=ut).view(a.dtype)[0]) for p in prefixes)
+    return v0 + frac * (v1 - v0)
+
+
+def run_admm(shard: Shard, comm, opts: ADMMOptions | None = None, callback=None, u0=None,
+             checkpoints: Checkpointer = NO_CHECKPOINTS) -> SolverResult:
+    """Three-way ADMM (module docstring) on this rank's shard and slab; ``u0`` (this rank's slab)
+    warm-starts instead of zeros.
+
+    ``callback(row, u)`` is called after every iteration with the history row and the volume slab;
+    ``checkpoints`` hands the loop state out every K iterations and back on resume (bitwise continuation).
+    """
+    from ..priors import denoise, prior_value
+
     opts = ADMMOptions() if opts is None else opts
     _check(opts)
     denoiser, no_prior = _get_prior(opts)
-    model = ExpJointModel(shard)
-    pt, c = model.pt, model.c
+    m = shard.model
+    if m.expmap is None:
+        raise ValueError("three-way ADMM uses the exponential model; this dataset was set up with model "
+                         "'linear' (use APT for the linear model)")
+    sp = shard.space
+    P, pad, pt, expmap = sp.P, m.pad, m.ptycho, m.expmap
+    c = expmap.c
     xp = get_xp(shard.intensities)
-    dtype = shard.model.dtype
+    dtype = m.dtype
     shape = shard.volume_shape
     f, sqrt_f, mask = shard.intensities, shard.amplitudes, shard.mask
+    st = checkpoints.resume
+
+    def transmission(q):
+        """T(u) = exp(i c Pad(P u)) on the field (A_r, H, W) from P u in the slab layout (one to_angles)."""
+        return expmap.fwd(pad.fwd(sp.to_angles(q)))
 
     # --- scale-free penalties (module docstring)
     W = pt.illumination()
@@ -149,22 +235,40 @@ def run_admm(shard: Shard, comm, opts: ADMMOptions | None = None, callback=None,
     n_lit = comm.sum_scalar(float(lit.sum()))
     w_mean = comm.sum_scalar(float(W[lit].sum())) / max(n_lit, 1.0)
     rho0 = opts.rho_rel * w_mean if w_mean > 0 else opts.rho_rel
-    lip_p = power_lipschitz(lambda v: comm.allreduce_sum(model.xadj(model.x(v))), shape, comm, dtype,
-                            like=f)
+    if st is None:
+        with comm.phase("project"):
+            lip_p = power_lipschitz(lambda x: P.adj(P.fwd(x)), sp.global_shape, comm, dtype, like=f,
+                                    rows=(sp.z0, sp.z1))
+    else:
+        lip_p = float(st["projector_norm2"])
     tau0 = 0.0 if no_prior else opts.tau_rel * rho0 * c * c * lip_p
-    rho, tau = rho0, tau0
-    alpha = None  # fixed after the first u-update
 
-    u = xp.zeros(shape, dtype=dtype) if u0 is None else xp.asarray(u0, dtype=dtype).copy()
-    Tu = model.psi(u)
-    psi = Tu.copy()
-    lam = xp.zeros_like(psi)
-    v = u.copy()
-    mu = xp.zeros_like(u)
+    if st is None:
+        rho, tau = rho0, tau0
+        alpha, s_u = None, None  # fixed after the first u-update
+        u = xp.zeros(shape, dtype=dtype) if u0 is None else xp.asarray(u0, dtype=dtype).copy()
+        with comm.phase("project"):
+            q = P.fwd(u)
+            Tu = transmission(q)
+        psi = Tu.copy()
+        lam = xp.zeros_like(psi)
+        v = u.copy()
+        mu = xp.zeros_like(u)
+    else:
+        rho, tau = float(st["rho"]), float(st["tau"])
+        alpha = float(st["alpha"]) if st["alpha_set"] else None
+        s_u = float(st["s_u"]) if st["alpha_set"] else None
+        u, psi, lam, v, mu = (xp.asarray(st[k]) for k in ("u", "psi", "lambda", "v", "mu"))
+        saved = {k[len("prior_"):]: xp.asarray(a) for k, a in st.items() if k.startswith("prior_")}
+        if hasattr(denoiser, "load_state"):
+            denoiser.load_state(saved)
+        with comm.phase("project"):
+            q = P.fwd(u)
+            Tu = transmission(q)
     sum_sqrt_f = comm.sum_scalar(pixel_sum(sqrt_f, shard.mask))
 
-    n_angles = len(shard.model.counts)
-    frame_angle = asarray_on(np.repeat(np.arange(n_angles), shard.model.counts), f)
+    n_angles = len(m.counts)
+    frame_angle = asarray_on(np.repeat(np.arange(n_angles), m.counts), f)
 
     def sub_obj(p, zp, t, r):
         """Per-angle values of F(psi) + r/2 ||psi - t||^2, shape (A,)."""
@@ -199,22 +303,29 @@ def run_admm(shard: Shard, comm, opts: ADMMOptions | None = None, callback=None,
             psi, z, phi = p_new, z_new, phi_new
         return psi
 
-    def u_step(u, y, b, r, t_):
-        """(b): Gauss-Newton steps on the linearised exponential, each solved by CG."""
+    def u_step(u, q, y, b, r, t_):
+        """(b): Gauss-Newton steps on the linearised exponential, each solved by CG, all in the slab
+        layout: y's volume rows move to the slabs once; T_k = exp(i c P u_k) on the slab's rows (local)."""
+        with comm.phase("project"):
+            y_s = sp.to_slabs(pad.adj(y))  # (A, rows, W): the one transpose to the slabs
         cg_it, cg_res = 0, 0.0
-        for _ in range(opts.tomo_gn_steps):
-            Tk = model.psi(u)
-            absT2 = (Tk.real ** 2 + Tk.imag ** 2)
+        for gn in range(opts.tomo_gn_steps):
+            with comm.phase("cg"):
+                if gn > 0:
+                    q = P.fwd(u)
+                Tk = expmap.fwd(q)
+                absT2 = (Tk.real ** 2 + Tk.imag ** 2)
 
-            def normal(x, absT2=absT2):
-                out = (r * c * c) * comm.allreduce_sum(model.xadj(absT2 * model.x(x)))
+                def normal(x, absT2=absT2):
+                    with comm.phase("cg"):
+                        out = (r * c * c) * P.adj(absT2 * P.fwd(x))
+                        if t_ > 0:
+                            out += t_ * x
+                        return out
+
+                rhs = r * P.adj((-1j * c) * xp.conj(Tk) * (y_s - Tk))
                 if t_ > 0:
-                    out += t_ * x
-                return out
-
-            rhs = r * comm.allreduce_sum(model.xadj((-1j * c) * xp.conj(Tk) * (y - Tk)))
-            if t_ > 0:
-                rhs += t_ * (b - u)
+                    rhs += t_ * (b - u)
             du, info = conjugate_gradient(normal, rhs.astype(dtype, copy=False), xp.zeros_like(u),
                                           comm.volume_dot, tol=1e-6, max_iter=opts.tomo_cg_iterations)
             u = u + du
@@ -222,27 +333,31 @@ def run_admm(shard: Shard, comm, opts: ADMMOptions | None = None, callback=None,
             cg_res = info.residual
         return u, cg_it, cg_res
 
-    hist = History()
-    for k in range(opts.iterations):
+    hist = History(st["history"] if st is not None else None)
+    for k in range(len(hist), opts.iterations):
         t0 = time.perf_counter()
         # (a) ptychography
-        psi = psi_step(psi, Tu - lam / rho, rho)
+        with comm.phase("ptycho"):
+            psi = psi_step(psi, Tu - lam / rho, rho)
         # (b) tomography (linearised exponential, no log)
         u_old, T_old = u, Tu
         b = v - mu / tau if tau > 0 else None
-        u, cg_it, cg_res = u_step(u, psi + lam / rho, b, rho, tau)
-        Tu = model.psi(u)
+        u, cg_it, cg_res = u_step(u, q, psi + lam / rho, b, rho, tau)
+        with comm.phase("project"):
+            q = P.fwd(u)
+            Tu = transmission(q)  # the one transpose back to the angles
         # (c) prior
         if no_prior:
             v_old = v = u
             strength = 0.0
         else:
             if alpha is None:
-                s_u = float(xp.percentile(xp.abs(u), 99))
+                s_u = distributed_percentile(u, 99, comm)
                 alpha = opts.prior_weight * tau0 * s_u
             strength = alpha / tau
             v_old = v
-            v = denoiser.denoise(u + mu / tau, strength)
+            with comm.phase("prox"):
+                v = denoise(denoiser, u + mu / tau, strength, space=sp)
         # (d) duals
         lam += rho * (psi - Tu)
         # residuals (absolute, Boyd) and relative (for balancing)
@@ -263,10 +378,11 @@ def run_admm(shard: Shard, comm, opts: ADMMOptions | None = None, callback=None,
             s_v_rel = _rel(s_v, np.sqrt(comm.volume_dot(mu, mu)))
             s_v_hat = s_v / tau0
         # objective at the consistent point psi = T(u), v = u
-        z = pt.fwd(Tu)
+        with comm.phase("ptycho"):
+            z = pt.fwd(Tu)
         mag = xp.abs(z)
         dobj = comm.sum_scalar(data_objective(mag, f, sqrt_f, opts.metric, mask))
-        pval = 0.0 if no_prior else float(denoiser.value(u))
+        pval = 0.0 if no_prior else prior_value(denoiser, u, space=sp)
         obj = dobj + (alpha * pval if alpha else 0.0)
         rf = comm.sum_scalar(pixel_sum(xp.abs(mag - sqrt_f), shard.mask)) / sum_sqrt_f
         du = u - u_old
@@ -290,8 +406,16 @@ def run_admm(shard: Shard, comm, opts: ADMMOptions | None = None, callback=None,
                 rho = _balance(rho, r_psi, s_psi_hat, opts)
                 if not no_prior:
                     tau = _balance(tau, r_v, s_v_hat, opts)
-    state = {"rho": rho, "tau": tau, "rho0": rho0, "tau0": tau0, "alpha": alpha or 0.0, "c": c,
-             "psi": psi, "lambda": lam, "v": v, "mu": mu}
+        if checkpoints.due(k + 1):
+            state = {"iteration": k + 1, "u": u, "psi": psi, "lambda": lam, "v": v, "mu": mu, "rho": rho,
+                     "tau": tau, "rho0": rho0, "tau0": tau0, "projector_norm2": lip_p,
+                     "alpha_set": alpha is not None, "alpha": alpha or 0.0, "s_u": s_u or 0.0,
+                     "probe": pt.probe, "history": hist.rows}
+            if hasattr(denoiser, "state"):  # the denoiser's warm start (TV's dual)
+                state.update({"prior_" + key: a for key, a in denoiser.state().items()})
+            checkpoints.save(state)
+    state = {"rho": rho, "tau": tau, "rho0": rho0, "tau0": tau0, "alpha": alpha or 0.0, "s_u": s_u or 0.0,
+             "c": c, "psi": psi, "lambda": lam, "v": v, "mu": mu}
     return SolverResult(volume=u, probe=pt.probe, history=hist, state=state)
 
 
