@@ -54,6 +54,18 @@ Algorithms
 Initial object (``obj_init``): "ones" (free-space transmission, default), "energy" (the real constant per
 angle that matches the data energy, the sensible start for the linear Rytov model whose free space is 0),
 a number, or an array of the field's shape.
+
+Distributed stacks (``comm``, DM and ML). Every quantity that couples the angles is reduced over ranks so
+the result does not depend on how the angles are spread: sums (statistics, probe updates, the ML line
+search and Polak-Ribiere dot products) with ``comm.sum_scalar`` / ``allreduce_sum``, and the peak
+illumination that scales DM's ``eps`` and ML's preconditioner with :func:`global_max`.
+
+Checkpoints. Every method takes ``checkpoint(k, state)``, called after iteration ``k`` (1-based, after
+``callback``) with the method's whole loop state (``iteration``, ``history`` rows, the object ``obj``,
+the ``probe``, and the method's own carried values: DM's far-field exit waves ``Fpsi``; ML's previous
+gradients, search directions, ``gh_prev`` and ``t_last``; ePIE's random generator state ``rng``), and
+``resume=state`` to continue from it: the continued run is bitwise-equal to an uninterrupted one on the
+CPU.
 """
 from __future__ import annotations
 
@@ -175,6 +187,18 @@ class _Problem:
         return self.op.illumination()
 
 
+def global_max(comm, x) -> float:
+    """Largest value of array ``x`` over every rank (0.0 where empty): one allreduce of one float per rank
+    when ``comm.size`` > 1, so every rank gets the serial run's maximum."""
+    v = float(x.max()) if getattr(x, "size", 0) else 0.0
+    size = int(getattr(comm, "size", 1))
+    if size <= 1:
+        return v
+    buf = np.zeros(size, dtype=np.float64)
+    buf[int(comm.rank)] = v
+    return float(np.max(comm.allreduce_sum(buf)))
+
+
 def _check(method_name, iterations, probe_start):
     if int(iterations) < 0:
         raise ValueError(f"{method_name}: iterations must be >= 0, got {iterations}")
@@ -288,7 +312,7 @@ class _Windows:
 def epie(frames, positions, probe, field_shape=None, iterations: int = 50, alpha: float = 1.0,
          beta: float = 1.0, probe_refine: bool = False, probe_start: int = 2, obj_init="ones", mask=None,
          angle_index=None, seed: int = 0, footprint: float = 0.01, max_batch: int | None = None,
-         dtype=np.complex64, callback=None) -> Ptycho2DResult:
+         dtype=np.complex64, callback=None, resume: dict | None = None, checkpoint=None) -> Ptycho2DResult:
     """ePIE in random compact (non-overlapping) batches; see the module docstring.
 
     ``iterations`` epochs (each visits every frame once); ``alpha``/``beta`` object/probe steps;
@@ -296,19 +320,25 @@ def epie(frames, positions, probe, field_shape=None, iterations: int = 50, alpha
     fraction of the peak that defines a window's footprint for batching; ``seed`` seeds the frame order.
     History per epoch: ``objective`` (0.5 sum (|D| - sqrt f)^2 measured before each batch's update, the
     usual ePIE running error) and ``r_factor``. ePIE's probe (when refined) is local to this call.
+    ``checkpoint`` / ``resume``: see the module docstring (state: obj, probe, rng).
     """
     _check("epie", iterations, probe_start)
     field_shape = _default_field(field_shape, positions, probe)
     pb = _Problem(frames, positions, probe, field_shape, angle_index, mask, dtype, None)
     xp = pb.xp
     rng = np.random.default_rng(seed)
-    O = pb.init_object(obj_init)
-    flat = O.reshape(-1)
     P = pb.op.probe.copy()
+    extent, _ = _footprint_extent(P, footprint)  # from the initial probe, also on resume
+    if resume is not None:
+        O = xp.asarray(resume["obj"]).astype(pb.dtype).copy()
+        P = xp.asarray(resume["probe"]).astype(pb.dtype).copy()
+        rng.bit_generator.state = resume["rng"]
+    else:
+        O = pb.init_object(obj_init)
+    flat = O.reshape(-1)
     win = _Windows(pb.positions, pb.angle_index, P.shape, field_shape, P, pb.dtype)
-    extent, _ = _footprint_extent(P, footprint)
-    hist = History()
-    for k in range(int(iterations)):
+    hist = History(resume["history"] if resume is not None else None)
+    for k in range(len(hist), int(iterations)):
         t0 = time.perf_counter()
         batches = compact_batches(pb.positions, pb.angle_index, extent, rng, max_batch)
         refine = probe_refine and k >= probe_start
@@ -336,6 +366,9 @@ def epie(frames, positions, probe, field_shape=None, iterations: int = 50, alpha
                           batches=len(batches), iter_time_s=time.perf_counter() - t0)
         if callback is not None:
             callback(row, O)
+        if checkpoint is not None:
+            checkpoint(k + 1, {"iteration": k + 1, "history": hist.rows, "obj": O, "probe": P,
+                               "rng": rng.bit_generator.state})
     return Ptycho2DResult(obj=O, probe=P, history=hist, state={"method": "epie", "batch_extent": extent})
 
 
@@ -355,26 +388,36 @@ def pb_fourier(pb: _Problem, d, sel):
 
 def dm(frames, positions, probe, field_shape=None, iterations: int = 100, probe_refine: bool = False,
        probe_start: int = 2, obj_init="ones", mask=None, angle_index=None, eps: float = 1e-5,
-       dtype=np.complex64, comm=None, callback=None) -> Ptycho2DResult:
+       dtype=np.complex64, comm=None, callback=None, resume: dict | None = None,
+       checkpoint=None) -> Ptycho2DResult:
     """Difference map (Thibault et al. 2009), all frames at once; see the module docstring.
 
     ``eps`` (relative to the peak illumination) regularises the overlap projection. ``comm`` (optional,
     the :class:`hpc_pt.parallel.Comm` interface) sums the probe update and the statistics over ranks when
     the frames of one probe are spread over several. History: ``objective`` = 0.5 sum (|F phi| - sqrt f)^2
-    of the overlap-consistent estimate phi = w S O, and ``r_factor``.
+    of the overlap-consistent estimate phi = w S O, and ``r_factor``. ``eps`` scales with the peak
+    illumination over all ranks. ``checkpoint`` / ``resume``: see the module docstring (state: obj,
+    probe, Fpsi).
     """
     _check("dm", iterations, probe_start)
     field_shape = _default_field(field_shape, positions, probe)
     pb = _Problem(frames, positions, probe, field_shape, angle_index, mask, dtype, comm)
     xp, op = pb.xp, pb.op
-    O = pb.init_object(obj_init)
-    psi = op.probe * op.patches(O)
-    Fpsi = fft2c(psi)
+    if resume is not None:
+        op.probe = xp.asarray(resume["probe"])
+        O = xp.asarray(resume["obj"]).astype(pb.dtype).copy()
+        Fpsi = xp.asarray(resume["Fpsi"]).astype(pb.dtype).copy()
+        psi = ifft2c(Fpsi)
+    else:
+        O = pb.init_object(obj_init)
+        psi = op.probe * op.patches(O)
+        Fpsi = fft2c(psi)
     illum = op.illumination()
-    hist = History()
+    peak = [global_max(pb.comm, illum)]  # the peak of the current illumination, over all ranks
+    hist = History(resume["history"] if resume is not None else None)
 
     def overlap_object(O, psi, illum):
-        e = eps * float(illum.max()) + 1e-30
+        e = eps * peak[0] + 1e-30
         num = op.patches_adj(xp.conj(op.probe) * psi)
         return ((num + e * O) / (illum + e)).astype(pb.dtype, copy=False)
 
@@ -385,12 +428,13 @@ def dm(frames, positions, probe, field_shape=None, iterations: int = 100, probe_
         e = eps * float(den.max()) + 1e-30
         return ((num + e * op.probe) / (den + e)).astype(pb.dtype, copy=False)
 
-    for k in range(int(iterations)):
+    for k in range(len(hist), int(iterations)):
         t0 = time.perf_counter()
         O = overlap_object(O, psi, illum)
         if probe_refine and k >= probe_start:
             op.probe = overlap_probe(O, psi)
             illum = op.illumination()
+            peak[0] = global_max(pb.comm, illum)
             O = overlap_object(O, psi, illum)
         phi = op.probe * op.patches(O)
         Fphi = fft2c(phi)
@@ -402,6 +446,9 @@ def dm(frames, positions, probe, field_shape=None, iterations: int = 100, probe_
         row = hist.append(iteration=k + 1, objective=obj, r_factor=rf, iter_time_s=time.perf_counter() - t0)
         if callback is not None:
             callback(row, O)
+        if checkpoint is not None:
+            checkpoint(k + 1, {"iteration": k + 1, "history": hist.rows, "obj": O, "probe": op.probe,
+                               "Fpsi": Fpsi})
     if iterations:
         O = overlap_object(O, psi, illum)
     return Ptycho2DResult(obj=O, probe=op.probe, history=hist, state={"method": "dm"})
@@ -438,7 +485,7 @@ def _loss_terms(noise, I, f, a, mask, tiny, eps=0.0):
 def ml_cg(frames, positions, probe, field_shape=None, iterations: int = 100, probe_refine: bool = False,
           probe_start: int = 2, obj_init="ones", mask=None, angle_index=None, noise: str = "poisson",
           background: float = 0.0, precondition: float = 1e-2, newton_steps: int = 3, dtype=np.complex64,
-          comm=None, callback=None) -> Ptycho2DResult:
+          comm=None, callback=None, resume: dict | None = None, checkpoint=None) -> Ptycho2DResult:
     """Maximum likelihood by preconditioned Polak-Ribiere nonlinear CG with exact (Newton) line search.
 
     ``noise``: "poisson" (default) or "gaussian" (amplitude). ``background`` is seed 001's eps of the
@@ -449,6 +496,7 @@ def ml_cg(frames, positions, probe, field_shape=None, iterations: int = 100, pro
     of the diagonal preconditioner's denominators. ``comm`` (optional) reduces the probe gradient and the
     line-search sums over ranks. History: ``objective`` (the negative log-likelihood, Poisson up to the
     constant that makes it 0 at I = f) and ``r_factor``, both at the start of each iteration.
+    ``checkpoint`` / ``resume``: see the module docstring.
     """
     _check("ml", iterations, probe_start)
     if noise not in ("poisson", "gaussian"):
@@ -466,18 +514,32 @@ def ml_cg(frames, positions, probe, field_shape=None, iterations: int = 100, pro
     if noise == "poisson":  # makes the objective 0 at I = f (reported only)
         lf = fl - fl * xp.log(xp.maximum(fl, tiny))
         const = comm.sum_scalar(float((lf if mask is None else lf * mask).sum()))
-    O = pb.init_object(obj_init)
+    O = pb.init_object(obj_init) if resume is None else xp.asarray(resume["obj"]).astype(pb.dtype).copy()
+    if resume is not None:
+        op.probe = xp.asarray(resume["probe"])
     P = op.probe
-    hist = History()
+    hist = History(resume["history"] if resume is not None else None)
     g_prev = h_prev = None
     dO = dP = None
     gh_prev = 0.0
     t_last = 1.0
+    if resume is not None:
+        def arr(key):
+            v = resume.get(key)
+            return None if v is None else xp.asarray(v).copy()
+
+        if resume.get("gO") is not None:
+            g_prev, h_prev = (arr("gO"), arr("gP")), (arr("hO"), arr("hP"))
+        dO, dP = arr("dO"), arr("dP")
+        gh_prev, t_last = float(resume["gh_prev"]), float(resume["t_last"])
 
     def rdot(x, y):
         return float(xp.vdot(x, y).real)
 
-    for k in range(int(iterations)):
+    def odot(x, y):  # object fields are spread over ranks by angle
+        return comm.sum_scalar(rdot(x, y))
+
+    for k in range(len(hist), int(iterations)):
         t0 = time.perf_counter()
         refine = probe_refine and k >= probe_start
         pO = op.patches(O)
@@ -489,8 +551,8 @@ def ml_cg(frames, positions, probe, field_shape=None, iterations: int = 100, pro
         chi = ifft2c(g1 * D0, overwrite=True)
         gO = op.patches_adj(xp.conj(P) * chi)
         illum = op.illumination()
-        hO = gO / (illum + precondition * float(illum.max()) + 1e-30)
-        gh = rdot(gO, hO)
+        hO = gO / (illum + precondition * global_max(comm, illum) + 1e-30)
+        gh = odot(gO, hO)
         if refine:
             gP = comm.allreduce_sum((xp.conj(pO) * chi).sum(axis=0))
             den = comm.allreduce_sum((xp.abs(pO) ** 2).sum(axis=0))
@@ -501,7 +563,7 @@ def ml_cg(frames, positions, probe, field_shape=None, iterations: int = 100, pro
         # Polak-Ribiere (with the preconditioned gradient), restarted when beta < 0 or the probe turns on
         beta = 0.0
         if g_prev is not None and gh_prev > 0 and (refine == (g_prev[1] is not None)):
-            num = gh - rdot(gO, h_prev[0])
+            num = gh - odot(gO, h_prev[0])
             if refine:
                 num -= rdot(gP, h_prev[1])
             beta = max(0.0, num / gh_prev)
@@ -525,6 +587,10 @@ def ml_cg(frames, positions, probe, field_shape=None, iterations: int = 100, pro
                           step=t, beta=beta, iter_time_s=time.perf_counter() - t0)
         if callback is not None:
             callback(row, O)
+        if checkpoint is not None:
+            checkpoint(k + 1, {"iteration": k + 1, "history": hist.rows, "obj": O, "probe": P,
+                               "gO": g_prev[0], "gP": g_prev[1], "hO": h_prev[0], "hP": h_prev[1],
+                               "dO": dO, "dP": dP, "gh_prev": gh_prev, "t_last": t_last})
     return Ptycho2DResult(obj=O, probe=P, history=hist, state={"method": "ml", "noise": noise})
 
 
@@ -633,4 +699,5 @@ def ptycho2d(dataset, angle_index: int, method: str = "dm", iterations: int = 10
     return res
 
 
-__all__ = ["METHODS", "Ptycho2DResult", "compact_batches", "dm", "epie", "ml_cg", "ptycho2d", "solve"]
+__all__ = ["METHODS", "Ptycho2DResult", "compact_batches", "dm", "epie", "global_max", "ml_cg", "ptycho2d",
+           "solve"]

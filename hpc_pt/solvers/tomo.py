@@ -1,8 +1,13 @@
 """Tomography of recovered projections (the second step of the 2-step baseline).
 
-Projections are (A, nz, n_det) arrays on this rank's angles (``projector.angles``); the volume is
-(nz, n, n) and replicated on every rank, so back-projections are combined with ``comm.allreduce_sum`` and
-the per-angle sums with ``comm.sum_scalar``: the same code runs serially or sharded by angle.
+Layout. The functions take a :class:`~hpc_pt.operators.Projector` and projections of its shape
+(``projector.shape_out`` = (A, rows, n_det), every angle of ``projector.angles``) and return a volume of
+``projector.shape_in`` = (rows, n, n). Standalone that is the whole volume and its projections, with no
+communicator. Distributed, it is the slab layout (DESIGN.md section 3): each rank passes its
+:class:`~hpc_pt.parallel.SlabSpace`'s ``space.P`` (ALL angles, its own rows) and its rows of every angle's
+projection (``space.to_slabs`` of the per-angle data), so P and P^T are local and the only communication
+is scalar sums (``comm.sum_scalar``, ``comm.volume_dot``) and, with the Laplacian term, the one-row halos
+of the slab finite differences (``space``). Every rank runs the same iterations.
 
 Engines
 -------
@@ -24,10 +29,16 @@ Engines
          (1 + cos w) / 2. The back-projection is the projector's exact adjoint, which for the NUFFT
          projector is a band-limited (Dirichlet-kernel) interpolating back-projection.
 ``tomopy`` tomopy's ``recon`` (gridrec, art, sirt, ...) when ``import tomopy`` works (tomopy is
-         conda-only; see :func:`tomopy_available`). Real and imaginary parts are reconstructed separately.
-         tomopy's angle sign and slice orientation are not ours, so the result is put in our orientation by
-         trying the eight flips / transposes of the slice and keeping the one whose re-projection by our
-         :class:`~hpc_pt.operators.Projector` best fits the data (a cheap, convention-proof check).
+         conda-only; see :func:`tomopy_available`). Real and imaginary parts are reconstructed separately;
+         distributed, each rank reconstructs its slab's rows from every angle. tomopy's angle sign and
+         slice orientation are not ours, so the result is put in our orientation by trying the eight flips /
+         transposes of the slice and keeping the one whose re-projection by our
+         :class:`~hpc_pt.operators.Projector` best fits the data (misfits summed over ranks, so every slab
+         takes the same orientation; a cheap, convention-proof check).
+
+Checkpoints (CG). ``checkpoint(k, state)`` is called after CG iteration ``k`` with the whole loop state
+(x, the residuals r / r_mu / r_lam, the direction d, gamma, gamma0, the scaled mu and lam, the history);
+``resume=state`` continues from it, bitwise-equal to an uninterrupted run on the CPU.
 """
 from __future__ import annotations
 
@@ -55,69 +66,94 @@ class TomoOptions:
     algorithm: str = "gridrec"  # tomopy algorithm
 
 
-def _norm_estimate(projector, comm, n_iter=10, like=None):
-    """||sum_a P_a^T P_a|| by power iteration, on ``like``'s backend."""
-    return power_lipschitz(lambda x: comm.allreduce_sum(projector.adj(projector.fwd(x))), projector.shape_in,
-                           comm, projector.dtype, n_iter=n_iter, like=like)
+def _norm_estimate(projector, comm, n_iter=10, like=None, space=None):
+    """||P^T P|| by power iteration, on ``like``'s backend (the serial start vector in the slab layout)."""
+    if space is not None:
+        return power_lipschitz(lambda x: projector.adj(projector.fwd(x)), space.global_shape, comm,
+                               projector.dtype, n_iter=n_iter, like=like, rows=(space.z0, space.z1))
+    return power_lipschitz(lambda x: projector.adj(projector.fwd(x)), projector.shape_in, comm,
+                           projector.dtype, n_iter=n_iter, like=like)
 
 
 def tomo_cg(projector, projections, comm=None, x0=None, iterations: int = 50, tol: float = 1e-4,
-            damping: float = 0.0, smoothing: float = 0.0, relative: bool = True, callback=None):
+            damping: float = 0.0, smoothing: float = 0.0, relative: bool = True, callback=None, space=None,
+            resume: dict | None = None, checkpoint=None):
     """CGLS for min 1/2||P x - p||^2 + mu/2||x||^2 + lam/2||grad x||^2; returns (volume, History).
 
     With ``relative`` (default), ``damping`` and ``smoothing`` are given relative to ||P^T P|| (and
     ||P^T P|| / 12 for the Laplacian, whose norm is at most 12), so they are scale-free.
-    ``callback(row, x)`` is called after every iteration.
+    ``callback(row, x)`` is called after every iteration, then ``checkpoint(k, state)``; ``resume``
+    continues from such a state (module docstring). Distributed (slab layout, module docstring): pass
+    ``comm`` and ``space`` (the rank's :class:`~hpc_pt.parallel.SlabSpace`, for the halos of the
+    Laplacian term and the serial power-iteration start vector); ``projector`` is then ``space.P``.
     """
     comm = comm if comm is not None else LocalReductions()
     xp = get_xp(projections)
     p = projections.astype(projector.dtype, copy=False)
     if tuple(p.shape) != tuple(projector.shape_out):
         raise ValueError(f"projections {tuple(p.shape)} do not match the projector's {projector.shape_out}")
-    mu, lam = float(damping), float(smoothing)
-    if relative and (mu > 0 or lam > 0):
-        nrm = _norm_estimate(projector, comm, like=p)
-        mu *= nrm
-        lam *= nrm / 12.0
-    smu, slam = np.sqrt(mu), np.sqrt(lam)
-    x = xp.zeros(projector.shape_in, dtype=projector.dtype) if x0 is None else x0.astype(projector.dtype)
-    r = p - projector.fwd(x)
-    r_mu = -smu * x if mu > 0 else None
-    r_lam = -slam * gradient(x) if lam > 0 else None
+    grad = space.gradient if space is not None else gradient
+    div = space.divergence if space is not None else divergence
+
+    def total(a):  # a sum over this rank's part of a distributed array, summed over ranks
+        return comm.sum_scalar(float((xp.abs(a) ** 2).sum()))
+
+    if resume is None:
+        mu, lam = float(damping), float(smoothing)
+        if relative and (mu > 0 or lam > 0):
+            nrm = _norm_estimate(projector, comm, like=p, space=space)
+            mu *= nrm
+            lam *= nrm / 12.0
+    else:
+        mu, lam = float(resume["mu"]), float(resume["lam"])
+    smu, slam = float(np.sqrt(mu)), float(np.sqrt(lam))  # Python floats: the arrays keep the projector's dtype
 
     def normal_residual(r, r_mu, r_lam):
-        s = comm.allreduce_sum(projector.adj(r))
+        s = projector.adj(r)
         if r_mu is not None:
             s = s + smu * r_mu
         if r_lam is not None:
-            s = s - slam * divergence(r_lam)  # grad^H = -div
+            s = s - slam * div(r_lam)  # grad^H = -div
         return s
 
     def objective(r, r_mu, r_lam):
-        v = comm.sum_scalar(float((xp.abs(r) ** 2).sum()))
+        v = total(r)
         if r_mu is not None:
-            v += float((xp.abs(r_mu) ** 2).sum())
+            v += total(r_mu)
         if r_lam is not None:
-            v += float((xp.abs(r_lam) ** 2).sum())
+            v += total(r_lam)
         return 0.5 * v
 
-    s = normal_residual(r, r_mu, r_lam)
-    d = s.copy()
-    gamma = comm.volume_dot(s, s)
-    gamma0 = gamma
-    hist = History()
-    for k in range(int(iterations)):
+    if resume is None:
+        x = xp.zeros(projector.shape_in, dtype=projector.dtype) if x0 is None else x0.astype(projector.dtype)
+        r = p - projector.fwd(x)
+        r_mu = -smu * x if mu > 0 else None
+        r_lam = -slam * grad(x) if lam > 0 else None
+        s = normal_residual(r, r_mu, r_lam)
+        d = s.copy()
+        gamma = comm.volume_dot(s, s)
+        gamma0 = gamma
+        hist = History()
+    else:
+        def arr(key):
+            v = resume.get(key)
+            return None if v is None else xp.asarray(v).copy()
+
+        x, r, r_mu, r_lam, d = (arr(k) for k in ("x", "r", "r_mu", "r_lam", "d"))
+        gamma, gamma0 = float(resume["gamma"]), float(resume["gamma0"])
+        hist = History(resume["history"])
+    for k in range(len(hist), int(iterations)):
         if gamma <= (tol ** 2) * gamma0 or gamma == 0:
             break
         t0 = time.perf_counter()
         q = projector.fwd(d)
-        delta = comm.sum_scalar(float((xp.abs(q) ** 2).sum()))
+        delta = total(q)
         q_mu = smu * d if mu > 0 else None
-        q_lam = slam * gradient(d) if lam > 0 else None
+        q_lam = slam * grad(d) if lam > 0 else None
         if q_mu is not None:
             delta += comm.volume_dot(q_mu, q_mu)
         if q_lam is not None:
-            delta += float((xp.abs(q_lam) ** 2).sum())
+            delta += total(q_lam)
         if not delta > 0:
             break
         alpha = gamma / delta
@@ -137,6 +173,9 @@ def tomo_cg(projector, projections, comm=None, x0=None, iterations: int = 50, to
                           iter_time_s=time.perf_counter() - t0)
         if callback is not None:
             callback(row, x)
+        if checkpoint is not None:
+            checkpoint(k + 1, {"iteration": k + 1, "history": hist.rows, "x": x, "r": r, "r_mu": r_mu,
+                               "r_lam": r_lam, "d": d, "gamma": gamma, "gamma0": gamma0, "mu": mu, "lam": lam})
     return x, hist
 
 
@@ -159,9 +198,11 @@ def filter_response(n_pad: int, kind: str = "ramp", dtype=np.float64):
     return H.astype(dtype)
 
 
-def fbp(projector, projections, filter: str = "ramp", comm=None):
-    """Filtered back-projection (see the module docstring); returns the (nz, n, n) volume."""
-    comm = comm if comm is not None else LocalReductions()
+def fbp(projector, projections, filter: str = "ramp"):
+    """Filtered back-projection (see the module docstring); returns the (rows, n, n) volume.
+
+    Local in the slab layout too: every rank holds every angle of its rows, so A = ``len(projector.angles)``
+    and the back-projection needs no reduction."""
     xp = get_xp(projections)
     p = projections.astype(projector.dtype, copy=False)
     if tuple(p.shape) != tuple(projector.shape_out):
@@ -172,9 +213,8 @@ def fbp(projector, projections, filter: str = "ramp", comm=None):
     q = xp.zeros(p.shape[:-1] + (n_pad,), dtype=p.dtype)
     q[..., :n_det] = p
     q = ifftc(fftc(q, axis=-1) * Hf, axis=-1)[..., :n_det].astype(projector.dtype)
-    n_angles = comm.sum_scalar(float(len(projector.angles)))
-    vol = comm.allreduce_sum(projector.adj(xp.ascontiguousarray(q)))
-    return (np.pi / max(n_angles, 1.0)) * vol
+    n_angles = float(len(projector.angles))
+    return (np.pi / max(n_angles, 1.0)) * projector.adj(xp.ascontiguousarray(q))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -198,9 +238,11 @@ def _orientations(s):
     return out
 
 
-def tomopy_recon(projector, projections, algorithm: str = "gridrec", iterations: int = 50, **kwargs):
-    """tomopy's reconstruction of the (A, nz, n_det) projections (this rank's angles: tomopy needs every
-    angle, so use it serially or after gathering), in our orientation; returns (nz, n, n).
+def tomopy_recon(projector, projections, algorithm: str = "gridrec", iterations: int = 50, comm=None,
+                 **kwargs):
+    """tomopy's reconstruction of the (A, rows, n_det) projections (every angle: the whole volume, or a
+    rank's slab in the slab layout), in our orientation; returns (rows, n, n). With ``comm`` the
+    orientation's misfit is summed over ranks, so every slab takes the same one.
 
     Raises :class:`ImportError` with the fix when tomopy is not installed.
     """
@@ -227,27 +269,27 @@ def tomopy_recon(projector, projections, algorithm: str = "gridrec", iterations:
         vol = vol + 1j * rec(p.imag)
     if vol.shape[-1] != n:
         raise ValueError(f"tomopy returned a {vol.shape} volume for a {n}-pixel slice")
-    best, best_err = None, np.inf
-    for cand in _orientations(vol):
-        c = np.ascontiguousarray(cand).astype(projector.dtype)
-        err = float(np.linalg.norm(to_numpy(projector.fwd(asarray_on(c, projections))) - p))
-        if err < best_err:
-            best, best_err = c, err
-    return best
+    cands = [np.ascontiguousarray(c).astype(projector.dtype) for c in _orientations(vol)]
+    errs = np.array([float(np.linalg.norm(to_numpy(projector.fwd(asarray_on(c, projections))) - p)) ** 2
+                     for c in cands])
+    if comm is not None and getattr(comm, "size", 1) > 1:
+        errs = comm.allreduce_sum(errs)
+    return cands[int(np.argmin(errs))]
 
 
-def reconstruct(projector, projections, comm=None, opts: TomoOptions | None = None, callback=None):
-    """Dispatch on ``opts.engine``; returns (volume, History)."""
+def reconstruct(projector, projections, comm=None, opts: TomoOptions | None = None, callback=None, space=None,
+                resume: dict | None = None, checkpoint=None):
+    """Dispatch on ``opts.engine``; returns (volume, History). ``space``, ``resume``, ``checkpoint``: see
+    :func:`tomo_cg` (only CG iterates; FBP and tomopy ignore them)."""
     opts = TomoOptions() if opts is None else opts
     if opts.engine == "cg":
         return tomo_cg(projector, projections, comm, iterations=opts.iterations, tol=opts.tol,
-                       damping=opts.damping, smoothing=opts.smoothing, callback=callback)
+                       damping=opts.damping, smoothing=opts.smoothing, callback=callback, space=space,
+                       resume=resume, checkpoint=checkpoint)
     if opts.engine == "fbp":
-        return fbp(projector, projections, opts.filter, comm), History()
+        return fbp(projector, projections, opts.filter), History()
     if opts.engine == "tomopy":
-        if comm is not None and getattr(comm, "size", 1) > 1:
-            raise ValueError("the tomopy engine needs all angles on one rank; use 'cg' or 'fbp' when sharded")
-        vol = tomopy_recon(projector, projections, opts.algorithm, opts.iterations)
+        vol = tomopy_recon(projector, projections, opts.algorithm, opts.iterations, comm=comm)
         xp = get_xp(projections)
         return xp.asarray(vol), History()
     raise ValueError(f"unknown tomography engine {opts.engine!r}; use one of {ENGINES}")

@@ -17,8 +17,8 @@ counts ``shard.model.counts``):
      the phase changes by less than pi between neighbours along those paths). |psi| is floored at 1e-6
      of its maximum so the log stays finite.
 
-   Pixels the probe never lit (summed |w|^2 below ``illum_threshold`` of its peak) carry no data; they are
-   set to free space (x = 0).
+   Pixels the probe never lit (summed |w|^2 below ``illum_threshold`` of its peak over every rank's
+   angles) carry no data; they are set to free space (x = 0).
 3. The per-angle ambiguity. Ptychography fixes psi_a only up to a global phase factor e^{i phi_a}
    (and, with a refined probe, a scale exchanged with the probe, which is undone by rescaling each
    solution to the initial probe's norm).
@@ -37,8 +37,10 @@ counts ``shard.model.counts``):
      the simulated sample size), which needs free space around the sample. Without such a band the offsets
      are aligned by mass conservation instead (equal field sums over the volume rows for every angle,
      relative to the mean over angles; the common offset then stays undetermined).
-4. Crop to the volume rows (``Pad.adj``) and reconstruct the volume by tomography
-   (:mod:`hpc_pt.solvers.tomo`: CGLS by default, FBP or tomopy on request).
+4. Crop to the volume rows (``Pad.adj``), move the projections from the per-angle layout to the slab
+   layout with one transpose (``shard.space.to_slabs``: every rank then holds its slab's rows of every
+   angle) and reconstruct the rank's slab by tomography (:mod:`hpc_pt.solvers.tomo` with ``space.P``:
+   CGLS by default, FBP or tomopy on request), which communicates only scalars.
 
 Overlap check. Per-angle ptychography needs overlapping illumination. The linear overlap
 1 - d_nn / D (d_nn: median nearest-neighbour distance of the positions of an angle, D: the probe's
@@ -58,8 +60,8 @@ import numpy as np
 from ..backend import get_xp, to_numpy
 from ..operators.scan import overlap_ratio
 from ..operators.scan import probe_diameter_px as probe_diameter
-from .base import History, Shard, SolverResult
-from .ptycho2d import METHODS, solve
+from .base import NO_CHECKPOINTS, Checkpointer, History, Shard, SolverResult
+from .ptycho2d import METHODS, global_max, solve
 from .tomo import TomoOptions, reconstruct
 
 
@@ -135,8 +137,9 @@ def _align_linear(psi, comm):
     return psi * phase[:, None, None], np.angle(phase)
 
 
-def _fields_to_projections(psi, lit, model, opts, comm):
-    """(A, H, W) object fields -> (A, H, W) projections x on the field, ambiguities resolved."""
+def _fields_to_projections(psi, lit, model, opts, comm, space):
+    """(A, H, W) object fields -> (A, H, W) projections x on the field, ambiguities resolved (this rank's
+    angles; the reductions over angles go through ``comm``)."""
     psi = np.asarray(to_numpy(psi)).astype(np.complex128)
     lit = np.asarray(to_numpy(lit), dtype=bool)
     info = {}
@@ -147,18 +150,19 @@ def _fields_to_projections(psi, lit, model, opts, comm):
         return x, info
     c = model.expmap.c
     amp = np.abs(psi)
-    floor = 1e-6 * float(amp.max()) if amp.size and amp.max() > 0 else 1e-30
+    peak = global_max(comm, amp)  # over every rank's angles, as in the serial run
+    floor = 1e-6 * peak if peak > 0 else 1e-30
     x = np.zeros(psi.shape, dtype=np.complex128)
     for a in range(psi.shape[0]):
         ph = unwrap_phase_2d(np.angle(psi[a]), opts.unwrap, mask=~lit[a])
         x[a] = (ph - 1j * np.log(np.maximum(amp[a], floor))) / c
     x = np.where(lit, x, 0)
     # free-space band: lit pixels of the volume rows outside the inscribed cylinder
-    nz = model.volume_shape[0]
-    n = opts.support_width if opts.support_width else model.volume_shape[1]
+    nz = space.global_shape[0]
+    n = opts.support_width if opts.support_width else space.global_shape[1]
     H, W = model.field_shape
     r0 = model.pad.offset[0]
-    cols = np.arange(W) - model.projector.center
+    cols = np.arange(W) - space.P.center
     band = np.zeros((H, W), dtype=bool)
     band[r0:r0 + nz] = (np.abs(cols) > n / 2.0 + 1)[None, :]
     offs = []
@@ -186,28 +190,64 @@ def _fields_to_projections(psi, lit, model, opts, comm):
     return x, info
 
 
-def run_twostep(shard: Shard, comm, opts: TwoStepOptions | None = None, callback=None) -> SolverResult:
-    """Seed 001's 2-step baseline on this rank's shard: ptychography per angle, then tomography.
+def _checkpoints_on(checkpoints: Checkpointer) -> bool:
+    """Whether ``checkpoints`` saves at all (then the end of the 2D stage is always saved)."""
+    return checkpoints.every > 0 and checkpoints.due(checkpoints.every)
 
-    Returns a :class:`SolverResult` whose history holds the ptychography iterations (``stage`` 1,
-    ``objective``, ``r_factor``) followed by the tomography iterations (``stage`` 2, ``objective``,
-    ``residual``); ``callback(row, volume)`` is called after every tomography iteration. ``state`` has
-    the per-angle fields' R-factor, the overlap, the ambiguity corrections and the volume's R-factor
-    against the data through the forward model.
+
+def _prefixed(prefix: str, state: dict) -> dict:
+    return {prefix + k: v for k, v in state.items() if k not in ("iteration", "history")}
+
+
+def _unprefixed(prefix: str, st: dict, history_key: str) -> dict:
+    out = {k[len(prefix):]: v for k, v in st.items() if k.startswith(prefix)}
+    out["history"] = st[history_key]
+    return out
+
+
+def run_twostep(shard: Shard, comm, opts: TwoStepOptions | None = None, callback=None,
+                checkpoints: Checkpointer = NO_CHECKPOINTS) -> SolverResult:
+    """Seed 001's 2-step baseline on this rank's shard: ptychography per angle, then tomography on slabs.
+
+    The 2D stage works on the shard's whole angles (per-angle layout); its projections go to the slab layout
+    with one ``space.to_slabs``, and the tomography runs on this rank's slab with every angle's rows
+    (:mod:`hpc_pt.solvers.tomo`: only scalar sums are communicated); the final R-factor takes P u back to
+    the shard's angles with one transpose (``shard.projections``).
+
+    Iterations. The history's rows are numbered by one running ``iteration`` over both stages: rows
+    1..``iterations`` are the ptychography iterations (``stage`` 1, ``objective``, ``r_factor``), the rows
+    after them the tomography (CG) iterations (``stage`` 2, ``tomo_iteration`` counting from 1,
+    ``objective``, ``residual``; FBP and tomopy add none). ``callback(row, u)`` is called after every row:
+    ``u`` is None in stage 1 and the volume slab in stage 2.
+
+    Checkpoints (``checkpoints``): after row ``k`` when ``checkpoints.due(k)``, plus always at the end of the
+    2D stage (row ``iterations``) when checkpoints are on. Inside the 2D stage (stack mode) the state is the
+    2D solver's whole loop state (object fields, probe, DM's exit waves / ML's directions and steps /
+    ePIE's random state: keys ``ptycho_*``); ``per_angle=True`` solves the angles one after the other and is
+    checkpointed only at the end of the stage. From the end of the 2D stage on it is the slab-layout
+    projections, the fields, the (rescaled) probe and the ambiguity corrections, plus the CG state
+    (``tomo_*``): a resume there skips the 2D stage. A resumed run ends bitwise-equal to an uninterrupted
+    one on the CPU.
+
+    ``state`` has the per-angle fields' R-factor, the overlap, the ambiguity corrections and the volume's
+    R-factor against the data through the forward model.
     """
     opts = TwoStepOptions() if opts is None else opts
     if opts.method not in METHODS:
         raise ValueError(f"unknown ptychography method {opts.method!r}; use one of {METHODS}")
     model = shard.model
+    sp = shard.space
     pt = model.ptycho
     xp = get_xp(shard.intensities)
     dtype = model.dtype
     A = len(model.angles)
-    H, W = model.field_shape
     positions = model_positions(pt)
     counts = np.asarray(model.counts)
     aidx = np.repeat(np.arange(A), counts)
     probe0 = pt.probe.copy()
+    st = checkpoints.resume
+    stage = st["stage"] if st is not None else "ptycho"
+    on = _checkpoints_on(checkpoints)
 
     overlap = scan_overlap(positions, counts, probe0)
     if overlap < opts.min_overlap:
@@ -217,68 +257,43 @@ def run_twostep(shard: Shard, comm, opts: TwoStepOptions | None = None, callback
             "the result will not converge to the object - use the joint solvers (apt) instead",
             RuntimeWarning, stacklevel=2)
 
-    kw = {"probe_refine": opts.probe_refine, "probe_start": opts.probe_start, "obj_init": opts.obj_init,
-              "mask": shard.mask, "dtype": dtype}
-    if opts.method == "epie":
-        kw.update(alpha=opts.alpha, beta=opts.beta, seed=opts.seed)
-    elif opts.method == "ml":
-        kw.update(noise=opts.noise)
-    hist = History()
-    t_ptycho = time.perf_counter()
-    if opts.per_angle:
-        fields, rf = [], []
-        probe = probe0
-        starts = np.r_[0, np.cumsum(counts)]
-        per_hist = []
-        for a in range(A):
-            sl = slice(int(starts[a]), int(starts[a + 1]))
-            kwa = dict(kw)
-            if opts.method != "epie":
-                kwa["comm"] = None
-            res = solve(opts.method, shard.intensities[sl], positions[sl], probe0, (H, W), opts.iterations, **kwa)
-            fields.append(res.obj)
-            per_hist.append(res.history)
-            rf.append(res.history.column("r_factor")[-1] if len(res.history) else np.nan)
-            probe = res.probe
-        psi = xp.stack(fields) if fields else xp.zeros((0, H, W), dtype=dtype)
-        for k in range(opts.iterations):
-            vals = [h.rows[k] for h in per_hist if len(h) > k]
-            if vals:
-                hist.append(stage=1, iteration=k + 1, objective=sum(v["objective"] for v in vals),
-                            r_factor=float(np.mean([v["r_factor"] for v in vals])))
-        probes = None
+    hist = History(st["history"] if st is not None else None)
+    if stage == "ptycho":
+        psi, probe, probes, t_ptycho = _ptycho_stage(shard, comm, opts, hist, callback, checkpoints, st,
+                                                     positions, counts, aidx, probe0)
+        final_rf = hist.column("r_factor")[-1] if len(hist) else np.nan
+        final_rf = comm.sum_scalar(float(final_rf) * A) / max(comm.sum_scalar(float(A)), 1.0)
+        if np.isfinite(final_rf) and final_rf > opts.max_r_factor:
+            warnings.warn(f"per-angle ptychography did not converge (R-factor {final_rf:.3f} > "
+                          f"{opts.max_r_factor}); the 2-step reconstruction is unreliable (scan overlap "
+                          f"{overlap:.2f}); use the joint solvers (apt) instead", RuntimeWarning, stacklevel=2)
+
+        # undo the probe / object scale exchange of a refined probe
+        if opts.probe_refine and probes is not None:
+            n0 = float(np.linalg.norm(to_numpy(probe0)))
+            n1 = float(np.linalg.norm(to_numpy(probe)))
+            if n0 > 0 and n1 > 0:
+                psi = psi * (n1 / n0)
+                probe = probe * (n0 / n1)
+
+        # illuminated pixels (with the probe actually used); the threshold is relative to the peak over
+        # every rank's angles, as in the serial run
+        illum = pt.illumination()
+        lit = illum > opts.illum_threshold * global_max(comm, illum)
+        x_field, info = _fields_to_projections(psi, lit, model, opts, comm, sp)
+        x_field = np.nan_to_num(x_field, nan=0.0, posinf=0.0, neginf=0.0)
+        with comm.phase("project"):
+            proj = sp.to_slabs(model.pad.adj(xp.asarray(x_field.astype(dtype))))  # (A_all, rows, W)
+        n_ptycho = len(hist)
+        if on:
+            checkpoints.save({"iteration": n_ptycho, "stage": "tomo", "history": hist.rows, "proj": proj,
+                              "fields": psi, "probe": probe, "info": info, "ptycho_r_factor": final_rf,
+                              "ptycho_time_s": t_ptycho, "ptycho_rows": n_ptycho})
+        st = None
     else:
-        if opts.method != "epie":
-            kw["comm"] = comm
-        res = solve(opts.method, shard.intensities, positions, probe0, (A, H, W), opts.iterations,
-                    angle_index=aidx, **kw)
-        psi, probe = res.obj, res.probe
-        for row in res.history.rows:
-            hist.append(stage=1, iteration=row["iteration"], objective=row["objective"],
-                        r_factor=row["r_factor"])
-        probes = probe
-    t_ptycho = time.perf_counter() - t_ptycho
-    final_rf = hist.column("r_factor")[-1] if len(hist) else np.nan
-    final_rf = comm.sum_scalar(float(final_rf) * A) / max(comm.sum_scalar(float(A)), 1.0)
-    if np.isfinite(final_rf) and final_rf > opts.max_r_factor:
-        warnings.warn(f"per-angle ptychography did not converge (R-factor {final_rf:.3f} > "
-                      f"{opts.max_r_factor}); the 2-step reconstruction is unreliable (scan overlap "
-                      f"{overlap:.2f}); use the joint solvers (apt) instead", RuntimeWarning, stacklevel=2)
-
-    # undo the probe / object scale exchange of a refined probe
-    if opts.probe_refine and probes is not None:
-        n0 = float(np.linalg.norm(to_numpy(probe0)))
-        n1 = float(np.linalg.norm(to_numpy(probe)))
-        if n0 > 0 and n1 > 0:
-            psi = psi * (n1 / n0)
-            probe = probe * (n0 / n1)
-
-    # illuminated pixels (with the probe actually used)
-    illum = pt.illumination()
-    lit = illum > opts.illum_threshold * float(illum.max()) if illum.size else illum > 0
-    x_field, info = _fields_to_projections(psi, lit, model, opts, comm)
-    x_field = np.nan_to_num(x_field, nan=0.0, posinf=0.0, neginf=0.0)
-    proj = model.pad.adj(xp.asarray(x_field.astype(dtype)))
+        proj, psi, probe = (xp.asarray(st[k]) for k in ("proj", "fields", "probe"))
+        info, final_rf = dict(st["info"]), float(st["ptycho_r_factor"])
+        t_ptycho, n_ptycho = float(st["ptycho_time_s"]), int(st["ptycho_rows"])
 
     t_tomo = time.perf_counter()
     topts = TomoOptions(engine=opts.tomo, iterations=opts.tomo_iterations, tol=opts.tomo_tol,
@@ -286,22 +301,109 @@ def run_twostep(shard: Shard, comm, opts: TwoStepOptions | None = None, callback
                         algorithm=opts.tomopy_algorithm)
 
     def tomo_cb(row, x):
-        r = hist.append(stage=2, **{k: v for k, v in row.items() if k != "time_s"})
+        vals = {k: v for k, v in row.items() if k not in ("time_s", "iteration")}
+        r = hist.append(stage=2, iteration=n_ptycho + row["iteration"], tomo_iteration=row["iteration"], **vals)
         if callback is not None:
             callback(r, x)
 
-    vol, _thist = reconstruct(model.projector, proj, comm, topts, callback=tomo_cb)
+    def tomo_ck(k, state):
+        if checkpoints.due(n_ptycho + k):
+            checkpoints.save({"iteration": n_ptycho + k, "stage": "tomo", "history": hist.rows, "proj": proj,
+                              "fields": psi, "probe": probe, "info": info, "ptycho_r_factor": final_rf,
+                              "ptycho_time_s": t_ptycho, "ptycho_rows": n_ptycho,
+                              "tomo_history": state["history"], **_prefixed("tomo_", state)})
+
+    resume_tomo = None
+    if st is not None and "tomo_history" in st:
+        resume_tomo = _unprefixed("tomo_", st, "tomo_history")
+        resume_tomo.pop("history_", None)
+    with comm.phase("tomo"):
+        vol, _thist = reconstruct(sp.P, proj, comm, topts, callback=tomo_cb, space=sp, resume=resume_tomo,
+                                  checkpoint=tomo_ck if on else None)
     vol = xp.nan_to_num(vol)
     t_tomo = time.perf_counter() - t_tomo
 
-    # data fit of the final volume through the forward model (seed 001's R-factor)
-    d = model.farfield(vol.astype(dtype))
+    # data fit of the final volume through the forward model (seed 001's R-factor): P u at this shard's
+    # angles (one transpose)
+    with comm.phase("project"):
+        x_u = shard.projections(vol.astype(dtype))
+    with comm.phase("ptycho"):
+        d = pt.fwd(x_u if model.expmap is None else model.expmap.fwd(x_u))
     num = comm.sum_scalar(float(xp.abs(xp.abs(d) - shard.amplitudes).sum()))
     den = comm.sum_scalar(float(shard.amplitudes.sum()))
     state = {"method": opts.method, "overlap": overlap, "ptycho_r_factor": final_rf,
              "r_factor": num / den if den > 0 else float("inf"), "ptycho_time_s": t_ptycho,
              "tomo_time_s": t_tomo, "fields": psi, **info}
     return SolverResult(volume=vol, probe=probe, history=hist, state=state)
+
+
+def _ptycho_stage(shard, comm, opts, hist, callback, checkpoints, st, positions, counts, aidx, probe0):
+    """The 2D stage: rows of ``hist`` (stage 1), checkpoints inside it (stack mode). Returns
+    (psi, probe, probes, seconds)."""
+    model = shard.model
+    xp = get_xp(shard.intensities)
+    dtype = model.dtype
+    A = len(model.angles)
+    H, W = model.field_shape
+    kw = {"probe_refine": opts.probe_refine, "probe_start": opts.probe_start, "obj_init": opts.obj_init,
+          "mask": shard.mask, "dtype": dtype}
+    if opts.method == "epie":
+        kw.update(alpha=opts.alpha, beta=opts.beta, seed=opts.seed)
+    elif opts.method == "ml":
+        kw.update(noise=opts.noise)
+    t_ptycho = time.perf_counter() - (float(st["ptycho_time_s"]) if st is not None else 0.0)
+
+    def add_row(row):
+        r = hist.append(stage=1, iteration=row["iteration"], objective=row["objective"],
+                        r_factor=row["r_factor"], iter_time_s=row.get("iter_time_s", 0.0))
+        if callback is not None:
+            callback(r, None)
+
+    if opts.per_angle:  # checkpointed only at the end of the stage
+        fields, rf = [], []
+        probe = probe0
+        starts = np.r_[0, np.cumsum(counts)]
+        per_hist = []
+        with comm.phase("ptycho"):
+            for a in range(A):
+                sl = slice(int(starts[a]), int(starts[a + 1]))
+                kwa = dict(kw)
+                if opts.method != "epie":
+                    kwa["comm"] = None
+                res = solve(opts.method, shard.intensities[sl], positions[sl], probe0, (H, W), opts.iterations,
+                            **kwa)
+                fields.append(res.obj)
+                per_hist.append(res.history)
+                rf.append(res.history.column("r_factor")[-1] if len(res.history) else np.nan)
+                probe = res.probe
+        psi = xp.stack(fields) if fields else xp.zeros((0, H, W), dtype=dtype)
+        for k in range(opts.iterations):
+            vals = [h.rows[k] for h in per_hist if len(h) > k]
+            if vals:
+                add_row({"iteration": k + 1, "objective": sum(v["objective"] for v in vals),
+                         "r_factor": float(np.mean([v["r_factor"] for v in vals])),
+                         "iter_time_s": sum(v.get("iter_time_s", 0.0) for v in vals)})
+        return psi, probe, None, time.perf_counter() - t_ptycho
+
+    if opts.method != "epie":
+        kw["comm"] = comm
+
+    def ck(k, state):
+        # the end of the stage is saved by the caller, with the projections
+        if k < opts.iterations and checkpoints.due(k):
+            checkpoints.save({"iteration": k, "stage": "ptycho", "history": hist.rows,
+                              "ptycho_time_s": time.perf_counter() - t_ptycho,
+                              "ptycho_history": state["history"], **_prefixed("ptycho_", state)})
+
+    resume = None
+    if st is not None:
+        resume = _unprefixed("ptycho_", st, "ptycho_history")
+        resume.pop("time_s", None)
+    with comm.phase("ptycho"):
+        res = solve(opts.method, shard.intensities, positions, probe0, (A, H, W), opts.iterations,
+                    angle_index=aidx, callback=lambda row, _o: add_row(row), resume=resume,
+                    checkpoint=ck if _checkpoints_on(checkpoints) else None, **kw)
+    return res.obj, res.probe, res.probe, time.perf_counter() - t_ptycho
 
 
 __all__ = [
