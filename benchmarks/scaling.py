@@ -34,6 +34,7 @@ import json
 import math
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -403,23 +404,35 @@ def run_mpi(ds: dict, P: int, iterations: int, out: Path, method: str) -> dict:
            ds["path"], "--backend", "mpi", "--method", method, "--iterations", str(iterations), "--out", str(out),
            "--force", "--quiet"]
     env = {**os.environ, **RANK_ENV, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     wall = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     if p.returncode != 0:
         raise RuntimeError(f"mpiexec -n {P} failed ({p.returncode}): {p.stderr[-2000:]}")
-    return {"history": _history(out), "wall_s": wall}
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    return {"history": _history(out), "wall_s": wall, "cpu_s": cpu}
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process so far (run on Dask workers)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def run_dask_case(client, ds: dict, P: int, iterations: int, out: Path, method: str) -> dict:
     from hpc_pt.parallel.dask import run_dask
 
+    c0 = client.run(_cpu_seconds)
     t0 = time.perf_counter()
     res = run_dask(ds["path"], out=str(out), client=client, workers=P, method=method, iterations=iterations,
                    overwrite=True, dashboard=False)
     wall = time.perf_counter() - t0
+    c1 = client.run(_cpu_seconds)
     ranks = [{k: v for k, v in info.items() if k != "calls"} for info in res.rank_info]
-    return {"history": _history(out), "wall_s": wall, "rank_totals": ranks}
+    return {"history": _history(out), "wall_s": wall, "rank_totals": ranks,
+            "cpu_s": sum(c1[w] - c0[w] for w in c1 if w in c0)}
 
 
 def summarize(run: dict, ds: dict, P: int, method: str) -> dict:
@@ -454,6 +467,9 @@ def summarize(run: dict, ds: dict, P: int, method: str) -> dict:
     return {
         "iteration_s": it, "compute_s": max(it - comm, 0.0), "comm_s": comm, "io_s": med("io_time_s"),
         "phases_s": phases, "wall_s": run["wall_s"], "iterations": n_it,
+        # CPU seconds of all ranks over the whole run / (wall x P): the share of a core each rank got on average
+        # (MPI ranks spin while they wait in a collective, so waiting counts as CPU time there)
+        "cpu_share_per_rank": run["cpu_s"] / (run["wall_s"] * P) if run.get("cpu_s") is not None else None,
         "comm_bytes_per_iteration_rank0": int(statistics.median(r["measured_rank0"]["comm_bytes"] for r in
                                                                  [rows[i] for i in keep])),
         "comm_bytes_per_iteration_all_ranks_model": int(statistics.median(rows[i]["model_all_ranks"]["comm_bytes"]
@@ -464,14 +480,32 @@ def summarize(run: dict, ds: dict, P: int, method: str) -> dict:
     }
 
 
-def _dask_cluster(workers: int):
+def _dask_cluster(workers: int, default_env: bool = False):
+    """A local cluster of single-threaded worker processes. Unless ``default_env``, the workers start without
+    ``MALLOC_TRIM_THRESHOLD_=65536``, which Dask's nanny sets by default (``distributed.nanny.pre-spawn-environ``):
+    an explicit trim threshold switches off glibc's dynamic mmap threshold, so every temporary array above
+    128 KiB is a fresh mmap with its page faults; hpc-pt's kernels then run 2-3x slower in a worker than in
+    a plain process (measured here on the projector and on frame-sized element-wise work)."""
+    import dask
     import distributed
 
-    cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                       dashboard_address=None)
+    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    if not default_env:
+        env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+        cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                           host="127.0.0.1", dashboard_address=None)
     client = distributed.Client(cluster)
     client.wait_for_workers(workers, timeout=120)
+    client.run(_warm_worker)  # imports and the worker environment check, outside the timed runs
     return cluster, client
+
+
+def _warm_worker():
+    import hpc_pt.pipeline  # noqa: F401
+    import hpc_pt.solvers.apt  # noqa: F401
+
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_")
 
 
 def measure(args, tmp: Path) -> dict:
@@ -531,11 +565,25 @@ def measure(args, tmp: Path) -> dict:
                 if client is not None:
                     client.close()
                     cluster.close()
+    default_env = {}
+    if "dask" in backends and not args.no_default_env_check:  # Dask's own worker environment, once, for scale
+        cluster, client = _dask_cluster(2, default_env=True)
+        try:
+            for P in (1, 2):
+                ds = datasets[("strong", A_strong)]
+                run = run_dask_case(client, ds, P, iters, tmp / f"dask_default_env_{P}.zarr", args.method)
+                s = summarize(run, ds, P, args.method)
+                default_env[str(P)] = {k: s[k] for k in ("iteration_s", "compute_s", "comm_s", "phases_s")}
+                print(f"  dask (default nanny env) strong P={P}: {s['iteration_s']:.3f} s/iteration", flush=True)
+        finally:
+            client.close()
+            cluster.close()
     return {"datasets": {f"{k[0]}_{k[1]}": {kk: vv for kk, vv in v.items() if kk not in ("path", "counts")}
                          | {"frames_per_angle_min_max": [min(v["counts"]), max(v["counts"])]}
                          for k, v in datasets.items()},
             "raw": raw, "loads": loads, "dask": dask_ok, "iterations": iters, "N": N, "A_strong": A_strong,
-            "A_per_rank": A_per_rank, "ranks": ranks, "datasets_full": datasets}
+            "A_per_rank": A_per_rank, "ranks": ranks, "datasets_full": datasets,
+            "dask_default_env": default_env}
 
 
 def _median_runs(runs: list[dict]) -> dict:
@@ -549,6 +597,7 @@ def _median_runs(runs: list[dict]) -> dict:
     out["bytes_exact_every_row_every_repeat"] = all(r["bytes_exact"] for r in runs)
     out["bytes_rows_first_repeat"] = runs[0]["bytes_rows"]
     out["wall_s"] = [r["wall_s"] for r in runs]
+    out["cpu_share_per_rank"] = [r["cpu_share_per_rank"] for r in runs]
     out["final_r_factor"] = runs[0]["final_r_factor"]
     if runs[0].get("rank_totals"):
         out["rank_totals_first_repeat"] = runs[0]["rank_totals"]
@@ -577,9 +626,12 @@ def analyse(meas: dict, args) -> dict:
             if meas["A_per_rank"] * P == meas["A_strong"]:
                 weak[str(P)] = dict(strong[str(P)]) | {"same_run_as": f"strong P={P}"}
         t1 = strong["1"]["iteration_s"]
+        c1 = strong["1"]["compute_s"]
         for P, r in strong.items():
             r["speedup"] = t1 / r["iteration_s"]
             r["efficiency"] = t1 / (int(P) * r["iteration_s"])
+            r["compute_efficiency"] = c1 / (int(P) * r["compute_s"])  # compute alone, communication left out
+            r["comm_fraction"] = r["comm_s"] / r["iteration_s"]
         w1 = weak["1"]["iteration_s"]
         for P, r in weak.items():
             r["efficiency"] = w1 / r["iteration_s"]
@@ -643,42 +695,44 @@ def plot(doc: dict, path: Path) -> None:
 
     res = doc["results"]
     backends = [b for b in ("mpi", "dask") if res.get(b)]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.8))
     ax = axes[0]
     xs, labels = [], []
     colors = {"compute": "#4c72b0", "comm": "#dd8452", "io": "#55a868"}
-    x = 0
+    x, top = 0, 0.0
     for b in backends:
         for P, r in res[b]["strong"].items():
             bottom = 0.0
             for key, col in colors.items():
                 v = r[f"{key}_s"]
                 ax.bar(x, v, bottom=bottom, color=col, hatch="//" if r["oversubscribed"] else None,
-                       edgecolor="k" if r["oversubscribed"] else None,
-                       label=key if (x == 0) else None)
+                       edgecolor="k" if r["oversubscribed"] else None, label=key if x == 0 else None)
                 bottom += v
+            ax.text(x, bottom, f"{bottom:.2f}", ha="center", va="bottom", fontsize=8)
+            top = max(top, bottom)
             xs.append(x)
             labels.append(f"{b}\nP={P}" + ("*" if r["oversubscribed"] else ""))
             x += 1
         x += 0.5
+    ax.set_ylim(0, top * 1.15)
     ax.set_xticks(xs, labels)
-    ax.set_ylabel("seconds per outer iteration (rank 0)")
-    ax.set_title(f"strong scaling: {doc['problem']['strong']}")
-    ax.legend(loc="upper right")
+    ax.set_ylabel("seconds per outer iteration (rank 0, median)")
+    ax.set_title(f"strong scaling: {doc['problem']['strong']}", fontsize=10)
+    ax.legend(loc="upper left", fontsize=8)
     ax = axes[1]
     for b, mk in zip(backends, ("o", "s")):
         for scaling, ls in (("strong", "-"), ("weak", "--")):
             Ps = [int(p) for p in res[b][scaling]]
             es = [res[b][scaling][str(p)]["efficiency"] for p in Ps]
             ax.plot(Ps, es, ls, marker=mk, label=f"{b} {scaling}")
-    ax.axhline(0.85, color="gray", lw=0.8, ls=":")
+    ax.axhline(0.85, color="gray", lw=0.8, ls=":", label="target 0.85 (strong, 1 -> 2)")
     ax.axvspan(2.5, 4.5, color="red", alpha=0.08, label="oversubscribed (P > 2 cores)")
     ax.set_xticks([1, 2, 4])
     ax.set_xlabel("ranks / workers P")
     ax.set_ylabel("parallel efficiency")
     ax.set_ylim(0, 1.15)
-    ax.legend(fontsize=8)
-    ax.set_title("efficiency (strong: T1 / (P TP), weak: T1 / TP)")
+    ax.legend(fontsize=7)
+    ax.set_title("efficiency (strong: T1 / (P TP), weak: T1 / TP)", fontsize=10)
     ax = axes[2]
     for b, mk in zip(backends, ("o", "s")):
         Ps = [int(p) for p in res[b]["weak"]]
@@ -687,15 +741,36 @@ def plot(doc: dict, path: Path) -> None:
     ax.axvspan(2.5, 4.5, color="red", alpha=0.08)
     ax.set_xticks([1, 2, 4])
     ax.set_xlabel("ranks / workers P (angles = %d P)" % doc["problem"]["weak_angles_per_rank"])
-    ax.set_ylabel("seconds per outer iteration")
+    ax.set_ylabel("seconds per outer iteration (rank 0, median)")
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
-    ax.set_title(f"weak scaling: {doc['problem']['weak']}")
+    ax.set_title(f"weak scaling: {doc['problem']['weak']}", fontsize=10)
+    ax = axes[3]
+    names, meas, model, total = [], [], [], []
+    for b in backends:
+        for scaling in ("strong", "weak"):
+            for P, r in res[b][scaling].items():
+                if P == "1" or "same_run_as" in r:
+                    continue
+                names.append(f"{b}\n{scaling}\nP={P}")
+                meas.append(r["comm_bytes_per_iteration_rank0"])
+                model.append(r["bytes_rows_first_repeat"][-1]["model_rank0"]["comm_bytes"])
+                total.append(r["comm_bytes_per_iteration_all_ranks_model"])
+    xx = np.arange(len(names))
+    ax.bar(xx - 0.27, meas, 0.27, label="measured, rank 0")
+    ax.bar(xx, model, 0.27, label="model, rank 0")
+    ax.bar(xx + 0.27, total, 0.27, label="model, all ranks")
+    ax.set_xticks(xx, names, fontsize=7)
+    ax.set_ylabel("bytes sent per outer iteration")
+    ax.legend(fontsize=8)
+    exact = doc["summary"]["bytes_model_exact_every_run_every_iteration"]
+    ax.set_title(f"communication bytes (model exact in every iteration: {exact})", fontsize=10)
     env = doc["environment"]
-    fig.suptitle(f"hpc-pt APT scaling, {env['cpu_count']} cores shared, load {env['loadavg_at_start'][0]:.1f} at start"
-                 f" (* = oversubscribed)", fontsize=10)
+    lr = env.get("loadavg_during_runs", {})
+    fig.suptitle(f"hpc-pt APT scaling on {env['cpu_count']} shared cores (load average {lr.get('min', 0):.1f}"
+                 f"-{lr.get('max', 0):.1f} during the runs; * = oversubscribed)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -711,6 +786,24 @@ def extrapolation() -> dict:
             out["cases"][key] = {"iteration_s": p["iteration_s"], "efficiency": p["efficiency"],
                                  "compute_s": p["compute_s"], "compute_total_s": p["compute_total_s"],
                                  "comm_s": p["comm_s"], "comm_total_s": p["comm_total_s"]}
+    sweep = []
+    for P in (64, 128, 256, 512, 1024):
+        prob = dict(BIG, P=P)
+        row = {"P": P, "memory_per_gpu_bytes": apt_memory(prob["N"], prob["A"], prob["F"], prob["m"], P, prob["W"],
+                                                          prob["nz"], prob["tv"], prob["n_maps"])["total"]}
+        for bw in (25e9, 50e9):
+            for staging in (False, True):
+                q = predict_iteration(prob, dict(H100, net_Bps=bw), staging=staging)
+                key = f"net_{int(bw / 1e9)}GBps_{'host_staged' if staging else 'device_direct'}"
+                row[key] = {"iteration_s": q["iteration_s"], "efficiency": q["efficiency"],
+                            "compute_s": q["compute_total_s"], "comm_s": q["comm_total_s"]}
+        sweep.append(row)
+    out["gpu_count_sweep"] = sweep
+    sens = {}
+    for rate in (1e9, 2e9, 5e9):
+        q = predict_iteration(BIG, dict(H100, nufft_pts_s=rate))
+        sens[f"{rate:.0e}"] = {"iteration_s": q["iteration_s"], "efficiency": q["efficiency"]}
+    out["nufft_point_rate_sensitivity_50GBps_device_direct"] = sens
     p = predict_iteration(BIG, H100)
     out["memory_bytes_per_gpu"] = p["memory_bytes"]
     out["comm_bytes_per_gpu"] = p["comm_bytes_per_rank"]
@@ -728,6 +821,8 @@ def main(argv=None) -> int:
     ap.add_argument("--iterations", type=int, default=6, help="outer iterations per run (the first is left out)")
     ap.add_argument("--method", choices=["apt", "apts"], default="apt")
     ap.add_argument("--no-dask", action="store_true")
+    ap.add_argument("--no-default-env-check", action="store_true",
+                    help="skip the two Dask runs with Dask's default worker environment (MALLOC_TRIM_THRESHOLD_)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -750,6 +845,18 @@ def main(argv=None) -> int:
     doc.update(analyse(meas, args))
     if meas["dask"] is not True and meas["dask"] is not None:
         doc["summary"]["dask"] = meas["dask"]
+    if meas["dask_default_env"]:
+        de = meas["dask_default_env"]
+        doc["dask_default_worker_env"] = {
+            "note": ("one repeat of strong P=1, 2 on a cluster with Dask's default worker environment "
+                     "(MALLOC_TRIM_THRESHOLD_=65536, as run_dask's own local cluster and the CLI start it); the "
+                     "results above use workers without it"),
+            "runs": de,
+            "iteration_s_over_tuned_dask": {P: de[P]["iteration_s"] / doc["results"]["dask"]["strong"][P]["iteration_s"]
+                                            for P in de},
+        }
+        doc["summary"]["dask_default_env_over_mpi_at_2"] = (de["2"]["iteration_s"]
+                                                           / doc["results"]["mpi"]["strong"]["2"]["iteration_s"])
     doc["extrapolation_256_gpus"] = extrapolation()
     doc["environment"]["loadavg_during_runs"] = {"min": min(meas["loads"]), "max": max(meas["loads"]),
                                                  "median": statistics.median(meas["loads"])}
