@@ -57,8 +57,8 @@ def _is_cupy(x) -> bool:
 class MPIComm(Comm):
     """Collectives over an ``mpi4py`` communicator (default ``MPI.COMM_WORLD``).
 
-    ``allreduce_sum`` and ``bcast`` of arrays need the same shape and dtype on every rank (the replicated
-    volume, a probe, a detector-sized sum). ``allreduce_sum`` returns a new array and leaves its argument
+    ``allreduce_sum`` and ``bcast`` of arrays need the same shape and dtype on every rank (a probe-sized
+    sum, a small table). ``allreduce_sum`` returns a new array and leaves its argument
     untouched, like :class:`~hpc_pt.parallel.base.SerialComm` (one host copy of the array per call).
     """
 
