@@ -110,7 +110,7 @@ def test_bytes_model_equals_mpi_counters(datasets, tmp_path, n):
             assert c >= 1 and all(int(h["cg_iterations"][i]) == c for h in hists)
             # the store's history is rank 0's counters
             assert stored["comm_bytes_alltoallv"][i] == hists[0]["comm_bytes_alltoallv"][i]
-            kw = dict(tv=tv, vertical=ds["vertical"], n_maps=ds["n_maps"], first=i == 0)
+            kw = {"tv": tv, "vertical": ds["vertical"], "n_maps": ds["n_maps"], "first": i == 0}
             for r in range(n):
                 model = scaling.apt_iteration_bytes(ra, bounds, ds["n"], ds["W"], ds["A"], r, c, **kw)
                 got = {k: int(hists[r].get(f"comm_bytes_{k}", [0] * ITERATIONS)[i])
