@@ -468,6 +468,8 @@ def summarize(run: dict, ds: dict, P: int, method: str) -> dict:
     return {
         "iteration_s": it, "compute_s": max(it - comm, 0.0), "comm_s": comm, "io_s": med("io_time_s"),
         "phases_s": phases, "wall_s": run["wall_s"], "iterations": n_it,
+        # everything outside the outer iterations: start-up, imports, reading the frames, set-up, writing the store
+        "outside_iterations_s": run["wall_s"] - sum(h["iter_time_s"]),
         # CPU seconds of all ranks over the whole run / (wall x P): the share of a core each rank got on average
         # (MPI ranks spin while they wait in a collective, so waiting counts as CPU time there)
         "cpu_share_per_rank": run["cpu_s"] / (run["wall_s"] * P) if run.get("cpu_s") is not None else None,
@@ -605,6 +607,7 @@ def _median_runs(runs: list[dict]) -> dict:
     out["bytes_exact_every_row_every_repeat"] = all(r["bytes_exact"] for r in runs)
     out["bytes_rows_first_repeat"] = runs[0]["bytes_rows"]
     out["wall_s"] = [r["wall_s"] for r in runs]
+    out["outside_iterations_s"] = [r["outside_iterations_s"] for r in runs]
     out["cpu_share_per_rank"] = [r["cpu_share_per_rank"] for r in runs]
     out["final_r_factor"] = runs[0]["final_r_factor"]
     if runs[0].get("rank_totals"):
