@@ -503,15 +503,25 @@ def _dask_cluster(workers: int, default_env: bool = False):
     import dask
     import distributed
 
-    env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
-    if not default_env:
-        env.pop("MALLOC_TRIM_THRESHOLD_", None)
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
-        cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                           host="127.0.0.1", dashboard_address=None)
+    try:  # the cluster `hpc-pt reconstruct --backend dask --workers K` starts (it drops the variable too)
+        from hpc_pt.parallel.dask import local_cluster
+    except ImportError:
+        local_cluster = None
+    if local_cluster is not None and not default_env:
+        cluster = local_cluster(workers, dashboard_address=None)
+    else:
+        env = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+        if not default_env:
+            env.pop("MALLOC_TRIM_THRESHOLD_", None)
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
+            cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                               host="127.0.0.1", dashboard_address=None)
     client = distributed.Client(cluster)
     client.wait_for_workers(workers, timeout=120)
-    client.run(_warm_worker)  # imports and the worker environment check, outside the timed runs
+    trim = set(client.run(_warm_worker).values())  # imports, outside the timed runs; the variable as set
+    if (trim != {None}) != default_env:
+        raise RuntimeError(f"Dask workers have MALLOC_TRIM_THRESHOLD_={trim}, expected "
+                           f"{'the default' if default_env else 'none'}")
     return cluster, client
 
 
