@@ -8,7 +8,6 @@ what limits the unregularised solvers (about 19-20 dB).
 
 Thresholds: each is a measured value (noted) minus a margin.
 """
-import threading
 
 import numpy as np
 import pytest
@@ -16,7 +15,6 @@ import pytest
 from hpc_pt.metrics import evaluate
 from hpc_pt.operators import ForwardModel
 from hpc_pt.parallel import SerialComm, SlabSpace
-from hpc_pt.parallel.base import Comm
 from hpc_pt.simulate import SimulationConfig, simulate_dataset
 from hpc_pt.solvers.admm import ADMMOptions, run_admm
 from hpc_pt.solvers.base import Shard
@@ -28,6 +26,7 @@ from hpc_pt.solvers.gd import (
     run_gd,
 )
 from hpc_pt.solvers.prox import data_objective
+from threadcomm import run_threads
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -252,70 +251,16 @@ def test_admm_residual_balancing_changes_rho(clean):
 
 
 # ---------------------------------------------------------------- shards and collectives
-class ThreadComm(Comm):
-    """Ranks as threads: every collective sums the ranks' contributions in rank order (deterministic)."""
-
-    name = "threads"
-
-    def __init__(self, rank, size, shared):
-        super().__init__()
-        self.rank, self.size, self._s = rank, size, shared
-
-    def _gather(self, x):
-        s = self._s
-        s["slots"][self.rank] = x
-        s["barrier"].wait()
-        out = s["slots"][0]
-        for v in s["slots"][1:]:
-            out = out + v
-        s["barrier"].wait()
-        return out
-
-    def allreduce_sum(self, x):
-        return np.array(self._gather(x), copy=True)
-
-    def sum_scalar(self, v):
-        return float(self._gather(float(v)))
-
-    def bcast(self, x, root=0):
-        return x
-
-    def alltoallv(self, send, recv_counts):
-        s = self._s
-        s["slots"][self.rank] = send
-        s["barrier"].wait()
-        out = [np.array(s["slots"][src][self.rank], copy=True) for src in range(self.size)]
-        s["barrier"].wait()
-        assert [b.size for b in out] == list(recv_counts)
-        self.stats.add("alltoallv", sum(b.nbytes for i, b in enumerate(send) if i != self.rank), 0.0)
-        return out
-
-
 def run_sharded(run, shards, opts, ds):
     """Shard r on thread-rank r, with the slab space of that rank (angles dealt as the shards hold them)."""
-    shared = {"slots": [None] * len(shards), "barrier": threading.Barrier(len(shards), timeout=120)}
-    out = [None] * len(shards)
-    errors = []
-    comms = [ThreadComm(r, len(shards), shared) for r in range(len(shards))]
     rank_angles = [list(map(int, sh.angle_ids)) for sh in shards]
-    for r, sh in enumerate(shards):
-        sh.space = make_space(ds, comms[r], rank_angles)
 
-    def work(r):
-        try:
-            out[r] = run(shards[r], comms[r], opts)
-        except Exception as exc:  # noqa: BLE001 - re-raised in the main thread below
-            errors.append(exc)
-            shared["barrier"].abort()
+    def work(comm):
+        sh = shards[comm.rank]
+        sh.space = make_space(ds, comm, rank_angles)
+        return run(sh, comm, opts)
 
-    threads = [threading.Thread(target=work, args=(r,)) for r in range(len(shards))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return out
+    return run_threads(len(shards), work)
 
 
 @pytest.mark.parametrize("solver", ["gd", "admm", "admm-poisson"])

@@ -80,7 +80,7 @@ def test_slab_space_gpu_matches_cpu(rng):
     import cupy as cp
 
     sys.path.insert(0, os.path.dirname(__file__))
-    from test_slabs import run_threads
+    from threadcomm import run_threads
 
     from hpc_pt.parallel import SlabSpace
 

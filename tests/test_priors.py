@@ -2,7 +2,6 @@
 priors on slab-distributed volumes (1-3 thread-ranks) against the serial ones; ADMM's distributed
 percentile."""
 import itertools
-import threading
 
 import numpy as np
 import pytest
@@ -10,7 +9,6 @@ from scipy.optimize import minimize
 
 from hpc_pt.operators import divergence, gradient, tv_value
 from hpc_pt.parallel import SerialComm, SlabSpace
-from hpc_pt.parallel.base import Comm
 from hpc_pt.priors import (
     Denoiser,
     NoPrior,
@@ -23,6 +21,7 @@ from hpc_pt.priors import (
     register_denoiser,
 )
 from hpc_pt.priors import registry as prior_base
+from threadcomm import run_threads
 
 
 def brute_tv_prox(x, s, mode):
@@ -197,66 +196,11 @@ def test_registry(monkeypatch):
 
 
 # ---------------------------------------------------------------- priors on slab-distributed volumes
-class _ThreadComm(Comm):
-    """Ranks as threads of one process; reductions sum in rank order (the same on every rank)."""
-
-    name = "threads"
-
-    def __init__(self, shared, rank, size):
-        super().__init__()
-        self.s, self.rank, self.size = shared, rank, size
-
-    def _exchange(self, obj):
-        b = self.s["barrier"]
-        b.wait()
-        self.s["box"][self.rank] = obj
-        b.wait()
-        out = list(self.s["box"])
-        b.wait()
-        return out
-
-    def alltoallv(self, send, recv_counts):
-        everyone = self._exchange([np.array(x, copy=True) for x in send])
-        recv = [everyone[s][self.rank] for s in range(self.size)]
-        assert [x.size for x in recv] == list(recv_counts)
-        return recv
-
-    def allreduce_sum(self, x):
-        parts = self._exchange(np.array(x, copy=True))
-        out = parts[0].copy()
-        for p in parts[1:]:
-            out = out + p
-        return out
-
-    def sum_scalar(self, v):
-        return float(sum(self._exchange(float(v))))
-
-    def bcast(self, x, root=0):
-        return self._exchange(x)[root]
-
-
 def on_ranks(size, fn):
     """fn(comm) on ``size`` thread-ranks; the list of their results (size 1: a SerialComm)."""
     if size == 1:
         return [fn(SerialComm())]
-    shared = {"barrier": threading.Barrier(size, timeout=60), "box": [None] * size}
-    out, errors = [None] * size, []
-
-    def work(r):
-        try:
-            out[r] = fn(_ThreadComm(shared, r, size))
-        except BaseException as e:  # noqa: BLE001 - re-raised below
-            errors.append(e)
-            shared["barrier"].abort()
-
-    threads = [threading.Thread(target=work, args=(r,)) for r in range(size)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return out
+    return run_threads(size, fn)
 
 
 def space_of(comm, shape):

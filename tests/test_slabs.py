@@ -4,78 +4,15 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 
 import numpy as np
 import pytest
 
 from hpc_pt.parallel import SerialComm, chunk_rows, slab_bounds
-from hpc_pt.parallel.base import Comm
 
 sys.path.insert(0, os.path.dirname(__file__))
 from slab_helpers import assert_checks, run_checks  # noqa: E402
-
-
-class _Group:
-    def __init__(self, size):
-        self.size = size
-        self.barrier = threading.Barrier(size, timeout=60)
-        self.box = [None] * size
-
-
-class ThreadComm(Comm):
-    """P ranks as threads of one process (test double of MPIComm: same semantics, counted the same way)."""
-
-    name = "threads"
-
-    def __init__(self, group, rank):
-        super().__init__()
-        self.g, self.rank, self.size = group, rank, group.size
-
-    def _exchange(self, obj):
-        self.g.barrier.wait()
-        self.g.box[self.rank] = obj
-        self.g.barrier.wait()
-        out = list(self.g.box)
-        self.g.barrier.wait()
-        return out
-
-    def alltoallv(self, send, recv_counts):
-        everyone = self._exchange([np.array(b, copy=True) for b in send])
-        self.stats.add("alltoallv", sum(b.nbytes for s, b in enumerate(send) if s != self.rank), 0.0)
-        recv = [everyone[s][self.rank] for s in range(self.size)]
-        assert [b.size for b in recv] == list(recv_counts)
-        return recv
-
-    def allreduce_sum(self, x):
-        return sum(self._exchange(np.array(x, copy=True)))
-
-    def sum_scalar(self, v):
-        return float(sum(self._exchange(float(v))))
-
-    def bcast(self, x, root=0):
-        return self._exchange(x)[root]
-
-
-def run_threads(size, fn):
-    group = _Group(size)
-    results, errors = [None] * size, []
-
-    def work(r):
-        try:
-            results[r] = fn(ThreadComm(group, r))
-        except BaseException as e:  # noqa: BLE001
-            errors.append(e)
-            group.barrier.abort()
-
-    threads = [threading.Thread(target=work, args=(r,)) for r in range(size)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return results
+from threadcomm import run_threads  # noqa: E402
 
 
 def test_slab_bounds_and_chunks():

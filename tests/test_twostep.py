@@ -402,7 +402,7 @@ def test_threaded_ranks_match_serial(small_cxi, size):
     from hpc_pt import reconstruct
 
     sys.path.insert(0, os.path.dirname(__file__))
-    from test_slabs import run_threads
+    from threadcomm import run_threads
 
     ds, _path = small_cxi
     settings = {"method": "two-step", "iterations": 4, "options": {"tomo_iterations": 3, "smoothing": 1e-3}}
