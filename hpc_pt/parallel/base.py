@@ -81,7 +81,35 @@ class Comm:
         raise NotImplementedError
 
     def bcast(self, x, root: int = 0):
-        """Value of ``x`` on ``root``, returned on every rank."""
+        """Root's ``x`` on every rank. Arrays (NumPy or CuPy) must have the same shape and dtype on every
+        rank; Python / NumPy scalars (bool, int, float, complex) are sent as one-element buffers. Carried
+        by the implementation's :meth:`_bcast_buffer`."""
+        if isinstance(x, (bool, int, float, complex, np.generic)):
+            buf = np.array([x])
+            if self.size > 1:
+                self._bcast_buffer(buf, root)
+            return type(x)(buf[0]) if not isinstance(x, np.generic) else buf[0]
+        gpu = type(x).__module__.split(".")[0] == "cupy"
+        if isinstance(x, np.ndarray) or gpu:
+            if gpu:
+                import cupy
+
+                buf = np.ascontiguousarray(cupy.asnumpy(x))
+            else:
+                buf = np.array(x, copy=True, order="C")
+            if self.size > 1:
+                t0 = time.perf_counter()
+                self._bcast_buffer(buf, root)
+                self.stats.add("bcast", buf.nbytes if self.rank == root else 0, time.perf_counter() - t0)
+            if gpu:
+                import cupy
+
+                return cupy.asarray(buf)
+            return buf
+        raise TypeError(f"{type(self).__name__}.bcast sends arrays and scalars only, not {type(x).__name__}")
+
+    def _bcast_buffer(self, buf: np.ndarray, root: int) -> None:
+        """Overwrite ``buf`` (contiguous, same shape on every rank) with root's contents, in place."""
         raise NotImplementedError
 
     def alltoallv(self, send: list, recv_counts: list[int]) -> list:

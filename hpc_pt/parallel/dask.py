@@ -462,32 +462,9 @@ class DaskComm(Comm):
                                "exchanging buffers (alltoallv)")
         return out
 
-    def bcast(self, x, root: int = 0):
-        """Root's ``x`` on every rank. Arrays (NumPy or CuPy) must have the same shape and dtype on every
-        rank; Python / NumPy scalars (bool, int, float, complex) are sent as one-element buffers."""
-        r, P = self.rank, self.size
-        if isinstance(x, (bool, int, float, complex, np.generic)):
-            buf = np.array([x])
-            if P > 1:
-                self._bcast_buf(buf, root)
-            return type(x)(buf[0]) if not isinstance(x, np.generic) else buf[0]
-        if isinstance(x, np.ndarray) or _is_cupy(x):
-            gpu = _is_cupy(x)
-            if gpu:
-                import cupy
-
-                buf = np.ascontiguousarray(cupy.asnumpy(x))
-            else:
-                buf = np.array(x, copy=True, order="C")
-            if P > 1:
-                with self._timed("bcast", buf.nbytes if r == root else 0):
-                    self._bcast_buf(buf, root)
-            if gpu:
-                import cupy
-
-                return cupy.asarray(buf)
-            return buf
-        raise TypeError(f"DaskComm.bcast sends arrays and scalars only, not {type(x).__name__}")
+    def _bcast_buffer(self, buf: np.ndarray, root: int) -> None:
+        with _meter(_COMM_LABEL["bcast"]):
+            self._bcast_buf(buf, root)
 
     def _bcast_buf(self, buf: np.ndarray, root: int) -> None:
         r, P = self.rank, self.size

@@ -148,32 +148,8 @@ class MPIComm(Comm):
         bounds = np.concatenate([[0], np.cumsum(recv_counts)])
         return [out[bounds[s]:bounds[s + 1]] for s in range(self.size)]
 
-    def bcast(self, x, root: int = 0):
-        """Root's ``x`` on every rank. Arrays (NumPy or CuPy) must have the same shape and dtype on every
-        rank; Python / NumPy scalars (bool, int, float, complex) are sent as one-element buffers."""
-        if isinstance(x, (bool, int, float, complex, np.generic)):
-            buf = np.array([x])
-            if self.size > 1:
-                self.comm.Bcast(buf, root=root)
-            return type(x)(buf[0]) if not isinstance(x, np.generic) else buf[0]
-        if isinstance(x, np.ndarray) or _is_cupy(x):
-            gpu = _is_cupy(x)
-            if gpu:
-                import cupy
-
-                buf = np.ascontiguousarray(cupy.asnumpy(x))
-            else:
-                buf = np.array(x, copy=True, order="C")
-            if self.size > 1:
-                t0 = time.perf_counter()
-                self.comm.Bcast(buf, root=root)
-                self.stats.add("bcast", buf.nbytes if self.rank == root else 0, time.perf_counter() - t0)
-            if gpu:
-                import cupy
-
-                return cupy.asarray(buf)
-            return buf
-        raise TypeError(f"MPIComm.bcast sends arrays and scalars only, not {type(x).__name__}")
+    def _bcast_buffer(self, buf: np.ndarray, root: int) -> None:
+        self.comm.Bcast(buf, root=root)
 
     def barrier(self) -> None:
         self.comm.Barrier()
