@@ -779,7 +779,8 @@ def plot(doc: dict, path: Path) -> None:
     ax.set_xticks([1, 2, 4])
     ax.set_xlabel("ranks / workers P")
     ax.set_ylabel("parallel efficiency")
-    ax.set_ylim(0, 1.15)
+    top_e = max(r["efficiency"] for b in backends for sc in ("strong", "weak") for r in res[b][sc].values())
+    ax.set_ylim(0, max(1.15, top_e + 0.1))
     ax.legend(fontsize=7)
     ax.set_title("efficiency (strong: T1 / (P TP), weak: T1 / TP)", fontsize=10)
     ax = axes[2]
