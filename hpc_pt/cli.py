@@ -35,6 +35,8 @@ SIM_FLAGS = {
     "--voxel-nm": ("voxel_nm", float, "voxel size in nm"),
     "--detector-pixel-um": ("detector_pixel_um", float, "detector pixel size in micrometres"),
     "--ellipsoids": ("ellipsoids", int, "number of random ellipsoids for --phantom ellipsoids"),
+    "--phase-object-rad": ("phase_object_rad", float,
+                           "seed 001's pure-phase sample u = exp(i PHI s) (linear model; default: u = s)"),
     "--seed": ("seed", int, "random seed"),
 }
 
