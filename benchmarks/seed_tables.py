@@ -560,27 +560,35 @@ def _phase_sections(doc: dict, t1_table) -> list[str]:
     L += ["", "## Seed 001, Table 2 (pure-phase sample u = exp(i phi s))", "",
           f"phi = {phi} rad; Poisson noise, step 32, 12 angles, paper-literal geometry (field_pad 0, no per-angle "
           f"offset); APT/APTs penalty {PENALTY_POISSON} as in the u = s Table 2.", ""]
+    L += t2_table(doc, t2p, q)
+    L.append(_u0_row(doc, t2p, "paper", [f"eta{e:g}" for e in T2_ETAS]))
+    L += ["", "### Pure-phase sample: reading, choice of phi, results", ""] + _phase_prose(doc, runs) + [""]
+    return L
+
+
+def t2_table(doc, table: str, q: bool) -> list[str]:
+    """Seed 001 Table 2 rows (R-factor, SNRs, time per method and eta, then the data's SNR_intensity) for
+    the runs of ``table`` (paper-literal geometry), with the paper's numbers in brackets unless quick."""
+    runs = {r["id"]: r for r in doc["runs"]}
     hdr = ["metric", "method"] + [f"eta = {e:g}" for e in T2_ETAS]
-    L += ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
+    L = ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
     for key, label, fmt in (("r_factor", "R-factor", ".4f"), ("snr_db", "SNR (dB)", ".1f"),
                             ("snr_db_paper", "SNR_paper (dB)", ".1f"), ("reconstruct_s", "time (s)", ".0f")):
         for m, mlabel in (("apts", "APTs"), ("apt", "APT")):
             cells = []
             for i, e in enumerate(T2_ETAS):
-                c = _cell(runs.get(f"{t2p}/paper/eta{e:g}/{m}"), key, fmt)
+                c = _cell(runs.get(f"{table}/paper/eta{e:g}/{m}"), key, fmt)
                 if key != "reconstruct_s" and not q:
                     c += f" ({_paper(PAPER_T2[m]['snr_db' if key == 'snr_db_paper' else key][i], fmt)})"
                 cells.append(c)
             L.append(f"| {label} | {mlabel} | " + " | ".join(cells) + " |")
     cells = []
     for i, e in enumerate(T2_ETAS):
-        r = next((r for r in prs if r["id"].startswith(f"{t2p}/paper/eta{e:g}/")
+        r = next((r for r in doc["runs"] if r["id"].startswith(f"{table}/paper/eta{e:g}/")
                   and r.get("snr_intensity_db") is not None), None)
         cells.append(_f(r["snr_intensity_db"] if r else None, ".1f")
                      + ("" if q else f" ({PAPER_T2['snr_intensity_db'][i]})"))
     L.append("| SNR_intensity (dB) | data | " + " | ".join(cells) + " |")
-    L.append(_u0_row(doc, t2p, "paper", [f"eta{e:g}" for e in T2_ETAS]))
-    L += ["", "### Pure-phase sample: reading, choice of phi, results", ""] + _phase_prose(doc, runs) + [""]
     return L
 
 
@@ -858,25 +866,7 @@ def markdown(doc: dict) -> str:
     L += step4_recommended_note(runs)
 
     L += ["## Seed 001, Table 2 (Poisson noise, step 32, 12 angles, paper-literal geometry)", ""]
-    hdr = ["metric", "method"] + [f"eta = {e:g}" for e in T2_ETAS]
-    L += ["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
-    for key, label, fmt in (("r_factor", "R-factor", ".4f"), ("snr_db", "SNR (dB)", ".1f"),
-                            ("snr_db_paper", "SNR_paper (dB)", ".1f"), ("reconstruct_s", "time (s)", ".0f")):
-        for m, mlabel in (("apts", "APTs"), ("apt", "APT")):
-            cells = []
-            for i, e in enumerate(T2_ETAS):
-                r = runs.get(f"seed001_t2/paper/eta{e:g}/{m}")
-                c = _cell(r, key, fmt)
-                if key != "reconstruct_s" and not q:
-                    c += f" ({_paper(PAPER_T2[m]['snr_db' if key == 'snr_db_paper' else key][i], fmt)})"
-                cells.append(c)
-            L.append(f"| {label} | {mlabel} | " + " | ".join(cells) + " |")
-    cells = []
-    for i, e in enumerate(T2_ETAS):
-        r = next((r for r in doc["runs"] if r["id"].startswith(f"seed001_t2/paper/eta{e:g}/")
-                  and r.get("snr_intensity_db") is not None), None)
-        cells.append(_f(r["snr_intensity_db"] if r else None, ".1f") + ("" if q else f" ({PAPER_T2['snr_intensity_db'][i]})"))
-    L.append("| SNR_intensity (dB) | data | " + " | ".join(cells) + " |")
+    L += t2_table(doc, "seed001_t2", q)
     L += ["", "Our SNR_intensity differs from the paper's: it depends on the intensity scale of the simulated "
           "frames (f = eta |D|^2 with hpc-pt's unit-peak probe and unitary FFT), which the paper does not fix.", ""]
 

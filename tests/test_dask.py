@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 
 from hpc_pt import reconstruct
-from hpc_pt.io import write_cxi
-from hpc_pt.simulate import SimulationConfig, simulate_dataset
+from test_mpi import _ragged  # the same ragged 16^3 dataset the MPI tests use
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-5
@@ -55,13 +54,7 @@ def client():
 def data(tmp_path_factory):
     """16^3 phantom, 4 angles, Fermat scan, ragged frame counts (as tests/test_mpi.py)."""
     path = tmp_path_factory.mktemp("dask") / "a4.cxi"
-    ds = simulate_dataset(SimulationConfig(size=16, angles=4, probe_size=8, probe_fwhm=3, step=3, field_pad=3,
-                                           scan="fermat", per_angle_offset=1.0))
-    for k, a in enumerate(ds.angles):
-        drop = (3 * k) % 7
-        if drop:
-            a.frames, a.positions = a.frames[:-drop], a.positions[:-drop]
-    write_cxi(ds, path)
+    _ragged(4, path)
     return path
 
 
