@@ -160,10 +160,20 @@ PHASE_SUFFIX = "_phase"  # table keys of the pure-phase-sample runs (--phase-obj
 # Recommended-geometry columns of the pure-phase runs (step 4: the 8 px offset is taken modulo the step, 8 mod 4
 # = 0, so only field_pad differs from the paper-literal geometry; it lights every row).
 PHASE_RECOMMENDED_COLUMNS = [(32, 12), (32, 48), (4, 12)]
+# "airy" variant (pure-phase sample only): the paper-literal geometry with an Airy probe of the same FWHM
+# (hpc_pt.simulate.airy_probe; docs/solvers.md "Seed 001's probe"). APT/APTs run 300 iterations; APT's TV
+# threshold for clean data, 0.1 (instead of the default 0.5), was chosen on the random-ellipsoid training
+# phantom (64^3, pure phase pi/2, the step-32 / 12-angle geometry scaled by 1/2, 100 iterations: tv_rel 0.03 /
+# 0.1 / 0.5 / 2 -> 26.8 / 32.9 / 28.7 / 25.3 dB), never on the Shepp-Logan truth. Poisson data keep the default
+# 0.5 and r2 = 0.3 (training phantom at eta 2.5, SNR_intensity 39.9 dB like Table 2's eta = 0.1:
+# tv_rel 0.5 / 0.1 -> 21.5 / 20.5 dB at r2 0.3; r2 0.1 / 0.03 worse).
+AIRY_ITERATIONS = 300
+AIRY_TV_REL_CLEAN = 0.1
 
 
-def seed001_sim(step, angles, quick, noise="none", peak=1.0, recommended=False, phase_rad=None) -> dict:
-    d = dict(phantom="shepp-logan", size=128, angles=angles, angle_range=180, probe_kind="gaussian",
+def seed001_sim(step, angles, quick, noise="none", peak=1.0, recommended=False, phase_rad=None,
+                probe="gaussian") -> dict:
+    d = dict(phantom="shepp-logan", size=128, angles=angles, angle_range=180, probe_kind=probe,
              probe_size=64, probe_fwhm=14.0, step=float(step), scan="raster", per_angle_offset=0.0, field_pad=0,
              model="linear", noise=noise, peak=peak, seed=0)
     if phase_rad is not None:  # pure-phase sample u = exp(i phase_rad s)
@@ -201,8 +211,11 @@ def plan(quick: bool, only=None, phase_rad=None) -> list[dict]:
         return sel is None or t in sel
 
     def add(table, column, method, sim, variant="paper", penalty=None, options=None):
+        n = its[method]
+        if variant == "airy" and method in ("apt", "apts") and not quick:
+            n = AIRY_ITERATIONS
         runs.append(dict(id=f"{table}/{variant}/{column}/{method}", table=table, variant=variant, column=column,
-                         method=method, sim=sim, iterations=its[method], penalty=penalty,
+                         method=method, sim=sim, iterations=n, penalty=penalty,
                          options=dict(options or {}), status="pending"))
 
     sfx = "" if phase_rad is None else PHASE_SUFFIX
@@ -212,15 +225,19 @@ def plan(quick: bool, only=None, phase_rad=None) -> list[dict]:
             for step, ang in columns:
                 pen = PENALTY_CLEAN if m in ("apt", "apts") else None
                 opt = two_opts if m == "two-step" else None
+                if variant == "airy" and m == "apt":
+                    opt = {"tv_rel": AIRY_TV_REL_CLEAN}
                 add("seed001_t1" + sfx, f"step{step}_a{ang}", m,
-                    seed001_sim(step, ang, quick, recommended=variant == "recommended", phase_rad=phase_rad),
+                    seed001_sim(step, ang, quick, recommended=variant == "recommended", phase_rad=phase_rad,
+                                probe="airy" if variant == "airy" else "gaussian"),
                     variant, pen, opt)
 
-    def t2(methods):
+    def t2(methods, variant="paper"):
         for m in methods:
             for eta in T2_ETAS:
                 add("seed001_t2" + sfx, f"eta{eta:g}", m,
-                    seed001_sim(32, 12, quick, "poisson", eta, phase_rad=phase_rad), "paper", PENALTY_POISSON)
+                    seed001_sim(32, 12, quick, "poisson", eta, phase_rad=phase_rad,
+                                probe="airy" if variant == "airy" else "gaussian"), variant, PENALTY_POISSON)
 
     if phase_rad is not None:  # pure-phase sample: seed 001 only, Table 1 (all methods), Table 2, recommended
         if want("seed001_t1"):
@@ -229,6 +246,10 @@ def plan(quick: bool, only=None, phase_rad=None) -> list[dict]:
             t2(("apt", "apts"))
         if want("seed001_t1"):
             t1(("apt", "apts", "two-step"), "recommended", PHASE_RECOMMENDED_COLUMNS)
+        if want("seed001_t1"):
+            t1(("apt", "apts", "two-step"), "airy")
+        if want("seed001_t2"):
+            t2(("apt", "apts"), "airy")
         return runs
 
     def s2(columns):
@@ -1030,7 +1051,7 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default=None, help="only these methods (comma-separated, e.g. two-step,gd)")
     ap.add_argument("--columns", default=None,
                     help="only these columns (comma-separated labels as in the JSON, e.g. step4_a100,eta1)")
-    ap.add_argument("--variants", default=None, help="only these variants (comma-separated: paper, recommended)")
+    ap.add_argument("--variants", default=None, help="only these variants (comma-separated: paper, recommended, airy)")
     ap.add_argument("--max-mem-gb", type=float, default=None,
                     help="do not start runs whose estimated resident memory exceeds this (marked 'not run (memory)')")
     ap.add_argument("--stop-after-min", type=float, default=None,

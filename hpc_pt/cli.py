@@ -22,7 +22,7 @@ SIM_FLAGS = {
     "--angle-kind": ("angle_kind", str, "uniform or golden"),
     "--probe-size": ("probe_size", int, "probe window / detector size M (M x M)"),
     "--probe-fwhm": ("probe_fwhm", float, "Gaussian FWHM or disc diameter in pixels"),
-    "--probe-kind": ("probe_kind", str, "gaussian, disc or file"),
+    "--probe-kind": ("probe_kind", str, "gaussian, airy, disc or file"),
     "--probe-file": ("probe_file", str, "probe to load (.npy, .h5, .cxi) with --probe-kind file"),
     "--step": ("step", float, "scan step in pixels"),
     "--scan": ("scan", str, "raster or fermat"),

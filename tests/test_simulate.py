@@ -11,6 +11,7 @@ from hpc_pt.errors import InputError
 from hpc_pt.simulate import (
     MATERIALS,
     SimulationConfig,
+    airy_probe,
     disc_probe,
     fermat_scan,
     gaussian_probe,
@@ -107,6 +108,26 @@ def test_gaussian_probe_fwhm_and_centre():
     w2 = gaussian_probe(64, 14.0)
     np.testing.assert_allclose(w2, w2[::-1, ::-1])
     assert probe_diameter_px(w2) == pytest.approx(14.0, rel=0.05)
+
+
+def test_airy_probe_fwhm_zero_and_tails():
+    from scipy.special import j1
+
+    w = airy_probe(63, 14.0)
+    assert w.shape == (63, 63) and w.dtype == np.complex64 and np.all(w.imag == 0)
+    prof = w.real[31, 31:]
+    assert prof[0] == pytest.approx(1.0)
+    assert np.interp(7.0, np.arange(32), prof) == pytest.approx(0.5, abs=1e-4)  # amplitude FWHM 14 px
+    k = 2 * 2.2150893677 / 14.0
+    np.testing.assert_allclose(prof, [2 * j1(k * r) / (k * r) if r else 1.0 for r in range(32)], atol=1e-6)
+    first_zero = 3.8317059702 / k  # first dark ring, then a negative lobe
+    i = int(np.ceil(first_zero))
+    assert prof[i - 1] > 0 > prof[i + 1]
+    # unlike the Gaussian of the same FWHM, the rings light the window's edge (seed 001: 64 px window)
+    assert np.abs(w[31]).max() == pytest.approx(1.0) and np.abs(w[31, :3]).max() > 1e-2
+    assert np.abs(gaussian_probe(63, 14.0)[31, :3]).max() < 1e-5
+    with pytest.raises(ValueError, match="FWHM"):
+        airy_probe(16, 0.0)
 
 
 def test_disc_probe_area_and_soft_edge():

@@ -17,13 +17,14 @@ from .dataset import (
 from .materials import MATERIALS, Material, refractive_index
 from .noise import poisson_noise, snr_intensity
 from .phantoms import random_ellipsoids, shepp_logan_3d, wire_phantom
-from .probes import disc_probe, gaussian_probe, load_probe, probe_diameter_px
+from .probes import airy_probe, disc_probe, gaussian_probe, load_probe, probe_diameter_px
 from .scans import fermat_scan, overlap_ratio, raster_scan, scan_for_angle
 
 __all__ = [
     "MATERIALS",
     "Material",
     "SimulationConfig",
+    "airy_probe",
     "disc_probe",
     "fermat_scan",
     "gaussian_probe",

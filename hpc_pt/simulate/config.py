@@ -40,8 +40,8 @@ class SimulationConfig(BaseModel):
     angle_range: Literal[180, 360] = Field(180, description="angular range in degrees, endpoint excluded")
     angle_kind: Literal["uniform", "golden"] = "uniform"
     probe_size: int = Field(64, ge=2, description="probe / detector frame edge M (pixels)")
-    probe_fwhm: float = Field(14.0, gt=0, description="amplitude FWHM (gaussian) or diameter (disc), px")
-    probe_kind: Literal["gaussian", "disc", "file"] = "gaussian"
+    probe_fwhm: float = Field(14.0, gt=0, description="amplitude FWHM (gaussian, airy) or diameter (disc), px")
+    probe_kind: Literal["gaussian", "airy", "disc", "file"] = "gaussian"
     probe_file: Path | None = None
     step: float = Field(32.0, gt=0, description="scan step (pixels)")
     scan: Literal["raster", "fermat"] = "raster"

@@ -24,7 +24,7 @@ from .angles import make_angles
 from .config import SimulationConfig
 from .noise import poisson_noise, snr_from_sums, snr_sums
 from .phantoms import random_ellipsoids, shepp_logan_3d, wire_phantom
-from .probes import disc_probe, gaussian_probe, load_probe, probe_diameter_px
+from .probes import airy_probe, disc_probe, gaussian_probe, load_probe, probe_diameter_px
 from .scans import overlap_ratio, scan_for_angle
 
 #: complex frames computed at once (3,468 64 x 64 frames = 114 MB of complex64 is one batch)
@@ -49,6 +49,8 @@ def make_probe(cfg: SimulationConfig) -> np.ndarray:
     """The configured (unscaled) probe w, complex64."""
     if cfg.probe_kind == "gaussian":
         return gaussian_probe(cfg.probe_size, cfg.probe_fwhm)
+    if cfg.probe_kind == "airy":
+        return airy_probe(cfg.probe_size, cfg.probe_fwhm)
     if cfg.probe_kind == "disc":
         return disc_probe(cfg.probe_size, cfg.probe_fwhm)
     probe = load_probe(cfg.probe_file)

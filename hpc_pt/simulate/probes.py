@@ -1,7 +1,11 @@
 """Illumination (probe) functions w, complex64 (m1, m2), centred at the continuous point (m1/2, m2/2),
 i.e. index coordinate ((m1 - 1)/2, (m2 - 1)/2) (hpc_pt.conventions: a window's centre is t + m/2).
 
-Seed 001 (section 3, Fig. 1(b)): 64 x 64 probe with an amplitude FWHM of 14 pixels.
+Seed 001 (section 3, Fig. 1(b)): 64 x 64 probe with an amplitude FWHM of 14 pixels. The text gives no
+profile. A Gaussian of that FWHM falls below 1e-3 of its peak amplitude 22 px from its centre and
+to 5e-7 at the window's edge (32 px), so most of the 64 px window is dark; a focused X-ray beam is the far field of a finite (circular) aperture, an Airy pattern whose
+r^(-3/2) amplitude tails reach across the whole window (:func:`airy_probe`, 5% of the peak amplitude at the
+window's edge for FWHM 14). Both are available; see docs/solvers.md, "Seed 001's probe".
 Seed 002 (section 3.1): circular probe of 15 pixels (150 nm) diameter, constant phase, 63 x 63 detector.
 """
 from __future__ import annotations
@@ -37,6 +41,31 @@ def gaussian_probe(m: int, fwhm_px: float) -> np.ndarray:
     c = _centred_coords(int(m))
     r2 = c[:, None] ** 2 + c[None, :] ** 2
     return np.exp(-4.0 * math.log(2.0) * r2 / float(fwhm_px) ** 2).astype(np.complex64)
+
+
+#: x at which the Airy amplitude 2 J1(x) / x falls to one half (solved numerically, 10 digits)
+AIRY_HALF_AMPLITUDE_X = 2.2150893677
+
+
+def airy_probe(m: int, fwhm_px: float) -> np.ndarray:
+    """Airy probe: amplitude 2 J1(k r) / (k r) (peak 1, amplitude FWHM ``fwhm_px``), flat phase.
+
+    The focus of a lens or zone plate with a circular pupil (far field of a uniformly lit disc). The amplitude
+    falls to one half at k r = 2.2151, so k = 2 x 2.2151 / fwhm; its first zero is at k r = 3.8317
+    (1.73 fwhm / 2) and its rings decay as (k r)^(-3/2), so the beam lights the whole m x m window weakly
+    (seed 001: m = 64, fwhm = 14 gives 5% of the peak amplitude, 0.25% intensity, at 32 px). Shape (m, m),
+    complex64; the sign changes between rings are kept (the real amplitude of the Airy function).
+    """
+    from scipy.special import j1
+
+    if int(m) < 1:
+        raise ValueError(f"probe size must be positive, got {m}")
+    if not fwhm_px > 0:
+        raise ValueError(f"probe FWHM must be positive, got {fwhm_px} px")
+    c = _centred_coords(int(m))
+    x = (2.0 * AIRY_HALF_AMPLITUDE_X / float(fwhm_px)) * np.hypot(c[:, None], c[None, :])
+    safe = np.where(x > 0, x, 1.0)
+    return np.where(x > 0, 2.0 * j1(safe) / safe, 1.0).astype(np.complex64)
 
 
 def disc_probe(m: int, diameter_px: float) -> np.ndarray:
