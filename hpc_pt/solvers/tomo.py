@@ -77,8 +77,12 @@ def _norm_estimate(projector, comm, n_iter=10, like=None, space=None):
 
 def tomo_cg(projector, projections, comm=None, x0=None, iterations: int = 50, tol: float = 1e-4,
             damping: float = 0.0, smoothing: float = 0.0, relative: bool = True, callback=None, space=None,
-            resume: dict | None = None, checkpoint=None):
+            resume: dict | None = None, checkpoint=None, weights=None):
     """CGLS for min 1/2||P x - p||^2 + mu/2||x||^2 + lam/2||grad x||^2; returns (volume, History).
+
+    ``weights`` (optional, real >= 0, the projections' shape): the data term becomes
+    1/2 ||sqrt(w) (P x - p)||^2, i.e. CGLS on the operator sqrt(w) P with data sqrt(w) p; w = 0 drops a ray
+    (the 2-step baseline passes the probe's lit-pixel mask, so pixels without data are not fitted).
 
     With ``relative`` (default), ``damping`` and ``smoothing`` are given relative to ||P^T P|| (and
     ||P^T P|| / 12 for the Laplacian, whose norm is at most 12), so they are scale-free.
@@ -92,6 +96,15 @@ def tomo_cg(projector, projections, comm=None, x0=None, iterations: int = 50, to
     p = projections.astype(projector.dtype, copy=False)
     if tuple(p.shape) != tuple(projector.shape_out):
         raise ValueError(f"projections {tuple(p.shape)} do not match the projector's {projector.shape_out}")
+    if weights is not None:
+        if tuple(weights.shape) != tuple(p.shape):
+            raise ValueError(f"weights {tuple(weights.shape)} do not match the projections {tuple(p.shape)}")
+        sw = xp.sqrt(xp.maximum(xp.asarray(weights).real, 0)).astype(p.real.dtype)
+        p = sw * p
+
+    def fwd(v):
+        return projector.fwd(v) if weights is None else sw * projector.fwd(v)
+
     grad = space.gradient if space is not None else gradient
     div = space.divergence if space is not None else divergence
 
@@ -109,7 +122,7 @@ def tomo_cg(projector, projections, comm=None, x0=None, iterations: int = 50, to
     smu, slam = float(np.sqrt(mu)), float(np.sqrt(lam))  # Python floats: the arrays keep the projector's dtype
 
     def normal_residual(r, r_mu, r_lam):
-        s = projector.adj(r)
+        s = projector.adj(r if weights is None else sw * r)
         if r_mu is not None:
             s = s + smu * r_mu
         if r_lam is not None:
@@ -126,7 +139,7 @@ def tomo_cg(projector, projections, comm=None, x0=None, iterations: int = 50, to
 
     if resume is None:
         x = xp.zeros(projector.shape_in, dtype=projector.dtype) if x0 is None else x0.astype(projector.dtype)
-        r = p - projector.fwd(x)
+        r = p - fwd(x)
         r_mu = -smu * x if mu > 0 else None
         r_lam = -slam * grad(x) if lam > 0 else None
         s = normal_residual(r, r_mu, r_lam)
@@ -146,7 +159,7 @@ def tomo_cg(projector, projections, comm=None, x0=None, iterations: int = 50, to
         if gamma <= (tol ** 2) * gamma0 or gamma == 0:
             break
         t0 = time.perf_counter()
-        q = projector.fwd(d)
+        q = fwd(d)
         delta = total(q)
         q_mu = smu * d if mu > 0 else None
         q_lam = slam * grad(d) if lam > 0 else None
@@ -278,14 +291,18 @@ def tomopy_recon(projector, projections, algorithm: str = "gridrec", iterations:
 
 
 def reconstruct(projector, projections, comm=None, opts: TomoOptions | None = None, callback=None, space=None,
-                resume: dict | None = None, checkpoint=None):
-    """Dispatch on ``opts.engine``; returns (volume, History). ``space``, ``resume``, ``checkpoint``: see
-    :func:`tomo_cg` (only CG iterates; FBP and tomopy ignore them)."""
+                resume: dict | None = None, checkpoint=None, weights=None):
+    """Dispatch on ``opts.engine``; returns (volume, History). ``space``, ``resume``, ``checkpoint``,
+    ``weights``: see :func:`tomo_cg` (only CG iterates and weighs rays; FBP and tomopy take the projections
+    with zero-weight rays set to 0)."""
     opts = TomoOptions() if opts is None else opts
     if opts.engine == "cg":
         return tomo_cg(projector, projections, comm, iterations=opts.iterations, tol=opts.tol,
                        damping=opts.damping, smoothing=opts.smoothing, callback=callback, space=space,
-                       resume=resume, checkpoint=checkpoint)
+                       resume=resume, checkpoint=checkpoint, weights=weights)
+    if weights is not None:
+        xp = get_xp(projections)
+        projections = xp.where(xp.asarray(weights) > 0, projections, 0)
     if opts.engine == "fbp":
         return fbp(projector, projections, opts.filter), History()
     if opts.engine == "tomopy":
