@@ -306,7 +306,8 @@ def run_twostep(shard: Shard, comm, opts: TwoStepOptions | None = None, callback
             proj = sp.to_slabs(model.pad.adj(xp.asarray(x_field.astype(dtype))))  # (A_all, rows, W)
             weights = None
             if opts.unlit == "mask":
-                wfield = np.where(lit, np.minimum(np.asarray(to_numpy(illum), dtype=np.float64)
+                wfield = np.where(np.asarray(to_numpy(lit), dtype=bool),
+                                  np.minimum(np.asarray(to_numpy(illum), dtype=np.float64)
                                                   / (opts.full_weight * global_max(comm, illum)), 1.0), 0.0)
                 weights = sp.to_slabs(model.pad.adj(xp.asarray(wfield.astype(dtype)))).real
         n_ptycho = len(hist)
