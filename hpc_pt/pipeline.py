@@ -227,6 +227,11 @@ def _coerce(cls, values: dict) -> dict:
     out = {}
     for k, v in values.items():
         t = str(types[k])
+        if t.endswith(" | None"):  # optional: None / "none" / "null" stay None, anything else the base type
+            if v is None or str(v).lower() in ("none", "null"):
+                out[k] = None
+                continue
+            t = t[: -len(" | None")]
         try:
             if t in ("int", "<class 'int'>") and not isinstance(v, bool):
                 fv = float(v)

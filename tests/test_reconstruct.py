@@ -133,6 +133,7 @@ def test_reconstruct_from_config_file(small_files, tmp_path, capsys):
     (["--method", "apt", "--model", "exp"], ["linear"]),
     (["--method", "apt", "--init", "missing.npy"], ["missing.npy"]),
     (["--method", "apt", "--option", "cg_max_iter=abc"], ["cg_max_iter"]),
+    (["--method", "two-step", "--option", "illum_threshold=abc"], ["illum_threshold", "float"]),
     (["--method", "gd", "--model", "linear"], ["exponential"]),
     (["--method", "two-step", "--penalty", "3"], ["--penalty"]),
     (["--method", "admm", "--model", "exp", "--prior", "no-such-denoiser"], ["no-such-denoiser"]),
@@ -144,6 +145,15 @@ def test_bad_reconstruct_options_fail_cleanly(small_files, tmp_path, capsys, arg
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and all(w in err[0] for w in words), err
     assert not out.exists()
+
+
+def test_optional_options_are_coerced():
+    """Optional float options (``float | None``) take YAML's strings ("1e-3" is a string in YAML 1.1) and none."""
+    from hpc_pt.pipeline import _coerce
+    from hpc_pt.solvers.twostep import TwoStepOptions
+
+    v = _coerce(TwoStepOptions, {"illum_threshold": "1e-3", "support_width": "none", "full_weight": "0.02"})
+    assert v == {"illum_threshold": 1e-3, "support_width": None, "full_weight": 0.02}
 
 
 def test_existing_figure_is_not_overwritten(small_files, tmp_path, capsys):

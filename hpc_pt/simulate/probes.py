@@ -2,10 +2,11 @@
 i.e. index coordinate ((m1 - 1)/2, (m2 - 1)/2) (hpc_pt.conventions: a window's centre is t + m/2).
 
 Seed 001 (section 3, Fig. 1(b)): 64 x 64 probe with an amplitude FWHM of 14 pixels. The text gives no
-profile. A Gaussian of that FWHM falls below 1e-3 of its peak amplitude 22 px from its centre and
-to 5e-7 at the window's edge (32 px), so most of the 64 px window is dark; a focused X-ray beam is the far field of a finite (circular) aperture, an Airy pattern whose
-r^(-3/2) amplitude tails reach across the whole window (:func:`airy_probe`, 5% of the peak amplitude at the
-window's edge for FWHM 14). Both are available; see docs/solvers.md, "Seed 001's probe".
+profile. A Gaussian of that FWHM falls below 1e-3 of its peak amplitude 22 px from its centre and to
+5e-7 at the window's edge (32 px), so most of the 64 px window is dark; a focused X-ray beam is the far
+field of a finite (circular) aperture, an Airy pattern whose r^(-3/2) amplitude tails reach across the
+whole window (:func:`airy_probe`, 5% of the peak amplitude at the window's edge for FWHM 14). Both are
+available; see docs/solvers.md, "Seed 001's probe and sample".
 Seed 002 (section 3.1): circular probe of 15 pixels (150 nm) diameter, constant phase, 63 x 63 detector.
 """
 from __future__ import annotations

@@ -18,8 +18,10 @@ counts ``shard.model.counts``):
      of its maximum so the log stays finite.
 
    Pixels the probe never lit (summed |w|^2 below ``illum_threshold`` of its peak over every rank's
-   angles; default :data:`ILLUM_THRESHOLD_LINEAR` / :data:`ILLUM_THRESHOLD_EXP`) carry no data. ``unlit="mask"`` (default) gives them zero weight in the tomography (CGLS fits
-   only the lit rays; FBP and tomopy, which cannot weigh rays, get them as 0); ``unlit="zero"`` sets them
+   angles; default :data:`ILLUM_THRESHOLD_LINEAR` / :data:`ILLUM_THRESHOLD_EXP`) carry no data.
+   ``unlit="mask"`` (default) gives them zero weight in the tomography (CGLS fits only the lit rays, each
+   with weight min(1, illumination / (``full_weight`` x peak)), so weakly lit, less certain pixels count
+   less; FBP and tomopy, which cannot weigh rays, get unlit ones as 0); ``unlit="zero"`` sets them
    to free space x = 0 and fits them like data, which is right only for a sample surrounded by empty
    space (x = 0 there): for seed 001's pure-phase sample (|u| = 1 everywhere, projections about the path
    length) it cost the whole reconstruction (48^3: 5.2 dB, against 18.9 dB from the exact lit rays).
@@ -71,8 +73,9 @@ from .tomo import TomoOptions, reconstruct
 
 #: default lit-pixel thresholds (summed |w|^2 relative to its peak). Linear model: x = psi directly, and
 #: noise-free ptychography recovers weakly lit pixels well; measured on seed 001's pure-phase sample scaled to
-#: 64^3 (Airy probe, step 2, 12 angles, mask): 1e-2 -> 6.0 dB, 1e-3 -> 13.4, 1e-4 -> 16.8, 1e-5 -> 17.6 (APTs:
-#: 17.6); Gaussian probe 4.0 / 4.5 / 5.4 dB at 1e-2 / 1e-3 / 1e-4. Exp model: the log and the unwrapped phase
+#: 64^3 (Airy probe, step 2, 12 angles, binary mask): 1e-2 -> 6.0 dB, 1e-3 -> 13.4, 1e-4 -> 16.8, 1e-5 -> 17.6
+#: (APTs: 17.6; with the ``full_weight`` ramp 17.2 dB at 1e-4); Gaussian probe 4.0 / 4.5 / 5.4 dB at 1e-2 /
+#: 1e-3 / 1e-4. Exp model: the log and the unwrapped phase
 #: of a weakly lit field are unreliable, so only well-lit pixels are kept.
 ILLUM_THRESHOLD_LINEAR = 1e-4
 ILLUM_THRESHOLD_EXP = 1e-2
