@@ -574,7 +574,7 @@ def _phase_sections(doc: dict, t1_table) -> list[str]:
     runs = {r["id"]: r for r in prs}
     q = doc["quick"]
     phis = sorted({r["sim"]["phase_object_rad"] for r in prs})
-    phi = ", ".join(f"{v:.4g}" for v in phis)
+    phi = ", ".join(dict.fromkeys(f"{v:.4g}" for v in phis))
     L = ["## Seed 001, Table 1 (pure-phase sample u = exp(i phi s))", "",
          f"phi = {phi} rad. " + PHASE_PROSE_SETUP, ""]
     L += ["### Paper-literal geometry", "", "field_pad 0, no per-angle offset (as the u = s table above).", ""]
@@ -1076,7 +1076,7 @@ def montage(doc: dict, slices: dict, truths: dict, path: Path) -> None:
     for r in doc["runs"]:
         if r["status"] == "done" and r["id"] in slices:
             t, v, c, m = r["id"].split("/")
-            lab = f"{t.replace('seed00', 's')} {'rec ' if v == 'recommended' else ''}{c}\n{m} SNR {r['snr_db']:.1f}"
+            lab = f"{t.replace('seed00', 's')} {'rec ' if v == 'recommended' else 'airy ' if v == 'airy' else ''}{c}\n{m} SNR {r['snr_db']:.1f}"
             panels.append((lab, slices[r["id"]], r["table"]))
     if not panels:
         return
@@ -1133,6 +1133,7 @@ def merge(dirs, out: Path, notes=None) -> int:
     order = plan(quick)
     for phi in sorted({r["sim"].get("phase_object_rad") for r in done.values()} - {None}):
         order += plan(quick, phase_rad=phi)  # --phase-object runs, after the u = s ones
+    order = list({r["id"]: r for r in reversed(order)}.values())[::-1]  # first occurrence of each id
     ids = {r["id"] for r in order}
     runs = [done.get(r["id"], r) for r in order] + [r for r in done.values() if r["id"] not in ids]
     merged = dict(docs[0])
