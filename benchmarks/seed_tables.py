@@ -599,9 +599,8 @@ def _phase_sections(doc: dict, t1_table) -> list[str]:
 def _summary(doc: dict, runs: dict) -> list[str]:
     """Seed 001's SNR columns side by side for the three readings (u = s / pure phase with the Gaussian probe,
     pure phase with the Airy probe), paper-literal geometry; empty when there are no such runs."""
-    t1p, t2p = "seed001_t1" + PHASE_SUFFIX, "seed001_t2" + PHASE_SUFFIX
-    cols = [(f"step{s}_a{a}", f"step {s} / {a}", "seed001_t1", "{}", PAPER_T1, i) for i, (s, a) in enumerate(T1_COLUMNS)]
-    cols += [(f"eta{e:g}", f"Poisson eta {e:g}", "seed001_t2", "{}", PAPER_T2, i) for i, e in enumerate(T2_ETAS)]
+    cols = [(f"step{s}_a{a}", f"step {s} / {a}", "seed001_t1", PAPER_T1, i) for i, (s, a) in enumerate(T1_COLUMNS)]
+    cols += [(f"eta{e:g}", f"Poisson eta {e:g}", "seed001_t2", PAPER_T2, i) for i, e in enumerate(T2_ETAS)]
     if doc["quick"] or not any(r["variant"] == "airy" for r in doc["runs"]):
         return []
 
@@ -620,7 +619,7 @@ def _summary(doc: dict, runs: dict) -> list[str]:
         for label, base, variant in (("u = s, Gaussian", "", "paper"), ("pure phase, Gaussian", PHASE_SUFFIX, "paper"),
                                      ("pure phase, Airy", PHASE_SUFFIX, "airy")):
             cells = []
-            for col, _lab, table, _f2, paper, i in cols:
+            for col, _lab, table, paper, i in cols:
                 if m == "two-step" and table == "seed001_t2":
                     cells.append("–")
                     continue
