@@ -87,7 +87,7 @@ if str(REPO) not in sys.path:  # run from a checkout without installing
 os.environ.setdefault("HPC_PT_NUFFT_THREADS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from hpc_pt.metrics import centre_crop, evaluate, r_factor  # noqa: E402
+from hpc_pt.metrics import centre_crop, evaluate  # noqa: E402
 from hpc_pt.pipeline import build_shard, reconstruct  # noqa: E402
 from hpc_pt.operators.projector import Projector  # noqa: E402
 from hpc_pt.simulate import SimulationConfig, simulate_dataset  # noqa: E402
