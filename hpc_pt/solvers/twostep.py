@@ -302,7 +302,8 @@ def run_twostep(shard: Shard, comm, opts: TwoStepOptions | None = None, callback
         thr = opts.illum_threshold
         if thr is None:
             thr = ILLUM_THRESHOLD_LINEAR if model.expmap is None else ILLUM_THRESHOLD_EXP
-        lit = illum > thr * global_max(comm, illum)
+        peak = global_max(comm, illum)
+        lit = illum > thr * peak
         x_field, info = _fields_to_projections(psi, lit, model, opts, comm, sp)
         x_field = np.nan_to_num(x_field, nan=0.0, posinf=0.0, neginf=0.0)
         with comm.phase("project"):
@@ -311,7 +312,7 @@ def run_twostep(shard: Shard, comm, opts: TwoStepOptions | None = None, callback
             if opts.unlit == "mask":
                 wfield = np.where(np.asarray(to_numpy(lit), dtype=bool),
                                   np.minimum(np.asarray(to_numpy(illum), dtype=np.float64)
-                                                  / (opts.full_weight * global_max(comm, illum)), 1.0), 0.0)
+                                                  / (opts.full_weight * peak), 1.0), 0.0)
                 weights = sp.to_slabs(model.pad.adj(xp.asarray(wfield.astype(dtype)))).real
         n_ptycho = len(hist)
         if on:
