@@ -156,6 +156,9 @@ RECOMMENDED_COLUMNS = [(32, 12), (32, 48), (4, 12)]
 T1_COLUMNS = [(32, 12), (32, 48), (4, 12)]
 T2_ETAS = [1.0, 0.1]
 S2_COLUMNS = [(10, 100), (4, 100), (10, 400), (4, 400)]  # (step, angles), run in this order (cheapest first)
+# Columns whose 2-step runs the 2D stage angle by angle (TwoStepOptions.per_angle: the same DM on each angle,
+# so only one angle's exit waves are alive at a time instead of every frame's).
+S2_PER_ANGLE = [(4, 400)]
 PHASE_SUFFIX = "_phase"  # table keys of the pure-phase-sample runs (--phase-object): seed001_t1_phase, ...
 # Recommended-geometry columns of the pure-phase runs (step 4: the 8 px offset is taken modulo the step, 8 mod 4
 # = 0, so only field_pad differs from the paper-literal geometry; it lights every row).
@@ -260,8 +263,10 @@ def plan(quick: bool, only=None, phase_rad=None) -> list[dict]:
     def s2(columns):
         for step, ang in columns:
             for m in ("two-step", "admm", "gd"):
-                add("seed002", f"step{step}_a{ang}", m, seed002_sim(step, ang, quick), "paper", None,
-                    two_opts if m == "two-step" else None)
+                opt = None
+                if m == "two-step":  # the largest column solves its angles one at a time (same DM, less memory)
+                    opt = dict(two_opts, per_angle=True) if (step, ang) in S2_PER_ANGLE else two_opts
+                add("seed002", f"step{step}_a{ang}", m, seed002_sim(step, ang, quick), "paper", None, opt)
 
     if want("seed001_t1"):
         t1(("apt", "apts"))
@@ -287,7 +292,7 @@ def plan(quick: bool, only=None, phase_rad=None) -> list[dict]:
 # the code gives fewer (the data alone are 1.5: dataset frames, shard intensities and amplitudes in float32;
 # each solver adds 2-6 far-field-sized arrays); numpy temporaries account for the rest. Runs over
 # ``--max-mem-gb`` are not started ("not run (memory)").
-FRAME_ARRAYS = {"two-step": 11.5, "admm": 10.0, "gd": 8.5, "apt": 12.5, "apts": 12.5}
+FRAME_ARRAYS = {"two-step": 11.5, "two-step/per-angle": 5.0, "admm": 10.0, "gd": 8.5, "apt": 12.5, "apts": 12.5}
 MEM_BASE_GB = 0.5  # interpreter, libraries, volume-sized arrays
 
 
@@ -297,9 +302,15 @@ def count_frames(sim: dict) -> int:
     return int(sum(len(p) for p in make_positions(cfg, (m, m), (cfg.field_size, cfg.field_size))))
 
 
+def frame_arrays(run: dict) -> float:
+    """FRAME_ARRAYS of the run's method (the per-angle 2-step has its own factor)."""
+    key = run["method"] + ("/per-angle" if run["options"].get("per_angle") else "")
+    return FRAME_ARRAYS[key]
+
+
 def memory_estimate_gb(run: dict) -> float:
     m = run["sim"]["probe_size"]  # detector = probe window
-    return MEM_BASE_GB + FRAME_ARRAYS[run["method"]] * count_frames(run["sim"]) * m * m * 8 / 1e9
+    return MEM_BASE_GB + frame_arrays(run) * count_frames(run["sim"]) * m * m * 8 / 1e9
 
 
 class RssPeak:
@@ -1221,7 +1232,7 @@ def main(argv=None) -> int:
             run.update(status="not run", reason_short="memory",                       # it would not fit anyway
                        reason=f"estimated {run['memory_estimate_gb']:.1f} GB resident "
                               f"({count_frames(run['sim'])} frames x {run['sim']['probe_size']}^2 x 8 B x "
-                              f"{FRAME_ARRAYS[run['method']]:g} frame arrays + {MEM_BASE_GB:g} GB) > the "
+                              f"{frame_arrays(run):g} frame arrays + {MEM_BASE_GB:g} GB) > the "
                               f"{args.max_mem_gb:g} GB limit per process on the shared 24 GB machine")
             print(f"[skip] {run['id']}: {run['reason']}", flush=True)
             save()
