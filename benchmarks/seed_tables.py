@@ -292,7 +292,11 @@ def plan(quick: bool, only=None, phase_rad=None) -> list[dict]:
 # the code gives fewer (the data alone are 1.5: dataset frames, shard intensities and amplitudes in float32;
 # each solver adds 2-6 far-field-sized arrays); numpy temporaries account for the rest. Runs over
 # ``--max-mem-gb`` are not started ("not run (memory)").
-FRAME_ARRAYS = {"two-step": 11.5, "two-step/per-angle": 5.0, "admm": 10.0, "gd": 8.5, "apt": 12.5, "apts": 12.5}
+# Since 2026-11-22 23:00 GD, ADMM and the 2-step's data fit form the far fields one frame batch at a time
+# (hpc_pt.solvers.farfield; 256 MiB of far field per batch by default), so their factor is the data (dataset
+# frames, intensities, amplitudes: 1.5), the adjoint's scatter matrix (1.0) and the simulation's copies; the
+# values for "gd", "admm" and "two-step/per-angle" are estimates from that count until measured.
+FRAME_ARRAYS = {"two-step": 11.5, "two-step/per-angle": 5.0, "admm": 4.0, "gd": 4.0, "apt": 12.5, "apts": 12.5}
 MEM_BASE_GB = 0.5  # interpreter, libraries, volume-sized arrays
 
 

@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--backend dask: run on the workers of this Dask scheduler")
     r.add_argument("--volume-size", type=int, default=None,
                    help="edge N of the reconstructed volume (default: simulated sample size or field width)")
+    r.add_argument("--frame-batch", type=int, default=None, metavar="N",
+                   help="frames per far-field batch: caps the solvers' far-field temporaries at N frames "
+                        "(default: 256 MiB of complex far field); lower it when the frames do not fit in memory")
     r.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method-specific option, e.g. --option cg_max_iter=20 (repeatable)")
     _add_reader_flags(r)
@@ -225,7 +228,8 @@ def _reconstruct(args) -> int:
     from .pipeline import ReconConfig, reconstruct
 
     flags = {k: getattr(args, k) for k in ("method", "iterations", "noise", "prior", "prior_weight", "penalty",
-                                           "probe_refine", "init", "model", "device", "volume_size")
+                                           "probe_refine", "init", "model", "device", "volume_size",
+                                           "frame_batch")
              if getattr(args, k) is not None}
     if args.option:
         flags["options"] = dict(_parse_option(o) for o in args.option)

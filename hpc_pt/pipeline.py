@@ -40,6 +40,8 @@ class ReconConfig(BaseModel):
     volume_size: int | None = Field(None, ge=4, description="edge N of the reconstructed (nz, N, N) volume "
                                     "(default: the simulated sample size, else the object-field width)")
     device: Literal["cpu", "gpu"] = "cpu"
+    frame_batch: int | None = Field(None, ge=1, description="frames per far-field batch: bounds the solvers' "
+                                    "far-field temporaries (default: 256 MiB of complex64 far field)")
     options: dict = Field(default_factory=dict, description="method-specific options, by name")
 
     @classmethod
@@ -119,8 +121,10 @@ def make_space(meta, plan, comm, device: str = "cpu", volume_size: int | None = 
         raise InputError(f"{e} ({comm.size} ranks, volume {shape})") from None
 
 
-def build_shard(ds: Dataset, model: str, device: str = "cpu", volume_size: int | None = None, comm=None):
-    """The serial shard (all angles, all frames) and the forward model on ``device``."""
+def build_shard(ds: Dataset, model: str, device: str = "cpu", volume_size: int | None = None, comm=None,
+                frame_batch: int | None = None):
+    """The serial shard (all angles, all frames) and the forward model on ``device`` (``frame_batch``: see
+    :class:`~hpc_pt.operators.Ptychography`)."""
     from .backend import require_gpu
     from .operators import ForwardModel
     from .solvers.base import Shard
@@ -131,7 +135,7 @@ def build_shard(ds: Dataset, model: str, device: str = "cpu", volume_size: int |
     c = cv.k_dz(ds.geometry.energy_ev, ds.geometry.pixel_m)
     probe = xp.asarray(ds.probe.astype(np.complex64))
     fm = ForwardModel(volume_shape_for(ds, volume_size), ds.angles_rad, probe, [a.positions for a in ds.angles],
-                      (H, W), model=model, c=c, gpu=gpu)
+                      (H, W), model=model, c=c, gpu=gpu, frame_batch=frame_batch)
     f = xp.asarray(np.concatenate([a.frames for a in ds.angles]).astype(np.float32))
     mask = None if ds.mask is None else xp.asarray(ds.mask.astype(bool))
     space = make_space(ds, [[(a, 0, len(e.positions)) for a, e in enumerate(ds.angles)]], comm, device,
@@ -144,7 +148,8 @@ def build_shard(ds: Dataset, model: str, device: str = "cpu", volume_size: int |
 WHOLE_ANGLES = ("two-step", "admm")
 
 
-def build_rank_shard(meta, plan, comm, model: str, device: str = "cpu", volume_size: int | None = None):
+def build_rank_shard(meta, plan, comm, model: str, device: str = "cpu", volume_size: int | None = None,
+                     frame_batch: int | None = None):
     """This rank's shard: frames ``start:stop`` of each (angle, start, stop) in ``plan[comm.rank]`` (see
     :func:`hpc_pt.parallel.plan_shards`), with a forward model over those angles (global angle values)
     and only those frames' positions. An angle split over ranks appears on each of them with its part.
@@ -184,7 +189,7 @@ def build_rank_shard(meta, plan, comm, model: str, device: str = "cpu", volume_s
     c = cv.k_dz(meta.geometry.energy_ev, meta.geometry.pixel_m)
     probe = xp.asarray(np.asarray(meta.probe).astype(np.complex64))
     fm = ForwardModel(volume_shape_for(meta, volume_size), np.deg2rad(angles), probe, positions, (H, W),
-                      model=model, c=c, gpu=gpu)
+                      model=model, c=c, gpu=gpu, frame_batch=frame_batch)
     f = xp.asarray(np.concatenate(frames).astype(np.float32))
     mask = None if meta.mask is None else xp.asarray(meta.mask.astype(bool))
     space = make_space(meta, plan, comm, device, volume_size)
@@ -388,9 +393,11 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
 
             select_gpu(comm)  # one GPU per rank, from the local rank and CUDA_VISIBLE_DEVICES
         if size == 1 and isinstance(meta, Dataset):
-            shard, bytes_read = build_shard(meta, model, cfg.device, cfg.volume_size, comm=comm), 0
+            shard, bytes_read = build_shard(meta, model, cfg.device, cfg.volume_size, comm=comm,
+                                            frame_batch=cfg.frame_batch), 0
         else:
-            shard, bytes_read = build_rank_shard(meta, plan, comm, model, cfg.device, cfg.volume_size)
+            shard, bytes_read = build_rank_shard(meta, plan, comm, model, cfg.device, cfg.volume_size,
+                                                 cfg.frame_batch)
         u0 = _initial_volume(cfg.init, shard.global_volume_shape)
         if u0 is not None:
             u0 = shard.space.local(u0)

@@ -244,3 +244,35 @@ def test_normal_stencil_equals_normal_operator(fractional):
     assert (off > 0) == fractional
     if not fractional:
         assert np.allclose(maps[4], pt.illumination(), atol=1e-12)
+
+
+@pytest.mark.parametrize("fractional", [False, True])
+def test_ptychography_frame_batches_match_one_stack(fractional):
+    """Frame batches (Ptychography.batches) give the whole stack's far fields, adjoint, illumination and
+    normal stencil; the batched operator passes the dot test and each batch's adjoint adds into ``out``."""
+    rng = np.random.default_rng(5)
+    A, H, W = 3, 21, 23
+    probe = crand(rng, (6, 6))
+    pos = rng.uniform(0, 14, (17, 2))
+    if not fractional:
+        pos = np.round(pos)
+    aidx = np.sort(rng.integers(0, A, 17))
+    whole = Ptychography(probe, pos, (A, H, W), angle_index=aidx, dtype=np.complex128)
+    batched = Ptychography(probe, pos, (A, H, W), angle_index=aidx, dtype=np.complex128, frame_batch=5)
+    assert [(s.start, s.stop) for s in batched.batches()] == [(0, 5), (5, 10), (10, 15), (15, 17)]
+    assert len(whole.batches()) == 1
+    x = crand(rng, (A, H, W))
+    y = crand(rng, (17, 6, 6))
+    assert np.abs(batched.fwd(x) - whole.fwd(x)).max() < 1e-12
+    ref = whole.adj(y)
+    assert np.abs(batched.adj(y) - ref).max() < 1e-12 * np.abs(ref).max()
+    acc = np.zeros((A, H, W), complex)
+    for sl in batched.batches():
+        assert np.abs(batched.fwd(x, sl) - whole.fwd(x)[sl]).max() < 1e-12
+        batched.adj(y[sl], sl, out=acc)
+    assert np.abs(acc - ref).max() < 1e-12 * np.abs(ref).max()
+    assert np.allclose(batched.illumination(), whole.illumination(), atol=1e-12)
+    assert np.allclose(batched.normal_stencil(), whole.normal_stencil(), atol=1e-12)
+    assert dot_test(batched, seed=4) <= TOL[np.complex128]
+    with pytest.raises(ValueError, match="frame_batch"):
+        Ptychography(probe, pos, (A, H, W), angle_index=aidx, frame_batch=0)

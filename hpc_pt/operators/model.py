@@ -29,10 +29,11 @@ class ForwardModel:
     field_shape : (H, W) per angle; the volume's nz rows sit at row ``row_offset``; the rotation axis is
         at column ``center`` (default (W-1)/2).
     model : "linear" or "exp"; c : k dz for the exp model.
+    frame_batch : frames per far-field batch of :class:`Ptychography` (None: its default).
     """
 
     def __init__(self, volume_shape, angles, probe, positions, field_shape, row_offset=None, center=None,
-                 model="linear", c=1.0, dtype=np.complex64, gpu=False):
+                 model="linear", c=1.0, dtype=np.complex64, gpu=False, frame_batch=None):
         if model not in MODELS:
             raise ValueError(f"unknown forward model {model!r}; use one of {MODELS}")
         nz, n, n2 = volume_shape
@@ -53,7 +54,8 @@ class ForwardModel:
         self.counts = np.array([len(p) for p in positions], dtype=np.int64)
         allpos = np.concatenate([np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in positions])
         aidx = np.repeat(np.arange(A), self.counts)
-        self.ptycho = Ptychography(probe, allpos, (A, H, W), angle_index=aidx, dtype=self.dtype)
+        self.ptycho = Ptychography(probe, allpos, (A, H, W), angle_index=aidx, dtype=self.dtype,
+                                   frame_batch=frame_batch)
         self.expmap = ExpMap(c) if model == "exp" else None
 
     def projections(self, u):
@@ -71,9 +73,14 @@ class ForwardModel:
 
     def intensity(self, u):
         """|D(w, u)|^2: (sum F_a, m1, m2), real."""
-        d = self.farfield(u)
-        xp = get_xp(d)
-        return (xp.abs(d) ** 2).astype(np.float32 if self.dtype == np.complex64 else np.float64)
+        psi = self.exit_wave(u)
+        xp = get_xp(psi)
+        pt = self.ptycho
+        out = xp.empty(pt.shape_out, dtype=np.float32 if self.dtype == np.complex64 else np.float64)
+        for sl in pt.batches():  # one batch of complex far field at a time
+            d = pt.fwd(psi, sl)
+            out[sl] = d.real ** 2 + d.imag ** 2
+        return out
 
     def split(self, frames):
         """Split a (sum F_a, ...) array into the per-angle list."""

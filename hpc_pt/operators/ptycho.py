@@ -2,8 +2,15 @@
 
 ``S_j`` cuts the probe-sized window at scan position j out of the object field with bilinear sub-pixel
 interpolation, ``w`` is the probe, ``F`` the orthonormal 2D FFT (DC at index 0, no fftshift).
-All frames of all angles are processed in one batched gather / FFT / scatter: positions may be ragged
+All frames of all angles are processed in batched gather / FFT / scatter: positions may be ragged
 across angles because frames are addressed by a flat (angle, row, col) index.
+
+Frame batches. ``fwd``, ``adj``, ``patches`` and ``patches_adj`` take an optional ``frames`` slice, one of
+:meth:`Ptychography.batches` (consecutive frame ranges of at most ``frame_batch`` frames, by default as many
+as fit in ``FRAME_BATCH_BYTES`` of complex far field). A solver that loops over the batches holds only one
+batch of far-field-sized temporaries instead of every frame's (:func:`hpc_pt.solvers.farfield.farfield_pass`);
+without ``frames`` the whole stack is processed as before. On the CPU the adjoint's scatter matrix is kept
+per batch with unit entries in the real dtype (8 bytes per window pixel with int32 indices, instead of 12).
 
 Position convention (docs/conventions.md): ``positions[f] = (row, col)`` of the window's top-left corner
 in the object field of its angle, in pixels, float. A window covers rows row .. row + m1 - 1 (plus one more
@@ -37,6 +44,18 @@ def validate_positions(positions, probe_shape, field_shape) -> None:
             f"(first: frame {f} at row {pos[f, 0]:.2f}, col {pos[f, 1]:.2f})")
 
 
+#: default size of one frame batch: this many bytes of complex far field (64 x 64 complex64: 8,192 frames)
+FRAME_BATCH_BYTES = 1 << 28
+
+
+def frame_slices(n_frames: int, batch: int) -> list:
+    """Consecutive slices of at most ``batch`` frames covering 0..n_frames (one empty slice for none)."""
+    batch = max(int(batch), 1)
+    if n_frames <= 0:
+        return [slice(0, 0)]
+    return [slice(a, min(a + batch, n_frames)) for a in range(0, n_frames, batch)]
+
+
 class Ptychography(LinearOperator):
     """psi field (H, W) or (A, H, W) -> far-field frames (F, m1, m2).
 
@@ -46,9 +65,10 @@ class Ptychography(LinearOperator):
     positions : (F, 2) top-left (row, col) of each window, pixels, float.
     field_shape : (H, W) for one angle or (A, H, W) for a stack of angles.
     angle_index : (F,) int, the angle (first field axis) of each frame; required when A is given.
+    frame_batch : frames per batch (module docstring); None: as many as fit in ``FRAME_BATCH_BYTES``.
     """
 
-    def __init__(self, probe, positions, field_shape, angle_index=None, dtype=np.complex64):
+    def __init__(self, probe, positions, field_shape, angle_index=None, dtype=np.complex64, frame_batch=None):
         self.dtype = np.dtype(dtype)
         xp = get_xp(probe)
         self._probe = probe.astype(self.dtype, copy=False)
@@ -90,7 +110,12 @@ class Ptychography(LinearOperator):
         self._fx = asarray_on(frac[:, 1].astype(rdt)[:, None, None], probe)
         # GPU: flat gather/scatter indices; CPU: strided window views and a sparse scatter matrix (lazy)
         self._idx = asarray_on(self._flat_index(), probe) if is_cupy(probe) else None
-        self._scatter = None
+        self._scatter = {}  # (start, stop) -> CPU scatter matrix of that frame batch
+        if frame_batch is None:
+            frame_batch = FRAME_BATCH_BYTES // (m1 * m2 * self.dtype.itemsize)
+        if int(frame_batch) < 1:
+            raise ValueError(f"frame_batch must be at least 1 frame, got {frame_batch}")
+        self.frame_batch = int(frame_batch)
 
     @property
     def probe(self):
@@ -100,22 +125,42 @@ class Ptychography(LinearOperator):
     def probe(self, value):
         self._probe = value.astype(self.dtype, copy=False)
 
-    def _flat_index(self):
-        """(F, w1, w2) flat field index of every window pixel (clipped at the end: those taps weigh 0)."""
+    @property
+    def n_frames(self) -> int:
+        return self.shape_out[0]
+
+    def batches(self) -> list:
+        """The frame batches (slices) that ``frames=`` accepts, in order, covering every frame."""
+        return frame_slices(self.n_frames, self.frame_batch)
+
+    def _frames(self, frames) -> slice:
+        """``frames`` as a slice of whole frames (None: all)."""
+        if frames is None:
+            return slice(0, self.n_frames)
+        start, stop, step = frames.indices(self.n_frames)
+        if step != 1:
+            raise ValueError("frames must be a contiguous slice of frames")
+        return slice(start, stop)
+
+    def _flat_index(self, frames=None):
+        """(F_b, w1, w2) flat field index of every window pixel of the frames (clipped at the end: those
+        taps weigh 0)."""
+        sl = self._frames(frames)
         H, W = self._HW
         w1, w2 = self._win
-        base = self._aidx * (H * W) + self._ipos[:, 0] * W + self._ipos[:, 1]
+        base = self._aidx[sl] * (H * W) + self._ipos[sl, 0] * W + self._ipos[sl, 1]
         grid = np.arange(w1)[:, None] * W + np.arange(w2)[None, :]
         return np.minimum(base[:, None, None] + grid[None], self._size - 1)
 
-    def _scatter_matrix(self):
-        """CPU adjoint matrix S^T (built on the first adjoint call)."""
-        if self._scatter is None:
-            self._scatter = _scatter_matrix(self._flat_index(), self._size, self.dtype)
-        return self._scatter
+    def _scatter_matrix(self, sl: slice):
+        """CPU adjoint matrix S^T of the frames in ``sl`` (built on the first adjoint call, kept)."""
+        key = (sl.start, sl.stop)
+        if key not in self._scatter:
+            self._scatter[key] = _scatter_matrix(self._flat_index(sl), self._size, self.dtype)
+        return self._scatter[key]
 
-    def _windows(self, psi):
-        """(F, w1, w2) windows of the field, gathered through a strided view (no index array)."""
+    def _windows(self, psi, sl: slice):
+        """(F_b, w1, w2) windows of the field, gathered through a strided view (no index array)."""
         from numpy.lib.stride_tricks import sliding_window_view
 
         H, W = self._HW
@@ -126,34 +171,49 @@ class Ptychography(LinearOperator):
             padded[:, :H, :W] = field
             field = padded
         view = sliding_window_view(field, (w1, w2), axis=(1, 2))
-        return view[self._aidx, self._ipos[:, 0], self._ipos[:, 1]]
+        return view[self._aidx[sl], self._ipos[sl, 0], self._ipos[sl, 1]]
 
     # -- window extraction S_j and its adjoint -------------------------------------------------------
-    def patches(self, psi):
-        """S_j psi for every frame: (F, m1, m2)."""
-        g = psi.reshape(-1)[self._idx] if is_cupy(psi) else self._windows(psi)
+    def patches(self, psi, frames=None):
+        """S_j psi for every frame (F, m1, m2), or for the frames of one batch (``frames``)."""
+        sl = self._frames(frames)
+        g = psi.reshape(-1)[self._idx[sl]] if is_cupy(psi) else self._windows(psi, sl)
         if not self.fractional:
             return g
         # separable bilinear interpolation: along columns, then along rows
         t = g[:, :, 1:] - g[:, :, :-1]
-        t *= self._fx
+        t *= self._fx[sl]
         t += g[:, :, :-1]
         out = t[:, 1:] - t[:, :-1]
-        out *= self._fy
+        out *= self._fy[sl]
         out += t[:, :-1]
         return out
 
-    def patches_adj(self, patches):
-        """Sum_j S_j^T patches_j into a zero field (accumulating overlaps)."""
+    def patches_adj(self, patches, frames=None, out=None):
+        """Sum_j S_j^T patches_j into a zero field (accumulating overlaps), or into ``out`` (added to it).
+
+        Without ``frames`` ``patches`` holds every frame and the sum runs batch by batch; with ``frames``
+        (one of :meth:`batches`) it holds that batch's frames."""
+        xp = get_xp(patches)
+        field = xp.zeros(self._size, dtype=self.dtype) if out is None else out.reshape(-1)
+        if frames is None and len(self.batches()) > 1:
+            for sl in self.batches():
+                self._scatter_batch(patches[sl], sl, field)
+        else:
+            self._scatter_batch(patches, self._frames(frames), field)
+        return field.reshape(self.field_shape)
+
+    def _scatter_batch(self, patches, sl: slice, field):
+        """field (flat) += S^T patches for the frames in ``sl``."""
         xp = get_xp(patches)
         if self.fractional:  # adjoint of the separable interpolation in :meth:`patches`
             F, (w1, w2) = patches.shape[0], self._win
-            a = patches * self._fy
+            a = patches * self._fy[sl]
             t = xp.empty((F, w1, w2 - 1), dtype=self.dtype)
             t[:, :-1] = patches - a
             t[:, -1] = 0
             t[:, 1:] += a
-            b = t * self._fx
+            b = t * self._fx[sl]
             g = xp.empty((F, w1, w2), dtype=self.dtype)
             g[:, :, :-1] = t - b
             g[:, :, -1] = 0
@@ -161,32 +221,54 @@ class Ptychography(LinearOperator):
         else:
             g = patches
         if is_cupy(g):
-            field = scatter_add(xp.zeros(self._size, dtype=self.dtype), self._idx.ravel(), g.ravel())
+            scatter_add(field, self._idx[sl].ravel(), g.ravel())
         else:
-            field = self._scatter_matrix() @ xp.ascontiguousarray(g, dtype=self.dtype).reshape(-1)
-        return field.reshape(self.field_shape)
+            field += self._scatter_matrix(sl) @ xp.ascontiguousarray(g, dtype=self.dtype).reshape(-1)
 
     # -- full operator ---------------------------------------------------------------------------------
-    def fwd(self, psi):
-        """Far field F(w o S_j psi) of every frame: (F, m1, m2)."""
+    def _batch_shape(self, frames):
+        sl = self._frames(frames)
+        return (sl.stop - sl.start,) + self.shape_out[1:]
+
+    def fwd(self, psi, frames=None):
+        """Far field F(w o S_j psi) of every frame (F, m1, m2), or of one batch's frames (``frames``)."""
         check_shape(psi, self.shape_in, "Ptychography.fwd")
-        w = self.patches(psi).astype(self.dtype, copy=False)
+        w = self.patches(psi, frames).astype(self.dtype, copy=False)
         w *= self.probe
         return fft2c(w, overwrite=True).astype(self.dtype, copy=False)
 
-    def adj(self, y):
-        """Sum_j S_j^T (conj(w) o F^H y_j): (F, m1, m2) -> field."""
-        check_shape(y, self.shape_out, "Ptychography.adj")
+    def adj(self, y, frames=None, out=None):
+        """Sum_j S_j^T (conj(w) o F^H y_j): (F, m1, m2) -> field; with ``frames`` y holds one batch's
+        frames, and with ``out`` the result is added to that field (returned)."""
+        check_shape(y, self._batch_shape(frames), "Ptychography.adj")
+        if frames is None and len(self.batches()) > 1:  # one batch of temporaries at a time
+            xp = self._xp
+            field = xp.zeros(self.field_shape, dtype=self.dtype) if out is None else out
+            for sl in self.batches():
+                self.adj(y[sl], sl, field)
+            return field
         t = ifft2c(y)
         t *= self._xp.conj(self.probe)
-        return self.patches_adj(t)
+        return self.patches_adj(t, frames, out)
 
     def illumination(self):
         """W = sum_j S_j^T |w|^2, the probe intensity summed over the scan (seed 001 Algorithm 1)."""
-        xp = self._xp
-        inten = xp.broadcast_to(xp.abs(self.probe) ** 2, self.shape_out).astype(self.dtype)
-        return self.patches_adj(inten).real
+        return self.normal_apply(None).real
 
+    def normal_apply(self, field):
+        """N field = sum_j S_j^T |w|^2 S_j field, batch by batch (``field`` None: a field of ones, so N 1 is
+        the illumination)."""
+        xp = self._xp
+        w2 = xp.abs(self.probe) ** 2
+        out = xp.zeros(self.field_shape, dtype=self.dtype)
+        for sl in self.batches():
+            n = sl.stop - sl.start
+            if field is None:
+                p = xp.broadcast_to(w2, (n,) + w2.shape).astype(self.dtype)
+            else:
+                p = w2 * self.patches(field, sl)
+            self.patches_adj(p, sl, out)
+        return out
 
     def normal_stencil(self):
         """The normal operator N = sum_j S_j^T |w|^2 S_j of every angle as a 3x3 stencil.
@@ -199,7 +281,6 @@ class Ptychography(LinearOperator):
         """
         xp = self._xp
         A, (H, W) = self._A, self._HW
-        w2 = xp.abs(self.probe) ** 2
         maps = xp.zeros((9, A, H, W), dtype=np.float32 if self.dtype == np.complex64 else np.float64)
         ys, xs = np.arange(H), np.arange(W)
         for sy in range(3):
@@ -207,7 +288,7 @@ class Ptychography(LinearOperator):
                 comb = np.zeros((H, W), dtype=self.dtype)
                 comb[sy::3, sx::3] = 1
                 field = xp.broadcast_to(asarray_on(comb, self.probe), self.shape_in)
-                y = self.patches_adj(w2 * self.patches(xp.ascontiguousarray(field))).real
+                y = self.normal_apply(xp.ascontiguousarray(field)).real
                 dy = ((sy - ys + 1) % 3) - 1  # comb point q + d within +-1 of q
                 dx = ((sx - xs + 1) % 3) - 1
                 for k, (oy, ox) in enumerate(STENCIL_OFFSETS):
@@ -252,7 +333,8 @@ def _scatter_matrix(idx, size, dtype):
 
     n = idx.size
     itype = np.int32 if max(n, size) < 2**31 else np.int64
-    S = sp.csr_matrix((np.ones(n, dtype=dtype), idx.ravel().astype(itype), np.arange(n + 1, dtype=itype)),
+    real = np.float32 if np.dtype(dtype) == np.complex64 else np.float64  # unit entries: real is exact
+    S = sp.csr_matrix((np.ones(n, dtype=real), idx.ravel().astype(itype), np.arange(n + 1, dtype=itype)),
                       shape=(n, size))
     return S.T
 

@@ -99,8 +99,8 @@ from .base import (
     conjugate_gradient,
     power_lipschitz,
 )
-from .gd import data_residual
-from .prox import METRICS, data_objective, frame_objective, pixel_sum
+from .farfield import farfield_pass
+from .prox import METRICS, pixel_sum
 
 BALANCE_MODES = ("normalized", "relative")
 
@@ -270,37 +270,43 @@ def run_admm(shard: Shard, comm, opts: ADMMOptions | None = None, callback=None,
     n_angles = len(m.counts)
     frame_angle = asarray_on(np.repeat(np.arange(n_angles), m.counts), f)
 
-    def sub_obj(p, zp, t, r):
+    def evaluate(p, grad):
+        """Per-frame data terms and (``grad``) Ptycho^H r(D p), one frame batch at a time."""
+        return farfield_pass(pt, p, f, sqrt_f, opts.metric, mask, grad)
+
+    def sub_obj(p, ev, t, r):
         """Per-angle values of F(psi) + r/2 ||psi - t||^2, shape (A,)."""
-        per_frame = frame_objective(xp.abs(zp), f, sqrt_f, opts.metric, mask)
-        data_a = xp.bincount(frame_angle, weights=per_frame, minlength=n_angles)
+        data_a = xp.bincount(frame_angle, weights=ev.per_frame, minlength=n_angles)
         return data_a + 0.5 * r * (xp.abs(p - t) ** 2).sum(axis=(1, 2))
 
     def psi_step(psi, t, r):
         """(a): preconditioned gradient steps on F(psi) + r/2 ||psi - t||^2, every angle with its own
-        backtracking step (so the result does not depend on how angles are spread over ranks)."""
-        z = pt.fwd(psi)
-        phi = sub_obj(psi, z, t, r)
+        backtracking step (so the result does not depend on how angles are spread over ranks). Each trial
+        is one pass over the frames that also forms the next step's gradient (all but the last step)."""
+        n_steps = opts.ptycho_iterations
+        ev = evaluate(psi, n_steps > 0)
+        phi = sub_obj(psi, ev, t, r)
         inv = (1.0 / (W + r)).astype(psi.real.dtype)
-        for _ in range(opts.ptycho_iterations):
-            d = -(pt.adj(data_residual(z, f, sqrt_f, opts.metric, mask)) + r * (psi - t)) * inv
+        for it in range(n_steps):
+            grad_next = it < n_steps - 1
+            d = -(ev.field + r * (psi - t)) * inv
             a = xp.ones(n_angles, dtype=inv.dtype)
             for _bt in range(opts.max_backtracks + 1):
                 p_new = psi + a[:, None, None] * d
-                z_new = pt.fwd(p_new)
-                phi_new = sub_obj(p_new, z_new, t, r)
+                ev_new = evaluate(p_new, grad_next)
+                phi_new = sub_obj(p_new, ev_new, t, r)
                 bad = phi_new > phi
                 if not bool(bad.any()):
                     break
                 a = xp.where(bad, 0.5 * a, a)
             else:  # angles with no decrease along d keep their psi (a = 0)
                 a = xp.where(bad, 0, a)
-                p_new = psi + a[:, None, None] * d
-                z_new = pt.fwd(p_new)
-                phi_new = xp.where(bad, phi, phi_new)
                 if not bool((a > 0).any()):
                     break
-            psi, z, phi = p_new, z_new, phi_new
+                p_new = psi + a[:, None, None] * d
+                ev_new = evaluate(p_new, grad_next)
+                phi_new = xp.where(bad, phi, sub_obj(p_new, ev_new, t, r))
+            psi, ev, phi = p_new, ev_new, phi_new
         return psi
 
     def u_step(u, q, y, b, r, t_):
@@ -379,12 +385,11 @@ def run_admm(shard: Shard, comm, opts: ADMMOptions | None = None, callback=None,
             s_v_hat = s_v / tau0
         # objective at the consistent point psi = T(u), v = u
         with comm.phase("ptycho"):
-            z = pt.fwd(Tu)
-        mag = xp.abs(z)
-        dobj = comm.sum_scalar(data_objective(mag, f, sqrt_f, opts.metric, mask))
+            ev = evaluate(Tu, False)
+        dobj = comm.sum_scalar(ev.objective)
         pval = 0.0 if no_prior else prior_value(denoiser, u, space=sp)
         obj = dobj + (alpha * pval if alpha else 0.0)
-        rf = comm.sum_scalar(pixel_sum(xp.abs(mag - sqrt_f), shard.mask)) / sum_sqrt_f
+        rf = comm.sum_scalar(ev.abs_misfit) / sum_sqrt_f
         du = u - u_old
         change = np.sqrt(comm.volume_dot(du, du) / max(comm.volume_dot(u, u), 1e-300))
         row = hist.append(iteration=k + 1, objective=obj, data_objective=dobj, prior_value=pval,

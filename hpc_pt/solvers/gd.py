@@ -41,10 +41,11 @@ the problem size. A user-given ``step`` overrides it (absolute units, as in the 
 
 Line search (default on): backtracking Armijo on L with c1 = 1e-4, halving the trial step. The trial
 at iteration n is ``growth`` (1.5) times the last accepted step, decayed by the schedule, so the step
-follows the local curvature up and down. Every trial costs one exponential and ptychographic forward
-pass (no projection: P u - t P g); the accepted one is reused as the next gradient's forward pass, so a
-line search that accepts at once costs nothing extra (the loss is needed for the history anyway). With
-``line_search=False`` the plain seed-002 iteration runs.
+follows the local curvature up and down. Every trial costs one exponential map and one pass over the
+frames (no projection: P u - t P g) that forms the loss and, in the same frame batches, the per-angle
+gradient field (:func:`.farfield.farfield_pass`: the far fields of all frames are never held at once); the
+accepted trial's field is the next gradient, so a line search that accepts at once costs nothing extra, and
+each rejected trial one wasted Ptycho^H. With ``line_search=False`` the plain seed-002 iteration runs.
 
 Checkpoints hold the loop state of this rank: u, the carried P u (per-angle), the gradient g, the loss,
 the current and initial steps and Lip, so a resumed run continues bitwise.
@@ -65,7 +66,8 @@ from .base import (
     SolverResult,
     power_lipschitz,
 )
-from .prox import METRICS, data_objective, pixel_sum
+from .farfield import FarfieldPass, farfield_pass
+from .prox import METRICS, pixel_sum
 
 SCHEDULES = ("time", "constant")
 INITS = ("zeros",)
@@ -147,6 +149,19 @@ class ExpJointModel:
         psi = self.exp.fwd(self.pad.fwd(pu))
         return psi, self.pt.fwd(psi)
 
+    def evaluate(self, psi, f, sqrt_f, metric: str, mask=None, grad: bool = True) -> FarfieldPass:
+        """Objective per frame, R-factor numerator and (``grad``) the per-angle gradient field
+        ExpMap^H Ptycho^H r(z) at psi, one frame batch at a time (:func:`.farfield.farfield_pass`; no far
+        field of every frame is held)."""
+        ev = farfield_pass(self.pt, psi, f, sqrt_f, metric, mask, grad)
+        if grad:
+            ev.field = self.exp.vjp(psi, ev.field, psi=psi)
+        return ev
+
+    def evaluate_at(self, pu, f, sqrt_f, metric: str, mask=None, grad: bool = True) -> FarfieldPass:
+        """:meth:`evaluate` at psi = exp(i c Pad(P u)), P u in the per-angle layout: no communication."""
+        return self.evaluate(self.exp.fwd(self.pad.fwd(pu)), f, sqrt_f, metric, mask, grad)
+
     def grad_field(self, psi, gz):
         """ExpMap^H Ptycho^H gz: the per-angle field (A_r, H, W) of this shard's frames (local)."""
         return self.exp.vjp(psi, self.pt.adj(gz), psi=psi)
@@ -212,13 +227,10 @@ def _check(opts: GDOptions):
 
 
 def loss_and_gradient(model: ExpJointModel, shard: Shard, comm, u, metric: str = "gaussian"):
-    """(L(u), g_u, psi, z): the global loss and the volume gradient on this rank's slab (collectives over
-    ``comm``; two transposes)."""
-    psi, z = model.farfield(u)
-    f, sqrt_f, mask = shard.intensities, shard.amplitudes, shard.mask
-    loss = comm.sum_scalar(data_objective(get_xp(z).abs(z), f, sqrt_f, metric, mask))
-    g = model.grad_from(psi, data_residual(z, f, sqrt_f, metric, mask))
-    return loss, g, psi, z
+    """(L(u), g_u): the global loss and the volume gradient on this rank's slab (collectives over ``comm``;
+    two transposes; the far fields are formed one frame batch at a time)."""
+    ev = model.evaluate(model.psi(u), shard.intensities, shard.amplitudes, metric, shard.mask, grad=True)
+    return comm.sum_scalar(ev.objective), model.xadj(ev.field)
 
 
 def run_gd(shard: Shard, comm, opts: GDOptions | None = None, callback=None, u0=None,
@@ -239,14 +251,15 @@ def run_gd(shard: Shard, comm, opts: GDOptions | None = None, callback=None, u0=
     f, sqrt_f, mask = shard.intensities, shard.amplitudes, shard.mask
     st = checkpoints.resume
 
-    def loss_of(z):
-        return comm.sum_scalar(data_objective(xp.abs(z), f, sqrt_f, opts.metric, mask))
-
-    def gradient(psi, z):
+    def evaluate_at(pu, grad=True):
+        """The loss and R-factor terms at P u and, with ``grad``, the per-angle gradient field (local)."""
         with comm.phase("ptycho"):
-            field = model.grad_field(psi, data_residual(z, f, sqrt_f, opts.metric, mask))
+            ev = model.evaluate_at(pu, f, sqrt_f, opts.metric, mask, grad)
+        return comm.sum_scalar(ev.objective), ev
+
+    def gradient(ev):
         with comm.phase("project"):
-            return model.xadj(field)  # one transpose: angles -> slabs
+            return model.xadj(ev.field)  # one transpose: angles -> slabs
 
     if st is None:
         u = xp.zeros(shape, dtype=dtype) if u0 is None else xp.asarray(u0, dtype=dtype).copy()
@@ -260,15 +273,12 @@ def run_gd(shard: Shard, comm, opts: GDOptions | None = None, callback=None, u0=
         else:
             alpha = opts.step_rel / lip if lip > 0 else 1.0
         alpha0 = alpha
-        with comm.phase("ptycho"):
-            psi, z = model.farfield_at(pu)
-        loss = loss_of(z)
-        g = gradient(psi, z)
+        loss, ev = evaluate_at(pu)
+        g = gradient(ev)
     else:  # the whole loop state: u, P u as carried (not recomputed: bitwise), the gradient, the steps
         u, pu, g = (xp.asarray(st[k]) for k in ("u", "pu", "g"))
         lip, alpha, alpha0, loss = (float(st[k]) for k in ("lipschitz", "step", "step0", "loss"))
-        with comm.phase("ptycho"):
-            psi, z = model.farfield_at(pu)
+        _, ev = evaluate_at(pu, grad=False)  # the R-factor terms at the current point
 
     sum_sqrt_f = comm.sum_scalar(pixel_sum(sqrt_f, shard.mask))
     hist = History(st["history"] if st is not None else None)
@@ -283,9 +293,7 @@ def run_gd(shard: Shard, comm, opts: GDOptions | None = None, callback=None, u0=
             trial = alpha
             while True:
                 pu_new = pu - trial * pg
-                with comm.phase("ptycho"):
-                    psi_new, z_new = model.farfield_at(pu_new)
-                new_loss = loss_of(z_new)
+                new_loss, ev_new = evaluate_at(pu_new)  # with the gradient field: used if accepted
                 if new_loss <= loss - opts.armijo_c1 * trial * gg or backtracks >= opts.max_backtracks:
                     break
                 trial *= 0.5
@@ -295,21 +303,19 @@ def run_gd(shard: Shard, comm, opts: GDOptions | None = None, callback=None, u0=
         else:
             step_used = alpha
             pu_new = pu - alpha * pg
-            with comm.phase("ptycho"):
-                psi_new, z_new = model.farfield_at(pu_new)
-            new_loss = loss_of(z_new)
+            new_loss, ev_new = evaluate_at(pu_new)
         if moved:
             u_new = u - step_used * g
             du = u_new - u
             change = np.sqrt(comm.volume_dot(du, du) / max(comm.volume_dot(u_new, u_new), 1e-300))
-            u, pu, loss, psi, z = u_new, pu_new, new_loss, psi_new, z_new
-            g = gradient(psi, z)
+            u, pu, loss, ev = u_new, pu_new, new_loss, ev_new
+            g = gradient(ev)
         else:  # u, and so its gradient, unchanged (the branch is taken on every rank alike)
             change = 0.0
         # next step: the seed's time-based decay, applied to the accepted step (x growth) with line search
         base = step_used * opts.growth if opts.line_search else alpha
         alpha = base / (1.0 + opts.eps * n) if opts.schedule == "time" else base
-        rf = comm.sum_scalar(pixel_sum(xp.abs(xp.abs(z) - sqrt_f), shard.mask)) / sum_sqrt_f
+        rf = comm.sum_scalar(ev.abs_misfit) / sum_sqrt_f
         row = hist.append(iteration=n + 1, objective=loss, r_factor=rf, step=step_used,
                           grad_norm=float(np.sqrt(gg)), backtracks=backtracks, rel_change=change,
                           iter_time_s=time.perf_counter() - t0)

@@ -67,6 +67,7 @@ from ..backend import get_xp, to_numpy
 from ..operators.scan import overlap_ratio
 from ..operators.scan import probe_diameter_px as probe_diameter
 from .base import NO_CHECKPOINTS, Checkpointer, History, Shard, SolverResult
+from .farfield import farfield_pass
 from .ptycho2d import METHODS, global_max, solve
 from .tomo import TomoOptions, reconstruct
 
@@ -359,9 +360,10 @@ def run_twostep(shard: Shard, comm, opts: TwoStepOptions | None = None, callback
     # angles (one transpose)
     with comm.phase("project"):
         x_u = shard.projections(vol.astype(dtype))
-    with comm.phase("ptycho"):
-        d = pt.fwd(x_u if model.expmap is None else model.expmap.fwd(x_u))
-    num = comm.sum_scalar(float(xp.abs(xp.abs(d) - shard.amplitudes).sum()))
+    with comm.phase("ptycho"):  # one frame batch of far fields at a time
+        ev = farfield_pass(pt, x_u if model.expmap is None else model.expmap.fwd(x_u), shard.intensities,
+                           shard.amplitudes, "gaussian")
+    num = comm.sum_scalar(ev.abs_misfit)
     den = comm.sum_scalar(float(shard.amplitudes.sum()))
     state = {"method": opts.method, "overlap": overlap, "ptycho_r_factor": final_rf,
              "r_factor": num / den if den > 0 else float("inf"), "ptycho_time_s": t_ptycho,

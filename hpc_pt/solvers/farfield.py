@@ -1,0 +1,61 @@
+"""One pass over the frames: data objective, R-factor sums and the data gradient, batch by batch.
+
+The far fields z = D psi of every frame are the largest temporaries of the exponential-model solvers (GD,
+three-way ADMM, the 2-step's final data fit): one complex array of every frame's detector pixels, plus the
+moduli and residuals derived from it. The solvers need z only through three reductions, so
+:func:`farfield_pass` forms them over the operator's frame batches (:meth:`Ptychography.batches`) and never
+holds more than one batch of far-field-sized arrays (DESIGN.md section 4):
+
+- the data objective per frame, sum over pixels of G(z) (seed 001 Eq. 2 / seed 002 Eq. 4;
+  :func:`hpc_pt.solvers.prox.frame_objective`),
+- sum over valid pixels of | |z| - sqrt f | (the R-factor's numerator; its denominator is the fixed
+  sum of sqrt f),
+- optionally the field-space gradient D^H r(z), r = 2 dG/d conj(z) (:func:`hpc_pt.solvers.gd.data_residual`;
+  seed 002 Eq. 5 up to the exponential map and the projection).
+
+With a single batch (every problem up to ``FRAME_BATCH_BYTES`` of far field) the arithmetic is that of the
+unbatched expressions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..backend import get_xp
+from .prox import frame_objective, pixel_sum
+
+
+@dataclass
+class FarfieldPass:
+    per_frame: object  # (F,) data objective of each frame (this shard's frames)
+    abs_misfit: float  # sum over this shard's valid pixels of | |z| - sqrt f |
+    field: object = None  # D^H r(z) in the object field's shape, when asked for
+
+    @property
+    def objective(self) -> float:
+        """This shard's data objective (sum of ``per_frame``)."""
+        return float(self.per_frame.sum())
+
+
+def farfield_pass(pt, psi, f, sqrt_f, metric: str, mask=None, grad: bool = False) -> FarfieldPass:
+    """Objective per frame, R-factor numerator and (``grad``) D^H r(z) for z = pt.fwd(psi) (module
+    docstring), one frame batch of ``pt`` at a time."""
+    from .gd import data_residual
+
+    xp = get_xp(psi)
+    per_frame = xp.zeros(pt.n_frames, dtype=psi.real.dtype)
+    misfit = 0.0
+    field = xp.zeros(pt.field_shape, dtype=pt.dtype) if grad else None
+    for sl in pt.batches():
+        z = pt.fwd(psi, sl)
+        mag = xp.abs(z)
+        fb, ab = f[sl], sqrt_f[sl]
+        per_frame[sl] = frame_objective(mag, fb, ab, metric, mask)
+        misfit += pixel_sum(xp.abs(mag - ab), mask)
+        del mag
+        if grad:
+            pt.adj(data_residual(z, fb, ab, metric, mask), sl, out=field)
+        del z
+    return FarfieldPass(per_frame=per_frame, abs_misfit=misfit, field=field)
+
+
+__all__ = ["FarfieldPass", "farfield_pass"]
