@@ -195,6 +195,8 @@ class Ptychography(LinearOperator):
         Without ``frames`` ``patches`` holds every frame and the sum runs batch by batch; with ``frames``
         (one of :meth:`batches`) it holds that batch's frames."""
         xp = get_xp(patches)
+        if out is not None and not (out.flags.c_contiguous and out.dtype == self.dtype):
+            raise ValueError(f"out must be a C-contiguous {self.dtype} field to accumulate into")
         field = xp.zeros(self._size, dtype=self.dtype) if out is None else out.reshape(-1)
         if frames is None and len(self.batches()) > 1:
             for sl in self.batches():
