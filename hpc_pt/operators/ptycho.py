@@ -10,7 +10,10 @@ Frame batches. ``fwd``, ``adj``, ``patches`` and ``patches_adj`` take an optiona
 as fit in ``FRAME_BATCH_BYTES`` of complex far field). A solver that loops over the batches holds only one
 batch of far-field-sized temporaries instead of every frame's (:func:`hpc_pt.solvers.farfield.farfield_pass`);
 without ``frames`` the whole stack is processed as before. On the CPU the adjoint's scatter matrix is kept
-per batch with unit entries in the real dtype (8 bytes per window pixel with int32 indices, instead of 12).
+per batch with unit entries in the real dtype (12 bytes per window pixel with int32 indices, instead of 16)
+and applied to the real and imaginary parts as one two-column product (no complex copy of the matrix);
+one-off adjoints (the illumination, the normal stencil) use the kept matrices when they exist and do not
+keep the ones they build.
 
 Position convention (docs/conventions.md): ``positions[f] = (row, col)`` of the window's top-left corner
 in the object field of its angle, in pixels, float. A window covers rows row .. row + m1 - 1 (plus one more
@@ -152,12 +155,16 @@ class Ptychography(LinearOperator):
         grid = np.arange(w1)[:, None] * W + np.arange(w2)[None, :]
         return np.minimum(base[:, None, None] + grid[None], self._size - 1)
 
-    def _scatter_matrix(self, sl: slice):
-        """CPU adjoint matrix S^T of the frames in ``sl`` (built on the first adjoint call, kept)."""
+    def _scatter_matrix(self, sl: slice, keep: bool = True):
+        """CPU adjoint matrix S^T of the frames in ``sl`` (built on the first adjoint call and kept, unless
+        ``keep`` is False)."""
         key = (sl.start, sl.stop)
-        if key not in self._scatter:
-            self._scatter[key] = _scatter_matrix(self._flat_index(sl), self._size, self.dtype)
-        return self._scatter[key]
+        if key in self._scatter:
+            return self._scatter[key]
+        mat = _scatter_matrix(self._flat_index(sl), self._size, self.dtype)
+        if keep:
+            self._scatter[key] = mat
+        return mat
 
     def _windows(self, psi, sl: slice):
         """(F_b, w1, w2) windows of the field, gathered through a strided view (no index array)."""
@@ -189,23 +196,24 @@ class Ptychography(LinearOperator):
         out += t[:, :-1]
         return out
 
-    def patches_adj(self, patches, frames=None, out=None):
+    def patches_adj(self, patches, frames=None, out=None, keep: bool = True):
         """Sum_j S_j^T patches_j into a zero field (accumulating overlaps), or into ``out`` (added to it).
 
         Without ``frames`` ``patches`` holds every frame and the sum runs batch by batch; with ``frames``
-        (one of :meth:`batches`) it holds that batch's frames."""
+        (one of :meth:`batches`) it holds that batch's frames. ``keep=False``: a one-off adjoint, which
+        does not keep the CPU scatter matrices it has to build."""
         xp = get_xp(patches)
         if out is not None and not (out.flags.c_contiguous and out.dtype == self.dtype):
             raise ValueError(f"out must be a C-contiguous {self.dtype} field to accumulate into")
         field = xp.zeros(self._size, dtype=self.dtype) if out is None else out.reshape(-1)
         if frames is None and len(self.batches()) > 1:
             for sl in self.batches():
-                self._scatter_batch(patches[sl], sl, field)
+                self._scatter_batch(patches[sl], sl, field, keep)
         else:
-            self._scatter_batch(patches, self._frames(frames), field)
+            self._scatter_batch(patches, self._frames(frames), field, keep)
         return field.reshape(self.field_shape)
 
-    def _scatter_batch(self, patches, sl: slice, field):
+    def _scatter_batch(self, patches, sl: slice, field, keep: bool = True):
         """field (flat) += S^T patches for the frames in ``sl``."""
         xp = get_xp(patches)
         if self.fractional:  # adjoint of the separable interpolation in :meth:`patches`
@@ -225,7 +233,10 @@ class Ptychography(LinearOperator):
         if is_cupy(g):
             scatter_add(field, self._idx[sl].ravel(), g.ravel())
         else:
-            field += self._scatter_matrix(sl) @ xp.ascontiguousarray(g, dtype=self.dtype).reshape(-1)
+            rdt = np.float32 if self.dtype == np.complex64 else np.float64
+            pairs = xp.ascontiguousarray(g, dtype=self.dtype).reshape(-1).view(rdt).reshape(-1, 2)
+            acc = self._scatter_matrix(sl, keep) @ pairs  # (field pixels, 2): real and imaginary parts
+            field += xp.ascontiguousarray(acc, dtype=rdt).view(self.dtype).reshape(-1)
 
     # -- full operator ---------------------------------------------------------------------------------
     def _batch_shape(self, frames):
@@ -269,7 +280,7 @@ class Ptychography(LinearOperator):
                 p = xp.broadcast_to(w2, (n,) + w2.shape).astype(self.dtype)
             else:
                 p = w2 * self.patches(field, sl)
-            self.patches_adj(p, sl, out)
+            self.patches_adj(p, sl, out, keep=False)
         return out
 
     def normal_stencil(self):
