@@ -296,7 +296,7 @@ def plan(quick: bool, only=None, phase_rad=None) -> list[dict]:
 # (hpc_pt.solvers.farfield; 256 MiB of far field per batch by default), so their factor is the data (dataset
 # frames, intensities, amplitudes: 1.5), the adjoint's scatter matrix (1.0) and the simulation's copies; the
 # values for "gd", "admm" and "two-step/per-angle" are estimates from that count until measured.
-FRAME_ARRAYS = {"two-step": 11.5, "two-step/per-angle": 5.0, "admm": 4.0, "gd": 4.0, "apt": 12.5, "apts": 12.5}
+FRAME_ARRAYS = {"two-step": 11.5, "two-step/per-angle": 2.5, "admm": 4.0, "gd": 4.0, "apt": 12.5, "apts": 12.5}
 MEM_BASE_GB = 0.5  # interpreter, libraries, volume-sized arrays
 
 
