@@ -117,7 +117,7 @@ class ExpJointModel:
     the shard's per-angle fields (A_r, H, W) and frames. :meth:`x` costs one transpose (slab -> angles),
     :meth:`xadj` one transpose (angles -> slab) and returns the adjoint SUMMED over every rank's angles on
     this slab (no further reduction is needed; on one rank it is the plain adjoint). Solvers that keep
-    P u in the per-angle layout use :meth:`farfield_at` and :meth:`grad_field` (no communication).
+    P u in the per-angle layout use :meth:`evaluate_at` (no communication).
     """
 
     def __init__(self, shard: Shard):
@@ -144,11 +144,6 @@ class ExpJointModel:
         psi = self.psi(u)
         return psi, self.pt.fwd(psi)
 
-    def farfield_at(self, pu):
-        """(psi, z) from P u given in the per-angle layout (A_r, N_z, W): no communication."""
-        psi = self.exp.fwd(self.pad.fwd(pu))
-        return psi, self.pt.fwd(psi)
-
     def evaluate(self, psi, f, sqrt_f, metric: str, mask=None, grad: bool = True) -> FarfieldPass:
         """Objective per frame, R-factor numerator and (``grad``) the per-angle gradient field
         ExpMap^H Ptycho^H r(z) at psi, one frame batch at a time (:func:`.farfield.farfield_pass`; no far
@@ -161,14 +156,6 @@ class ExpJointModel:
     def evaluate_at(self, pu, f, sqrt_f, metric: str, mask=None, grad: bool = True) -> FarfieldPass:
         """:meth:`evaluate` at psi = exp(i c Pad(P u)), P u in the per-angle layout: no communication."""
         return self.evaluate(self.exp.fwd(self.pad.fwd(pu)), f, sqrt_f, metric, mask, grad)
-
-    def grad_field(self, psi, gz):
-        """ExpMap^H Ptycho^H gz: the per-angle field (A_r, H, W) of this shard's frames (local)."""
-        return self.exp.vjp(psi, self.pt.adj(gz), psi=psi)
-
-    def grad_from(self, psi, gz):
-        """P^H Pad^H ExpMap^H Ptycho^H gz summed over ranks: the volume gradient on this slab (one transpose)."""
-        return self.xadj(self.grad_field(psi, gz))
 
     def jtj(self, v, psi):
         """J^H J v for the linearisation at psi: c^2 (Pad P)^H [conj(psi) Pt^H Pt (psi Pad P v)] (two
