@@ -293,7 +293,7 @@ def plan(quick: bool, only=None, phase_rad=None) -> list[dict]:
 # each solver adds 2-6 far-field-sized arrays); numpy temporaries account for the rest. Runs over
 # ``--max-mem-gb`` are not started ("not run (memory)").
 # Since 2026-11-22 23:00 GD, ADMM and the 2-step's data fit form the far fields one frame batch at a time
-# (hpc_pt.solvers.farfield; 256 MiB of far field per batch by default), so their factor is the data (dataset
+# (hpc_pt.solvers.farfield; 256 MiB of far field per batch at the time of those runs), so their factor is the data (dataset
 # frames, intensities, amplitudes: 1.5), the adjoint's scatter matrix (1.0) and the simulation's copies; the
 # values for "gd", "admm" and "two-step/per-angle" are estimates from that count until measured.
 FRAME_ARRAYS = {"two-step": 11.5, "two-step/per-angle": 2.5, "admm": 4.0, "gd": 4.0, "apt": 12.5, "apts": 12.5}
@@ -1143,7 +1143,7 @@ def _seed002_notes(runs: dict) -> list[str]:
         rs = {m: runs[f"seed002/paper/step{s}_a{a}/{m}"] for m in lab}
         frames = rs["gd"]["frames"]
         out += [f"**Step {s} / {a} angles ({frames:,} frames of 63x63).** GD and ADMM form the far fields one frame "
-                "batch at a time (`hpc_pt.solvers.farfield`, 256 MiB of far field per batch by default; docs/solvers.md "
+                "batch at a time (`hpc_pt.solvers.farfield`, 256 MiB of far field per batch in these runs (the default is 16 MiB since); docs/solvers.md "
                 "\"Memory\") and the 2-step solves its angles one after the other (`per_angle`, the same DM per angle; "
                 "the 2-step's final data fit is batched too). Peak RSS " + " / ".join(
                     f"{lab[m]} {_f(rs[m].get('peak_rss_gb'), '.1f')} GB" for m in lab) +

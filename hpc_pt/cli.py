@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="edge N of the reconstructed volume (default: simulated sample size or field width)")
     r.add_argument("--frame-batch", type=int, default=None, metavar="N",
                    help="frames per far-field batch: caps the solvers' far-field temporaries at N frames "
-                        "(default: 256 MiB of complex far field); lower it when the frames do not fit in memory")
+                        "(default: 16 MiB of complex far field); lower it when the frames do not fit in memory")
     r.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method-specific option, e.g. --option cg_max_iter=20 (repeatable)")
     _add_reader_flags(r)

@@ -41,7 +41,7 @@ class ReconConfig(BaseModel):
                                     "(default: the simulated sample size, else the object-field width)")
     device: Literal["cpu", "gpu"] = "cpu"
     frame_batch: int | None = Field(None, ge=1, description="frames per far-field batch: bounds the solvers' "
-                                    "far-field temporaries (default: 256 MiB of complex64 far field)")
+                                    "far-field temporaries (default: 16 MiB of complex64 far field)")
     options: dict = Field(default_factory=dict, description="method-specific options, by name")
 
     @classmethod

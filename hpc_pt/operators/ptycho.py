@@ -47,8 +47,10 @@ def validate_positions(positions, probe_shape, field_shape) -> None:
             f"(first: frame {f} at row {pos[f, 0]:.2f}, col {pos[f, 1]:.2f})")
 
 
-#: default size of one frame batch: this many bytes of complex far field (64 x 64 complex64: 8,192 frames)
-FRAME_BATCH_BYTES = 1 << 28
+#: default size of one frame batch: this many bytes of complex far field (64 x 64 complex64: 512 frames).
+#: benchmarks/memory.py (2 cores, 4,200 frames of 63 x 63): batches of 512 frames peaked at 0.12-0.18 x the
+#: one-batch allocation and ran 0.71-0.82 x its time (cache-sized temporaries); 2,048 frames: 0.49-0.52 x, 0.89-1.0 x
+FRAME_BATCH_BYTES = 1 << 24
 
 
 def frame_slices(n_frames: int, batch: int) -> list:
