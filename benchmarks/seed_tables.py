@@ -293,10 +293,11 @@ def plan(quick: bool, only=None, phase_rad=None) -> list[dict]:
 # each solver adds 2-6 far-field-sized arrays); numpy temporaries account for the rest. Runs over
 # ``--max-mem-gb`` are not started ("not run (memory)").
 # Since 2026-11-22 23:00 GD, ADMM and the 2-step's data fit form the far fields one frame batch at a time
-# (hpc_pt.solvers.farfield; 256 MiB of far field per batch at the time of those runs), so their factor is the data (dataset
-# frames, intensities, amplitudes: 1.5), the adjoint's scatter matrix (1.0) and the simulation's copies; the
-# values for "gd", "admm" and "two-step/per-angle" are estimates from that count until measured.
-FRAME_ARRAYS = {"two-step": 11.5, "two-step/per-angle": 2.5, "admm": 4.0, "gd": 4.0, "apt": 12.5, "apts": 12.5}
+# (hpc_pt.solvers.farfield; 256 MiB of far field per batch in the runs below), so what stays per frame is the
+# data (dataset frames, intensities, amplitudes: 1.5), the adjoint's scatter matrix (GD / ADMM) and copies
+# made while simulating. Measured on seed 002 step 4 / 400 angles (70,300 frames): GD 3.6, ADMM 3.7, the
+# per-angle 2-step 1.8 frame arrays (peak RSS 8.56 / 8.77 / 4.52 GB); rounded up below.
+FRAME_ARRAYS = {"two-step": 11.5, "two-step/per-angle": 2.0, "admm": 4.0, "gd": 4.0, "apt": 12.5, "apts": 12.5}
 MEM_BASE_GB = 0.5  # interpreter, libraries, volume-sized arrays
 
 
