@@ -10,7 +10,7 @@ holds more than one batch of far-field-sized arrays (DESIGN.md section 4):
   :func:`hpc_pt.solvers.prox.frame_objective`),
 - sum over valid pixels of | |z| - sqrt f | (the R-factor's numerator; its denominator is the fixed
   sum of sqrt f),
-- optionally the field-space gradient D^H r(z), r = 2 dG/d conj(z) (:func:`hpc_pt.solvers.gd.data_residual`;
+- optionally the field-space gradient D^H r(z), r = 2 dG/d conj(z) (:func:`hpc_pt.solvers.prox.data_residual`;
   seed 002 Eq. 5 up to the exponential map and the projection).
 
 With a single batch (every problem up to ``FRAME_BATCH_BYTES`` of far field) the arithmetic is that of the
@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..backend import get_xp
-from .prox import frame_objective, pixel_sum
+from .prox import data_residual, frame_objective, pixel_sum
 
 
 @dataclass
@@ -39,8 +39,6 @@ class FarfieldPass:
 def farfield_pass(pt, psi, f, sqrt_f, metric: str, mask=None, grad: bool = False) -> FarfieldPass:
     """Objective per frame, R-factor numerator and (``grad``) D^H r(z) for z = pt.fwd(psi) (module
     docstring), one frame batch of ``pt`` at a time."""
-    from .gd import data_residual
-
     xp = get_xp(psi)
     per_frame = xp.zeros(pt.n_frames, dtype=psi.real.dtype)
     misfit = 0.0

@@ -18,6 +18,8 @@ components (and real/imaginary parts) at each voxel.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..backend import get_xp
 
 METRICS = ("gaussian", "poisson")
@@ -64,6 +66,27 @@ def frame_objective(model_mag, f, sqrt_f, metric: str, mask=None):
 def data_objective(model_mag, f, sqrt_f, metric: str, mask=None) -> float:
     """sum G over all pixels of all frames (see :func:`frame_objective`)."""
     return float(frame_objective(model_mag, f, sqrt_f, metric, mask).sum())
+
+
+def data_residual(z, f, sqrt_f, metric: str, mask=None):
+    """2 dG/d conj(z) per detector pixel: z - sqrt(f) z/|z| (amplitude) or z - f z/|z|^2 (Poisson).
+
+    Where z = 0 the amplitude residual takes phase 1 (the subgradient choice of :mod:`.prox`); the
+    Poisson one floors |z|^2 at sqrt(smallest normal float) (1e-19 in float32), a constant, so the result
+    does not depend on how frames are spread over ranks.
+    """
+    xp = get_xp(z)
+    mag2 = z.real ** 2 + z.imag ** 2
+    if metric == "gaussian":
+        mag = xp.sqrt(mag2)
+        unit = xp.where(mag > 0, z / xp.where(mag > 0, mag, 1), 1)
+        g = z - sqrt_f * unit
+    else:
+        floor = float(np.sqrt(np.finfo(mag2.dtype).tiny))
+        g = z - f * z / xp.maximum(mag2, floor)
+    if mask is not None:
+        g = g * mask
+    return g.astype(z.dtype, copy=False)
 
 
 def prox_tv(pt, thresh: float):
