@@ -2,7 +2,7 @@
 
     python benchmarks/memory.py [--quick] [--out benchmarks/results] [--repeats N]
 
-What it measures (DESIGN.md section 4; nothing asserts on wall time or bytes). One seed-002-like problem
+What it measures (docs/architecture.md §4; nothing asserts on wall time or bytes). One seed-002-like problem
 (64^3 wires, exponential model, 63 x 63 disc probe, raster step 4 px with the 1 px shift per angle, 24
 angles: about 4,200 frames, 130 MB of complex64 far field) and three solver kernels, each with the frames in one
 batch and in batches of 2,048 and 512 frames (the operator's ``frame_batch``):

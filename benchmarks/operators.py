@@ -2,7 +2,7 @@
 
     python benchmarks/operators.py [--quick] [--out benchmarks/results] [--repeats N] [--no-astra]
 
-What it measures (DESIGN.md sections 4-5; every time is a median of >= 3 repeats after one warm-up,
+What it measures (docs/architecture.md §4-5; every time is a median of >= 3 repeats after one warm-up,
 ``time.perf_counter``; nothing asserts on wall time):
 
 * ``Ptychography`` fwd+adj at two sizes (plus a sub-pixel-position variant of the large one), as a ratio to

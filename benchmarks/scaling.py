@@ -233,7 +233,7 @@ def apt_work(N: int, A: int, F: float, m: int, P: int, c: int = 4, W: int | None
 def apt_memory(N: int, A: int, F: float, m: int, P: int, W: int | None = None, nz: int | None = None,
                tv: bool = True, n_maps: int = 1) -> dict:
     """Bytes held per rank (even split). ``frames_min``: intensity (float32) + z + Lambda2 (complex64) =
-    20 B per frame pixel, DESIGN.md section 4's count; ``frames``: what APT holds at its peak: f and
+    20 B per frame pixel, docs/architecture.md §4's count; ``frames``: what APT holds at its peak: f and
     sqrt(f) (float32), z, Lambda2, D u and two complex64 temporaries of the prox = 48 B. Volume slab: 8
     complex64 volumes (u, u_old, rhs, CG x r p Ap, one temporary) + 12 with TV (p, Lambda1, grad u: 3
     each, one gradient temporary). Slab-layout projections: the stencil maps (float32) and 3 complex64

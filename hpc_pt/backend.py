@@ -60,8 +60,8 @@ def require_gpu():
     """Return the CuPy module or raise :class:`BackendUnavailable` with the fix."""
     if not gpu_available():
         raise BackendUnavailable(
-            "--device gpu needs CuPy and a visible CUDA device; install hpc-pt[gpu] on a GPU node "
-            "or run with --device cpu")
+            "--device gpu needs CuPy and a visible CUDA device; install CuPy on a GPU node "
+            "(pip install '.[gpu]' from the hpc-pt checkout) or run with --device cpu")
     return _cupy()
 
 

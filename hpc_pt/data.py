@@ -16,6 +16,7 @@ class Geometry:
     detector_pixel_m: tuple[float, float]  # (x, y) detector pixel sizes
     pixel_m: float  # sample-plane pixel = voxel size (derived: lambda z / (m * detector pixel))
     field_shape: tuple[int, int]  # (H, W) object field per angle, pixels
+    rotation_centre: float | None = None  # field column (pixel-centre coordinate) of the axis; None: (W-1)/2
 
 
 @dataclass

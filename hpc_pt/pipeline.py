@@ -104,9 +104,11 @@ def volume_shape_for(ds, volume_size: int | None = None) -> tuple[int, int, int]
     return nz, n, n
 
 
-def make_space(meta, plan, comm, device: str = "cpu", volume_size: int | None = None):
+def make_space(meta, plan, comm, device: str = "cpu", volume_size: int | None = None,
+               centre: float | None = None):
     """This rank's :class:`~hpc_pt.parallel.SlabSpace`: the volume's rows split over the ranks in blocks of
-    the Zarr chunk height (so every rank writes whole chunks), all angles, the shard plan's angle lists."""
+    the Zarr chunk height (so every rank writes whole chunks), all angles, the shard plan's angle lists;
+    ``centre`` is the field column of the rotation axis (default (W - 1) / 2)."""
     from .parallel import SerialComm, SlabSpace, chunk_rows
 
     comm = comm or SerialComm()
@@ -115,16 +117,17 @@ def make_space(meta, plan, comm, device: str = "cpu", volume_size: int | None = 
     rank_angles = [[a for a, _s, _e in pieces] for pieces in plan]
     align = chunk_rows(shape[0], shape[1], comm.size)
     try:
-        return SlabSpace(comm, angles, rank_angles, shape, n_det=meta.geometry.field_shape[1],
+        return SlabSpace(comm, angles, rank_angles, shape, n_det=meta.geometry.field_shape[1], center=centre,
                          gpu=device == "gpu", align=align)
     except ValueError as e:
         raise InputError(f"{e} ({comm.size} ranks, volume {shape})") from None
 
 
 def build_shard(ds: Dataset, model: str, device: str = "cpu", volume_size: int | None = None, comm=None,
-                frame_batch: int | None = None):
+                frame_batch: int | None = None, centre: float | None = None):
     """The serial shard (all angles, all frames) and the forward model on ``device`` (``frame_batch``: see
-    :class:`~hpc_pt.operators.Ptychography`)."""
+    :class:`~hpc_pt.operators.Ptychography`; ``centre``: field column of the rotation axis, default the
+    dataset's ``geometry.rotation_centre``, else (W - 1) / 2)."""
     from .backend import require_gpu
     from .operators import ForwardModel
     from .solvers.base import Shard
@@ -134,12 +137,13 @@ def build_shard(ds: Dataset, model: str, device: str = "cpu", volume_size: int |
     H, W = ds.geometry.field_shape
     c = cv.k_dz(ds.geometry.energy_ev, ds.geometry.pixel_m)
     probe = xp.asarray(ds.probe.astype(np.complex64))
+    centre = _centre_of(ds, centre)
     fm = ForwardModel(volume_shape_for(ds, volume_size), ds.angles_rad, probe, [a.positions for a in ds.angles],
-                      (H, W), model=model, c=c, gpu=gpu, frame_batch=frame_batch)
+                      (H, W), center=centre, model=model, c=c, gpu=gpu, frame_batch=frame_batch)
     f = xp.asarray(np.concatenate([a.frames for a in ds.angles]).astype(np.float32))
     mask = None if ds.mask is None else xp.asarray(ds.mask.astype(bool))
     space = make_space(ds, [[(a, 0, len(e.positions)) for a, e in enumerate(ds.angles)]], comm, device,
-                       volume_size)
+                       volume_size, centre)
     return Shard(fm, f, np.arange(len(ds.angles)), mask=mask, space=space)
 
 
@@ -149,15 +153,16 @@ WHOLE_ANGLES = ("two-step", "admm")
 
 
 def build_rank_shard(meta, plan, comm, model: str, device: str = "cpu", volume_size: int | None = None,
-                     frame_batch: int | None = None):
+                     frame_batch: int | None = None, centre: float | None = None):
     """This rank's shard: frames ``start:stop`` of each (angle, start, stop) in ``plan[comm.rank]`` (see
     :func:`hpc_pt.parallel.plan_shards`), with a forward model over those angles (global angle values)
     and only those frames' positions. An angle split over ranks appears on each of them with its part.
 
     ``meta`` is a :class:`~hpc_pt.io.cxi.CxiIndex` (frames are read with ``read_frames``, only this
     rank's slices) or an in-memory :class:`Dataset` (sliced, nothing read). The volume shape comes from
-    the metadata, so it is the same on every rank. Returns (Shard, bytes_read): the frame bytes read from
-    the file, at the file's dtype.
+    the metadata, so it is the same on every rank; so does the rotation axis (``centre``, default the
+    metadata's ``geometry.rotation_centre``, else (W - 1) / 2). Returns (Shard, bytes_read): the frame bytes
+    read from the file, at the file's dtype.
     """
     from .backend import require_gpu
     from .operators import ForwardModel
@@ -188,12 +193,21 @@ def build_rank_shard(meta, plan, comm, model: str, device: str = "cpu", volume_s
         ids.append(a)
     c = cv.k_dz(meta.geometry.energy_ev, meta.geometry.pixel_m)
     probe = xp.asarray(np.asarray(meta.probe).astype(np.complex64))
+    centre = _centre_of(meta, centre)
     fm = ForwardModel(volume_shape_for(meta, volume_size), np.deg2rad(angles), probe, positions, (H, W),
-                      model=model, c=c, gpu=gpu, frame_batch=frame_batch)
+                      center=centre, model=model, c=c, gpu=gpu, frame_batch=frame_batch)
     f = xp.asarray(np.concatenate(frames).astype(np.float32))
     mask = None if meta.mask is None else xp.asarray(meta.mask.astype(bool))
-    space = make_space(meta, plan, comm, device, volume_size)
+    space = make_space(meta, plan, comm, device, volume_size, centre)
     return Shard(fm, f, np.asarray(ids, dtype=np.int64), mask=mask, space=space), int(nbytes)
+
+
+def _centre_of(meta, centre: float | None) -> float:
+    """The rotation axis's field column: ``centre``, else the metadata's, else (W - 1) / 2."""
+    if centre is None:
+        centre = getattr(meta.geometry, "rotation_centre", None)
+    W = meta.geometry.field_shape[1]
+    return (W - 1) / 2.0 if centre is None else float(centre)
 
 
 def _angles_deg(meta) -> list[float]:

@@ -1,4 +1,4 @@
-"""Workflows that combine io, operators and metrics for the CLI (DESIGN.md layer 8 delegates here)."""
+"""Workflows that combine io, operators and metrics for the CLI (layer `pipeline`; docs/architecture.md)."""
 from __future__ import annotations
 
 import numpy as np

@@ -9,7 +9,7 @@
 # --scheduler tcp://HOST:PORT instead of using this script.
 #
 # Environment:
-#   PYTHON           interpreter with hpc-pt[dask] installed [python3]
+#   PYTHON           interpreter with hpc-pt installed (pip install ".[dask]" from a checkout) installed [python3]
 #   OMP_NUM_THREADS  threads per worker for FFTs / NUFFTs [1]
 set -euo pipefail
 
@@ -29,8 +29,8 @@ shift 3
 
 PYTHON=${PYTHON:-python3}
 command -v "$PYTHON" > /dev/null || die "python '$PYTHON' not found; set PYTHON=/path/to/python"
-"$PYTHON" -c "import hpc_pt" 2> /dev/null || die "$PYTHON cannot import hpc_pt; pip install \"hpc-pt[dask]\""
-"$PYTHON" -c "import distributed" 2> /dev/null || die "Dask is not installed; pip install \"hpc-pt[dask]\""
+"$PYTHON" -c "import hpc_pt" 2> /dev/null || die "$PYTHON cannot import hpc_pt; pip install \".[dask]\" from the hpc-pt checkout"
+"$PYTHON" -c "import distributed" 2> /dev/null || die "Dask is not installed; pip install \".[dask]\" from the hpc-pt checkout"
 "$PYTHON" -m hpc_pt.cli reconstruct --help | grep -q -- '--workers' ||
     die "this hpc-pt has no Dask backend yet ('hpc-pt reconstruct --help' lists no --workers); update hpc-pt or use launch/mpi_local.sh"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}

@@ -11,7 +11,7 @@
 #   python -m distributed.cli.dask_worker tcp://HOST:PORT --nworkers K --nthreads 1
 #
 # Environment:
-#   PYTHON          interpreter with hpc-pt[dask] installed [python3]
+#   PYTHON          interpreter with hpc-pt installed (pip install ".[dask]" from a checkout) installed [python3]
 #   HOST            address the scheduler listens on and advertises [this machine's hostname;
 #                   127.0.0.1 keeps it private to this machine]
 #   THREADS         threads per worker [1]
@@ -43,7 +43,7 @@ DASHBOARD=${DASHBOARD:-:8787}
 LOG_DIR=${LOG_DIR:-${TMPDIR:-/tmp}/hpc-pt-dask-$$}
 SCHEDULER_FILE=${SCHEDULER_FILE:-$LOG_DIR/scheduler.json}
 command -v "$PYTHON" > /dev/null || die "python '$PYTHON' not found; set PYTHON=/path/to/python"
-"$PYTHON" -c "import distributed" 2> /dev/null || die "Dask is not installed; pip install \"hpc-pt[dask]\""
+"$PYTHON" -c "import distributed" 2> /dev/null || die "Dask is not installed; pip install \".[dask]\" from the hpc-pt checkout"
 mkdir -p "$LOG_DIR"
 rm -f "$SCHEDULER_FILE"
 

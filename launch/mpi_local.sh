@@ -11,7 +11,7 @@
 #
 # Environment:
 #   PYTHON        interpreter with hpc-pt and mpi4py installed [python3]
-#   MPIEXEC       MPI launcher [mpiexec; `pip install "hpc-pt[mpi]"` provides MPICH's]
+#   MPIEXEC       MPI launcher [mpiexec; `pip install ".[mpi]"` provides MPICH's]
 #   MPIEXEC_ARGS  extra launcher arguments, e.g. "--bind-to core" [none]
 #   OMP_NUM_THREADS  threads per rank for FFTs / NUFFTs [1]
 set -euo pipefail
@@ -34,9 +34,9 @@ shift 3
 PYTHON=${PYTHON:-python3}
 MPIEXEC=${MPIEXEC:-mpiexec}
 command -v "$PYTHON" > /dev/null || die "python '$PYTHON' not found; set PYTHON=/path/to/python"
-command -v "$MPIEXEC" > /dev/null || die "'$MPIEXEC' not found; pip install \"hpc-pt[mpi]\" (MPICH wheel) or load your MPI module"
+command -v "$MPIEXEC" > /dev/null || die "'$MPIEXEC' not found; pip install \".[mpi]\" from the hpc-pt checkout (MPICH wheel) or load your MPI module"
 "$PYTHON" -c "import hpc_pt, mpi4py" 2> /dev/null ||
-    die "$PYTHON cannot import hpc_pt and mpi4py; pip install \"hpc-pt[mpi]\""
+    die "$PYTHON cannot import hpc_pt and mpi4py; pip install \".[mpi]\" from the hpc-pt checkout"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 read -r -a launcher_args <<< "${MPIEXEC_ARGS:-}"  # a list of words

@@ -15,7 +15,7 @@ machine: on clusters whose compute nodes only see the login nodes on a fast netw
 off the login node. `--dry-run` prints the worker job script and the command and submits nothing;
 `--check` starts the workers, checks that each imports hpc_pt, and stops them.
 
-Needs `pip install "hpc-pt[dask]" dask-jobqueue` in an environment the compute nodes see (shared
+Needs `pip install ".[dask]" dask-jobqueue` (from the hpc-pt checkout) in an environment the compute nodes see (shared
 file system); `--venv` activates a virtual environment in each worker job. Exit code: hpc-pt's, or 2 for
 a usage error / workers that did not start.
 """
@@ -26,7 +26,7 @@ import os
 import subprocess
 import sys
 
-INSTALL_HINT = 'error: dask-jobqueue is not installed; pip install dask-jobqueue "hpc-pt[dask]"'
+INSTALL_HINT = 'error: dask-jobqueue is not installed; pip install dask-jobqueue ".[dask]" from the hpc-pt checkout'
 
 
 def hpc_pt_command(data: str, out: str, scheduler: str, workers: int, extra: list[str] | tuple[str, ...] = (),

@@ -367,7 +367,8 @@ def test_dask_jobqueue_lazy_import_and_hint(tmp_path):
     res = run([sys.executable, "slurm/dask_jobqueue.py", "README.md", "--out", "o.zarr", "--workers", "2",
                "--dry-run"], env=env)
     assert res.returncode == 2
-    assert res.stderr.strip() == 'error: dask-jobqueue is not installed; pip install dask-jobqueue "hpc-pt[dask]"'
+    assert res.stderr.strip() == ('error: dask-jobqueue is not installed; pip install dask-jobqueue ".[dask]" from the '
+                                  'hpc-pt checkout')
     res = run([sys.executable, "slurm/dask_jobqueue.py", "README.md", "--out", "o.zarr"], env=env)
     assert res.returncode == 2 and "--workers" in res.stderr
 

@@ -34,9 +34,11 @@ def smooth_volume(rng, shape=(16, 16, 16)):
 # ----------------------------------------------------------------------------------------------- SNR
 
 
-def test_snr_exact_match_is_inf(rng):
+def test_snr_exact_match_is_at_the_rounding_floor(rng):
+    # the optimal complex scale is computed, so an exact match leaves float64 rounding (+inf only when it
+    # happens to cancel exactly: library versions differ), never a finite SNR below ~250 dB
     g = cplx(rng, (8, 8, 8))
-    assert snr_db(g, g) == math.inf
+    assert snr_db(g, g) > 250
     assert snr_db((0.3 - 2j) * np.roll(g, (1, -3, 2), axis=(0, 1, 2)), g) > 250  # float64 rounding only
 
 
@@ -57,7 +59,7 @@ def test_snr_invariant_to_complex_scale_and_circular_shift(rng):
 def test_snr_max_shift_limits_the_search(rng):
     g = smooth_volume(rng, (12, 12))
     v = np.roll(g, (4, 0), axis=(0, 1))
-    assert snr_db(v, g, max_shift=4) == math.inf
+    assert snr_db(v, g, max_shift=4) > 250  # exact up to the rounding of the scale
     assert snr_db(v, g, max_shift=2) < snr_db(v, g, max_shift=4)
     assert align(v, g, max_shift=0)[1] == (0, 0)
 
@@ -159,7 +161,7 @@ def test_ssim_matches_skimage(rng):
     R = g.max() - g.min()
     ref = metrics.structural_similarity(r, g, data_range=R, gaussian_weights=True, sigma=1.5,
                                         use_sample_covariance=False)
-    assert ssim(r, g) == pytest.approx(ref, abs=1e-10)
+    assert ssim(r, g) == pytest.approx(ref, abs=1e-6)  # same algorithm; room for library-version rounding
 
 
 # ------------------------------------------------------------------------------------------ evaluate
@@ -171,7 +173,9 @@ def test_evaluate_centre_crops_and_reports(rng):
     big[:, 2:10, 2:10] = g
     np.testing.assert_array_equal(centre_crop(big, g.shape), g)
     out = evaluate(big, g)
-    assert out["snr_db"] == math.inf and out["nrmse"] == 0 and out["ssim"] == pytest.approx(1)
+    # an exact match up to the rounding of the optimal complex scale: complex128 leaves ~1e-15 relative
+    # error (~300 dB; 315.7 dB with numpy 2.4 / scipy 1.17, +inf with older versions)
+    assert out["snr_db"] > 200 and out["nrmse"] < 1e-9 and out["ssim"] == pytest.approx(1)
     assert {"ssim_real", "ssim_imag", "psnr_db", "shift", "zeta_abs", "snr_db_paper"} <= set(out)
     noisy = evaluate(g + 0.05 * cplx(rng, g.shape), g)
     assert 0 < noisy["snr_db"] < math.inf and 0 < noisy["nrmse"] < 1

@@ -1,4 +1,4 @@
-"""Dot tests, slow references and accuracy checks for every operator (DESIGN.md section 5)."""
+"""Dot tests, slow references and accuracy checks for every operator (docs/architecture.md §5)."""
 import numpy as np
 import pytest
 

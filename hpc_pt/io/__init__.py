@@ -1,4 +1,4 @@
-"""File formats (DESIGN.md layer 7): CXI input, Zarr / OME-Zarr volumes, provenance, summaries.
+"""File formats (layer `io`, docs/architecture.md): CXI input, Zarr / OME-Zarr volumes, provenance, summaries.
 
 See docs/formats.md for every path, dtype, unit and convention.
 """

@@ -27,6 +27,7 @@ from .provenance import jsonable, provenance
 __all__ = ["begin_volume", "finish_volume", "write_volume", "write_volume_rows", "read_volume", "read_table", "default_chunks_z", "ome_multiscales", "downsample2"]
 
 CHUNK_BYTES = 16 * 2**20
+AXES = ("z", "y", "x")  # volume axes; z is the vertical rotation axis
 
 
 def default_chunks_z(shape, itemsize: int = 8, target_bytes: int = CHUNK_BYTES) -> int:
@@ -111,13 +112,14 @@ def begin_volume(path, shape, voxel_size_m: float, attrs: dict | None = None, ov
     try:
         g = zarr.open_group(tmp, mode="w-", zarr_format=3)
         chunks = (cz,) + shape[1:]
-        g.create_array("volume", shape=shape, chunks=chunks, dtype="complex64")
-        g.create_array("0", shape=shape, chunks=chunks, dtype="float32")
-        g.create_array("beta", shape=shape, chunks=chunks, dtype="float32")
+        dims = dict(dimension_names=AXES)  # NGFF 0.5: every array of a multiscale names its axes
+        g.create_array("volume", shape=shape, chunks=chunks, dtype="complex64", **dims)
+        g.create_array("0", shape=shape, chunks=chunks, dtype="float32", **dims)
+        g.create_array("beta", shape=shape, chunks=chunks, dtype="float32", **dims)
         factors = _level1_factors(shape)
         low = tuple(n // f for n, f in zip(shape, factors))
         cz1 = max(1, cz // factors[0]) if cz % factors[0] == 0 else 1  # level-1 chunks never straddle writers
-        g.create_array("1", shape=low, chunks=(min(cz1, max(low[0], 1)),) + low[1:], dtype="float32")
+        g.create_array("1", shape=low, chunks=(min(cz1, max(low[0], 1)),) + low[1:], dtype="float32", **dims)
         for gname, cols in (tables or {}).items():
             tg = g.create_group(gname)
             for col, values in cols.items():

@@ -1,4 +1,4 @@
-"""Physics operators (DESIGN.md layer 2). Each linear operator has ``fwd`` and ``adj`` and passes a dot test."""
+"""Physics operators (layer `operators`, docs/architecture.md). Each linear operator has ``fwd`` and ``adj`` and passes a dot test."""
 from .base import LinearOperator, dot_test
 from .expmap import ExpMap
 from .fd import Gradient, divergence, gradient, laplacian, tv_value

@@ -1,4 +1,4 @@
-"""How shards are placed and how they talk (DESIGN.md layer 6). Solvers call this interface for every
+"""How shards are placed and how they talk (layer `parallel`, docs/architecture.md). Solvers call this interface for every
 reduction; they never import mpi4py or dask. The serial implementation lives in ``base``, the MPI one in
 ``mpi`` (mpi4py is imported only when an :class:`MPIComm` is created), the Dask one in ``dask``
 (:class:`DaskComm`, :func:`run_dask`, :func:`run_spmd`: loaded on first access, so importing hpc_pt never

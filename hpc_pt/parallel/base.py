@@ -1,6 +1,6 @@
 """The parallel interface every solver uses, and its serial implementation.
 
-Data layout (DESIGN.md section 3): measured frames and per-frame variables are sharded by angle (and by
+Data layout (docs/architecture.md §3): measured frames and per-frame variables are sharded by angle (and by
 frames within an angle); they never move. The volume is split into slabs of rows along the rotation axis
 (:mod:`hpc_pt.parallel.slabs`); projections move between the per-angle and the per-slab layout with one
 all-to-all per direction.

@@ -59,7 +59,7 @@ import numpy as np
 from ..errors import BackendUnavailable, InputError
 from .base import Comm, split_evenly
 
-INSTALL_HINT = 'pip install "hpc-pt[dask]"'
+INSTALL_HINT = 'pip install ".[dask]" from the hpc-pt checkout'
 
 #: seconds a blocked collective waits without progress before it checks the job's abort flag
 POLL_S = 0.25

@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import BackendUnavailable
 from .base import Comm
 
-INSTALL_HINT = 'pip install "hpc-pt[mpi]"'
+INSTALL_HINT = 'pip install ".[mpi]" from the hpc-pt checkout'
 
 
 def load_mpi():

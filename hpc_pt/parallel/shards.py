@@ -1,4 +1,4 @@
-"""Which frames each rank holds (DESIGN.md section 3: data sharded by angle, within an angle by frames).
+"""Which frames each rank holds (docs/architecture.md §3: data sharded by angle, within an angle by frames).
 
 :func:`plan_shards` is pure arithmetic on the per-angle frame counts (from a CXI index, no frame read), so
 every rank computes the same plan independently and reads only its own part.

@@ -1,4 +1,4 @@
-"""The slab-decomposed volume (DESIGN.md section 3): rows along the rotation axis split over the ranks.
+"""The slab-decomposed volume (docs/architecture.md §3): rows along the rotation axis split over the ranks.
 
 A horizontal slab's projections at every angle depend only on that slab, so with the volume in slabs the
 tomography operator, its adjoint and every CG iteration of the u-updates are local; the only

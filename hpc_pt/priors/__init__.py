@@ -1,4 +1,4 @@
-"""Priors behind one interface (DESIGN.md layer 5): ``denoise(x, strength)`` = prox_{strength R}(x).
+"""Priors behind one interface (layer `priors`, docs/architecture.md): ``denoise(x, strength)`` = prox_{strength R}(x).
 
 ADMM plugs any of them into its prior subproblem. Built in: ``"tv"`` (:class:`TVDenoiser`, isotropic 3D
 TV by FGP on Chambolle's dual) and ``"none"`` (:class:`NoPrior`, the identity). Add one with

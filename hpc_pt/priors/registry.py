@@ -1,6 +1,6 @@
 """The one interface every prior implements, the registry that names them, and priors on slabs.
 
-A prior (DESIGN.md layer 5, scico style) is any object with
+A prior (layer `priors`, docs/architecture.md; the prox-as-denoiser interface of scico) is any object with
 
     denoise(x, strength) -> argmin_v  strength * R(v) + 1/2 ||v - x||^2     (= prox_{strength R}(x))
     prox(v, lam)         -> the same map under its proximal name
@@ -10,7 +10,7 @@ A prior (DESIGN.md layer 5, scico style) is any object with
 identity. A learned denoiser fits the same slot with ``strength`` playing its noise level; ADMM never asks
 more of a prior than ``denoise`` (and ``value`` for its objective column).
 
-Slab-distributed volumes (DESIGN.md section 3). The solvers hold only this rank's slab of rows of the
+Slab-distributed volumes (docs/architecture.md §3). The solvers hold only this rank's slab of rows of the
 volume; :func:`denoise` / :func:`prior_value` apply a prior to the GLOBAL volume through its slabs:
 
 * a slab-aware prior (class attribute ``slab_aware = True``: :class:`TVDenoiser`, :class:`NoPrior`) takes

@@ -1,4 +1,4 @@
-"""Simulation (DESIGN.md layer 3): phantoms, probes, scan patterns, angles, noise and dataset assembly.
+"""Simulation (layer `simulate`, docs/architecture.md): phantoms, probes, scan patterns, angles, noise and dataset assembly.
 
 Seeds: 001 (section 3: pure-phase 3D Shepp-Logan, Gaussian probe, grid scans, Poisson noise with a peak
 factor eta and SNR_intensity) and 002 (section 3.1: four-material wire phantom, disc probe, per-angle

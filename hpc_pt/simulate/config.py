@@ -55,6 +55,10 @@ class SimulationConfig(BaseModel):
     detector_pixel_um: float = Field(75.0, gt=0)
     seed: int = 0
     ellipsoids: int = Field(12, ge=1, description="number of ellipsoids of the 'ellipsoids' phantom")
+    rotation_centre: float | None = Field(
+        None, description="object-field column (pixel-centre coordinate) of the rotation axis; None: the "
+                          "field centre (W - 1) / 2. The sample stays centred on the axis, so an off-centre "
+                          "axis shifts its projections across the field (data with a misplaced axis)")
     phase_object_rad: float | None = Field(
         None, gt=0, description="seed 001's pure-phase sample for the linear model: u = exp(i phi s), s the "
                                 "phantom's real part in [0, 1], phi this value (radians); None: u = s")
@@ -76,6 +80,10 @@ class SimulationConfig(BaseModel):
             raise ValueError("probe_kind 'file' needs probe_file: set probe_file to a .npy or HDF5/CXI probe")
         if self.probe_kind != "file" and self.probe_file is not None:
             raise ValueError("probe_file is given but probe_kind is not 'file': set probe_kind: file")
+        if self.rotation_centre is not None and not (
+                math.isfinite(self.rotation_centre) and 0 <= self.rotation_centre <= self.field_size - 1):
+            raise ValueError(f"rotation_centre {self.rotation_centre} must be a column of the {self.field_size}-"
+                             "pixel object field (0 .. size + 2 * field_pad - 1)")
         if self.probe_kind != "file" and self.probe_size > self.field_size:
             raise ValueError(f"probe_size {self.probe_size} exceeds the object field {self.field_size} "
                              "(size + 2 * field_pad): lower probe_size or raise field_pad")

@@ -80,14 +80,16 @@ def angle_batches(counts, max_frames: int) -> list[tuple[int, int]]:
 
 
 def iter_intensities(volume, probe, angles, positions, field_hw, model: str = "linear", c: float = 1.0,
-                     max_frames_per_batch: int = MAX_FRAMES_PER_BATCH):
+                     max_frames_per_batch: int = MAX_FRAMES_PER_BATCH, center: float | None = None):
     """Yield (angle_start, angle_stop, |F(w o S_j psi_theta)|^2 float32 frames) over batches of angles.
 
     All exit waves come from one :class:`ForwardModel` call (one NUFFT for all angles, (A, H, W) complex);
     the far fields are then computed one batch of angles at a time with :class:`Ptychography`.
+    ``center``: field column of the rotation axis (default (W - 1) / 2).
     """
     vol = np.asarray(volume, dtype=np.complex64)
-    fm = ForwardModel(vol.shape, angles, probe, positions, field_hw, model=model, c=c, dtype=np.complex64)
+    fm = ForwardModel(vol.shape, angles, probe, positions, field_hw, center=center, model=model, c=c,
+                      dtype=np.complex64)
     psi = fm.exit_wave(vol)
     H, W = fm.field_shape
     for a0, a1 in angle_batches(fm.counts, max_frames_per_batch):
@@ -123,7 +125,7 @@ def simulate_dataset(cfg: SimulationConfig, progress: Callable[[int, int], None]
     frames: list[np.ndarray] = [None] * cfg.angles  # type: ignore[list-item]
     err = ref = 0.0
     for a0, a1, inten in iter_intensities(volume, probe, angles, positions, field_hw, cfg.model, c,
-                                          max_frames_per_batch):
+                                          max_frames_per_batch, center=cfg.rotation_centre):
         if eta != 1.0:
             inten *= np.float32(eta)
         if cfg.noise == "poisson":
@@ -161,4 +163,4 @@ def make_geometry(cfg: SimulationConfig, probe_shape, field_hw) -> Geometry:
     dist = detector_distance_for(cfg.energy_ev, cfg.voxel_m, det_x, m2)
     return Geometry(energy_ev=cfg.energy_ev, detector_distance_m=dist,
                     detector_pixel_m=(det_x, det_x * m2 / m1), pixel_m=cfg.voxel_m,
-                    field_shape=(int(field_hw[0]), int(field_hw[1])))
+                    field_shape=(int(field_hw[0]), int(field_hw[1])), rotation_centre=cfg.rotation_centre)

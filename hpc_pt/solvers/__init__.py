@@ -1,1 +1,1 @@
-"""Reconstruction solvers (DESIGN.md layer 4): operators + data shards in, volume out."""
+"""Reconstruction solvers (layer `solvers`, docs/architecture.md): operators + data shards in, volume out."""

@@ -1,5 +1,12 @@
-"""Three-way ADMM for joint ptycho-tomography with the exponential model (seed 000; Aslan et al. 2019,
-Nikitin et al. 2019), with the prior behind hpc_pt.priors' ``denoise(x, strength)`` (plug-and-play).
+"""Three-way ADMM for joint ptycho-tomography (seed 000; Aslan et al. 2019, Nikitin et al. 2019), with
+the prior behind hpc_pt.priors' ``denoise(x, strength)`` (plug-and-play), for the exponential model and,
+with T the identity, the linear (Rytov, seed 001) model.
+
+Linear model: T(u) = Pad(P u), so the u-subproblem (b) is linear least squares and one Gauss-Newton step
+solves it exactly (up to CG): [rho (Pad P)^H (Pad P) + tau] du = rho (Pad P)^H (y - T_k) + tau (b - u_k),
+i.e. the formulas below with c = 1 and the Jacobian i c T_k replaced by 1. u = 0 has no far field (psi = 0
+is a stationary point of (a)), so ``init="auto"`` starts "linear" at the energy-matched constant
+(||D(s 1)||^2 = sum f, seed 001's u_0 = 1) and "exp" at zeros (free space).
 
 Problem, with T(u) = exp(i c Pad(P u)) the per-angle transmission (c = k dz) and D_j = F(w o S_j .):
 
@@ -36,7 +43,7 @@ One outer iteration (Gauss-Seidel over the three blocks, then the dual ascent):
     solved by warm-started CG (``tomo_cg_iterations`` per step, ``tomo_gn_steps`` relinearisations). Only
     exp is ever evaluated; the phase enters through T_k, so wrapped phases are no problem, and the
     damping tau (and CG's early stop) keeps the step inside the region where the linearisation holds.
-    Slabs (DESIGN.md section 3): u, v, mu and du are this rank's slab of rows. Since (Pad P)^H only sees
+    Slabs (docs/architecture.md §3): u, v, mu and du are this rank's slab of rows. Since (Pad P)^H only sees
     the volume's rows of a field, the whole step runs in the slab layout (all angles, own rows): the
     target y, cropped to the volume's rows, moves to the slabs with ONE ``to_slabs`` per outer iteration;
     T_k on the volume rows is exp(i c q), q = space.P.fwd(u_k) computed locally, so the weights |T_k|^2
@@ -100,6 +107,7 @@ from .base import (
     power_lipschitz,
 )
 from .farfield import farfield_pass
+from .gd import INITS, IdentityMap, JointModel, resolve_init
 from .prox import METRICS, pixel_sum
 
 BALANCE_MODES = ("normalized", "relative")
@@ -123,6 +131,7 @@ class ADMMOptions:
     balance_every: int = 1
     balance_mode: str = "normalized"  # "normalized" (penalties in units of their start) or "relative"
     max_backtracks: int = 8  # psi-step halvings (Poisson guard)
+    init: str = "auto"  # "auto": zeros (free space) for "exp", the energy-matched constant for "linear"
 
 
 
@@ -143,6 +152,8 @@ def _check(opts: ADMMOptions):
     for name in ("ptycho_iterations", "tomo_cg_iterations", "tomo_gn_steps", "balance_every"):
         if int(getattr(opts, name)) < 1:
             raise ValueError(f"{name} must be at least 1, got {getattr(opts, name)}")
+    if opts.init not in INITS:
+        raise ValueError(f"unknown init {opts.init!r}; use one of {INITS} (or pass u0)")
 
 
 def _get_prior(opts: ADMMOptions):
@@ -213,11 +224,11 @@ def run_admm(shard: Shard, comm, opts: ADMMOptions | None = None, callback=None,
     _check(opts)
     denoiser, no_prior = _get_prior(opts)
     m = shard.model
-    if m.expmap is None:
-        raise ValueError("three-way ADMM uses the exponential model; this dataset was set up with model "
-                         "'linear' (use APT for the linear model)")
+    linear = m.expmap is None
+    init = resolve_init(opts.init, linear, "admm") if u0 is None else "given"
     sp = shard.space
-    P, pad, pt, expmap = sp.P, m.pad, m.ptycho, m.expmap
+    P, pad, pt = sp.P, m.pad, m.ptycho
+    expmap = IdentityMap() if linear else m.expmap
     c = expmap.c
     xp = get_xp(shard.intensities)
     dtype = m.dtype
@@ -246,7 +257,12 @@ def run_admm(shard: Shard, comm, opts: ADMMOptions | None = None, callback=None,
     if st is None:
         rho, tau = rho0, tau0
         alpha, s_u = None, None  # fixed after the first u-update
-        u = xp.zeros(shape, dtype=dtype) if u0 is None else xp.asarray(u0, dtype=dtype).copy()
+        if init == "constant":  # linear model: s 1 with ||D(s 1)||^2 = sum f
+            with comm.phase("project"):
+                s1, _ = JointModel(shard).energy_matched_constant(shape, comm, f, mask, dtype)
+            u = xp.full(shape, s1, dtype=dtype)
+        else:
+            u = xp.zeros(shape, dtype=dtype) if u0 is None else xp.asarray(u0, dtype=dtype).copy()
         with comm.phase("project"):
             q = P.fwd(u)
             Tu = transmission(q)
@@ -320,16 +336,19 @@ def run_admm(shard: Shard, comm, opts: ADMMOptions | None = None, callback=None,
                 if gn > 0:
                     q = P.fwd(u)
                 Tk = expmap.fwd(q)
-                absT2 = (Tk.real ** 2 + Tk.imag ** 2)
+                # |J_k|^2 with J_k = i c T_k ("exp"); "linear": J_k = 1, no weight
+                absT2 = None if linear else (Tk.real ** 2 + Tk.imag ** 2)
 
                 def normal(x, absT2=absT2):
                     with comm.phase("cg"):
-                        out = (r * c * c) * P.adj(absT2 * P.fwd(x))
+                        px = P.fwd(x)
+                        out = (r * c * c) * P.adj(px if absT2 is None else absT2 * px)
                         if t_ > 0:
                             out += t_ * x
                         return out
 
-                rhs = r * P.adj((-1j * c) * xp.conj(Tk) * (y_s - Tk))
+                res_k = y_s - Tk
+                rhs = r * P.adj(res_k if linear else (-1j * c) * xp.conj(Tk) * res_k)
                 if t_ > 0:
                     rhs += t_ * (b - u)
             du, info = conjugate_gradient(normal, rhs.astype(dtype, copy=False), xp.zeros_like(u),
@@ -420,7 +439,7 @@ def run_admm(shard: Shard, comm, opts: ADMMOptions | None = None, callback=None,
                 state.update({"prior_" + key: a for key, a in denoiser.state().items()})
             checkpoints.save(state)
     state = {"rho": rho, "tau": tau, "rho0": rho0, "tau0": tau0, "alpha": alpha or 0.0, "s_u": s_u or 0.0,
-             "c": c, "psi": psi, "lambda": lam, "v": v, "mu": mu}
+             "c": c, "model": "linear" if linear else "exp", "psi": psi, "lambda": lam, "v": v, "mu": mu}
     return SolverResult(volume=u, probe=pt.probe, history=hist, state=state)
 
 

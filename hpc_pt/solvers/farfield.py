@@ -4,7 +4,7 @@ The far fields z = D psi of every frame are the largest temporaries of the expon
 three-way ADMM, the 2-step's final data fit): one complex array of every frame's detector pixels, plus the
 moduli and residuals derived from it. The solvers need z only through three reductions, so
 :func:`farfield_pass` forms them over the operator's frame batches (:meth:`Ptychography.batches`) and never
-holds more than one batch of far-field-sized arrays (DESIGN.md section 4):
+holds more than one batch of far-field-sized arrays (docs/architecture.md §4):
 
 - the data objective per frame, sum over pixels of G(z) (seed 001 Eq. 2 / seed 002 Eq. 4;
   :func:`hpc_pt.solvers.prox.frame_objective`),

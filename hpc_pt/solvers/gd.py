@@ -1,18 +1,25 @@
-"""Full-gradient descent for joint ptycho-tomography with the exponential model (seed 002, Algorithm 1).
+"""Full-gradient descent for joint ptycho-tomography (seed 002, Algorithm 1), with either forward model.
 
 Loss (seed 002 Eq. 4, amplitude / Gaussian metric; masked detector pixels carry no term):
 
-    L(u) = 1/2 sum_j || |D_j(psi(u))| - sqrt(f_j) ||^2,   psi(u) = exp(i c Pad(P u)),  D_j = F(w o S_j .)
+    L(u) = 1/2 sum_j || |D_j(psi(u))| - sqrt(f_j) ||^2,   D_j = F(w o S_j .),
+    psi(u) = exp(i c Pad(P u))   (model "exp", seed 002)   or   psi(u) = Pad(P u)   (model "linear", seed 001)
 
 Gradient (seed 002 Eq. 5, written as the chain of adjoints; u is complex, L real, and every map up to
 psi is holomorphic, so the steepest-descent direction for (Re u, Im u) is the complex vector
 
-    g_u = P^H Pad^H ExpMap.vjp( Ptycho^H ( z - sqrt(f) z / |z| ) ),   z = D psi(u),
+    g_u = P^H Pad^H T.vjp( Ptycho^H ( z - sqrt(f) z / |z| ) ),   z = D psi(u),
 
-i.e. g_u = 2 dL/d conj(u) and dL = Re <g_u, du>). ``metric="poisson"`` swaps in the Poisson loss
+i.e. g_u = 2 dL/d conj(u) and dL = Re <g_u, du>); T is the transmission map, :class:`ExpMap` for "exp" and
+the identity (:class:`IdentityMap`) for "linear". ``metric="poisson"`` swaps in the Poisson loss
 1/2 sum (|z|^2 - f log |z|^2) with residual z - f z / |z|^2.
 
-Distribution (DESIGN.md section 3). The frames are sharded by angle, the volume u, the gradient g and
+Start. With "exp", u_0 = 0 is free space (psi = 1), seed 002's start. With "linear", u = 0 has no far field
+and a zero gradient (a stationary point), so the start is the constant volume whose model matches the data
+energy, ||D(s 1)||^2 = sum f (seed 001's u_0 = 1, as in APT): ``init="auto"`` picks zeros for "exp" and that
+constant for "linear"; ``"zeros"`` with "linear" is refused.
+
+Distribution (docs/architecture.md §3). The frames are sharded by angle, the volume u, the gradient g and
 the search direction are this rank's slab (:class:`hpc_pt.parallel.SlabSpace`). P u and P g are kept in
 the per-angle layout (A_r, N_z, W); since P is linear, the line search's trial points are
 P(u - t g) = P u - t P g, formed locally. Per outer iteration the main data flow moves the projections
@@ -31,7 +38,8 @@ eps = 1e-6 (``schedule="time"``; ``"constant"`` keeps alpha fixed).
 Step size. The seed's alpha_0 = 0.01 belongs to its own (unstated) scaling of u, c and the probe, so it
 is not a default here. The default is scale-free: alpha_0 = ``step_rel`` / Lip with
 
-    Lip = ||J||^2,   J = Ptycho o diag(i c psi_0) o Pad o P   (the linearised model at u_0),
+    Lip = ||J||^2,   J = Ptycho o diag(i c psi_0) o Pad o P   (the linearised model at u_0; for "linear"
+                                                            J = Ptycho o Pad o P, the model itself),
 
 estimated by power iteration on J^H J (15 products, in the slab layout). Per detector pixel the
 amplitude loss has curvature at most 1 along |z| and 1 - sqrt(f)/|z| <= 1 across it, so 1/Lip is the
@@ -70,7 +78,7 @@ from .farfield import FarfieldPass, farfield_pass
 from .prox import METRICS, data_residual, pixel_sum  # noqa: F401 (data_residual re-exported)
 
 SCHEDULES = ("time", "constant")
-INITS = ("zeros",)
+INITS = ("auto", "zeros", "constant")
 
 
 @dataclass
@@ -85,14 +93,31 @@ class GDOptions:
     growth: float = 1.5  # with line search: next trial = growth x accepted step
     max_backtracks: int = 30
     metric: str = "gaussian"  # "gaussian" (amplitude, seed 002) or "poisson"
-    init: str = "zeros"
+    init: str = "auto"  # "auto": zeros (free space) for "exp", the energy-matched constant for "linear"
     power_iterations: int = 15
 
 
-class ExpJointModel:
-    """u -> x = Pad(P u) -> psi = exp(i c x) -> z = D psi for one shard, with the pieces the solvers need.
+class IdentityMap:
+    """psi = x: the linear (Rytov, seed 001) model's transmission, with the :class:`ExpMap` interface
+    (``c`` = 1: the Jacobian is the identity)."""
 
-    Slab layout (DESIGN.md section 3): ``u`` is this rank's slab of the volume; ``x`` / ``psi`` / ``z`` are
+    c = 1.0
+
+    def fwd(self, x):
+        return x
+
+    def jvp(self, x, dx, psi=None):
+        return dx
+
+    def vjp(self, x, g, psi=None):
+        return g
+
+
+class JointModel:
+    """u -> x = Pad(P u) -> psi = T(x) -> z = D psi for one shard, with the pieces the solvers need; T is
+    exp(i c x) (model "exp") or the identity (model "linear", :class:`IdentityMap`).
+
+    Slab layout (docs/architecture.md §3): ``u`` is this rank's slab of the volume; ``x`` / ``psi`` / ``z`` are
     the shard's per-angle fields (A_r, H, W) and frames. :meth:`x` costs one transpose (slab -> angles),
     :meth:`xadj` one transpose (angles -> slab) and returns the adjoint SUMMED over every rank's angles on
     this slab (no further reduction is needed; on one rank it is the plain adjoint). Solvers that keep
@@ -101,11 +126,10 @@ class ExpJointModel:
 
     def __init__(self, shard: Shard):
         m = shard.model
-        if m.expmap is None:
-            raise ValueError("GD / three-way ADMM use the exponential model; this dataset was set up with "
-                             "model 'linear' (use APT for the linear model)")
+        self.linear = m.expmap is None
         self.shard, self.space = shard, shard.space
-        self.pad, self.pt, self.exp = m.pad, m.ptycho, m.expmap
+        self.pad, self.pt = m.pad, m.ptycho
+        self.exp = IdentityMap() if self.linear else m.expmap
         self.c = self.exp.c
 
     def x(self, u):
@@ -133,24 +157,46 @@ class ExpJointModel:
         return ev
 
     def evaluate_at(self, pu, f, sqrt_f, metric: str, mask=None, grad: bool = True) -> FarfieldPass:
-        """:meth:`evaluate` at psi = exp(i c Pad(P u)), P u in the per-angle layout: no communication."""
+        """:meth:`evaluate` at psi = T(Pad(P u)), P u in the per-angle layout: no communication."""
         return self.evaluate(self.exp.fwd(self.pad.fwd(pu)), f, sqrt_f, metric, mask, grad)
 
     def jtj(self, v, psi):
-        """J^H J v for the linearisation at psi: c^2 (Pad P)^H [conj(psi) Pt^H Pt (psi Pad P v)] (two
-        transposes; :func:`linearised_normal` is the communication-free slab-layout version)."""
+        """J^H J v for the linearisation at psi: c^2 (Pad P)^H [conj(psi) Pt^H Pt (psi Pad P v)] ("exp"; for
+        "linear" (Pad P)^H Pt^H Pt Pad P v) (two transposes; :func:`linearised_normal` is the
+        communication-free slab-layout version)."""
         xp = get_xp(v)
         pt = self.pt
         w2 = xp.abs(pt.probe) ** 2
-        t = psi * self.x(v)
+        t = self.x(v) if self.linear else psi * self.x(v)
         t = pt.patches_adj(w2 * pt.patches(t))
-        return (self.c ** 2) * self.xadj(xp.conj(psi) * t)
+        return self.xadj(t) if self.linear else (self.c ** 2) * self.xadj(xp.conj(psi) * t)
+
+    def energy_matched_constant(self, u_shape, comm, f, mask=None, dtype=np.complex64):
+        """The constant s with ||D(T(Pad P (s 1)))||^2 = sum f, for the linear model (where D T Pad P is
+        linear, so s = sqrt(sum f / ||D Pad P 1||^2)); one transpose and one pass over the frames.
+        Collective. Returns (s, P(s 1) in the per-angle layout)."""
+        xp = get_xp(f)
+        pu1 = self.space.project(xp.ones(u_shape, dtype=dtype))
+        psi1 = self.pad.fwd(pu1)
+        energy = 0.0
+        for sl in self.pt.batches():
+            z = self.pt.fwd(psi1, sl)
+            energy += pixel_sum(z.real ** 2 + z.imag ** 2, mask)
+        energy = comm.sum_scalar(energy)
+        data = comm.sum_scalar(pixel_sum(f, mask))
+        s = float(np.sqrt(data / energy)) if energy > 0 else 1.0
+        return s, pu1 * np.asarray(s, dtype=pu1.real.dtype)
 
 
-def linearised_normal(model: ExpJointModel, u, comm):
+#: the name before the linear model was supported (kept for callers)
+ExpJointModel = JointModel
+
+
+def linearised_normal(model: JointModel, u, comm):
     """J^H J of the model linearised at ``u`` (this rank's slab), as a map on slabs with no transposes.
 
-    J^H J = c^2 P^H Pad^H conj(psi) N psi Pad P with N = sum_j S_j^T |w|^2 S_j. N is a 3x3 stencil per
+    J^H J = c^2 P^H Pad^H conj(psi) N psi Pad P with N = sum_j S_j^T |w|^2 S_j ("exp"; "linear":
+    P^H Pad^H N Pad P, independent of ``u``). N is a 3x3 stencil per
     angle (:meth:`~hpc_pt.operators.Ptychography.normal_stencil`); cropped to the volume's rows (the padded
     rows of Pad P v are zero) it is moved to the slab layout once (one transpose per non-zero map, 1 for
     integer scan positions, 9 otherwise; the parts of an angle split over ranks add up), and psi on the
@@ -167,6 +213,13 @@ def linearised_normal(model: ExpJointModel, u, comm):
     vert = comm.sum_scalar(float(xp.abs(maps[[0, 1, 2, 6, 7, 8]]).sum())) > 0
     keep = range(9) if off > 0 else (4,)
     maps = xp.stack([sp.to_slabs(xp.ascontiguousarray(maps[k])) for k in keep])
+    if model.linear:
+        def apply_linear(v):
+            t = sp.P.fwd(v)
+            lo, hi = sp.halo(t, axis=1) if vert else (None, None)
+            return sp.P.adj(apply_stencil(maps, t, lo, hi))
+
+        return apply_linear
     psi = model.exp.fwd(sp.P.fwd(u))  # (A, rows, W): every angle, this slab's rows
     psi_c = xp.conj(psi)
     c2 = model.c ** 2
@@ -192,7 +245,21 @@ def _check(opts: GDOptions):
         raise ValueError(f"step_rel must be positive, got {opts.step_rel}")
 
 
-def loss_and_gradient(model: ExpJointModel, shard: Shard, comm, u, metric: str = "gaussian"):
+def resolve_init(init: str, linear: bool, method: str = "gd") -> str:
+    """``"zeros"`` or ``"constant"`` for ``init`` ("auto", "zeros", "constant") and the model (module
+    docstring); ValueError for a start the model cannot use."""
+    if init == "auto":
+        return "constant" if linear else "zeros"
+    if linear and init == "zeros":
+        raise ValueError(f"{method} with the linear model cannot start from zeros (no far field, zero gradient); "
+                         "use init constant (the energy-matched constant, the default) or a given volume")
+    if not linear and init == "constant":
+        raise ValueError(f"{method} with the exponential model starts from zeros (free space) or a given volume; "
+                         "use init zeros")
+    return init
+
+
+def loss_and_gradient(model: JointModel, shard: Shard, comm, u, metric: str = "gaussian"):
     """(L(u), g_u): the global loss and the volume gradient on this rank's slab (collectives over ``comm``;
     two transposes; the far fields are formed one frame batch at a time)."""
     ev = model.evaluate(model.psi(u), shard.intensities, shard.amplitudes, metric, shard.mask, grad=True)
@@ -201,15 +268,16 @@ def loss_and_gradient(model: ExpJointModel, shard: Shard, comm, u, metric: str =
 
 def run_gd(shard: Shard, comm, opts: GDOptions | None = None, callback=None, u0=None,
            checkpoints: Checkpointer = NO_CHECKPOINTS) -> SolverResult:
-    """Seed 002 Algorithm 1 on this rank's shard and slab (module docstring); ``u0`` (this rank's slab)
-    warm-starts instead of zeros.
+    """Seed 002 Algorithm 1 on this rank's shard and slab (module docstring), with the shard's forward
+    model ("exp" or "linear"); ``u0`` (this rank's slab) warm-starts instead of ``opts.init``.
 
     ``callback(row, u)`` is called after every iteration with the history row and the volume slab;
     ``checkpoints`` hands the loop state out every K iterations and back on resume (bitwise continuation).
     """
     opts = GDOptions() if opts is None else opts
     _check(opts)
-    model = ExpJointModel(shard)
+    model = JointModel(shard)
+    init = resolve_init(opts.init, model.linear) if u0 is None else "given"
     sp = shard.space
     xp = get_xp(shard.intensities)
     dtype = shard.model.dtype
@@ -228,9 +296,13 @@ def run_gd(shard: Shard, comm, opts: GDOptions | None = None, callback=None, u0=
             return model.xadj(ev.field)  # one transpose: angles -> slabs
 
     if st is None:
-        u = xp.zeros(shape, dtype=dtype) if u0 is None else xp.asarray(u0, dtype=dtype).copy()
         with comm.phase("project"):
-            pu = sp.project(u)  # P u, per-angle layout (A_r, N_z, W): one transpose
+            if init == "constant":  # linear model: s 1 with ||D(s 1)||^2 = sum f (P(s 1) from the same transpose)
+                s, pu = model.energy_matched_constant(shape, comm, f, mask, dtype)
+                u = xp.full(shape, s, dtype=dtype)
+            else:
+                u = xp.zeros(shape, dtype=dtype) if u0 is None else xp.asarray(u0, dtype=dtype).copy()
+                pu = sp.project(u)  # P u, per-angle layout (A_r, N_z, W): one transpose
             normal = linearised_normal(model, u, comm)
             lip = power_lipschitz(normal, sp.global_shape, comm, dtype, opts.power_iterations, like=u,
                                   rows=(sp.z0, sp.z1))
@@ -291,4 +363,5 @@ def run_gd(shard: Shard, comm, opts: GDOptions | None = None, callback=None, u0=
             checkpoints.save({"iteration": n + 1, "u": u, "pu": pu, "g": g, "loss": loss, "step": alpha,
                               "step0": alpha0, "lipschitz": lip, "history": hist.rows})
     return SolverResult(volume=u, probe=model.pt.probe, history=hist,
-                        state={"lipschitz": lip, "step0": alpha0, "step": alpha, "c": model.c})
+                        state={"lipschitz": lip, "step0": alpha0, "step": alpha, "c": model.c,
+                               "model": "linear" if model.linear else "exp"})

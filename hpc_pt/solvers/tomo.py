@@ -3,7 +3,7 @@
 Layout. The functions take a :class:`~hpc_pt.operators.Projector` and projections of its shape
 (``projector.shape_out`` = (A, rows, n_det), every angle of ``projector.angles``) and return a volume of
 ``projector.shape_in`` = (rows, n, n). Standalone that is the whole volume and its projections, with no
-communicator. Distributed, it is the slab layout (DESIGN.md section 3): each rank passes its
+communicator. Distributed, it is the slab layout (docs/architecture.md §3): each rank passes its
 :class:`~hpc_pt.parallel.SlabSpace`'s ``space.P`` (ALL angles, its own rows) and its rows of every angle's
 projection (``space.to_slabs`` of the per-angle data), so P and P^T are local and the only communication
 is scalar sums (``comm.sum_scalar``, ``comm.volume_dot``) and, with the Laplacian term, the one-row halos
