@@ -1,4 +1,4 @@
-"""Command line: ``hpc-pt {simulate,info,validate,reconstruct,ptycho2d,demo,evaluate}``. Parses arguments and delegates; no physics here.
+"""Command line: ``hpc-pt {simulate,info,validate,reconstruct,ptycho2d,demo,evaluate,convert}``. Parses arguments and delegates; no physics here.
 
 Every user error (:class:`hpc_pt.errors.InputError`) becomes one line ``error: ...`` on stderr and exit
 code 2; nothing is left half-written because the writers are atomic.
@@ -11,48 +11,25 @@ import sys
 import time
 
 from . import __version__
+from .cli_parser import ArgumentParser, add_model_flags, explain_defaults, show_value, subparsers
 from .errors import BackendUnavailable, InputError
 
-SIM_FLAGS = {
-    # flag: (config field, type, help)
-    "--phantom": ("phantom", str, "shepp-logan, wires or ellipsoids"),
-    "--size": ("size", int, "volume edge N (volume is N^3)"),
-    "--angles": ("angles", int, "number of rotation angles"),
-    "--angle-range": ("angle_range", int, "180 ([0, pi)) or 360 ([0, 2 pi))"),
-    "--angle-kind": ("angle_kind", str, "uniform or golden"),
-    "--probe-size": ("probe_size", int, "probe window / detector size M (M x M)"),
-    "--probe-fwhm": ("probe_fwhm", float, "Gaussian FWHM or disc diameter in pixels"),
-    "--probe-kind": ("probe_kind", str, "gaussian, airy, disc or file"),
-    "--probe-file": ("probe_file", str, "probe to load (.npy, .h5, .cxi) with --probe-kind file"),
-    "--step": ("step", float, "scan step in pixels"),
-    "--scan": ("scan", str, "raster or fermat"),
-    "--per-angle-offset": ("per_angle_offset", float, "raster start shift per angle, pixels"),
-    "--field-pad": ("field_pad", int, "pixels of free space around the volume's projection"),
-    "--model": ("model", str, "linear (Rytov, seed 001) or exp (projection approximation)"),
-    "--noise": ("noise", str, "none or poisson"),
-    "--peak": ("peak", float, "Poisson peak factor eta (seed 001)"),
-    "--energy-kev": ("energy_kev", float, "photon energy in keV"),
-    "--voxel-nm": ("voxel_nm", float, "voxel size in nm"),
-    "--detector-pixel-um": ("detector_pixel_um", float, "detector pixel size in micrometres"),
-    "--ellipsoids": ("ellipsoids", int, "number of random ellipsoids for --phantom ellipsoids"),
-    "--phase-object-rad": ("phase_object_rad", float,
-                           "seed 001's pure-phase sample u = exp(i PHI s) (linear model; default: u = s)"),
-    "--seed": ("seed", int, "random seed"),
-}
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hpc-pt", description="Joint ptycho-tomography reconstruction.")
+    from .pipeline import DEFAULT_MODEL, ReconConfig
+    from .simulate import SimulationConfig
+
+    p = ArgumentParser(prog="hpc-pt", description="Joint ptycho-tomography reconstruction.")
     p.add_argument("--version", action="version", version=f"hpc-pt {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("simulate", help="simulate a ptycho-tomography dataset into a CXI file")
-    s.add_argument("--config", help="YAML or TOML file with the same settings (flags override it)")
-    for flag, (_, typ, hlp) in SIM_FLAGS.items():
-        s.add_argument(flag, type=typ, default=None, help=hlp)
+    s.add_argument("--config", help="YAML or TOML file with the same settings (flags override it; default: "
+                                    "none)")
+    add_model_flags(s, SimulationConfig)
     s.add_argument("--out", required=True, help="output CXI/HDF5 file")
     s.add_argument("--force", action="store_true", help="overwrite an existing output file")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_progress_flag(s)
 
     for name, hlp in (("info", "describe a CXI file or directory (metadata only, fast)"),
                       ("validate", "check every key, position and frame of a CXI input")):
@@ -60,43 +37,61 @@ def build_parser() -> argparse.ArgumentParser:
         i.add_argument("path")
         i.add_argument("--json", action="store_true", help="print one JSON object")
         _add_reader_flags(i)
+        if name == "info":
+            i.add_argument("--rotation-centre", action="store_true",
+                           help="also estimate the rotation centre from the frames (reads every frame and runs "
+                                "about 15 short reconstructions; what `reconstruct --rotation-centre auto` does)")
 
     r = sub.add_parser("reconstruct", help="reconstruct a volume from a CXI file")
     r.add_argument("data", help="CXI file or directory")
-    r.add_argument("--config", help="YAML or TOML file with the same settings (flags override it)")
-    r.add_argument("--method", choices=["apt", "apts", "admm", "gd", "two-step"], default=None)
+    r.add_argument("--config", help="YAML or TOML file with the same settings (flags override it; default: "
+                                    "none)")
+    r.add_argument("--method", default=None, help="reconstruction method (docs/solvers.md)")
     r.add_argument("--iterations", type=int, default=None)
     r.add_argument("--noise", choices=["gaussian", "poisson"], default=None,
                    help="data metric: gaussian amplitude (pAGM) or poisson intensity (pIPM)")
     r.add_argument("--prior", default=None, help="tv, none, or a registered denoiser (admm)")
-    r.add_argument("--prior-weight", type=float, default=None, help="relative prior strength")
-    r.add_argument("--penalty", type=float, default=None, help="ADMM data penalty (dimensionless)")
+    r.add_argument("--prior-weight", type=float, default=None,
+                   help=f"relative prior strength (default: {_method_defaults('prior_weight')})")
+    r.add_argument("--penalty", type=float, default=None,
+                   help=f"data penalty, dimensionless: APT r2, ADMM rho_rel (default: {_method_defaults('penalty')})")
     r.add_argument("--probe-refine", action="store_true", default=None, help="refine the probe")
     r.add_argument("--init", default=None, help="constant, zeros, or a .npy / Zarr volume")
-    r.add_argument("--model", choices=["linear", "exp"], default=None, help="forward model (default: by method)")
-    r.add_argument("--device", choices=["cpu", "gpu"], default=None)
+    by_model = {}
+    for method, model in DEFAULT_MODEL.items():
+        by_model.setdefault(model or "the input's", []).append(method)
+    r.add_argument("--model", default=None, help="forward model (default: by method, unless the input records "
+                   "one: " + "; ".join(f"{m} for {', '.join(ms)}" for m, ms in by_model.items()) + ")")
+    r.add_argument("--device", default=None, help="where the arrays live")
     r.add_argument("--backend", choices=["serial", "mpi", "dask"], default="serial",
                    help="serial (one process); mpi: run under `mpiexec -n P hpc-pt reconstruct ... "
                         "--backend mpi`; dask: one rank per Dask worker (--workers or --scheduler). Each rank "
                         "reads only its frames, rank 0 writes the output")
     r.add_argument("--workers", type=int, default=None,
                    help="--backend dask: start a local cluster of this many worker processes (with "
-                        "--scheduler: use this many of its workers)")
+                        "--scheduler: use this many of its workers; default: all of them)")
     r.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
-                   help="--backend dask: run on the workers of this Dask scheduler")
+                   help="--backend dask: run on the workers of this Dask scheduler (default: none, a local "
+                        "cluster of --workers processes)")
     r.add_argument("--volume-size", type=int, default=None,
                    help="edge N of the reconstructed volume (default: simulated sample size or field width)")
+    r.add_argument("--rotation-centre", default=None, metavar="PX|auto",
+                   help="object-field column of the rotation axis (pixel-centre coordinate), or auto to "
+                        "estimate it from the frames (default: the input's, else (W - 1) / 2)")
     r.add_argument("--frame-batch", type=int, default=None, metavar="N",
                    help="frames per far-field batch: caps the solvers' far-field temporaries at N frames "
                         "(default: 16 MiB of complex far field); lower it when the frames do not fit in memory")
     r.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="method-specific option, e.g. --option cg_max_iter=20 (repeatable)")
+                   help="method-specific option, e.g. --option cg_max_iter=20 (repeatable; default: none, "
+                        "the method's own defaults, docs/solvers.md)")
     _add_reader_flags(r)
     r.add_argument("--out", required=True, help="output Zarr store (a PNG is written next to it)")
     r.add_argument("--force", action="store_true", help="overwrite an existing output store")
     r.add_argument("--quiet", action="store_true", help="no per-iteration progress")
+    _add_progress_flag(r)
     r.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
-                   help="save the whole solver state every K iterations (atomically, into OUT.ckpt)")
+                   help="save the whole solver state every K iterations (atomically, into OUT.ckpt; "
+                        "default: 0, no checkpoints)")
     r.add_argument("--checkpoint-dir", default=None, help="where checkpoints go (default: OUT.ckpt)")
     r.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint (same settings and ranks; --iterations may grow)")
@@ -104,49 +99,157 @@ def build_parser() -> argparse.ArgumentParser:
     p2 = sub.add_parser("ptycho2d", help="2D ptychography of one angle (ePIE, DM or Poisson ML)")
     p2.add_argument("data", help="CXI file or directory")
     p2.add_argument("--angle", type=int, default=0, help="angle index (0-based, in file order)")
-    p2.add_argument("--method", choices=["epie", "dm", "ml"], default="dm")
-    p2.add_argument("--iterations", type=int, default=100)
-    p2.add_argument("--probe-refine", action="store_true")
+    p2.add_argument("--method", choices=["epie", "dm", "ml"], default="dm",
+                    help="ePIE, difference map or Poisson maximum likelihood")
+    p2.add_argument("--iterations", type=int, default=100, help="number of iterations")
+    p2.add_argument("--probe-refine", action="store_true", help="refine the probe")
     _add_reader_flags(p2)
-    p2.add_argument("--out", help="write the object field and probe to this .npz file")
-    p2.add_argument("--force", action="store_true")
+    p2.add_argument("--out", help="write the object field and probe to this .npz file (default: none, "
+                                  "print the R-factor only)")
+    p2.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    p2.add_argument("--quiet", action="store_true", help="no per-iteration progress")
+    _add_progress_flag(p2)
 
     d = sub.add_parser("demo", help="simulate a small sparse-scan dataset and reconstruct it with APT")
     d.add_argument("--out-dir", default="hpc-pt-demo", help="folder for demo.h5, demo.zarr and demo.png")
-    d.add_argument("--iterations", type=int, default=None)
+    from .workflows import DEMO_RECONSTRUCTION
+
+    d.add_argument("--iterations", type=int, default=None,
+                   help=f"APT iterations (default: {DEMO_RECONSTRUCTION['iterations']})")
     d.add_argument("--force", action="store_true", help="overwrite an earlier demo's files")
     d.add_argument("--quiet", action="store_true", help="no per-iteration progress")
+    _add_progress_flag(d)
 
     e = sub.add_parser("evaluate", help="compare a reconstruction with the ground truth")
     e.add_argument("recon", help="reconstruction Zarr store")
-    e.add_argument("--truth", required=True, help="simulated CXI file (its ground-truth group) or a Zarr store")
+    e.add_argument("--truth", required=True, help="simulated CXI file (its ground-truth group), a Zarr store, a "
+                                                  ".npy volume, or a dataset of an HDF5 file: FILE.h5:/group/volume")
     e.add_argument("--json", action="store_true", help="print one JSON object")
+
+    c = sub.add_parser("convert", help="write hpc-pt's CXI layout from NumPy arrays (described by a YAML/TOML "
+                                       "file) or NXcxi_ptycho NeXus data (docs/your-data.md)")
+    c.add_argument("source", help="description file (.toml/.yaml) naming .npy/.npz/.csv arrays, or a NeXus "
+                                  "(NXcxi_ptycho) file or directory, one NXentry per angle")
+    c.add_argument("--out", required=True, help="output CXI file")
+    c.add_argument("--format", choices=["auto", "numpy", "nexus"], default="auto",
+                   help="source layout (auto: .toml/.yaml is numpy, HDF5 or a directory is nexus)")
+    c.add_argument("--config", help="with a NeXus source: description file whose keys fill in or override "
+                                    "the file's values (angles, energy, positions_are, ...)")
+    c.add_argument("--probe", help="probe .npy (real space, centred, sampled like the converted frames); "
+                                   "default: none, estimated from the data when read")
+    c.add_argument("--mask", help="detector mask .npy laid out like the recorded frames (non-zero = valid)")
+    c.add_argument("--positions-are", choices=["probe", "sample"], default=None,
+                   help="positions of the probe on the sample, or of the sample stage (negated); default: "
+                        "probe for numpy, sample for nexus")
+    c.add_argument("--positions-unit", default=None, help="m, mm, um, nm or px (sample-plane pixels)")
+    c.add_argument("--frames-dc", choices=["centre", "corner"], default=None,
+                   help="where the direct beam is in the stored frames (default: centre, as recorded)")
+    c.add_argument("--transpose-frames", action="store_true", default=None,
+                   help="frames (and probe, mask) are stored (x, y): swap their two axes")
+    c.add_argument("--beam-centre", default=None, metavar="ROW,COL",
+                   help="detector pixel of the direct beam: frames are cropped to the largest window centred on it")
+    c.add_argument("--crop", type=int, default=None, metavar="N", help="crop frames to N x N around the beam centre")
+    c.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    _explain(p, {"simulate": SimulationConfig, "reconstruct": ReconConfig})
     return p
+
+
+def _explain(parser, models: dict) -> None:
+    """Every subcommand's help shows each option's real default and choices (``models``: the settings model
+    whose field defaults stand behind a subcommand's None-default flags); see :mod:`hpc_pt.cli_parser`."""
+    for name, sub in subparsers(parser).items():
+        explain_defaults(sub, models.get(name))
+
+
+def _method_defaults(setting: str) -> str:
+    """'apt 0.5, admm 0.02': the solver option each method maps a generic setting to, at its default
+    (hpc_pt.pipeline passes prior_weight to APT's tv_rel and ADMM's prior_weight, penalty to APT's r2 and
+    ADMM's rho_rel)."""
+    from .solvers.admm import ADMMOptions
+    from .solvers.apt import APTOptions
+
+    where = {"prior_weight": (("apt", APTOptions, "tv_rel"), ("admm", ADMMOptions, "prior_weight")),
+             "penalty": (("apt, apts", APTOptions, "r2"), ("admm", ADMMOptions, "rho_rel"))}[setting]
+    shown = []
+    for methods, cls, name in where:
+        value = getattr(cls(), name)
+        shown.append(f"{methods} {'chosen from the data' if value is None else show_value(value)}")
+    return ", ".join(shown)
+
+
+def _add_progress_flag(p):
+    p.add_argument("--progress-every", default=None, metavar="K|Ts",
+                   help="when the output is not a terminal (a log file): a progress line every K iterations "
+                        "(e.g. 5) or every T seconds (e.g. 30s); default 10s, plus the first and last iteration")
 
 
 def _add_reader_flags(p):
     p.add_argument("--flip-translations", action="store_true",
                    help="translations are sample-stage positions (negate x and y)")
     p.add_argument("--translation-layout", choices=["auto", "frames,3", "3,frames"], default="auto",
-                   help="how translation arrays are stored (default: decide by shape)")
+                   help="how translation arrays are stored: frames,3 or 3,frames (default: auto, decide by "
+                        "shape)")
+    p.add_argument("--field-shape", default=None, metavar="H,W",
+                   help="object field the translations refer to, pixels (default: the file's, else the "
+                        "smallest field holding every probe window)")
+    p.add_argument("--fftshift", action="store_true",
+                   help="the frames are stored with DC at index 0 (not fftshifted): use them as stored")
 
 
 def _reader_kwargs(args) -> dict:
-    return {"flip_translations": args.flip_translations, "translation_layout": args.translation_layout}
+    kw = {"flip_translations": args.flip_translations, "translation_layout": args.translation_layout}
+    if getattr(args, "fftshift", False):
+        kw["fftshift"] = True
+    if getattr(args, "field_shape", None) is not None:
+        kw["field_shape"] = _parse_field_shape(args.field_shape)
+    return kw
+
+
+def _parse_field_shape(text: str) -> tuple[int, int]:
+    parts = str(text).replace("x", ",").split(",")
+    try:
+        h, w = (int(v) for v in parts)
+    except ValueError:
+        h = w = 0
+    if h < 1 or w < 1:
+        raise InputError(f"--field-shape {text!r} must be two positive integers H,W, e.g. --field-shape 61,61")
+    return h, w
+
+
+def _parse_centre(text):
+    """``--rotation-centre``: 'auto' or a field column (float)."""
+    if text is None or str(text).strip().lower() == "auto":
+        return None if text is None else "auto"
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise InputError(f"--rotation-centre {text!r} must be a field column in pixels (e.g. 33.5) or auto")
+    return value
 
 
 def _simulate(args) -> int:
     from .io import check_output_path, write_cxi
     from .simulate import SimulationConfig, simulate_dataset
 
-    overrides = {field: getattr(args, flag[2:].replace("-", "_"))
-                 for flag, (field, _, _) in SIM_FLAGS.items()
-                 if getattr(args, flag[2:].replace("-", "_")) is not None}
-    cfg = SimulationConfig.from_file(args.config, overrides) if args.config else SimulationConfig.build(overrides)
+    overrides = {name: getattr(args, name) for name in SimulationConfig.model_fields
+                 if getattr(args, name, None) is not None}
+    scaled = []
+    cfg = SimulationConfig.from_file(args.config, overrides, scaled=scaled) if args.config else \
+        SimulationConfig.build(overrides, names="flags", scaled=scaled)
     check_output_path(args.out, overwrite=args.force)
+    note = _scaled_note(cfg, scaled)
+    if note:
+        print(note, flush=True)
+    from .progress import start_phase, step
+
     t0 = time.perf_counter()
-    ds = _with_progress(lambda cb: simulate_dataset(cfg, progress=cb), "simulating", args.quiet)
-    write_cxi(ds, args.out, overwrite=args.force, command=" ".join(sys.argv))
+    with _progress(args) as rep:
+        start_phase(rep, "simulating", cfg.angles, unit="angles", tag="angles")
+        ds = simulate_dataset(cfg, progress=None if rep is None else lambda done, _total: rep({"iteration": done}))
+        with step(rep, f"writing {args.out}"):
+            write_cxi(ds, args.out, overwrite=args.force, command=" ".join(sys.argv))
     dt = time.perf_counter() - t0
     snr = ds.attrs.get("snr_intensity_db")
     frames = int(ds.n_frames.sum())
@@ -156,14 +259,33 @@ def _simulate(args) -> int:
     return 0
 
 
-def _with_progress(run, label, quiet):
-    if quiet or not sys.stderr.isatty():
-        return run(None)
-    from rich.progress import Progress
+def _scaled_note(cfg, scaled) -> str | None:
+    """One line naming the size-dependent settings chosen from ``--size`` (None when there are none, or at
+    the reference size, where they are seed 001's own)."""
+    from .simulate.config import REFERENCE_SIZE, scaled_defaults
 
-    with Progress(transient=True) as bar:
-        task = bar.add_task(label, total=None)
-        return run(lambda done, total: bar.update(task, completed=done, total=total))
+    if cfg.probe_kind == "file":  # the file fixes the probe; only the step follows the size
+        scaled = [k for k in scaled if k == "step"]
+    if not scaled or cfg.size == REFERENCE_SIZE:
+        return None
+    ref = scaled_defaults(REFERENCE_SIZE)
+    chosen = ", ".join(f"{k} {show_value(getattr(cfg, k))}" for k in scaled)
+    return (f"note: size {cfg.size}: {chosen} (seed 001's " + ", ".join(show_value(ref[k]) for k in scaled)
+            + f" at size {REFERENCE_SIZE}, scaled by {cfg.size}/{REFERENCE_SIZE}); set "
+            + ", ".join("--" + k.replace("_", "-") for k in scaled) + " to choose")
+
+
+def _progress(args):
+    """The command's progress reporter (:class:`hpc_pt.progress.ProgressReporter`, on stdout: a rich bar on a
+    terminal, plain lines in a log) as a context manager; ``None`` inside it with ``--quiet``."""
+    import contextlib
+
+    if getattr(args, "quiet", False):
+        return contextlib.nullcontext(None)
+    from .progress import ProgressReporter, parse_every
+
+    every, interval = parse_every(getattr(args, "progress_every", None))
+    return ProgressReporter(every=every, interval_s=interval)
 
 
 def _json(d) -> str:
@@ -190,6 +312,12 @@ def _info(args) -> int:
     from .io import describe, format_description
 
     d = describe(args.path, **_reader_kwargs(args))
+    if args.rotation_centre:
+        from .workflows import estimate_centre
+
+        est = estimate_centre(args.path, _reader_kwargs(args))
+        d["rotation_centre_estimate"] = est["centre"]
+        d["rotation_centre_estimate_offset_px"] = est["offset_px"]
     print(_json(d) if args.json else format_description(d))
     return 0
 
@@ -231,40 +359,53 @@ def _reconstruct(args) -> int:
                                            "probe_refine", "init", "model", "device", "volume_size",
                                            "frame_batch")
              if getattr(args, k) is not None}
+    if args.rotation_centre is not None:
+        flags["rotation_centre"] = _parse_centre(args.rotation_centre)
     if args.option:
         flags["options"] = dict(_parse_option(o) for o in args.option)
     cfg = ReconConfig.from_file(args.config, flags) if args.config else ReconConfig.build(flags)
-    progress = None if args.quiet else _print_row
     if args.checkpoint_every < 0:
         raise InputError(f"--checkpoint-every {args.checkpoint_every} must be >= 0 (0: no checkpoints)")
     ckpt = {"checkpoint_every": args.checkpoint_every, "resume": args.resume, "checkpoint_dir": args.checkpoint_dir}
     t0 = time.perf_counter()
     if args.backend == "dask":
-        return _reconstruct_dask(args, cfg, progress, ckpt, t0)
-    if args.backend == "mpi":
-        # every rank scans the metadata and reads only its own frames (pipeline.build_rank_shard)
-        from .parallel import MPIComm
+        return _reconstruct_dask(args, cfg, ckpt, t0)
+    with _progress(args) as progress:  # closed (the bar ends) before the summary line
+        if args.backend == "mpi":
+            # every rank scans the metadata and reads only its own frames (pipeline.build_rank_shard)
+            from .parallel import MPIComm
 
-        comm = MPIComm()
-        res = reconstruct(args.data, out=args.out, config=cfg, overwrite=args.force, progress=progress,
-                          command=" ".join(sys.argv), comm=comm, reader=_reader_kwargs(args), **ckpt)
-        if comm.rank != 0:
-            return 0
-    else:
-        from .io import read_cxi
+            comm = MPIComm()
+            res = reconstruct(args.data, out=args.out, config=cfg, overwrite=args.force, progress=progress,
+                              command=" ".join(sys.argv), comm=comm, reader=_reader_kwargs(args), **ckpt)
+        else:
+            from .pipeline import read_input
 
-        data = read_cxi(args.data, **_reader_kwargs(args))
-        res = reconstruct(data, out=args.out, config=cfg, overwrite=args.force, progress=progress,
-                          command=" ".join(sys.argv), input_path=args.data, **ckpt)
-    rf = [v for v in res.history.get("r_factor", []) if v == v]  # two-step's last rows are tomography rows
+            comm = None
+            data = read_input(args.data, _reader_kwargs(args), progress)
+            res = reconstruct(data, out=args.out, config=cfg, overwrite=args.force, progress=progress,
+                              command=" ".join(sys.argv), input_path=args.data, **ckpt)
+    if comm is not None and comm.rank != 0:
+        return 0
     ranks = res.parallel.get("ranks", 1)
     where = f" on {ranks} MPI ranks" if args.backend == "mpi" else ""
     print(f"wrote {res.out} and {res.figure}: {cfg.method}, {cfg.iterations} iterations{where} "
-          f"in {time.perf_counter() - t0:.1f} s, final R-factor {rf[-1] if rf else float('nan'):.4g}")
+          f"in {time.perf_counter() - t0:.1f} s, {_final_r_factor(res)}")
     return 0
 
 
-def _reconstruct_dask(args, cfg, progress, ckpt, t0) -> int:
+def _final_r_factor(res) -> str:
+    """``final R-factor X`` of a reconstruction: the history's last finite R-factor; for the 2-step method
+    the final volume's (through the forward model, ``solver_state.r_factor`` in the store) and its 2D
+    stage's (the last stage-1 row of the history)."""
+    if res.config.method == "two-step" and "r_factor" in res.state:
+        return (f"final R-factor {res.state['r_factor']:.4g} (volume; 2D ptychography stage "
+                f"{res.state.get('ptycho_r_factor', float('nan')):.4g})")
+    rf = [v for v in res.history.get("r_factor", []) if v == v]
+    return f"final R-factor {rf[-1] if rf else float('nan'):.4g}"
+
+
+def _reconstruct_dask(args, cfg, ckpt, t0) -> int:
     """``--backend dask``: one rank task per worker runs the same ``reconstruct`` an MPI rank runs
     (:func:`hpc_pt.parallel.dask.run_dask`); progress rows come back to this process."""
     from .parallel.dask import run_dask
@@ -273,39 +414,39 @@ def _reconstruct_dask(args, cfg, progress, ckpt, t0) -> int:
         raise InputError("--backend dask needs --workers K (a local cluster of K processes) or "
                          "--scheduler tcp://HOST:PORT (a running cluster)")
     try:
-        res = run_dask(args.data, out=args.out, workers=args.workers, scheduler=args.scheduler, config=cfg,
-                       overwrite=args.force, progress=progress, command=" ".join(sys.argv),
-                       reader=_reader_kwargs(args), **ckpt)
+        with _progress(args) as progress:  # rank 0's rows and status lines arrive here as Dask events
+            res = run_dask(args.data, out=args.out, workers=args.workers, scheduler=args.scheduler, config=cfg,
+                           overwrite=args.force, progress=progress, command=" ".join(sys.argv),
+                           reader=_reader_kwargs(args), **ckpt)
     except (InputError, BackendUnavailable) as exc:
         if getattr(exc, "rank", None) is None:
             raise
         raise type(exc)(f"rank {exc.rank}: {exc}") from None
-    rf = [v for v in res.history.get("r_factor", []) if v == v]
     print(f"wrote {res.out} and {res.figure}: {cfg.method}, {cfg.iterations} iterations on "
           f"{res.parallel.get('ranks', 1)} Dask workers in {time.perf_counter() - t0:.1f} s, "
-          f"final R-factor {rf[-1] if rf else float('nan'):.4g}")
+          f"{_final_r_factor(res)}")
     return 0
-
-
-def _print_row(row: dict) -> None:
-    keys = ("objective", "r_factor", "primal_residual", "rel_change")
-    vals = "  ".join(f"{k} {row[k]:.4g}" for k in keys if k in row)
-    print(f"iter {int(row['iteration']):4d}  {vals}  ({row.get('iter_time_s', 0):.2f} s)", flush=True)
 
 
 def _ptycho2d(args) -> int:
     import numpy as np
 
-    from .io import check_output_path, read_cxi
+    from .io import check_output_path
+    from .pipeline import read_input
+    from .progress import start_phase
     from .solvers.ptycho2d import ptycho2d
 
     if args.out:
         check_output_path(args.out, overwrite=args.force)
-    ds = read_cxi(args.data, **_reader_kwargs(args))
-    if not 0 <= args.angle < len(ds.angles):
-        raise InputError(f"--angle {args.angle} is out of range; the file has {len(ds.angles)} angles (0..."
-                         f"{len(ds.angles) - 1})")
-    res = ptycho2d(ds, args.angle, method=args.method, iterations=args.iterations, probe_refine=args.probe_refine)
+    with _progress(args) as progress:
+        ds = read_input(args.data, _reader_kwargs(args), progress)
+        if not 0 <= args.angle < len(ds.angles):
+            raise InputError(f"--angle {args.angle} is out of range; the file has {len(ds.angles)} angles (0..."
+                             f"{len(ds.angles) - 1})")
+        start_phase(progress, f"{args.method}, angle {args.angle}", args.iterations)
+        res = ptycho2d(ds, args.angle, method=args.method, iterations=args.iterations,
+                       probe_refine=args.probe_refine,
+                       callback=None if progress is None else lambda row, _obj: progress(row))
     rf = res.history.column("r_factor")
     print(f"angle {args.angle} ({ds.angles[args.angle].angle_deg:g} deg): {args.method}, {args.iterations} "
           f"iterations, final R-factor {rf[-1] if rf.size else float('nan'):.4g}")
@@ -323,25 +464,63 @@ def _ptycho2d(args) -> int:
 def _demo(args) -> int:
     from .workflows import run_demo
 
-    summary = run_demo(args.out_dir, iterations=args.iterations, overwrite=args.force,
-                       progress=None if args.quiet else _print_row)
+    with _progress(args) as progress:
+        summary = run_demo(args.out_dir, iterations=args.iterations, overwrite=args.force, progress=progress)
     print(f"demo: SNR {summary['snr_db']:.2f} dB, R-factor {summary['r_factor']:.4g}, "
           f"{summary['seconds']:.0f} s; wrote {summary['data']}, {summary['recon']}, {summary['figure']}")
     return 0
 
 
+def _convert(args) -> int:
+    from .io.convert import convert
+
+    import os
+
+    here = {k: None if v is None else os.path.abspath(v) for k, v in (("probe", args.probe), ("mask", args.mask))}
+    overrides = {**here, "positions_are": args.positions_are,
+                 "positions_unit": args.positions_unit, "frames_dc": args.frames_dc,
+                 "transpose_frames": args.transpose_frames, "crop": args.crop}
+    if args.beam_centre is not None:
+        try:
+            overrides["beam_centre"] = [float(v) for v in args.beam_centre.split(",")]
+        except ValueError:
+            raise InputError(f"--beam-centre {args.beam_centre!r} must be ROW,COL (detector pixels), "
+                             "e.g. --beam-centre 130,127") from None
+    path = convert(args.source, args.out, fmt=args.format, overwrite=args.force, config=args.config,
+                   overrides=overrides, command=" ".join(sys.argv))
+    print(f"wrote {path}; check it with `hpc-pt validate {args.out}`")
+    return 0
+
+
 COMMANDS = {"simulate": _simulate, "info": _info, "validate": _validate, "evaluate": _evaluate,
-            "reconstruct": _reconstruct, "ptycho2d": _ptycho2d, "demo": _demo}
+            "reconstruct": _reconstruct, "ptycho2d": _ptycho2d, "demo": _demo, "convert": _convert}
+
+
+#: subcommands that run in one process and write outputs: launched as several processes (``mpiexec -n P``,
+#: ``srun``) each would do the whole work into the same files; only ``reconstruct --backend mpi`` uses ranks
+SINGLE_PROCESS = ("simulate", "reconstruct", "ptycho2d", "demo")
+#: how long a failing MPI rank waits for the others to fail too (then one line, clean exit) before it
+#: reports alone and aborts the job
+MPI_ERROR_WAIT_S = 2.0
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # a usage error, already printed as one line; --help and --version exit 0
+        if exc.code in (0, None):
+            raise
+        return exc.code if isinstance(exc.code, int) else 2
     if (getattr(args, "workers", None) is not None or getattr(args, "scheduler", None) is not None) \
             and args.backend != "dask":
-        print("error: --workers and --scheduler go with --backend dask", file=sys.stderr)
+        print("error: --workers and --scheduler go with --backend dask; add --backend dask or drop them",
+              file=sys.stderr)
         return 2
     if getattr(args, "backend", "serial") == "mpi":
         return _main_mpi(args)
+    refused = _refuse_multi_process(args)
+    if refused is not None:
+        return refused
     try:
         return COMMANDS[args.command](args)
     except (InputError, BackendUnavailable) as exc:
@@ -354,40 +533,107 @@ def main(argv=None) -> int:
         return 130
 
 
+def _refuse_multi_process(args) -> int | None:
+    """Exit code 2 when a one-process command was started as several processes (the launcher's environment,
+    :func:`hpc_pt.parallel.launch.launch_world`): rank 0 prints one line naming the fix, the others nothing."""
+    from .parallel.launch import launch_world
+
+    world = launch_world() if args.command in SINGLE_PROCESS else None
+    if world is None or world[1] < 2:
+        return None
+    rank, size = world
+    if rank == 0:
+        if args.command == "reconstruct":
+            what = (f"--backend {args.backend} would run the whole reconstruction in each of them, into the same "
+                    "output; add --backend mpi (or start one process)")
+        else:
+            what = (f"hpc-pt {args.command} runs in one process and each would write the same output; start it "
+                    "as one process (no launcher, or mpiexec -n 1 / srun -n 1)")
+        print(f"error: launched as {size} processes (mpiexec / srun), but {what}", file=sys.stderr)
+    return 2
+
+
 def _main_mpi(args) -> int:
-    """Run under MPI: an exception on any rank prints its one-line error there and aborts the whole job
-    (``MPI_Abort``), so ``mpiexec`` exits non-zero within seconds instead of other ranks waiting forever."""
+    """Run under MPI. An error prints one line for the whole job: when every rank fails (errors before the
+    solve are agreed on by every rank) rank 0 prints it and every rank exits cleanly; a rank failing alone
+    prints its own line and aborts the job (``MPI_Abort``, with its banner silenced), so ``mpiexec`` exits
+    non-zero within seconds instead of other ranks waiting forever."""
+    from .parallel.launch import ErrorAgreement, launch_world
+
     try:
         from .parallel.mpi import load_mpi
 
         MPI = load_mpi()
     except BackendUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        launched = launch_world()
+        if launched is None or launched[0] == 0:
+            print(f"error: {exc}", file=sys.stderr)
         return 2
     world = MPI.COMM_WORLD
     rank, size = world.Get_rank(), world.Get_size()
-    tag = f"rank {rank} of {size}: " if size > 1 else ""
+    agreement = ErrorAgreement(world) if size > 1 else None
     try:
         return COMMANDS[args.command](args)
     except (InputError, BackendUnavailable) as exc:
-        if not getattr(exc, "secondary", False):  # "another rank failed": that rank prints the reason
-            print(f"error: {tag}{exc}", file=sys.stderr, flush=True)
-        if getattr(exc, "all_ranks", False):  # raised on every rank at once (pipeline setup): exit cleanly
-            return 2
-        code = 2
+        # secondary: "another rank failed" (the pipeline's agreement); that rank's message is the reason
+        failure = (2, f"error: {exc}", bool(getattr(exc, "secondary", False)))
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr, flush=True)
-        code = 130
+        failure = (130, "interrupted", False)
     except Exception:  # noqa: BLE001 - an unexpected failure: show it, then stop every rank
         import traceback
 
-        traceback.print_exc()
-        sys.stderr.flush()
-        code = 1
-    if size > 1:
-        time.sleep(0.5)  # let mpiexec forward the message before the job is torn down
-        world.Abort(code)
+        failure = (1, traceback.format_exc().rstrip(), False)
+    code, text, secondary = failure
+    if agreement is None:
+        print(text, file=sys.stderr, flush=True)
+        return code
+    if agreement.all_failed(MPI_ERROR_WAIT_S):
+        reports = agreement.gather(failure)
+        code, line = _one_report(reports)
+        if rank == 0:
+            print(line, file=sys.stderr, flush=True)
+        return code
+    if not secondary:
+        print(_tagged(text, [rank], size), file=sys.stderr, flush=True)
+    time.sleep(0.5)  # let mpiexec forward the message before the job is torn down
+    _silence_stderr()  # MPI_Abort's own "Abort(2) on node 1 ..." banner would follow our line
+    world.Abort(code)
     return code
+
+
+def _tagged(text: str, ranks: list, size: int) -> str:
+    """``error: rank 1 of 4: ...`` (``ranks 0, 2 of 4``; no tag when every rank said the same)."""
+    if len(ranks) == size:
+        return text
+    who = f"rank {ranks[0]}" if len(ranks) == 1 else "ranks " + ", ".join(map(str, ranks))
+    if text.startswith("error: "):
+        return f"error: {who} of {size}: {text[len('error: '):]}"
+    return f"{who} of {size}: {text}"
+
+
+def _one_report(reports: list) -> tuple[int, str]:
+    """(exit code, the one line to print) from every rank's (code, text, secondary) after all of them failed:
+    the first rank's own error (not "another rank failed"), tagged with the ranks that share it."""
+    own = [(r, c, t) for r, (c, t, sec) in enumerate(reports) if not sec] or \
+        [(r, c, t) for r, (c, t, _) in enumerate(reports)]
+    _, code, text = own[0]
+    ranks = [r for r, _, t in own if t == text]
+    line = _tagged(text, ranks, len(reports))
+    others = len(own) - len(ranks)
+    if others:
+        line += f" [{others} other rank(s) failed with other errors]"
+    return code, line
+
+
+def _silence_stderr() -> None:
+    """Point file descriptor 2 at the null device (after our own message is flushed)."""
+    import os
+
+    try:
+        sys.stderr.flush()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

@@ -68,13 +68,39 @@ def positions_to_translations(positions, probe_shape, field_shape, pixel_m: floa
     return -t if flip else t
 
 
+def field_parity(offsets_px, m: int, tol: float = 1e-3) -> int | None:
+    """Parity (0 even, 1 odd) of the field size that puts windows with centre offsets ``offsets_px`` (probe
+    centre relative to the field centre, pixels) at integer top-left positions, or None when the offsets
+    are not on one integer grid (sub-pixel scans: any size works).
+
+    From ``t = offset - m/2 + size/2``: ``t`` is an integer for every frame exactly when ``offset - m/2``
+    has one fractional part, 0 (even size) or 1/2 (odd size)."""
+    v = np.asarray(offsets_px, dtype=np.float64).ravel() - m / 2.0
+    if v.size == 0:
+        return 0
+    for parity in (0, 1):
+        r = v + parity / 2.0
+        if np.all(np.abs(r - np.round(r)) < tol):
+            return parity
+    return None
+
+
 def field_for_translations(translations, probe_shape, pixel_m: float):
-    """Smallest even-sized (H, W) field, centred on the rotation axis, that holds every probe window."""
+    """Smallest (H, W) field, centred on the rotation axis, that holds every probe window.
+
+    Each size has the parity that keeps integer scans at integer window positions (:func:`field_parity`:
+    an odd-sized field for a scan written on one, e.g. 61 pixels), and is even for sub-pixel scans."""
     tr = np.asarray(translations, dtype=np.float64)
-    m1, m2 = probe_shape
-    hx = np.max(np.abs(tr[:, 0])) / pixel_m + m2 / 2 if tr.size else m2 / 2
-    hy = np.max(np.abs(tr[:, 1])) / pixel_m + m1 / 2 if tr.size else m1 / 2
-    return 2 * int(math.ceil(hy - 1e-6)), 2 * int(math.ceil(hx - 1e-6))
+    out = []
+    for col, m in ((1, probe_shape[0]), (0, probe_shape[1])):
+        off = tr[:, col] / pixel_m if tr.size else np.zeros(0)
+        half = float(np.max(np.abs(off))) + m / 2 if off.size else m / 2
+        parity = field_parity(off, m) or 0
+        size = int(math.ceil(2 * half - 1e-6))
+        if size % 2 != parity:
+            size += 1
+        out.append(size)
+    return out[0], out[1]
 
 
 def translations_to_positions(translations, probe_shape, field_shape, pixel_m: float, flip: bool = False):

@@ -33,7 +33,8 @@ class Dataset:
     """A whole measurement: per-angle data, the probe, the geometry, and optional ground truth."""
 
     angles: list[AngleData]
-    probe: np.ndarray  # (m1, m2) complex64, scaled so that E[frames] = |F(probe * S_j psi)|^2
+    probe: np.ndarray | None  # (m1, m2) complex64, scaled so that E[frames] = |F(probe * S_j psi)|^2;
+    # None only for data written without a probe (readers estimate one: hpc_pt.io.cxi.ensure_probe)
     geometry: Geometry
     mask: np.ndarray | None = None  # (m1, m2) bool, True = valid detector pixel
     truth: dict | None = None  # e.g. {"volume": (nz, n, n) complex64, "model": "linear", ...}
@@ -45,6 +46,8 @@ class Dataset:
 
     @property
     def frame_shape(self) -> tuple[int, int]:
+        if self.probe is None:  # a dataset to be written without a probe (hpc_pt.io.convert)
+            return tuple(self.angles[0].frames.shape[-2:])
         return tuple(self.probe.shape)
 
     @property

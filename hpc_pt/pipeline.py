@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
@@ -20,7 +21,13 @@ from .data import Dataset
 from .errors import InputError
 
 METHODS = ("apt", "apts", "admm", "gd", "two-step")
+#: each method's forward model when neither ``--model`` nor the input file names one (None: the method has no
+#: preferred model; it follows the file, else ``FALLBACK_MODEL``)
 DEFAULT_MODEL = {"apt": "linear", "apts": "linear", "admm": "exp", "gd": "exp", "two-step": None}
+FALLBACK_MODEL = "linear"
+#: the forward models each method reconstructs with (docs/solvers.md "Forward models")
+SUPPORTED_MODELS = {"apt": ("linear",), "apts": ("linear",), "admm": ("linear", "exp"), "gd": ("linear", "exp"),
+                    "two-step": ("linear", "exp")}
 
 
 class ReconConfig(BaseModel):
@@ -29,7 +36,7 @@ class ReconConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     method: Literal["apt", "apts", "admm", "gd", "two-step"] = "apt"
-    iterations: int = Field(50, ge=1)
+    iterations: int = Field(100, ge=1, description="outer iterations (two-step: of its 2D stage)")
     noise: Literal["gaussian", "poisson"] = Field("gaussian", description="pAGM or pIPM data metric")
     prior: str = Field("tv", description="tv, none, or a registered denoiser")
     prior_weight: float | None = Field(None, ge=0, description="relative prior strength (None: default)")
@@ -42,6 +49,9 @@ class ReconConfig(BaseModel):
     device: Literal["cpu", "gpu"] = "cpu"
     frame_batch: int | None = Field(None, ge=1, description="frames per far-field batch: bounds the solvers' "
                                     "far-field temporaries (default: 16 MiB of complex64 far field)")
+    rotation_centre: float | Literal["auto"] | None = Field(
+        None, description="object-field column of the rotation axis (pixel-centre coordinate), or 'auto' "
+                          "to estimate it from the data (default: the input's, else (W - 1) / 2)")
     options: dict = Field(default_factory=dict, description="method-specific options, by name")
 
     @classmethod
@@ -87,6 +97,7 @@ class ReconResult:
     figure: str | None = None
     bytes_read: int = 0  # frame bytes this rank read from the input file (0 for an in-memory Dataset)
     parallel: dict = field(default_factory=dict)  # backend, ranks, bytes_read_per_rank, shards
+    state: dict = field(default_factory=dict)  # the solver's scalar state (the store's solver_state attribute)
 
 
 def volume_shape_for(ds, volume_size: int | None = None) -> tuple[int, int, int]:
@@ -153,7 +164,7 @@ WHOLE_ANGLES = ("two-step", "admm")
 
 
 def build_rank_shard(meta, plan, comm, model: str, device: str = "cpu", volume_size: int | None = None,
-                     frame_batch: int | None = None, centre: float | None = None):
+                     frame_batch: int | None = None, centre: float | None = None, progress=None):
     """This rank's shard: frames ``start:stop`` of each (angle, start, stop) in ``plan[comm.rank]`` (see
     :func:`hpc_pt.parallel.plan_shards`), with a forward model over those angles (global angle values)
     and only those frames' positions. An angle split over ranks appears on each of them with its part.
@@ -162,10 +173,12 @@ def build_rank_shard(meta, plan, comm, model: str, device: str = "cpu", volume_s
     rank's slices) or an in-memory :class:`Dataset` (sliced, nothing read). The volume shape comes from
     the metadata, so it is the same on every rank; so does the rotation axis (``centre``, default the
     metadata's ``geometry.rotation_centre``, else (W - 1) / 2). Returns (Shard, bytes_read): the frame bytes
-    read from the file, at the file's dtype.
+    read from the file, at the file's dtype. ``progress`` (see :mod:`hpc_pt.progress`) gets the status
+    lines of the read and of building the forward model (the last step is left open for the caller).
     """
     from .backend import require_gpu
     from .operators import ForwardModel
+    from .progress import describe_frames, report_status
     from .solvers.base import Shard
 
     gpu = device == "gpu"
@@ -177,6 +190,10 @@ def build_rank_shard(meta, plan, comm, model: str, device: str = "cpu", volume_s
 
         m1, m2 = meta.frame_shape
         itemsize = np.dtype(meta.frame_dtype).itemsize
+        n_local = sum(stop - start for _a, start, stop in plan[comm.rank])
+        report_status(progress, "reading " + describe_frames(
+            n_local, (m1, m2), itemsize, of=int(np.sum(meta.n_frames)) if comm.size > 1 else None)
+            + (f" on rank {comm.rank} of {comm.size}" if comm.size > 1 else ""))
     frames, positions, angles, ids = [], [], [], []
     nbytes = 0
     for a, start, stop in plan[comm.rank]:
@@ -191,6 +208,7 @@ def build_rank_shard(meta, plan, comm, model: str, device: str = "cpu", volume_s
         positions.append(np.asarray(e.positions)[start:stop])
         angles.append(e.angle_deg)
         ids.append(a)
+    report_status(progress, _building_text(volume_shape_for(meta, volume_size), model, len(ids), device))
     c = cv.k_dz(meta.geometry.energy_ev, meta.geometry.pixel_m)
     probe = xp.asarray(np.asarray(meta.probe).astype(np.complex64))
     centre = _centre_of(meta, centre)
@@ -200,6 +218,12 @@ def build_rank_shard(meta, plan, comm, model: str, device: str = "cpu", volume_s
     mask = None if meta.mask is None else xp.asarray(meta.mask.astype(bool))
     space = make_space(meta, plan, comm, device, volume_size, centre)
     return Shard(fm, f, np.asarray(ids, dtype=np.int64), mask=mask, space=space), int(nbytes)
+
+
+def _building_text(shape, model: str, n_angles: int, device: str) -> str:
+    """The status line of building the forward model and moving the frames to the device."""
+    return (f"building the forward model ({model}, {n_angles} angles, volume {'x'.join(str(int(v)) for v in shape)}"
+            f"{', GPU' if device == 'gpu' else ''})")
 
 
 def _centre_of(meta, centre: float | None) -> float:
@@ -212,6 +236,36 @@ def _centre_of(meta, centre: float | None) -> float:
 
 def _angles_deg(meta) -> list[float]:
     return [a.angle_deg for a in meta.angles] if isinstance(meta, Dataset) else list(meta.angles_deg)
+
+
+def read_input(path, reader: dict | None = None, progress=None, **kwargs) -> Dataset:
+    """:func:`hpc_pt.io.read_cxi` of ``path`` with ``reader`` flags (and ``kwargs``), reported as one set-up
+    step of ``progress`` (``"reading 4,218 frames of 63x63 (67 MB)"``, from the metadata, before the read)."""
+    from .io.cxi import read_cxi, scan_cxi
+    from .progress import describe_frames, step
+
+    flags = {**(reader or {}), **kwargs}
+    if getattr(progress, "status", None) is None:
+        return read_cxi(path, **flags)
+    index = scan_cxi(path, **{k: v for k, v in flags.items()
+                              if k in ("flip_translations", "translation_layout", "field_shape", "fftshift")})
+    text = describe_frames(int(np.sum(index.n_frames)), index.frame_shape, np.dtype(index.frame_dtype).itemsize)
+    with step(progress, f"reading {text}"):
+        return read_cxi(path, **flags)
+
+
+#: methods that refine the probe; for them an estimated probe (no probe in the file) turns probe_refine on
+PROBE_REFINERS = ("apt", "apts", "two-step")
+
+
+def refine_estimated_probe(cfg: ReconConfig, attrs: dict) -> ReconConfig:
+    """``cfg`` with ``probe_refine`` on when the probe was estimated from the frames
+    (``attrs["probe_source"] == "estimated"``, :func:`hpc_pt.io.cxi.ensure_probe`) and the method refines
+    probes, unless ``probe_refine`` was set explicitly; otherwise ``cfg`` unchanged."""
+    if (attrs.get("probe_source") == "estimated" and cfg.method in PROBE_REFINERS
+            and "probe_refine" not in cfg.model_fields_set):
+        return cfg.model_copy(update={"probe_refine": True})
+    return cfg
 
 
 #: generic settings each method uses (setting any other one explicitly is an error, not silently ignored)
@@ -232,12 +286,78 @@ def check_settings(cfg: ReconConfig, model: str) -> None:
         flags = ", ".join("--" + u.replace("_", "-") for u in unused)
         raise InputError(f"method {cfg.method!r} does not use {flags}; drop it or choose a method that does "
                          "(see docs/solvers.md)")
-    if cfg.method in ("apt", "apts") and model != "linear":
-        raise InputError(f"{cfg.method} uses the linear (Rytov) model; drop --model exp or use --method admm/gd")
-    if cfg.method in ("gd", "admm") and model != "exp":
-        raise InputError(f"{cfg.method} uses the exponential model; drop --model linear or use --method apt")
-    if cfg.method in ("gd", "admm") and cfg.init == "constant" and "init" in cfg.model_fields_set:
-        raise InputError(f"{cfg.method} starts from zeros (free space) or a given volume; use --init zeros or FILE")
+    if model not in SUPPORTED_MODELS[cfg.method]:
+        why = ("--model exp asks for" if cfg.model == "exp" else "the input records")
+        raise InputError(f"{cfg.method} reconstructs with the linear (Rytov) model only (seed 001's ADMM needs a far "
+                         f"field linear in the volume), but {why} the exponential model; use --method gd, admm or "
+                         "two-step for exp data" + (", or drop --model exp" if cfg.model == "exp" else ""))
+    if cfg.method in ("gd", "admm") and "init" in cfg.model_fields_set:
+        if model == "exp" and cfg.init == "constant":
+            raise InputError(f"{cfg.method} with the exponential model starts from zeros (free space) or a given "
+                             "volume; use --init zeros or FILE")
+        if model == "linear" and cfg.init == "zeros":
+            raise InputError(f"{cfg.method} with the linear model cannot start from zeros (no far field, zero "
+                             "gradient); use --init constant (the default) or FILE")
+
+
+def choose_model(cfg: ReconConfig, attrs: dict) -> tuple[str, str, str | None]:
+    """The forward model of a reconstruction: ``cfg.model`` (``--model``), else the model the input records
+    (the ``hpc_pt_model`` root attribute / the simulation's ``model``, in ``attrs``), else the method's
+    :data:`DEFAULT_MODEL`.
+
+    Returns (model, source, message): source is "option", "file" or "default"; message is one line for
+    the user (a ``warning:`` when the method's default and the file disagree, or ``--model`` overrides the
+    file; a ``note:`` when the input records no model), or None.
+    """
+    recorded = attrs.get("model")
+    if recorded is not None and recorded not in ("linear", "exp"):
+        raise InputError(f"the input records forward model {recorded!r}, which hpc-pt does not know; "
+                         "pass --model linear or --model exp")
+    preferred = DEFAULT_MODEL[cfg.method]
+    default = preferred or FALLBACK_MODEL
+    if cfg.model is not None:
+        msg = None
+        if recorded is not None and recorded != cfg.model:
+            msg = (f"warning: --model {cfg.model} overrides the {recorded} model the input was simulated with; "
+                   f"drop --model to use {recorded}")
+        return cfg.model, "option", msg
+    if recorded is not None:
+        msg = None
+        if preferred is not None and recorded != preferred:
+            msg = (f"warning: {cfg.method}'s default model is {default}, but the input was simulated with the "
+                   f"{recorded} model; reconstructing with {recorded} (pass --model {default} to override)")
+        return recorded, "file", msg
+    return default, "default", (f"note: the input records no forward model; {cfg.method} uses its default, "
+                                f"{default} (pass --model linear or --model exp to choose)")
+
+
+def _calibrate(shard, comm, cfg: ReconConfig) -> dict:
+    """Before the first iteration, collectively (:mod:`hpc_pt.calibrate`): rescale an exponential-model
+    probe stored at another intensity scale than the counts, and estimate the rotation centre for
+    ``rotation_centre: auto``. One line each on stderr (the probe's only when it was rescaled).
+    Returns {"rotation_centre": field column used, "probe_scale": amplitude factor applied}."""
+    from .calibrate import calibrate_probe_scale, estimate_rotation_centre
+
+    factor = calibrate_probe_scale(shard, comm)
+    if factor != 1.0:
+        _tell(comm, f"probe rescaled by {factor:.4g} in amplitude ({factor ** 2:.4g} in intensity): the stored "
+                    "probe's power did not match the frames' total counts (free-space frames, Parseval)")
+    W = shard.space.n_det
+    if cfg.rotation_centre == "auto":
+        est = estimate_rotation_centre(shard, comm)
+        _tell(comm, f"rotation centre: estimated column {est['centre']:.2f} ({est['offset_px']:+.2f} px from the "
+                    f"field centre {est['default']:.1f}, {len(est['trials'])} trials of {est['iterations']} GD "
+                    "iterations)")
+    return {"rotation_centre": float(shard.space.P.center), "rotation_centre_offset_px":
+            float(shard.space.P.center - (W - 1) / 2.0), "probe_scale": float(factor)}
+
+
+def _tell(comm, line: str | None) -> None:
+    """One line for the user on stderr (rank 0 only)."""
+    if line and int(getattr(comm, "rank", 0)) == 0:
+        import sys
+
+        print(line, file=sys.stderr, flush=True)
 
 
 def _coerce(cls, values: dict) -> dict:
@@ -279,7 +399,14 @@ def _options(cls, cfg: ReconConfig, mapped: dict):
     return cls(**values)
 
 
-def _run_method(cfg: ReconConfig, shard, comm, callback, u0, support=None, checkpoints=None):
+def _start(cfg: ReconConfig) -> str | None:
+    """GD / ADMM's ``init`` option: "zeros" or "constant" when given, else None (the solver's "auto": zeros
+    for the exponential model, the energy-matched constant for the linear one); a volume file goes as u0."""
+    return cfg.init if "init" in cfg.model_fields_set and cfg.init in ("zeros", "constant") else None
+
+
+def _run_method(cfg: ReconConfig, shard, comm, callback, u0, support=None, checkpoints=None,
+                noise_free: bool = False):
     from .solvers.base import NO_CHECKPOINTS
 
     ck = {"checkpoints": checkpoints or NO_CHECKPOINTS}
@@ -289,28 +416,53 @@ def _run_method(cfg: ReconConfig, shard, comm, callback, u0, support=None, check
         if cfg.prior not in ("tv", "none") and cfg.method == "apt":
             raise InputError(f"APT's prior is TV (seed 001); use --method admm for the {cfg.prior!r} prior")
         tv = cfg.method == "apt" and cfg.prior == "tv"
+        r2, why = cfg.penalty, None
+        if r2 is None and "r2" not in cfg.options:  # the data penalty from the data's noise level
+            from .solvers.apt import choose_r2
+
+            r2, why = choose_r2(shard.intensities, shard.mask, comm, noise_free=noise_free)
         opts = _options(APTOptions, cfg, {"iterations": cfg.iterations, "metric": cfg.noise, "tv": tv,
-                                          "tv_rel": cfg.prior_weight, "r2": cfg.penalty,
+                                          "tv_rel": cfg.prior_weight, "r2": r2,
                                           "probe_refine": cfg.probe_refine, "init": cfg.init})
-        return run_apt(shard, comm, opts, callback=callback, u0=u0, **ck)
+        if why is not None:  # after the options passed their checks: a refused run prints only its error
+            _tell(comm, f"{cfg.method}: penalty {r2:g} chosen from the data ({why}); override with --penalty")
+        res = run_apt(shard, comm, opts, callback=callback, u0=u0, **ck)
+        if why is not None:
+            res.state["r2_chosen_from"] = why
+        return res
     if cfg.method == "gd":
         from .solvers.gd import GDOptions, run_gd
 
         opts = _options(GDOptions, cfg, {"iterations": cfg.iterations, "metric": cfg.noise,
-                                         "probe_refine": cfg.probe_refine})
+                                         "probe_refine": cfg.probe_refine, "init": _start(cfg)})
         return run_gd(shard, comm, opts, callback=callback, u0=u0, **ck)
     if cfg.method == "admm":
         from .solvers.admm import ADMMOptions, run_admm
 
         opts = _options(ADMMOptions, cfg, {"iterations": cfg.iterations, "metric": cfg.noise, "prior": cfg.prior,
                                            "prior_weight": cfg.prior_weight, "rho_rel": cfg.penalty,
-                                           "probe_refine": cfg.probe_refine})
+                                           "probe_refine": cfg.probe_refine, "init": _start(cfg)})
         return run_admm(shard, comm, opts, callback=callback, u0=u0, **ck)
-    from .solvers.twostep import TwoStepOptions, run_twostep
+    from .solvers.twostep import run_twostep
 
-    opts = _options(TwoStepOptions, cfg, {"iterations": cfg.iterations, "noise": cfg.noise,
+    return run_twostep(shard, comm, _twostep_options(cfg, support), callback=callback, **ck)
+
+
+def _twostep_options(cfg: ReconConfig, support=None):
+    from .solvers.twostep import TwoStepOptions
+
+    return _options(TwoStepOptions, cfg, {"iterations": cfg.iterations, "noise": cfg.noise,
                                           "probe_refine": cfg.probe_refine, "support_width": support})
-    return run_twostep(shard, comm, opts, callback=callback, **ck)
+
+
+def progress_stages(cfg: ReconConfig, support=None) -> list[dict]:
+    """The counted phases a run of ``cfg`` reports (:class:`hpc_pt.progress.StageTracker`): one for most
+    methods; the 2-step method's two stages (:func:`hpc_pt.solvers.twostep.progress_stages`)."""
+    if cfg.method == "two-step":
+        from .solvers.twostep import progress_stages as twostep_stages
+
+        return twostep_stages(_twostep_options(cfg, support))
+    return [{"stage": None, "label": cfg.method, "total": cfg.iterations}]
 
 
 def _initial_volume(init: str, shape):
@@ -356,10 +508,14 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
     from .backend import to_numpy
     from .parallel import SerialComm, plan_shards, split_angles
 
+    from .progress import StageTracker, report_status, step
+
     comm = comm or SerialComm()
     rank, size = int(comm.rank), int(comm.size)
+    say = progress if rank == 0 else None  # set-up status lines: rank 0 only
     err = None
     ckpt = None
+    model_msg = None
     try:
         if isinstance(config, ReconConfig):
             cfg = config if not settings else ReconConfig.build({**config.model_dump(), **settings})
@@ -368,10 +524,11 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
         if isinstance(data, Dataset):
             meta = data
         else:
-            from .io.cxi import scan_cxi
+            from .io.cxi import ensure_probe, scan_cxi
 
             input_path = os.fspath(data)
             meta = scan_cxi(input_path, **(reader or {}))  # metadata only; frames below, this rank's only
+            ensure_probe(meta)  # a file without a probe: estimated from a sample of whole angles (every rank)
         figure = None
         if out is not None:
             figure = os.path.splitext(os.path.abspath(out))[0] + ".png"
@@ -380,7 +537,8 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
 
                 check_output_path(out, overwrite=overwrite)
                 check_output_path(figure, overwrite=overwrite)
-        model = cfg.model or DEFAULT_MODEL[cfg.method] or meta.attrs.get("model", "linear")
+        model, model_source, model_msg = choose_model(cfg, meta.attrs)
+        cfg = refine_estimated_probe(cfg, meta.attrs)
         check_settings(cfg, model)
         counts = meta.n_frames
         try:
@@ -406,16 +564,23 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
             from .parallel.devices import select_gpu
 
             select_gpu(comm)  # one GPU per rank, from the local rank and CUDA_VISIBLE_DEVICES
+        centre = cfg.rotation_centre if isinstance(cfg.rotation_centre, (int, float)) else None
         if size == 1 and isinstance(meta, Dataset):
+            report_status(say, _building_text(volume_shape_for(meta, cfg.volume_size), model, len(meta.angles),
+                                              cfg.device))
             shard, bytes_read = build_shard(meta, model, cfg.device, cfg.volume_size, comm=comm,
-                                            frame_batch=cfg.frame_batch), 0
+                                            frame_batch=cfg.frame_batch, centre=centre), 0
         else:
             shard, bytes_read = build_rank_shard(meta, plan, comm, model, cfg.device, cfg.volume_size,
-                                                 cfg.frame_batch)
+                                                 cfg.frame_batch, centre=centre, progress=say)
+        if cfg.init not in ("constant", "zeros"):
+            report_status(say, f"reading the initial guess {cfg.init}")
         u0 = _initial_volume(cfg.init, shard.global_volume_shape)
         if u0 is not None:
             u0 = shard.space.local(u0)
+        report_status(say, None)
     except Exception as e:  # noqa: BLE001 - re-raised below, after the ranks agree
+        report_status(say, None, ok=False)
         err = e
     if size > 1:  # collective: a rank that failed alone would leave the others waiting in the solver
         failed = comm.sum_scalar(1.0 if err is not None else 0.0)
@@ -427,6 +592,8 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
             err.all_ranks = True  # every rank raises here: callers need not abort the job
     if err is not None:
         raise err
+    _tell(comm, model_msg)  # after a set-up every rank passed: a failed run prints only its error
+    calibration = _calibrate(shard, comm, cfg)
     per_rank = np.zeros(size, dtype=np.float64)
     per_rank[rank] = bytes_read
     per_rank = comm.allreduce_sum(per_rank) if size > 1 else per_rank
@@ -447,8 +614,8 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
             last["snap"] = snap
             row["compute_time_s"] = max(float(row.get("iter_time_s", 0.0)) - row.get("comm_time_s", 0.0), 0.0)
         row["io_time_s"], last["io"] = last["io"], 0.0
-        if progress is not None and rank == 0:
-            progress(row)
+        if tracker is not None:
+            tracker.row(row)
 
     checkpoints = None
     if ckpt is not None:
@@ -461,36 +628,53 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
             ckpt.save(state, comm)
             last["io"] += _t.perf_counter() - t0
 
-        checkpoints = Checkpointer(checkpoint_every, save, ckpt.load() if resume else None)
+        with step(say, f"loading the latest checkpoint from {ckpt.where}") if resume else nullcontext():
+            checkpoints = Checkpointer(checkpoint_every, save, ckpt.load() if resume else None)
     support = meta.attrs.get("size") if cfg.method == "two-step" else None  # simulated sample width
     try:
-        res = _run_method(cfg, shard, comm, callback, u0, support=support, checkpoints=checkpoints)
+        stages = progress_stages(cfg, support)
+        tracker = StageTracker(progress, stages) if progress is not None and rank == 0 else None
+        if tracker is not None:  # the first stage's phase (a 2-step run resumed in its tomography: stage 2)
+            resumed = checkpoints.resume if checkpoints is not None else None
+            tracker.begin(2 if cfg.method == "two-step" and (resumed or {}).get("stage") == "tomo"
+                          else stages[0]["stage"])
+        res = _run_method(cfg, shard, comm, callback, u0, support=support, checkpoints=checkpoints,
+                          noise_free=meta.attrs.get("noise") == "none")
     except (ValueError, TypeError) as e:  # option values the solvers' own checks reject
         if isinstance(e, InputError):
             raise
         raise InputError(f"{cfg.method}: {e}") from None
     res.state["bytes_read"] = bytes_read
+    res.state.update(calibration)
     slab = to_numpy(res.volume).astype(np.complex64)
     probe = to_numpy(res.probe).astype(np.complex64)
     hist = res.history.as_columns()
     nbytes = int(np.prod(space.global_shape)) * 8
     volume = space.allgather(slab) if nbytes <= GATHER_LIMIT_BYTES else None
-    result = ReconResult(volume, probe, hist, cfg, bytes_read=bytes_read, parallel=parallel)
+    result = ReconResult(volume, probe, hist, cfg, bytes_read=bytes_read, parallel=parallel,
+                         state={k: v for k, v in res.state.items() if np.isscalar(v)})
     result.slab = (space.z0, space.z1)
+    result.model, result.model_source = model, model_source  # the forward model used, and where it came from
     if out is not None:
-        result.figure, result.out = _write_outputs(out, figure, slab, space, probe, hist, res, cfg, model, meta,
-                                                   parallel, overwrite, command, input_path, comm)
+        with step(say, f"writing {os.path.abspath(out)} and {os.path.basename(figure)}"):
+            result.figure, result.out = _write_outputs(out, figure, slab, space, probe, hist, res, cfg, model,
+                                                       meta, parallel, overwrite, command, input_path, comm,
+                                                       model_source=model_source, stages=stages, volume=volume)
     return result
 
 
 def _write_outputs(out, figure, slab, space, probe, hist, res, cfg, model, meta, parallel, overwrite,
-                   command, input_path, comm):
+                   command, input_path, comm, model_source=None, stages=None, volume=None):
     """Every rank writes its slab's rows (whole chunks); rank 0 the figure first (a failure leaves no
-    store), the metadata, and the final rename. Returns (figure, store path)."""
-    from .io.cxi import atomic_output
+    store), the metadata, and the final rename. ``volume``: the gathered volume or None; with it and a
+    small enough volume the figure's title gets the SNR against the input's ground truth, if it has one.
+    Returns (figure, store path)."""
+    import warnings
+
+    from .io.cxi import atomic_output, read_truth
     from .io.zarr_store import begin_volume, finish_volume, write_volume_rows
     from .parallel import chunk_rows
-    from .plots import recon_figure
+    from .plots import SNR_MAX_VOXELS, recon_figure, truth_snr_db
 
     nz, n, _ = space.global_shape
     mid = [nz // 2]
@@ -501,12 +685,25 @@ def _write_outputs(out, figure, slab, space, probe, hist, res, cfg, model, meta,
     tmp = None
     try:
         if comm.rank == 0:
+            snr = None
+            if volume is not None and volume.size <= SNR_MAX_VOXELS:  # the SNR's alignment stays cheap
+                try:
+                    truth = meta.truth if isinstance(meta, Dataset) else read_truth(input_path) if input_path else None
+                    snr = truth_snr_db(volume, (truth or {}).get("volume"))
+                except (OSError, KeyError, ValueError) as e:  # a figure annotation never fails the run
+                    warnings.warn(f"no SNR in the figure: the ground truth could not be read ({e})", stacklevel=2)
+            names = {s["stage"]: s["name"] for s in stages} if stages and len(stages) > 1 else None
             with atomic_output(figure, overwrite) as t:
-                recon_figure(central, hist, t, title=f"hpc-pt {cfg.method}: {os.path.basename(os.path.abspath(out))}")
-            attrs = {"method": cfg.method, "model": model, "reconstruction": cfg.model_dump(),
+                recon_figure(central, hist, t, title=f"hpc-pt {cfg.method}: {os.path.basename(os.path.abspath(out))}",
+                             voxel_size_m=meta.geometry.pixel_m, model=model, snr_db=snr, stage_names=names,
+                             slices=(nz // 2, n // 2, n // 2), r_factor=res.state.get("r_factor"))
+            attrs = {"method": cfg.method, "model": model, "model_source": model_source,
+                     "reconstruction": cfg.model_dump(),
                      "solver_state": {k: v for k, v in res.state.items() if np.isscalar(v)},
                      "energy_ev": meta.geometry.energy_ev, "angles_deg": _angles_deg(meta),
                      "parallel": parallel}
+            if stages and len(stages) > 1:  # the history's ``stage`` column values, named
+                attrs["history_stages"] = {str(s["stage"]): s["name"] for s in stages}
             tmp = begin_volume(out, space.global_shape, meta.geometry.pixel_m, attrs=attrs, overwrite=overwrite,
                                chunks_z=chunk_rows(nz, n, comm.size), command=command, config=cfg.model_dump(),
                                input_path=input_path, tables={"history": hist}, arrays={"probe": probe},

@@ -7,11 +7,18 @@ from .errors import InputError
 
 
 def load_truth(path):
-    """Ground-truth volume from a simulated CXI file's truth group, a Zarr store, or a .npy file."""
+    """Ground-truth volume from a simulated CXI file's truth group, a Zarr store, a .npy file, or a dataset
+    of any HDF5 file named ``FILE.h5:/group/volume``. Returns (volume, truth dict)."""
     import os
 
+    path = os.fspath(path)
+    if not os.path.exists(path) and ":" in path:
+        file, _, inner = path.rpartition(":")
+        if os.path.isfile(file):
+            return _hdf5_dataset(file, inner), {}
     if not os.path.exists(path):
-        raise InputError(f"truth {path} does not exist; pass the simulated .h5 file or a Zarr volume store")
+        raise InputError(f"truth {path} does not exist; pass the simulated .h5 file, a Zarr volume store, a .npy "
+                         "volume or FILE.h5:/path/to/dataset")
     if os.path.isdir(path):
         from .io import read_volume
 
@@ -29,6 +36,40 @@ def load_truth(path):
         raise InputError(f"{path} holds no /hpc_pt_truth group; pass the file hpc-pt simulate wrote, "
                          "a Zarr volume store or a .npy volume")
     return truth["volume"], truth
+
+
+def _hdf5_dataset(file: str, inner: str) -> np.ndarray:
+    """The array at ``inner`` (e.g. ``/group/volume``) of the HDF5 ``file``, with one-line errors."""
+    import h5py
+
+    if not h5py.is_hdf5(file):
+        raise InputError(f"truth {file} is not an HDF5 file; FILE:/dataset names a dataset inside an HDF5 file")
+    with h5py.File(file, "r") as f:
+        obj = f.get(inner)
+        if not isinstance(obj, h5py.Dataset):
+            what = "is a group, not a dataset" if isinstance(obj, h5py.Group) else "does not exist"
+            raise InputError(f"truth {file}:{inner} {what}; name an HDF5 dataset holding the volume "
+                             f"(`h5ls -r {file}` lists them)")
+        if not (np.issubdtype(obj.dtype, np.number) and obj.ndim == 3):
+            raise InputError(f"truth {file}:{inner} has dtype {obj.dtype} and shape {obj.shape}; it must be a "
+                             "numeric (nz, n, n) volume")
+        return np.asarray(obj[()])
+
+
+def estimate_centre(path, reader: dict | None = None, model: str | None = None) -> dict:
+    """``hpc-pt info --rotation-centre``: read every frame of ``path`` and estimate the rotation centre
+    (:func:`hpc_pt.calibrate.estimate_rotation_centre`) with the ``model`` the input records (default
+    linear), on one process. Returns its dict."""
+    from .calibrate import calibrate_probe_scale, estimate_rotation_centre
+    from .io import read_cxi
+    from .pipeline import build_shard
+
+    ds = read_cxi(path, **(reader or {}))
+    recorded = ds.attrs.get("model")
+    model = model or (recorded if recorded in ("linear", "exp") else "linear")
+    shard = build_shard(ds, model)
+    calibrate_probe_scale(shard)
+    return estimate_rotation_centre(shard)
 
 
 def evaluate_reconstruction(recon_path, truth_path) -> dict:
@@ -76,7 +117,9 @@ def validate_input(path, chunk_frames: int = 4096, **scan_kwargs) -> dict:
 DEMO_SIMULATION = dict(phantom="shepp-logan", size=48, angles=24, angle_range=180, probe_size=24, probe_fwhm=6.0,
                        step=4.0, scan="raster", per_angle_offset=1.0, field_pad=8, model="linear", noise="poisson",
                        peak=100.0, seed=0)
-DEMO_RECONSTRUCTION = dict(method="apt", iterations=100, penalty=0.3)  # noisy data: r2 = 0.3 (see apt.py)
+#: The demo's reconstruction: APT's defaults (the penalty is chosen from the photon counts, see
+#: :func:`hpc_pt.solvers.apt.choose_r2`), so `hpc-pt reconstruct demo.h5 --out r.zarr` gives the same result.
+DEMO_RECONSTRUCTION = dict(method="apt", iterations=100)
 
 
 def run_demo(out_dir, iterations=None, overwrite: bool = False, progress=None) -> dict:
@@ -97,8 +140,11 @@ def run_demo(out_dir, iterations=None, overwrite: bool = False, progress=None) -
     data, recon = os.path.join(out_dir, "demo.h5"), os.path.join(out_dir, "demo.zarr")
     check_output_path(data, overwrite)
     check_output_path(recon, overwrite)
-    ds = simulate_dataset(SimulationConfig(**DEMO_SIMULATION))
-    write_cxi(ds, data, overwrite=overwrite, command="hpc-pt demo")
+    from .progress import step
+
+    with step(progress, "simulating the demo dataset ({size}^3, {angles} angles)".format(**DEMO_SIMULATION)):
+        ds = simulate_dataset(SimulationConfig(**DEMO_SIMULATION))
+        write_cxi(ds, data, overwrite=overwrite, command="hpc-pt demo")
     settings = dict(DEMO_RECONSTRUCTION)
     if iterations is not None:
         settings["iterations"] = int(iterations)

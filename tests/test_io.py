@@ -242,7 +242,7 @@ def test_no_entries(tmp_path):
 
 
 @pytest.mark.parametrize("key", ["data_1/data", "instrument_1/detector_1/distance", "sample_1/tomography_angle_deg",
-                                 "instrument_1/source_1/energy", "instrument_1/source_1/illumination"])
+                                 "instrument_1/source_1/energy"])  # no illumination: estimated (test_convert.py)
 def test_missing_key(cxi_file, key):
     with h5py.File(cxi_file, "a") as f:
         del f["entry_1/" + key]

@@ -31,12 +31,13 @@ from .provenance import provenance, to_json
 
 __all__ = [
     "CXI_VERSION", "TRUTH_GROUP", "CxiEntry", "CxiIndex", "write_cxi", "scan_cxi", "read_frames",
-    "read_cxi", "read_truth", "atomic_output", "check_output_path",
+    "read_cxi", "read_truth", "atomic_output", "check_output_path", "dc_position_check", "ensure_probe",
 ]
 
 CXI_VERSION = 160
 TRUTH_GROUP = "hpc_pt_truth"
 FIELD_ATTR = "hpc_pt_field_shape"
+MODEL_ATTR = "hpc_pt_model"  # root attribute: the forward model of the data, "linear" or "exp" (docs/formats.md)
 CXI_SUFFIXES = (".cxi", ".h5", ".hdf5", ".hdf", ".nxs")
 
 # paths inside one entry
@@ -50,6 +51,7 @@ P_DIST = "instrument_1/detector_1/distance"
 P_XPIX = "instrument_1/detector_1/x_pixel_size"
 P_YPIX = "instrument_1/detector_1/y_pixel_size"
 P_MASK = "instrument_1/detector_1/mask"
+P_AXIS = "sample_1/rotation_axis_x"  # optional: x (metres) of the rotation axis in the translations' frame
 
 LAYOUTS = ("auto", "frames,3", "3,frames")
 
@@ -160,6 +162,9 @@ def write_cxi(dataset: Dataset, path, overwrite: bool = False, command=None) -> 
             f.attrs["config"] = to_json(config)
             f.attrs["provenance"] = to_json(prov)
             f.attrs[FIELD_ATTR] = np.asarray(g.field_shape, dtype=np.int64)
+            model = config.get("model") or (dataset.truth or {}).get("model")
+            if model is not None:  # the forward model the data follow (the simulator's); reconstruct uses it
+                f.attrs[MODEL_ATTR] = str(model)
             for k, a in enumerate(dataset.angles):
                 _write_entry(f, f"entry_{k + 1}", a, dataset)
             if dataset.truth:
@@ -184,7 +189,8 @@ def _write_entry(f, name, a: AngleData, ds: Dataset):
     src = e.create_group("instrument_1/source_1")
     src.create_dataset("energy", data=np.float64(cv.ev_to_joule(g.energy_ev)))
     src["energy"].attrs["units"] = "J"
-    src.create_dataset("illumination", data=np.asarray(ds.probe, dtype=np.complex64))
+    if ds.probe is not None:  # a file without a probe gets one estimated from its frames on reading
+        src.create_dataset("illumination", data=np.asarray(ds.probe, dtype=np.complex64))
     det = e.create_group("instrument_1/detector_1")
     for key, val in (("distance", g.detector_distance_m), ("x_pixel_size", g.detector_pixel_m[0]),
                      ("y_pixel_size", g.detector_pixel_m[1])):
@@ -192,6 +198,10 @@ def _write_entry(f, name, a: AngleData, ds: Dataset):
         det[key].attrs["units"] = "m"
     if ds.mask is not None:
         det.create_dataset("mask", data=np.fft.fftshift(np.asarray(ds.mask).astype(np.uint8), axes=(-2, -1)))
+    if g.rotation_centre is not None:  # the axis's x in the translations' frame (centre of the field: 0)
+        W = g.field_shape[1]
+        s1.create_dataset("rotation_axis_x", data=np.float64((g.rotation_centre - (W - 1) / 2.0) * g.pixel_m))
+        s1["rotation_axis_x"].attrs["units"] = "m"
 
 
 def _write_truth(grp, truth: dict):
@@ -246,9 +256,11 @@ class CxiIndex:
     detector_pixel_m: tuple[float, float]
     pixel_m: float
     field_shape: tuple[int, int]
-    probe: np.ndarray
+    probe: np.ndarray | None  # None: the file holds none (ensure_probe estimates one from the frames)
     mask: np.ndarray | None  # bool, True = valid, DC at index 0 (like the frames in memory)
     attrs: dict = field(default_factory=dict)
+    rotation_centre: float | None = None  # field column of the rotation axis from the file (None: (W-1)/2)
+    fftshift: bool = False  # the file's frames have DC at index 0 already (``--fftshift``): no shift on read
 
     @property
     def n_angles(self) -> int:
@@ -266,7 +278,7 @@ class CxiIndex:
     def geometry(self) -> Geometry:
         return Geometry(energy_ev=self.energy_ev, detector_distance_m=self.detector_distance_m,
                         detector_pixel_m=self.detector_pixel_m, pixel_m=self.pixel_m,
-                        field_shape=self.field_shape)
+                        field_shape=self.field_shape, rotation_centre=self.rotation_centre)
 
 
 def _cxi_files(path: str) -> list[str]:
@@ -388,13 +400,19 @@ def _resolve_layout(raws, layout) -> list[str]:
 
 
 def scan_cxi(path, flip_translations: bool = False, translation_layout: str = "auto",
-             field_shape=None) -> CxiIndex:
-    """Read the metadata of a CXI file or directory without loading any frame.
+             field_shape=None, fftshift: bool = False, check_dc: bool = True) -> CxiIndex:
+    """Read the metadata of a CXI file or directory (and a small sample of frames, see ``check_dc``).
 
     Validates everything that does not need the frame values (keys, shapes, counts, geometry, duplicate
     angles, positions inside the field). The object field is ``field_shape`` if given, else the
-    ``hpc_pt_field_shape`` root attribute hpc-pt writes, else the smallest even field holding every probe
-    window (``conventions.field_for_translations`` over all angles).
+    ``hpc_pt_field_shape`` root attribute hpc-pt writes, else the smallest field holding every probe
+    window, of the parity that keeps an integer scan at integer positions
+    (``conventions.field_for_translations`` over all angles). The optional ``sample_1/rotation_axis_x``
+    (metres, the axis's x in the translations' frame) gives ``rotation_centre``, the axis's field column.
+
+    ``fftshift``: the file stores frames (and mask) with DC at index 0, not at the centre; they are then
+    used as stored. ``check_dc``: read up to 32 frames and refuse the file when their diffraction peak sits
+    in the corners instead of the centre (frames stored without the fftshift; :func:`dc_position_check`).
     """
     path = os.fspath(path)
     files = _cxi_files(path)
@@ -406,6 +424,7 @@ def scan_cxi(path, flip_translations: bool = False, translation_layout: str = "a
     attrs: dict = {}
     stored_field = None
     raws: list[np.ndarray] = []  # raw translation datasets, normalised once every entry is seen
+    axes: list[tuple[str, float]] = []  # (label, rotation_axis_x in metres) of the entries that give it
     for fi, fname in enumerate(files):
         with _open(fname) as f:
             names = _entry_names(f)
@@ -418,6 +437,9 @@ def scan_cxi(path, flip_translations: bool = False, translation_layout: str = "a
                         attrs = json.loads(f.attrs["config"])
                     except (TypeError, ValueError):
                         attrs = {}
+                if MODEL_ATTR in f.attrs:  # the data's forward model (written by hpc-pt, or set by the user)
+                    v = f.attrs[MODEL_ATTR]
+                    attrs["model"] = (v.decode() if isinstance(v, bytes) else str(v)).strip()
                 if FIELD_ATTR in f.attrs:
                     stored_field = tuple(int(v) for v in np.asarray(f.attrs[FIELD_ATTR]).reshape(-1)[-2:])
             elif FIELD_ATTR in f.attrs:
@@ -455,17 +477,18 @@ def scan_cxi(path, flip_translations: bool = False, translation_layout: str = "a
                 geo = (energy_ev, dist, pix[0], pix[1])
                 if first is None:
                     first = geo
-                    probe = np.asarray(_require(e, P_PROBE, label)[()]).astype(np.complex64)
-                    if probe.shape != frame_shape:
-                        raise InputError(f"{label}: probe (illumination) shape {probe.shape} differs from "
-                                         f"the frame shape {frame_shape}; the probe must be sampled like "
-                                         "the detector frames")
+                    if _has(e, P_PROBE):  # optional: without it read_cxi / the pipeline call ensure_probe
+                        probe = np.asarray(e[P_PROBE][()]).astype(np.complex64)
+                        if probe.shape != frame_shape:
+                            raise InputError(f"{label}: probe (illumination) shape {probe.shape} differs from "
+                                             f"the frame shape {frame_shape}; the probe must be sampled like "
+                                             "the detector frames")
                     if P_MASK in e:
                         mraw = np.asarray(e[P_MASK][()])
                         if mraw.shape != frame_shape:
                             raise InputError(f"{label}: mask shape {mraw.shape} differs from the frame shape "
                                              f"{frame_shape}; give one mask value per detector pixel")
-                        mask = np.fft.ifftshift(mraw != 0, axes=(-2, -1))
+                        mask = (mraw != 0) if fftshift else np.fft.ifftshift(mraw != 0, axes=(-2, -1))
                 else:
                     if not np.allclose(geo, first, rtol=1e-6, atol=0):
                         raise InputError(
@@ -479,6 +502,11 @@ def scan_cxi(path, flip_translations: bool = False, translation_layout: str = "a
                     if P_MASK in e and e[P_MASK].shape != frame_shape:
                         raise InputError(f"{label}: mask shape {e[P_MASK].shape} differs from the frame "
                                          f"shape {frame_shape}; give one mask value per detector pixel")
+                if _has(e, P_AXIS):
+                    ax = _scalar(e[P_AXIS], label, "rotation-axis x (m)")
+                    if not np.isfinite(ax):
+                        raise InputError(f"{label}: {P_AXIS} is {ax}; store a finite x in metres or drop it")
+                    axes.append((label, ax))
                 for other in entries:
                     if np.isclose(other.angle_deg, angle, rtol=0, atol=1e-9):
                         raise InputError(f"duplicate angle {angle:g} deg in {other.label} and {label}; "
@@ -518,13 +546,87 @@ def scan_cxi(path, flip_translations: bool = False, translation_layout: str = "a
         try:
             validate_positions(e.positions, frame_shape, fshape)
         except ValueError as err:
-            fix = ("pass a larger field_shape (or none, to size it from the translations)"
+            fix = ("pass a larger field_shape (--field-shape H,W, or none to size it from the translations)"
                    if source else "check the translations and their units (metres)")
             raise InputError(f"{e.label}: {err}; {fix}") from None
-    return CxiIndex(path=os.path.abspath(path), entries=entries, frame_shape=frame_shape,
-                    frame_dtype=frame_dtype, energy_ev=energy_ev, detector_distance_m=dist,
-                    detector_pixel_m=(xpix, ypix), pixel_m=pixel_m, field_shape=fshape, probe=probe,
-                    mask=mask, attrs=attrs)
+    centre = None
+    if axes:
+        ax0 = axes[0][1]
+        for label, ax in axes[1:]:
+            if not np.isclose(ax, ax0, rtol=1e-6, atol=1e-6 * pixel_m):
+                raise InputError(f"{label}: {P_AXIS} {ax:.6g} m differs from {axes[0][0]}'s {ax0:.6g} m; "
+                                 "one rotation axis serves every angle: store one value")
+        centre = (fshape[1] - 1) / 2.0 + (-ax0 if flip_translations else ax0) / pixel_m
+    index = CxiIndex(path=os.path.abspath(path), entries=entries, frame_shape=frame_shape,
+                     frame_dtype=frame_dtype, energy_ev=energy_ev, detector_distance_m=dist,
+                     detector_pixel_m=(xpix, ypix), pixel_m=pixel_m, field_shape=fshape, probe=probe,
+                     mask=mask, attrs=attrs, rotation_centre=centre, fftshift=bool(fftshift))
+    if check_dc:
+        dc_position_check(index)
+    return index
+
+
+#: frames :func:`dc_position_check` reads, spread over ``DC_SAMPLE_ANGLES`` angles and over each scan
+DC_SAMPLE_FRAMES = 32
+DC_SAMPLE_ANGLES = 4
+#: the corners must hold this many times the centre's mass for the frames to count as unshifted
+DC_CORNER_RATIO = 4.0
+
+
+def dc_mass(frames) -> tuple[float, float]:
+    """(centre, corners): the mass of the frames' sum in the central (h/2 x w/2) box and in the four
+    (h/4 x w/4) corner boxes (together the same area) of frames laid out as stored (DC expected at the
+    centre; in the corners when they were stored without the fftshift).
+    Non-finite and negative values count as 0."""
+    f = np.asarray(frames, dtype=np.float64)
+    f = np.where(np.isfinite(f) & (f > 0), f, 0.0).reshape(-1, *f.shape[-2:]).sum(axis=0)
+    h, w = f.shape
+    qh, qw = max(h // 4, 1), max(w // 4, 1)
+    centre = float(f[qh:h - qh, qw:w - qw].sum())
+    rows, cols = np.r_[0:qh, h - qh:h], np.r_[0:qw, w - qw:w]
+    corners = float(f[np.ix_(rows, cols)].sum())
+    return centre, corners
+
+
+def dc_position_check(index: CxiIndex, n_sample: int = DC_SAMPLE_FRAMES) -> dict:
+    """Check on a few frames that the diffraction peak sits where the file format says it does.
+
+    Reads ``n_sample`` frames (evenly spread over the scans of up to 4 evenly spread angles), laid out
+    as stored and fftshifted first when ``index.fftshift`` (so the DC belongs at the centre either way),
+    and compares the mass in the central box with that in the corners (:func:`dc_mass`). Raises
+    :class:`InputError` when the corners hold more than ``DC_CORNER_RATIO`` times the centre's mass: the
+    frames were stored without the fftshift (pass ``--fftshift``) or are shifted twice (drop it).
+    Returns {"centre": ..., "corners": ..., "frames": n read}.
+    """
+    A = index.n_angles
+    n_angles = min(DC_SAMPLE_ANGLES, A)
+    picks = sorted({int(round(k * (A - 1) / max(n_angles - 1, 1))) for k in range(n_angles)})
+    per = max(1, n_sample // len(picks))
+    centre = corners = 0.0
+    n = 0
+    for a in picks:
+        e = index.entries[a]
+        if not e.n_frames:
+            continue
+        # frames spread over the whole scan: some windows may see only free space (no signal in the
+        # linear model), the mass of those that see the sample decides
+        sel = sorted({int(round(k * (e.n_frames - 1) / max(per - 1, 1))) for k in range(min(per, e.n_frames))})
+        with _open(e.file) as f:
+            ds = f[e.name][P_DATA]
+            raw = ds[sel] if ds.ndim == 3 else ds[()][None]
+        raw = np.asarray(raw, dtype=np.float64)
+        if index.fftshift:
+            raw = np.fft.fftshift(raw, axes=(-2, -1))
+        c, k = dc_mass(raw)
+        centre, corners, n = centre + c, corners + k, n + raw.shape[0]
+    if corners > DC_CORNER_RATIO * centre and corners > 0:
+        if index.fftshift:
+            raise InputError(f"{index.path}: with --fftshift the diffraction peak of the frames sits in the "
+                             "corners, so they are already stored with DC at the centre; drop --fftshift")
+        raise InputError(f"{index.path}: the diffraction peak of the frames sits in their corners, not at the "
+                         f"centre ({corners / max(centre, 1e-300):.3g}x the centre's mass): they were stored "
+                         "without the fftshift; pass --fftshift to shift them on read")
+    return {"centre": centre, "corners": corners, "frames": n}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -545,7 +647,9 @@ def read_frames(path_or_index, angle_idx: int, start: int = 0, stop: int | None 
     with _open(e.file) as f:
         ds = f[e.name][P_DATA]
         raw = ds[start:stop] if ds.ndim == 3 else ds[()][None][start:stop]
-    frames = np.fft.ifftshift(np.asarray(raw, dtype=np.float32), axes=(-2, -1))
+    frames = np.asarray(raw, dtype=np.float32)
+    if not index.fftshift:  # stored DC-centred (the format); with ``fftshift`` already DC at index 0
+        frames = np.fft.ifftshift(frames, axes=(-2, -1))
     n_nan = int(np.count_nonzero(~np.isfinite(frames)))
     n_neg = int(np.count_nonzero(frames < 0))
     if n_nan or n_neg:
@@ -553,6 +657,45 @@ def read_frames(path_or_index, angle_idx: int, start: int = 0, stop: int | None 
                          f"{start}..{stop - 1}; intensities must be finite and >= 0 (replace bad pixels by 0 "
                          "and mark them 0 in the detector mask)")
     return frames
+
+
+#: at most this many frames (whole angles, spread over the scan) feed the probe estimate of a probe-less file
+PROBE_ESTIMATE_FRAMES = 2048
+
+
+def ensure_probe(index: CxiIndex, max_frames: int = PROBE_ESTIMATE_FRAMES) -> CxiIndex:
+    """Give a file without a probe (no ``illumination``) an initial one estimated from its frames.
+
+    Averages the frames of evenly spread whole angles (at most ``max_frames`` frames, at least one angle;
+    the same on every rank of a distributed run) and fits the Gaussian beam of
+    :func:`hpc_pt.simulate.probe_init.estimate_probe` to the mean pattern. Sets ``index.probe`` and
+    ``index.attrs["probe_source"] = "estimated"``; an index that has a probe is returned unchanged.
+    """
+    if index.probe is not None:
+        return index
+    from ..simulate.probe_init import estimate_probe
+
+    counts, n_angles = index.n_frames, index.n_angles
+    picks = np.zeros(1, dtype=int)
+    for n_pick in range(n_angles, 0, -1):  # as many evenly spread angles as fit in max_frames
+        picks = np.unique(np.round(np.linspace(0, n_angles - 1, n_pick)).astype(int))
+        if int(counts[picks].sum()) <= max_frames:
+            break
+    total = int(counts[picks].sum())
+    acc = np.zeros(index.frame_shape, dtype=np.float64)
+    for a in picks:
+        acc += read_frames(index, int(a)).sum(axis=0, dtype=np.float64)
+    if total == 0:
+        raise InputError(f"{index.path}: no probe (illumination) in the file and no frames to estimate one "
+                         "from; store the probe at /entry_N/" + P_PROBE)
+    try:
+        index.probe = estimate_probe(acc / total, index.mask)
+    except ValueError as err:
+        raise InputError(f"{index.path}: no probe (illumination) in the file and none can be estimated from "
+                         f"the frames ({err}); store the probe at /entry_N/{P_PROBE} (hpc-pt convert "
+                         "--probe FILE)") from None
+    index.attrs["probe_source"] = "estimated"
+    return index
 
 
 def _as_slice(frames_slice):
@@ -564,7 +707,8 @@ def _as_slice(frames_slice):
 
 
 def read_cxi(path, flip_translations: bool = False, translation_layout: str = "auto", select_angles=None,
-             frames_slice=None, field_shape=None, load_truth: bool = False) -> Dataset:
+             frames_slice=None, field_shape=None, load_truth: bool = False, fftshift: bool = False,
+             check_dc: bool = True) -> Dataset:
     """Read a CXI file, or a directory of CXI files (sorted by name; each may hold several entries).
 
     Parameters
@@ -578,8 +722,11 @@ def read_cxi(path, flip_translations: bool = False, translation_layout: str = "a
     frames_slice : a ``slice`` (or ``(start, stop[, step])``) applied to every angle's frames.
     field_shape : (H, W) object field override (see :func:`scan_cxi`); positions are validated in it.
     load_truth : also load the ``/hpc_pt_truth`` group into ``Dataset.truth`` (ignored otherwise).
+    fftshift, check_dc : see :func:`scan_cxi` (frames stored with DC at index 0; the DC-position check).
     """
-    index = scan_cxi(path, flip_translations, translation_layout, field_shape)
+    index = scan_cxi(path, flip_translations, translation_layout, field_shape, fftshift=fftshift,
+                     check_dc=check_dc)
+    ensure_probe(index)
     sel = range(index.n_angles) if select_angles is None else list(select_angles)
     sl = _as_slice(frames_slice)
     angles = []

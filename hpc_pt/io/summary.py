@@ -29,10 +29,16 @@ def describe(path_or_index, **scan_kwargs) -> dict:
 
     ``overlap_ratio`` = 1 - (median nearest-neighbour probe-centre distance) / (probe FWHM), where the FWHM
     is estimated from the illumination amplitude (:func:`hpc_pt.operators.scan.probe_diameter_px`); None when no angle has two frames.
+    ``probe`` says where the probe comes from; a file without one has ``probe_fwhm_px`` NaN and no overlap.
     """
     idx = path_or_index if isinstance(path_or_index, CxiIndex) else scan_cxi(path_or_index, **scan_kwargs)
     nf = [int(v) for v in idx.n_frames]
-    fwhm = probe_diameter_px(idx.probe)
+    # a file without a probe: no FWHM (nor overlap) until read_cxi / reconstruct estimate one from the frames
+    fwhm = probe_diameter_px(idx.probe) if idx.probe is not None else float("nan")
+    if idx.probe is None:
+        probe_note = "none in file; will be estimated from the data"
+    else:
+        probe_note = "estimated from the data" if idx.attrs.get("probe_source") == "estimated" else "in file"
     positions = [e.positions for e in idx.entries]
     dists = [nearest_neighbour_distances(p) for p in positions]
     nn = float(np.median(np.concatenate(dists))) if any(d.size for d in dists) else float("nan")
@@ -53,7 +59,10 @@ def describe(path_or_index, **scan_kwargs) -> dict:
         "detector_pixel_m": list(idx.detector_pixel_m),
         "sample_pixel_m": idx.pixel_m,
         "field_shape": list(idx.field_shape),
+        "rotation_centre": (idx.field_shape[1] - 1) / 2.0 if idx.rotation_centre is None else idx.rotation_centre,
+        "rotation_centre_source": "default" if idx.rotation_centre is None else "file",
         "has_mask": idx.mask is not None,
+        "probe": probe_note,
         "probe_fwhm_px": fwhm,
         "median_step_px": nn,
         "overlap_ratio": overlap,
@@ -91,7 +100,12 @@ def format_description(d: dict) -> str:
         ("detector pixel", f"{d['detector_pixel_m'][0] * 1e6:.4g} x {d['detector_pixel_m'][1] * 1e6:.4g} um"),
         ("sample pixel", f"{d['sample_pixel_m'] * 1e9:.4g} nm"),
         ("object field", f"{d['field_shape'][0]} x {d['field_shape'][1]} px"),
-        ("probe FWHM", f"{d['probe_fwhm_px']:.3g} px"),
+        ("rotation centre", f"column {d['rotation_centre']:.2f} ("
+                            + ("from the file" if d.get("rotation_centre_source") == "file" else "(W - 1) / 2")
+                            + ")" + ("" if "rotation_centre_estimate" not in d else
+                                     f"; estimated from the frames: {d['rotation_centre_estimate']:.2f}")),
+        ("probe", d.get("probe", "in file")),
+        ("probe FWHM", f"{d['probe_fwhm_px']:.3g} px" if np.isfinite(d["probe_fwhm_px"]) else "n/a"),
         ("median step", f"{d['median_step_px']:.3g} px"),
         ("overlap", "n/a" if d["overlap_ratio"] is None else f"{d['overlap_ratio']:.2f}"),
     ]

@@ -6,8 +6,12 @@ Layout of ``<out>.zarr``::
     0        float32   (nz, n, n)  delta, full resolution               <- OME multiscale level 0
     1        float32   2x block-mean of delta                          <- OME multiscale level 1
     beta     float32   (nz, n, n)  beta
-    zarr.json  group attrs: "ome" (NGFF 0.5 multiscales over "0" and "1"), voxel_size_m, units,
-               provenance, plus caller attrs; metadata consolidated.
+    zarr.json  group attrs: "ome" (NGFF 0.5 multiscales over "0" and "1"), voxel_size_m, voxel_size_nm,
+               units, quantities (what delta, beta and u mean for the forward model), provenance, plus
+               caller attrs; metadata consolidated.
+
+Every array of the multiscale (and ``volume``, ``beta``) carries ``dimension_names`` ("z", "y", "x"), as
+NGFF 0.5 requires, and the attributes ``quantity`` and ``units``.
 
 Viewers (napari with napari-ome-zarr, neuroglancer, ...) cannot display complex numbers, hence the real
 pyramid next to the complex array.
@@ -24,7 +28,7 @@ import zarr
 from ..errors import InputError
 from .provenance import jsonable, provenance
 
-__all__ = ["begin_volume", "finish_volume", "write_volume", "write_volume_rows", "read_volume", "read_table", "default_chunks_z", "ome_multiscales", "downsample2"]
+__all__ = ["begin_volume", "finish_volume", "write_volume", "write_volume_rows", "read_volume", "read_table", "default_chunks_z", "ome_multiscales", "downsample2", "quantities"]
 
 CHUNK_BYTES = 16 * 2**20
 AXES = ("z", "y", "x")  # volume axes; z is the vertical rotation axis
@@ -83,6 +87,44 @@ def ome_multiscales(voxel_size_m: float, factors1=(2, 2, 2), name: str = "delta"
     }
 
 
+def quantities(model: str | None = None, voxel_size_m: float | None = None,
+               energy_ev: float | None = None) -> dict:
+    """What the stored numbers mean, for the ``quantities`` attribute of a store (see docs/formats.md).
+
+    ``model``: "exp" (delta and beta are refractive-index quantities), "linear" (u is the linear
+    model's dimensionless sample, not a refractive index) or None (unknown: both readings given).
+    With ``voxel_size_m`` and ``energy_ev``, ``k_dz_rad`` = 2 pi dz / wavelength is included: the phase
+    (radians) one voxel of delta = 1 adds for the exponential model.
+    """
+    from .. import conventions as cv
+
+    exp = {"model": "exp: exit wave psi = probe * exp(i k dz P u), P the sum over voxels along each ray, "
+                    "k = 2 pi / wavelength, dz = voxel size; u = delta + i beta with n = 1 - delta + i beta",
+           "delta": "refractive-index decrement delta, dimensionless; one voxel adds a phase of k dz delta rad",
+           "beta": "absorption index beta, dimensionless; one voxel scales the amplitude by exp(-k dz beta)"}
+    lin = {"model": "linear (Rytov approximation): exit wave psi = probe * P u, P the sum over voxels along "
+                    "each ray; u is the dimensionless 3D sample whose projection is the complex transmission "
+                    "seen by 2D ptychography, not a refractive index; the arrays named delta / beta hold "
+                    "Re u / Im u",
+           "delta": "Re u, dimensionless (linear model: not a refractive-index decrement)",
+           "beta": "Im u, dimensionless (linear model: not an absorption index)"}
+    if model == "exp":
+        q = exp
+    elif model == "linear":
+        q = lin
+    else:
+        q = {"model": "unknown; for 'exp' " + exp["model"] + ". For 'linear' " + lin["model"],
+             "delta": "Re u, dimensionless (delta for the exp model)",
+             "beta": "Im u, dimensionless (beta for the exp model)"}
+    out = {"forward_model": model or "unknown", "u": "u = delta + i beta, complex, dimensionless",
+           "model_meaning": q["model"], "delta": q["delta"], "beta": q["beta"],
+           "axes": "(z, y, x): z the vertical rotation axis; voxel size isotropic (voxel_size_m, voxel_size_nm)"}
+    if (isinstance(voxel_size_m, (int, float)) and isinstance(energy_ev, (int, float))
+            and np.isfinite(energy_ev) and energy_ev > 0 and voxel_size_m > 0):
+        out["k_dz_rad"] = float(cv.k_dz(float(energy_ev), float(voxel_size_m)))
+    return out
+
+
 def _level1_factors(shape) -> tuple[int, ...]:
     return tuple(2 if n >= 2 else 1 for n in shape)
 
@@ -129,15 +171,26 @@ def begin_volume(path, shape, voxel_size_m: float, attrs: dict | None = None, ov
             a = np.asarray(arr)
             g.create_array(name, shape=a.shape, chunks=a.shape or (1,), dtype=a.dtype)[...] = a
         meta = dict(jsonable(attrs or {}))
+        model = meta.get("model") if meta.get("model") in ("linear", "exp") else None
+        q = quantities(model, float(voxel_size_m), meta.get("energy_ev"))
+        for name, what in (("volume", q["u"]), ("0", q["delta"]), ("1", q["delta"] + "; 2x2x2 block mean"),
+                           ("beta", q["beta"])):
+            g[name].attrs.update({"quantity": what, "units": "dimensionless"})
+        units = {"volume": "dimensionless (delta + i beta)", "voxel_size_m": "m", "voxel_size_nm": "nm",
+                 "0": "dimensionless (delta)", "1": "dimensionless (delta, 2x block mean)",
+                 "beta": "dimensionless (beta)"}
+        if "probe" in (arrays or {}):
+            units["probe"] = ("complex amplitude, sqrt(photons) per sample-plane pixel: with the "
+                              "orthonormal FFT, sum |probe|^2 = photons per frame through a unit transmission")
         meta.update({
             "ome": ome_multiscales(float(voxel_size_m), factors),
             "voxel_size_m": float(voxel_size_m),
+            "voxel_size_nm": float(voxel_size_m) * 1e9,
             "shape": list(shape),
             "chunks_z": int(cz),
-            "axes": ["z", "y", "x"],
-            "units": {"volume": "dimensionless (delta + i beta)", "voxel_size_m": "m",
-                      "0": "dimensionless (delta)", "1": "dimensionless (delta, 2x block mean)",
-                      "beta": "dimensionless (beta)"},
+            "axes": list(AXES),
+            "units": units,
+            "quantities": q,
             "provenance": jsonable(provenance(command=command, config=config, input_path=input_path)),
         })
         g.attrs.update(meta)

@@ -697,23 +697,51 @@ def _plain(v):
         return float(v)
 
 
+class _ForwardProgress:
+    """Rank 0's ``progress`` on a worker: every call (a row, a status line, a phase start; see
+    :mod:`hpc_pt.progress`) goes to the client as one Dask event ``{"call": name, "args": [...],
+    "kwargs": {...}}``, where :func:`_replay_progress` makes the same call on the client's reporter."""
+
+    def __init__(self, worker, topic):
+        self.worker, self.topic, self.events = worker, topic, 0
+
+    def _send(self, name, *args, **kwargs):
+        self.worker.log_event(self.topic, {"call": name, "args": [_plain(a) for a in args],
+                                           "kwargs": {str(k): _plain(v) for k, v in kwargs.items()}})
+        self.events += 1
+
+    def __call__(self, row):
+        self._send("row", {str(k): _plain(v) for k, v in row.items()})
+
+    def status(self, text=None, ok=True):
+        self._send("status", text, ok=ok)
+
+    def start(self, label, total, **kwargs):
+        self._send("start", label, total, **kwargs)
+
+
+def _replay_progress(progress, msg) -> None:
+    """Make the call a :class:`_ForwardProgress` event describes on the client's ``progress`` (rows on
+    any callable; status lines and phases only where ``progress`` has those methods)."""
+    name = msg.get("call")
+    if name == "row":
+        progress(*msg["args"])
+    elif name in ("status", "start") and hasattr(progress, name):
+        getattr(progress, name)(*msg["args"], **msg["kwargs"])
+
+
 def _reconstruct_rank(comm, data, out, settings, progress_topic):
     """One rank of :func:`run_dask`: the same call an MPI rank makes."""
     from ..pipeline import reconstruct
 
-    rows = [0]
     callback = None
     if progress_topic and comm.rank == 0:
         from distributed import get_worker
 
-        worker = get_worker()
-
-        def callback(row):
-            worker.log_event(progress_topic, {str(k): _plain(v) for k, v in row.items()})
-            rows[0] += 1
-
+        callback = _ForwardProgress(get_worker(), progress_topic)
     res = reconstruct(data, out=out, comm=comm, progress=callback, **settings)
-    info = {"rank": comm.rank, "bytes_read": int(res.bytes_read), "progress_rows": rows[0],
+    info = {"rank": comm.rank, "bytes_read": int(res.bytes_read),
+            "progress_rows": callback.events if callback is not None else 0,
             "calls": dict(comm.stats.calls), **comm.stats.snapshot()}
     return (res if comm.rank == 0 else None), info
 
@@ -730,7 +758,8 @@ def run_dask(data, out=None, *, workers: int | None = None, scheduler: str | Non
     reads only its own frames) or a :class:`~hpc_pt.data.Dataset` (scattered to every worker once).
     ``settings``: everything :func:`hpc_pt.pipeline.reconstruct` takes (``config``, ``method``,
     ``iterations``, ``overwrite``, ``command``, ``reader``, ...). ``progress(row)`` is called here, on the
-    client, for rank 0's per-iteration rows (forwarded as Dask events). ``dashboard``: True prints
+    client, for rank 0's per-iteration rows (forwarded as Dask events), and so are its ``status`` and
+    ``start`` methods, when it has them, for rank 0's set-up steps and phases (:mod:`hpc_pt.progress`). ``dashboard``: True prints
     ``dashboard: URL`` on stdout as soon as the cluster is up, a callable gets the URL, False neither.
 
     The result also carries ``dashboard`` (the URL) and ``rank_info`` (per rank: bytes read and its
@@ -757,7 +786,7 @@ def run_dask(data, out=None, *, workers: int | None = None, scheduler: str | Non
 
             def handler(event):
                 received[0] += 1
-                progress(event[1])
+                _replay_progress(progress, event[1])
 
             c.subscribe_topic(topic, handler)
         try:

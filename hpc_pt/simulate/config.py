@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -28,40 +29,100 @@ from ..errors import InputError
 
 PHANTOMS = ("shepp-logan", "wires", "ellipsoids")
 
+#: the volume edge at which the size-dependent defaults are seed 001's own (64 px probe, FWHM 14, step 32)
+REFERENCE_SIZE = 128
+#: how each size-dependent default follows the volume edge N when it is not given
+SIZE_SCALED = {"probe_size": "N // 2, 64 at N = 128", "probe_fwhm": "14 N / 128, 14 at N = 128",
+               "step": "N / 4, 32 at N = 128"}
+
+
+def scaled_defaults(size: int) -> dict:
+    """The probe window, probe FWHM and scan step for an N^3 volume when they are not given.
+
+    Seed 001's 64-pixel probe with FWHM 14 and step 32 on a 128-pixel field, scaled by N / 128, so every
+    size keeps the same geometry (probe half the field, the same overlap) and the probe always fits:
+    probe_size N // 2, probe_fwhm 14 N / 128 (rounded to 0.01 px), step N / 4.
+
+    Parameters
+    ----------
+    size : int
+        Volume edge N (>= 8).
+
+    Returns
+    -------
+    dict
+        ``{"probe_size": int, "probe_fwhm": float, "step": float}``; exactly 64, 14.0 and 32.0 at N = 128.
+    """
+    n = int(size)
+    return {"probe_size": max(2, n // 2), "probe_fwhm": round(14.0 * n / REFERENCE_SIZE, 2), "step": n / 4.0}
+
 
 class SimulationConfig(BaseModel):
     """Everything :func:`hpc_pt.simulate.simulate_dataset` needs; immutable once validated."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    phantom: Literal["shepp-logan", "wires", "ellipsoids"] = "shepp-logan"
+    phantom: Literal["shepp-logan", "wires", "ellipsoids"] = Field("shepp-logan", description="sample phantom")
     size: int = Field(128, ge=8, description="volume edge N (voxels); the volume is N^3")
     angles: int = Field(12, ge=1, description="number of rotation angles")
-    angle_range: Literal[180, 360] = Field(180, description="angular range in degrees, endpoint excluded")
-    angle_kind: Literal["uniform", "golden"] = "uniform"
-    probe_size: int = Field(64, ge=2, description="probe / detector frame edge M (pixels)")
-    probe_fwhm: float = Field(14.0, gt=0, description="amplitude FWHM (gaussian, airy) or diameter (disc), px")
-    probe_kind: Literal["gaussian", "airy", "disc", "file"] = "gaussian"
-    probe_file: Path | None = None
-    step: float = Field(32.0, gt=0, description="scan step (pixels)")
-    scan: Literal["raster", "fermat"] = "raster"
-    per_angle_offset: float = Field(0.0, ge=0, description="scan start shift per angle (pixels)")
-    field_pad: int = Field(0, ge=0, description="pixels added on each side of the projection")
-    model: Literal["linear", "exp"] = "linear"
-    noise: Literal["none", "poisson"] = "none"
+    angle_range: Literal[180, 360] = Field(180, description="angular range in degrees, endpoint excluded: "
+                                                             "180 is [0, pi), 360 is [0, 2 pi)")
+    angle_kind: Literal["uniform", "golden"] = Field("uniform", description="angle spacing")
+    probe_size: int = Field(64, ge=2, description="probe window / detector frame edge M (M x M pixels) "
+                                                  f"(default: {SIZE_SCALED['probe_size']})")
+    probe_fwhm: float = Field(14.0, gt=0, description="probe amplitude FWHM (gaussian, airy) or disc diameter, "
+                                                      f"pixels (default: {SIZE_SCALED['probe_fwhm']})")
+    probe_kind: Literal["gaussian", "airy", "disc", "file"] = Field("gaussian", description="probe shape")
+    probe_file: Path | None = Field(None, description="probe to load (.npy, .h5, .cxi) with probe_kind file "
+                                                      "(default: none)")
+    step: float = Field(32.0, gt=0, description=f"scan step in pixels (default: {SIZE_SCALED['step']})")
+    scan: Literal["raster", "fermat"] = Field("raster", description="scan pattern")
+    per_angle_offset: float = Field(0.0, ge=0, description="raster start shift per angle (pixels)")
+    field_pad: int = Field(0, ge=0, description="pixels of free space added on each side of the projection")
+    model: Literal["linear", "exp"] = Field("linear", description="forward model: linear (Rytov, seed 001) or "
+                                                                 "exp (projection approximation)")
+    noise: Literal["none", "poisson"] = Field("none", description="noise model of the intensities")
     peak: float = Field(1.0, gt=0, description="Poisson peak factor eta (seed 001)")
-    energy_kev: float = Field(5.0, gt=0)
-    voxel_nm: float = Field(10.0, gt=0)
-    detector_pixel_um: float = Field(75.0, gt=0)
-    seed: int = 0
-    ellipsoids: int = Field(12, ge=1, description="number of ellipsoids of the 'ellipsoids' phantom")
+    energy_kev: float = Field(5.0, gt=0, description="photon energy in keV")
+    voxel_nm: float = Field(10.0, gt=0, description="voxel size in nm")
+    detector_pixel_um: float = Field(75.0, gt=0, description="detector pixel size in micrometres")
+    seed: int = Field(0, description="random seed (noise, random phantoms)")
+    ellipsoids: int = Field(12, ge=1, description="number of random ellipsoids of the 'ellipsoids' phantom")
     rotation_centre: float | None = Field(
-        None, description="object-field column (pixel-centre coordinate) of the rotation axis; None: the "
-                          "field centre (W - 1) / 2. The sample stays centred on the axis, so an off-centre "
+        None, description="object-field column (pixel-centre coordinate) of the rotation axis (default: "
+                          "none, the field centre (W - 1) / 2). The sample stays centred on the axis, so an off-centre "
                           "axis shifts its projections across the field (data with a misplaced axis)")
     phase_object_rad: float | None = Field(
         None, gt=0, description="seed 001's pure-phase sample for the linear model: u = exp(i phi s), s the "
-                                "phantom's real part in [0, 1], phi this value (radians); None: u = s")
+                                "phantom's real part in [0, 1], phi this value in radians (default: none, u = s)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scale_with_size(cls, data, info: ValidationInfo):
+        """Fill probe_size, probe_fwhm and step from the size when they are not given (:func:`scaled_defaults`);
+        the names filled go to ``info.context["scaled"]`` when the caller passed such a list."""
+        if not isinstance(data, dict) or "size" not in data:
+            return data
+        raw = data["size"]
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            size = raw
+        elif isinstance(raw, str) and raw.strip().isdigit():
+            size = int(raw)
+        elif isinstance(raw, float) and raw.is_integer():
+            size = int(raw)
+        else:
+            return data  # the size's own validation reports it
+        if size < 8:
+            return data
+        data = dict(data)
+        filled = []
+        for key, value in scaled_defaults(size).items():
+            if key not in data:
+                data[key] = value
+                filled.append(key)
+        if isinstance(info.context, dict) and isinstance(info.context.get("scaled"), list):
+            info.context["scaled"].extend(filled)
+        return data
 
     @field_validator("peak", "energy_kev", "voxel_nm", "detector_pixel_um", "step", "probe_fwhm",
                      "per_angle_offset")
@@ -72,7 +133,12 @@ class SimulationConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _consistent(self):
+    def _consistent(self, info: ValidationInfo):
+        flags = isinstance(info.context, dict) and info.context.get("names") == "flags"
+
+        def name(key: str) -> str:
+            return "--" + key.replace("_", "-") if flags else key
+
         if self.phase_object_rad is not None and self.model != "linear":
             raise ValueError("phase_object_rad describes a pure-phase sample u for the linear (Rytov) model; "
                              "with model 'exp' the phantom is delta + i beta: drop phase_object_rad")
@@ -85,8 +151,10 @@ class SimulationConfig(BaseModel):
             raise ValueError(f"rotation_centre {self.rotation_centre} must be a column of the {self.field_size}-"
                              "pixel object field (0 .. size + 2 * field_pad - 1)")
         if self.probe_kind != "file" and self.probe_size > self.field_size:
+            pad = math.ceil((self.probe_size - self.size) / 2)
             raise ValueError(f"probe_size {self.probe_size} exceeds the object field {self.field_size} "
-                             "(size + 2 * field_pad): lower probe_size or raise field_pad")
+                             f"(size {self.size} + 2 x field_pad {self.field_pad}); use {name('probe_size')} "
+                             f"<= {self.field_size} or {name('field_pad')} >= {pad}")
         return self
 
     @property
@@ -107,8 +175,22 @@ class SimulationConfig(BaseModel):
         return self.model_dump(mode="json")
 
     @classmethod
-    def from_mapping(cls, data: dict, source: str = "configuration") -> SimulationConfig:
-        """Validate a mapping (flat or under ``simulate``), raising :class:`InputError` on any problem."""
+    def from_mapping(cls, data: dict, source: str = "configuration", names: str = "keys",
+                     scaled: list | None = None) -> SimulationConfig:
+        """Validate a mapping (flat or under ``simulate``), raising :class:`InputError` on any problem.
+
+        Parameters
+        ----------
+        data : dict
+            The settings; keys may use ``-`` or ``_``.
+        source : str
+            Where they came from, for the error message (a file name, "command-line options").
+        names : {"keys", "flags"}
+            How an error message names a setting it asks to change: ``probe_size`` or ``--probe-size``.
+        scaled : list, optional
+            Receives the names of the size-dependent settings filled from ``size`` because ``data`` did
+            not give them (see :func:`scaled_defaults`).
+        """
         if not isinstance(data, dict):
             raise InputError(f"{source}: expected a table of settings, got {type(data).__name__}; "
                              "write key: value pairs")
@@ -117,20 +199,24 @@ class SimulationConfig(BaseModel):
             if not isinstance(data, dict):
                 raise InputError(f"{source}: 'simulate' must be a table of settings")
         data = {str(k).replace("-", "_"): v for k, v in data.items()}
+        context = {"names": names, "scaled": scaled if scaled is not None else []}
         try:
-            return cls(**data)
+            return cls.model_validate(data, context=context)
         except ValidationError as exc:
             raise InputError(f"{source}: {_format_errors(exc)}") from None
 
     @classmethod
-    def build(cls, overrides: dict | None = None, source: str = "command-line options") -> SimulationConfig:
-        """Defaults updated by ``overrides`` (e.g. command-line flags), raising :class:`InputError`."""
-        return cls.from_mapping(dict(overrides or {}), source)
+    def build(cls, overrides: dict | None = None, source: str = "command-line options", names: str = "keys",
+              scaled: list | None = None) -> SimulationConfig:
+        """Defaults updated by ``overrides`` (e.g. command-line flags), raising :class:`InputError`
+        (``names``, ``scaled``: see :meth:`from_mapping`)."""
+        return cls.from_mapping(dict(overrides or {}), source, names=names, scaled=scaled)
 
     @classmethod
-    def from_file(cls, path, overrides: dict | None = None) -> SimulationConfig:
+    def from_file(cls, path, overrides: dict | None = None, scaled: list | None = None) -> SimulationConfig:
         """Read a YAML (.yaml/.yml) or TOML (.toml) file (see the module docstring for the layout), then
-        apply ``overrides`` (e.g. command-line flags) on top; problems raise :class:`InputError`."""
+        apply ``overrides`` (e.g. command-line flags) on top; problems raise :class:`InputError`
+        (``scaled``: see :meth:`from_mapping`)."""
         p = Path(path)
         if not p.is_file():
             raise InputError(f"configuration file {p} does not exist; check the path")
@@ -153,7 +239,7 @@ class SimulationConfig(BaseModel):
                                  "write key: value pairs")
             data = {str(k).replace("-", "_"): v for k, v in data.items()}
             data.update({str(k).replace("-", "_"): v for k, v in overrides.items()})
-        return cls.from_mapping(data, str(p))
+        return cls.from_mapping(data, str(p), scaled=scaled)
 
 
 def _format_errors(exc: ValidationError) -> str:
@@ -162,7 +248,9 @@ def _format_errors(exc: ValidationError) -> str:
     allowed = ", ".join(SimulationConfig.model_fields)
     for err in exc.errors():
         loc = ".".join(str(x) for x in err["loc"]) or "settings"
-        if err["type"] == "extra_forbidden":
+        if not err["loc"] and err["type"] == "value_error":  # a whole-model check: its message names the keys
+            parts.append(err["msg"].removeprefix("Value error, "))
+        elif err["type"] == "extra_forbidden":
             parts.append(f"unknown key {loc!r} (allowed keys: {allowed})")
         else:
             msg = err["msg"].removeprefix("Value error, ")

@@ -110,6 +110,23 @@ class TwoStepOptions:
     unlit: str = "mask"  # unlit projection pixels: "mask" (not fitted by the tomography) or "zero" (x = 0)
 
 
+#: the history's ``stage`` column: 1 = the 2D ptychography of every angle, 2 = the tomography
+STAGES = {1: "ptychography", 2: "tomography"}
+
+
+def progress_stages(opts: TwoStepOptions) -> list[dict]:
+    """How a run with ``opts`` labels its two stages, for progress reports and the stored history: per
+    stage its ``stage`` (the history column's value), ``name`` (``"ptychography (dm)"``, ``"tomography
+    (cg)"``), ``label`` for the log, ``total`` iterations (the tomography's is an upper bound: CG may stop
+    at ``tomo_tol``; FBP and tomopy report no iterations), the row ``tag`` and the ``key`` column that
+    counts the stage's iterations (``iteration`` in stage 1, ``tomo_iteration`` in stage 2)."""
+    names = {1: f"{STAGES[1]} ({opts.method})", 2: f"{STAGES[2]} ({opts.tomo})"}
+    totals = {1: int(opts.iterations), 2: int(opts.tomo_iterations) if opts.tomo == "cg" else 0}
+    keys = {1: "iteration", 2: "tomo_iteration"}
+    return [{"stage": s, "name": names[s], "label": f"stage {s}/2, {names[s]}", "total": totals[s],
+             "tag": f"{STAGES[s]} iter", "key": keys[s]} for s in (1, 2)]
+
+
 def model_positions(pt) -> np.ndarray:
     """Top-left (row, col) positions of a :class:`~hpc_pt.operators.Ptychography` operator's frames."""
     return np.asarray(pt.positions, dtype=np.float64)
@@ -237,7 +254,8 @@ def run_twostep(shard: Shard, comm, opts: TwoStepOptions | None = None, callback
     1..``iterations`` are the ptychography iterations (``stage`` 1, ``objective``, ``r_factor``), the rows
     after them the tomography (CG) iterations (``stage`` 2, ``tomo_iteration`` counting from 1,
     ``objective``, ``residual``; FBP and tomopy add none). ``callback(row, u)`` is called after every row:
-    ``u`` is None in stage 1 and the volume slab in stage 2.
+    ``u`` is None in stage 1 and the volume slab in stage 2. :func:`progress_stages` names the two stages
+    (``"ptychography (dm)"``, ``"tomography (cg)"``) for the log and the stored history.
 
     Checkpoints (``checkpoints``): after row ``k`` when ``checkpoints.due(k)``, plus always at the end of the
     2D stage (row ``iterations``) when checkpoints are on. Inside the 2D stage (stack mode) the state is the
@@ -441,9 +459,11 @@ def _ptycho_stage(shard, comm, opts, hist, callback, checkpoints, st, positions,
 
 
 __all__ = [
+    "STAGES",
     "TwoStepOptions",
     "model_positions",
     "probe_diameter",
+    "progress_stages",
     "run_twostep",
     "scan_overlap",
     "unwrap_phase_2d",
