@@ -14,7 +14,10 @@ from . import __version__
 from .cli_parser import ArgumentParser, add_model_flags, explain_defaults, show_value, subparsers
 from .errors import BackendUnavailable, InputError
 
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``hpc-pt`` parser: one-line usage errors, and every option's help with its real default
+    (:mod:`hpc_pt.cli_parser`; the simulate flags are :class:`~hpc_pt.simulate.SimulationConfig`'s fields)."""
     from .pipeline import DEFAULT_MODEL, ReconConfig
     from .simulate import SimulationConfig
 
@@ -134,21 +137,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--format", choices=["auto", "numpy", "nexus"], default="auto",
                    help="source layout (auto: .toml/.yaml is numpy, HDF5 or a directory is nexus)")
     c.add_argument("--config", help="with a NeXus source: description file whose keys fill in or override "
-                                    "the file's values (angles, energy, positions_are, ...)")
+                                    "the file's values (angles, energy, positions_are, ...); default: none")
     c.add_argument("--probe", help="probe .npy (real space, centred, sampled like the converted frames); "
                                    "default: none, estimated from the data when read")
-    c.add_argument("--mask", help="detector mask .npy laid out like the recorded frames (non-zero = valid)")
+    c.add_argument("--mask", help="detector mask .npy laid out like the recorded frames (non-zero = valid); "
+                                  "default: the description's or the file's, else none")
     c.add_argument("--positions-are", choices=["probe", "sample"], default=None,
                    help="positions of the probe on the sample, or of the sample stage (negated); default: "
                         "probe for numpy, sample for nexus")
-    c.add_argument("--positions-unit", default=None, help="m, mm, um, nm or px (sample-plane pixels)")
+    c.add_argument("--positions-unit", default=None, help="m, mm, um, nm or px (sample-plane pixels); default: "
+                                                          "the description's, or the NeXus @units")
     c.add_argument("--frames-dc", choices=["centre", "corner"], default=None,
                    help="where the direct beam is in the stored frames (default: centre, as recorded)")
     c.add_argument("--transpose-frames", action="store_true", default=None,
                    help="frames (and probe, mask) are stored (x, y): swap their two axes")
     c.add_argument("--beam-centre", default=None, metavar="ROW,COL",
-                   help="detector pixel of the direct beam: frames are cropped to the largest window centred on it")
-    c.add_argument("--crop", type=int, default=None, metavar="N", help="crop frames to N x N around the beam centre")
+                   help="detector pixel of the direct beam: frames are cropped to the largest even window centred "
+                        "on it; default: the NeXus beam_center, else the frame centre (no crop)")
+    c.add_argument("--crop", type=int, default=None, metavar="N",
+                   help="crop frames to N x N around the beam centre; default: no crop (or the largest window "
+                        "with --beam-centre)")
     c.add_argument("--force", action="store_true", help="overwrite an existing output file")
     _explain(p, {"simulate": SimulationConfig, "reconstruct": ReconConfig})
     return p
@@ -498,7 +506,7 @@ COMMANDS = {"simulate": _simulate, "info": _info, "validate": _validate, "evalua
 
 #: subcommands that run in one process and write outputs: launched as several processes (``mpiexec -n P``,
 #: ``srun``) each would do the whole work into the same files; only ``reconstruct --backend mpi`` uses ranks
-SINGLE_PROCESS = ("simulate", "reconstruct", "ptycho2d", "demo")
+SINGLE_PROCESS = ("simulate", "reconstruct", "ptycho2d", "demo", "convert")
 #: how long a failing MPI rank waits for the others to fail too (then one line, clean exit) before it
 #: reports alone and aborts the job
 MPI_ERROR_WAIT_S = 2.0

@@ -208,7 +208,8 @@ def build_rank_shard(meta, plan, comm, model: str, device: str = "cpu", volume_s
         positions.append(np.asarray(e.positions)[start:stop])
         angles.append(e.angle_deg)
         ids.append(a)
-    report_status(progress, _building_text(volume_shape_for(meta, volume_size), model, len(ids), device))
+    report_status(progress, _building_text(volume_shape_for(meta, volume_size), model, len(ids), device,
+                                           of=len(meta.n_frames) if comm.size > 1 else None))
     c = cv.k_dz(meta.geometry.energy_ev, meta.geometry.pixel_m)
     probe = xp.asarray(np.asarray(meta.probe).astype(np.complex64))
     centre = _centre_of(meta, centre)
@@ -220,9 +221,11 @@ def build_rank_shard(meta, plan, comm, model: str, device: str = "cpu", volume_s
     return Shard(fm, f, np.asarray(ids, dtype=np.int64), mask=mask, space=space), int(nbytes)
 
 
-def _building_text(shape, model: str, n_angles: int, device: str) -> str:
-    """The status line of building the forward model and moving the frames to the device."""
-    return (f"building the forward model ({model}, {n_angles} angles, volume {'x'.join(str(int(v)) for v in shape)}"
+def _building_text(shape, model: str, n_angles: int, device: str, of: int | None = None) -> str:
+    """The status line of building the forward model and moving the frames to the device (``of``: all
+    angles, when this rank has only ``n_angles`` of them)."""
+    angles = f"{n_angles} of {of} angles" if of is not None else f"{n_angles} angles"
+    return (f"building the forward model ({model}, {angles}, volume {'x'.join(str(int(v)) for v in shape)}"
             f"{', GPU' if device == 'gpu' else ''})")
 
 
@@ -340,8 +343,8 @@ def _calibrate(shard, comm, cfg: ReconConfig) -> dict:
 
     factor = calibrate_probe_scale(shard, comm)
     if factor != 1.0:
-        _tell(comm, f"probe rescaled by {factor:.4g} in amplitude ({factor ** 2:.4g} in intensity): the stored "
-                    "probe's power did not match the frames' total counts (free-space frames, Parseval)")
+        _tell(comm, f"warning: probe rescaled by {factor:.4g} in amplitude ({factor ** 2:.4g} in intensity): the "
+                    "stored probe's power did not match the frames' total counts (free-space frames, Parseval)")
     W = shard.space.n_det
     if cfg.rotation_centre == "auto":
         est = estimate_rotation_centre(shard, comm)
@@ -638,6 +641,9 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
             resumed = checkpoints.resume if checkpoints is not None else None
             tracker.begin(2 if cfg.method == "two-step" and (resumed or {}).get("stage") == "tomo"
                           else stages[0]["stage"])
+            callback.status = getattr(say, "status", None)  # solvers may report steps of their own
+        report_status(say, f"setting up {cfg.method} (initial volume, step sizes)" if cfg.method != "two-step"
+                      else "setting up the 2D ptychography")  # ended by the first row (minus its own time)
         res = _run_method(cfg, shard, comm, callback, u0, support=support, checkpoints=checkpoints,
                           noise_free=meta.attrs.get("noise") == "none")
     except (ValueError, TypeError) as e:  # option values the solvers' own checks reject

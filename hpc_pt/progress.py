@@ -31,8 +31,10 @@ phase ends early), and in between when ``interval_s`` seconds (default :data:`DE
 passed since the previous row line, or, with ``every`` K > 0, at every K-th iteration. Slow iterations
 (longer than ``interval_s``) therefore get one line each, fast ones one line every ``interval_s``.
 ``elapsed`` counts from the reporter's creation (the start of the command); ``ETA`` is the phase's remaining
-iterations times its mean time per iteration (measured from its second row on, so a solver's set-up time
-before iteration 1 does not inflate it).
+iterations times its mean time per iteration, measured from its second row on (at the first row: that row's
+``iter_time_s``), so a solver's set-up before iteration 1 does not inflate it. A row with ``iter_time_s``
+that ends an open set-up step (the pipeline's "setting up gd ...", ended by iteration 1) dates the step's
+end that many seconds back, so the step's time excludes iteration 1.
 """
 from __future__ import annotations
 
@@ -178,7 +180,7 @@ class _Phase:
     def __init__(self, label, total, unit, tag, key, now):
         self.label, self.total, self.unit, self.tag, self.key = label, total, unit, tag, key
         self.t0 = now
-        self.first_i = self.first_t = None
+        self.first_i = self.first_t = self.first_dt = None
         self.i = 0
         self.t_last = now
         self.last_line_i = None
@@ -190,8 +192,9 @@ class _Phase:
             return None
         if self.i > self.first_i:
             return (self.t_last - self.first_t) / (self.i - self.first_i)
-        done = max(self.i, 1)
-        return (self.t_last - self.t0) / done  # one row so far: includes the solver's set-up
+        if self.first_dt is not None:  # one row so far: its own duration, when the row says
+            return self.first_dt
+        return (self.t_last - self.t0) / max(self.i, 1)  # else including the set-up before it
 
     def eta(self, now=None):
         """Seconds left (None before the first row or without a total)."""
@@ -298,9 +301,15 @@ class ProgressReporter:
                 self._line(f"{label}: {total} {unit}" if total is not None else f"{label}")
 
     def __call__(self, row: dict) -> None:
-        """One row of the current phase (a phase "iter" of unknown length is started if none is)."""
+        """One row of the current phase (a phase "iter" of unknown length is started if none is). A row
+        with ``iter_time_s`` (the iteration's own duration) ends an open set-up step that much earlier."""
         with self._lock:
-            self._end_status(True)
+            dt = row.get("iter_time_s")
+            try:
+                dt = float(dt) if dt is not None else None
+            except (TypeError, ValueError):
+                dt = None
+            self._end_status(True, before=dt or 0.0)
             if self._phase is None:
                 self.start("iterations", None)
             ph = self._phase
@@ -311,6 +320,7 @@ class ProgressReporter:
                 i = ph.i + 1
             if ph.first_i is None:
                 ph.first_i, ph.first_t = i, now
+                ph.first_dt = dt if dt is not None and dt > 0 and math.isfinite(dt) else None
             ph.i, ph.t_last = i, now
             if self.terminal:
                 self._bar.update(self._task, completed=i, info=_fields_text(row))
@@ -364,12 +374,15 @@ class ProgressReporter:
         f.flush()
 
     # -- shared ----------------------------------------------------------------------------------------
-    def _end_status(self, ok: bool) -> None:
+    def _end_status(self, ok: bool, before: float = 0.0) -> None:
+        """End the open step (``before``: it ended that many seconds ago, e.g. when iteration 1 began)."""
         if self._status is None:
             return
         text, t, task = self._status
         self._status = None
         dt = self._clock() - t
+        if 0 < before < dt:
+            dt -= before
         msg = f"{text}: {'done in' if ok else 'failed after'} {dt:.1f} s"
         if self.terminal:
             self._bar.remove_task(task)

@@ -398,3 +398,20 @@ def test_probeless_file_reconstructs_with_estimated_probe(tmp_path, capsys):
     assert abs(fit_far_field(mean).fwhm_px / PROBELESS["probe_fwhm"] - 1) < 0.15  # measured 2.86 px for 3
     assert abs(np.sum(np.abs(back.probe) ** 2) / mean.sum() - 1) < 1e-4  # power = mean frame intensity
     assert np.argmax(np.abs(back.probe)) == np.ravel_multi_index((3, 3), back.probe.shape)  # centred
+
+
+def test_numpy_corner_dc_frames_and_rotation_axis_offset(tiny, tmp_path):
+    """Frames already ifftshifted (DC at [0, 0]) and positions measured from a stage origin 2.5 um left of
+    the rotation axis: both undone by frames_dc = "corner" and rotation_axis_x."""
+    frames = np.stack([a.frames for a in tiny.angles[:1]])  # DC at index 0, one angle
+    np.save(tmp_path / "f.npy", frames)
+    xy = translations(tiny, 0)[:, :2] * 1e6 + np.array([2.5, 0.0])
+    np.save(tmp_path / "p.npy", xy[None])
+    spec = write_toml(tmp_path / "s.toml", frames="f.npy", positions="p.npy", positions_unit="um",
+                      rotation_axis_x=2.5, frames_dc="corner", angles=[tiny.angles[0].angle_deg], angles_unit="deg",
+                      **geometry_keys(tiny))
+    back = read_cxi(convert(spec, tmp_path / "o.cxi"))
+    np.testing.assert_allclose(back.angles[0].frames, tiny.angles[0].frames, rtol=1e-6, atol=0)
+    g = back.geometry
+    t = cv.positions_to_translations(back.angles[0].positions, back.frame_shape, g.field_shape, g.pixel_m)
+    np.testing.assert_allclose(t[:, 0], translations(tiny, 0)[:, 0], rtol=0, atol=1e-6 * g.pixel_m)

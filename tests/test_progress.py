@@ -53,7 +53,7 @@ def _printed(buf) -> list[int]:
     return [int(m.group("i")) for m in map(ROW.match, buf.getvalue().splitlines()) if m]
 
 
-def _rows(rep, clock, n, dt, setup=0.0, total=None):
+def _rows(rep, clock, n, dt, setup=0.0):
     clock.t += setup
     for i in range(1, n + 1):
         clock.t += dt
@@ -109,6 +109,20 @@ def test_elapsed_and_eta_from_the_clock():
     _rows(rep, clock, 3, 2.0, setup=5.0)
     lines = buf.getvalue().splitlines()
     assert lines[-1].endswith("elapsed 0:00:11  ETA 0:00:14"), lines  # 5 + 3 x 2 s; 7 left x 2 s
+
+
+def test_first_row_ends_the_solver_setup_without_its_own_time():
+    """A solver's set-up step is ended by its first row; the row's ``iter_time_s`` is not set-up time, and
+    it is the first ETA's time per iteration."""
+    clock = FakeClock()
+    buf, rep = _plain(clock, every=1)
+    rep.start("gd", 5)
+    rep.status("setting up gd (initial volume, step sizes)")
+    clock.t += 45.0  # 42 s of power iterations, then a 3 s iteration 1
+    rep({"iteration": 1, "objective": 1.0, "r_factor": 0.5, "iter_time_s": 3.0})
+    lines = buf.getvalue().splitlines()
+    assert lines[-2] == "setting up gd (initial volume, step sizes): done in 42.0 s"
+    assert lines[-1].endswith("elapsed 0:00:45  ETA 0:00:12"), lines  # 4 left x 3 s
 
 
 def test_parse_every():
@@ -240,6 +254,7 @@ def test_setup_status_lines_come_before_iteration_1(apt_log):
     assert re.search(r"reading 27 frames of 12x12 \(16 kB\): done in \d+\.\d s", before)
     assert re.search(r"building the forward model \(linear, 3 angles, volume 24x24x24\): done in \d+\.\d s",
                      before)
+    assert re.search(r"setting up apt \(initial volume, step sizes\): done in \d+\.\d s", before)
     writing = next(k for k, line in enumerate(lines) if line.startswith("writing "))
     assert writing > first_row and lines[-1].startswith("wrote ") and "final R-factor" in lines[-1]
 

@@ -134,15 +134,15 @@ def test_reconstruct_from_config_file(small_files, tmp_path, capsys):
     (["--method", "apt", "--init", "missing.npy"], ["missing.npy"]),
     (["--method", "apt", "--option", "cg_max_iter=abc"], ["cg_max_iter"]),
     (["--method", "two-step", "--option", "illum_threshold=abc"], ["illum_threshold", "float"]),
-    (["--method", "gd", "--model", "linear"], ["exponential"]),
+    (["--method", "gd", "--init", "zeros"], ["linear model", "zeros"]),
     (["--method", "two-step", "--penalty", "3"], ["--penalty"]),
-    (["--method", "admm", "--model", "exp", "--prior", "no-such-denoiser"], ["no-such-denoiser"]),
+    (["--method", "admm", "--prior", "no-such-denoiser"], ["no-such-denoiser"]),
 ])
 def test_bad_reconstruct_options_fail_cleanly(small_files, tmp_path, capsys, argv, words):
     out = tmp_path / "bad.zarr"
     code = main(["reconstruct", str(small_files / "lin.h5"), *argv, "--iterations", "1", "--out", str(out),
                  "--quiet"])
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("warning:")]
     assert code == 2 and len(err) == 1 and all(w in err[0] for w in words), err
     assert not out.exists()
 

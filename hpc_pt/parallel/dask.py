@@ -759,8 +759,8 @@ def run_dask(data, out=None, *, workers: int | None = None, scheduler: str | Non
     ``settings``: everything :func:`hpc_pt.pipeline.reconstruct` takes (``config``, ``method``,
     ``iterations``, ``overwrite``, ``command``, ``reader``, ...). ``progress(row)`` is called here, on the
     client, for rank 0's per-iteration rows (forwarded as Dask events), and so are its ``status`` and
-    ``start`` methods, when it has them, for rank 0's set-up steps and phases (:mod:`hpc_pt.progress`). ``dashboard``: True prints
-    ``dashboard: URL`` on stdout as soon as the cluster is up, a callable gets the URL, False neither.
+    ``start`` methods, when it has them, for rank 0's set-up steps and phases (:mod:`hpc_pt.progress`).
+    ``dashboard``: True prints ``dashboard: URL`` on stdout as soon as the cluster is up, a callable gets the URL, False neither.
 
     The result also carries ``dashboard`` (the URL) and ``rank_info`` (per rank: bytes read and its
     :class:`~hpc_pt.parallel.base.CommStats` snapshot and call counts).

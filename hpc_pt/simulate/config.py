@@ -5,8 +5,10 @@ table (so one file can configure several stages). Keys may use ``-`` or ``_``. U
 raise :class:`hpc_pt.errors.InputError` with a one-line message naming the key and the fix.
 
 Defaults follow seed 001 (section 3): 128^3 pure-phase Shepp-Logan, 64 x 64 Gaussian probe with FWHM 14,
-grid step 32, angles over [0, pi). Seed 002's setup is ``phantom: wires, size: 64, probe_kind: disc,
-probe_size: 63, probe_fwhm: 15, step: 4 or 10, angle_range: 360, per_angle_offset: 1, model: exp``.
+grid step 32, angles over [0, pi). At another size N the probe window, FWHM and step that are not given
+follow N (:func:`scaled_defaults`: N // 2, 14 N / 128, N / 4), so the defaults hold for every N >= 16.
+Seed 002's setup is ``phantom: wires, size: 64, probe_kind: disc, probe_size: 63, probe_fwhm: 15,
+step: 4 or 10, angle_range: 360, per_angle_offset: 1, model: exp``.
 """
 from __future__ import annotations
 

@@ -127,6 +127,14 @@ def progress_stages(opts: TwoStepOptions) -> list[dict]:
              "tag": f"{STAGES[s]} iter", "key": keys[s]} for s in (1, 2)]
 
 
+def _status(callback, text) -> None:
+    """Begin (``text``) or end (None) a step of the caller's progress report: ``callback.status``, when the
+    callback has one (:mod:`hpc_pt.progress`; the pipeline's does on the reporting rank)."""
+    status = getattr(callback, "status", None)
+    if status is not None:
+        status(text)
+
+
 def model_positions(pt) -> np.ndarray:
     """Top-left (row, col) positions of a :class:`~hpc_pt.operators.Ptychography` operator's frames."""
     return np.asarray(pt.positions, dtype=np.float64)
@@ -307,6 +315,7 @@ def run_twostep(shard: Shard, comm, opts: TwoStepOptions | None = None, callback
                           f"{opts.max_r_factor}); the 2-step reconstruction is unreliable (scan overlap "
                           f"{overlap:.2f}); use the joint solvers (apt) instead", RuntimeWarning, stacklevel=2)
 
+        _status(callback, "stage 2/2, tomography: projections from the 2D fields (phase references, lit pixels)")
         # undo the probe / object scale exchange of a refined probe
         if opts.probe_refine and probes is not None:
             n0 = float(np.linalg.norm(to_numpy(probe0)))
@@ -368,11 +377,13 @@ def run_twostep(shard: Shard, comm, opts: TwoStepOptions | None = None, callback
     if st is not None and "tomo_history" in st:
         resume_tomo = _unprefixed("tomo_", st, "tomo_history")
         resume_tomo.pop("history_", None)
+    _status(callback, None if opts.tomo == "cg" else f"stage 2/2, tomography ({opts.tomo})")
     with comm.phase("tomo"):
         vol, _thist = reconstruct(sp.P, proj, comm, topts, callback=tomo_cb, space=sp, resume=resume_tomo,
                                   checkpoint=tomo_ck if on else None, weights=weights)
     vol = xp.nan_to_num(vol)
     t_tomo = time.perf_counter() - t_tomo
+    _status(callback, "R-factor of the volume through the forward model")
 
     # data fit of the final volume through the forward model (seed 001's R-factor): P u at this shard's
     # angles (one transpose)
@@ -382,6 +393,7 @@ def run_twostep(shard: Shard, comm, opts: TwoStepOptions | None = None, callback
         ev = farfield_pass(pt, x_u if model.expmap is None else model.expmap.fwd(x_u), shard.intensities,
                            shard.amplitudes, "gaussian")
     num = comm.sum_scalar(ev.abs_misfit)
+    _status(callback, None)
     den = comm.sum_scalar(float(shard.amplitudes.sum()))
     state = {"method": opts.method, "overlap": overlap, "ptycho_r_factor": final_rf,
              "r_factor": num / den if den > 0 else float("inf"), "ptycho_time_s": t_ptycho,
