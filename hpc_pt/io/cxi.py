@@ -162,9 +162,8 @@ def write_cxi(dataset: Dataset, path, overwrite: bool = False, command=None) -> 
             f.attrs["config"] = to_json(config)
             f.attrs["provenance"] = to_json(prov)
             f.attrs[FIELD_ATTR] = np.asarray(g.field_shape, dtype=np.int64)
-            model = config.get("model") or (dataset.truth or {}).get("model")
-            if model is not None:  # the forward model the data follow (the simulator's); reconstruct uses it
-                f.attrs[MODEL_ATTR] = str(model)
+            if config.get("model") is not None:  # the data's forward model (the simulator's); reconstruct uses it
+                f.attrs[MODEL_ATTR] = str(config["model"])
             for k, a in enumerate(dataset.angles):
                 _write_entry(f, f"entry_{k + 1}", a, dataset)
             if dataset.truth:
