@@ -33,11 +33,17 @@ from hpc_pt.simulate import SimulationConfig, simulate_dataset
 SCRIPT = os.path.join(os.path.dirname(__file__), "mpi_scripts", "recon_methods.py")
 TOL = 1e-5
 
-CASES = [  # name, method, iterations, settings
+# The linear-model cases start from zeros (APT) or a fixed random volume (GD / ADMM: zeros has no gradient
+# there): from the constant start u = s 1 a few iterations amplify reduction-order rounding into per-cent
+# differences between rank counts (measured: APT 3.1 %, linear GD 1.5 % after 4 iterations on 3 ranks, vs
+# 2e-7 from the random start), which the reliability issue's deterministic mode addresses.
+CASES = [  # name, method, iterations, settings ("@u0": the dataset folder's u0.npy)
     ["apt", "apt", 3, {"init": "zeros"}],
     ["apts", "apts", 3, {"init": "zeros"}],
-    ["gd", "gd", 4, {}],
-    ["admm", "admm", 2, {}],
+    ["gd", "gd", 4, {"model": "exp"}],
+    ["admm", "admm", 2, {"model": "exp"}],
+    ["gd-linear", "gd", 4, {"init": "@u0"}],
+    ["admm-linear", "admm", 2, {"init": "@u0"}],
     ["two-step", "two-step", 4, {"options": {"tomo_iterations": 3}}],
 ]
 
@@ -108,6 +114,8 @@ def _ragged(angles: int, path):
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("mpi")
     counts = {"a4": _ragged(4, d / "a4.cxi"), "a2": _ragged(2, d / "a2.cxi")}
+    rng = np.random.default_rng(7)
+    np.save(d / "u0.npy", (0.1 + 0.02 * rng.standard_normal((16, 16, 16))).astype(np.complex64))
     assert len(set(counts["a4"])) == 4 and len(set(counts["a2"])) == 2  # ragged
     return d, counts
 
@@ -122,7 +130,14 @@ def _mpiexec(n, *args, timeout=300):
     return p, time.perf_counter() - t0
 
 
+def _resolve(data_dir, cases):
+    """``"@u0"`` settings become the path of the dataset folder's random start volume."""
+    return [[c, m, it, {k: (str(data_dir / "u0.npy") if v == "@u0" else v) for k, v in st.items()}]
+            for c, m, it, st in cases]
+
+
 def _run_cases(data_dir, name, n, cases, tmp_path):
+    cases = _resolve(data_dir, cases)
     out = tmp_path / f"out_{name}_{n}"
     out.mkdir()
     cases_file = tmp_path / f"cases_{name}_{n}.json"
@@ -136,6 +151,7 @@ def _run_cases(data_dir, name, n, cases, tmp_path):
 
 
 def _compare(data_dir, name, out, cases, counts, n):
+    cases = _resolve(data_dir, cases)
     diffs = {}
     for case, method, iterations, settings in cases:
         vol = np.load(out / f"{case}.npy")
@@ -170,10 +186,11 @@ def test_mpi_more_ranks_than_angles(data, tmp_path):
     """3 ranks, 2 angles: angles split over ranks. APT/APTs/GD equal the serial run; ADMM and two-step
     (per-angle variables) refuse with a one-line error naming the fix."""
     d, counts = data
-    ok = [c for c in CASES if c[1] in ("apt", "apts", "gd")] + [["gd-in-memory", "gd", 4, {"_in_memory": True}]]
+    ok = [c for c in CASES if c[1] in ("apt", "apts", "gd")] + [["gd-in-memory", "gd", 4,
+                                                                  {"_in_memory": True, "model": "exp"}]]
     out = _run_cases(d, "a2", 3, CASES + ok[-1:], tmp_path)
     _compare(d, "a2", out, ok, counts["a2"], 3)
-    for case in ("admm", "two-step"):
+    for case in ("admm", "admm-linear", "two-step"):
         msg = (out / f"{case}.error").read_text()
         assert "needs whole angles" in msg and "at most 2 ranks" in msg
         assert not (out / f"{case}.npy").exists()
