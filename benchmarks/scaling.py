@@ -107,8 +107,9 @@ def scalar_reductions(cg_iterations: int, tv: bool = True) -> int:
 
 
 #: one-float allreduces of APT's set-up (in iteration 1's counters): stencil refresh 2, energy match 2,
-#: power iteration 2 per step, sum of sqrt(f) 1
-SETUP_SCALARS = 2 + 2 + 2 * POWER_ITERATIONS + 1
+#: power iteration 2 per step, sum of sqrt(f) 1, and the automatic penalty's four data statistics
+#: (:func:`hpc_pt.solvers.apt.choose_r2`: non-count pixels, pixels, total and squared counts)
+SETUP_SCALARS = 2 + 2 + 2 * POWER_ITERATIONS + 1 + 4
 
 
 def apt_iteration_bytes(rank_angles, bounds, n: int, n_det: int, n_angles: int, rank: int, cg_iterations: int,
