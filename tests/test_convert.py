@@ -117,6 +117,36 @@ def test_numpy_stack_with_angle_index_round_trip(tiny, tmp_path, capsys):
     assert "valid" in text and "none in file; will be estimated from the data" in text
 
 
+def test_numpy_model_and_sample_width_are_recorded_and_used(even, tmp_path, capsys):
+    """`model` and `sample_width` land in the file: reconstruct then uses the data's model and a volume of the
+    sample's width (not the field's), as it does for a simulated file; a width wider than the field is refused."""
+    from hpc_pt.io import scan_cxi
+    from hpc_pt.pipeline import volume_shape_for
+
+    frames = np.stack([recorded(a.frames) for a in even.angles])
+    np.save(tmp_path / "frames.npy", frames.astype(np.float32))
+    np.save(tmp_path / "pos.npy", np.stack([translations(even, a)[:, :2] for a in range(len(even.angles))]))
+    np.save(tmp_path / "angles.npy", [a.angle_deg for a in even.angles])
+    keys = dict(frames="frames.npy", angles="angles.npy", angles_unit="deg", positions="pos.npy",
+                positions_unit="m", model="exp", **geometry_keys(even))
+    field_w = even.geometry.field_shape[1]
+    width_m = (field_w - 6) * even.geometry.pixel_m
+    spec = write_toml(tmp_path / "scan.toml", sample_width=f"{width_m * 1e9:.6f} nm", **keys)
+    out = tmp_path / "scan.cxi"
+    assert main(["convert", str(spec), "--out", str(out)]) == 0
+    idx = scan_cxi(str(out))
+    assert idx.attrs["model"] == "exp" and idx.attrs["size"] == field_w - 6
+    assert volume_shape_for(idx)[1] == field_w - 6
+    px = write_toml(tmp_path / "px.toml", sample_width="9 px", **keys)
+    assert main(["convert", str(px), "--out", str(tmp_path / "px.cxi")]) == 0
+    assert scan_cxi(str(tmp_path / "px.cxi")).attrs["size"] == 9
+    capsys.readouterr()
+    wide = write_toml(tmp_path / "wide.toml", sample_width=f"{field_w + 5} px", **keys)
+    assert main(["convert", str(wide), "--out", str(tmp_path / "wide.cxi")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sample_width" in err[0] and not (tmp_path / "wide.cxi").exists()
+
+
 def test_numpy_per_angle_files_stage_positions_in_pixels_with_probe_and_mask(tiny, tmp_path):
     """Per-angle files (glob), sample-stage positions in sample pixels (yx columns), probe and mask given."""
     mask = np.ones(tiny.frame_shape, dtype=np.uint8)

@@ -134,6 +134,8 @@ class NumpySpec(BaseModel):
     crop: int | list[int] | None = None
     probe: str | None = None
     mask: str | None = None
+    model: Literal["linear", "exp"] | None = None  # the data's forward model, recorded for reconstruct
+    sample_width: str | None = None  # the sample's width across the rotation axis, "VALUE UNIT" (px or a length)
 
 
 def load_spec(path=None, overrides: dict | None = None) -> tuple[NumpySpec, str]:
@@ -441,7 +443,22 @@ def _dataset(angles: list[_Angle], layout: FrameLayout, energy_ev: float, distan
     geo = Geometry(energy_ev=float(energy_ev), detector_distance_m=float(distance_m),
                    detector_pixel_m=(float(det_pixel[0]), float(det_pixel[1])), pixel_m=pixel_m, field_shape=field)
     mask_mem = None if valid is None else np.fft.ifftshift(valid, axes=(-2, -1))
+    width = attrs.pop("sample_width", None)
+    if width is not None:  # the reconstruction's default volume edge (attrs "size", as the simulator records)
+        attrs["size"] = sample_width_px(width, pixel_m, field)
     return Dataset(angles=data, probe=probe, geometry=geo, mask=mask_mem, truth=None, attrs=attrs)
+
+
+def sample_width_px(value, pixel_m: float, field: tuple[int, int]) -> int:
+    """The sample's width (``"VALUE UNIT"``, ``px`` or a length) in whole sample-plane pixels, checked
+    against the object field: it becomes the default edge of the reconstructed volume."""
+    m = re.fullmatch(r"\s*([-+0-9.eE]+)\s*(px|pixels?)\s*", str(value))
+    px = float(m.group(1)) if m else parse_quantity(value, "length", "sample_width") / pixel_m
+    n = int(round(px))
+    if not 4 <= n <= field[1]:
+        raise InputError(f"sample_width {value!r} is {px:.1f} pixels; it must lie between 4 and the object field's "
+                         f"{field[1]} pixels (or leave it out: the volume then spans the field)")
+    return n
 
 
 def _probe_and_mask(spec: NumpySpec, base: str, layout: FrameLayout, probe_raw=None, valid_raw=None):
@@ -618,6 +635,10 @@ def convert_numpy(spec_path=None, out=None, overwrite: bool = False, overrides: 
         raise InputError(f"positions have {stacked.shape[0]} rows for {offset} frames; give one position per frame")
     attrs = {"converted_from": os.path.abspath(spec_path) if spec_path else "numpy arrays", "source_format": "numpy",
              "positions_are": spec.positions_are or "probe"}
+    if spec.model is not None:
+        attrs["model"] = spec.model
+    if spec.sample_width is not None:
+        attrs["sample_width"] = spec.sample_width
     ds = _dataset(angles, layout, energy, distance, det_pixel, probe, valid, attrs)
     return ds if out is None else write_cxi(ds, out, overwrite=overwrite, command=command)
 
@@ -869,6 +890,10 @@ def convert_nexus(path, out=None, overwrite: bool = False, spec_path=None, overr
         angles.append(_Angle(angle, load, n, xy_m, label))
     attrs = {"converted_from": os.path.abspath(os.fspath(path)), "source_format": "nexus (NXcxi_ptycho)",
              "positions_are": spec.positions_are or "sample"}
+    if spec.model is not None:
+        attrs["model"] = spec.model
+    if spec.sample_width is not None:
+        attrs["sample_width"] = spec.sample_width
     ds = _dataset(angles, layout, energy, dist, (xpix, ypix), probe, valid, attrs)
     return ds if out is None else write_cxi(ds, out, overwrite=overwrite, command=command)
 
