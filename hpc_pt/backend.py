@@ -18,7 +18,7 @@ from .errors import BackendUnavailable
 __all__ = [
     "get_xp", "is_cupy", "to_numpy", "asarray_on", "gpu_available", "require_gpu",
     "fft2c", "ifft2c", "fftc", "ifftc", "nufft2d_type2", "nufft2d_type1", "real_dtype", "complex_dtype",
-    "scatter_add",
+    "scatter_add", "host_memory_available", "gpu_memory_available",
 ]
 
 
@@ -288,3 +288,55 @@ class NufftPair2D:
         state = dict(self.__dict__)
         state["_plans"] = {}
         return state
+
+
+def _read_int(path: str) -> int | None:
+    """The integer in a one-value kernel file (cgroup limits), None when absent or unlimited."""
+    try:
+        with open(path) as fh:
+            text = fh.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def host_memory_available(meminfo: str = "/proc/meminfo", cgroup_root: str = "/sys/fs/cgroup") -> tuple[int | None, str]:
+    """Bytes of host memory this process can still allocate, and where the figure comes from.
+
+    The smaller of the kernel's ``MemAvailable`` (``/proc/meminfo``) and the room left under the
+    process's cgroup limit (v2: ``memory.max - memory.current``; v1: ``memory/memory.limit_in_bytes -
+    memory/memory.usage_in_bytes``); (None, "unknown") where neither can be read (not Linux).
+    """
+    found: list[tuple[int, str]] = []
+    try:
+        with open(meminfo) as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    found.append((int(line.split()[1]) * 1024, "host RAM available"))
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit_file, usage_file in (("memory.max", "memory.current"),
+                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        limit = _read_int(os.path.join(cgroup_root, limit_file))
+        if limit is not None and limit < (1 << 60):  # v1 writes a huge number for "no limit"
+            used = _read_int(os.path.join(cgroup_root, usage_file)) or 0
+            found.append((max(limit - used, 0), "left under the cgroup memory limit"))
+            break
+    if not found:
+        return None, "unknown"
+    return min(found)
+
+
+def gpu_memory_available() -> tuple[int | None, str]:
+    """Free bytes on the current CUDA device (``cudaMemGetInfo``) plus what CuPy's pool holds unused, and
+    a description; (None, "unknown") without CuPy or a device."""
+    cp = _cupy()
+    if cp is None:
+        return None, "unknown"
+    try:
+        free, _total = cp.cuda.runtime.memGetInfo()
+        pooled = cp.get_default_memory_pool().free_bytes()
+    except Exception:  # noqa: BLE001 - no device, or a driver error: the check is then skipped
+        return None, "unknown"
+    return int(free) + int(pooled), f"free on GPU {cp.cuda.Device().id}"

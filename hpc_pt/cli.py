@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -97,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: 0, no checkpoints)")
     r.add_argument("--checkpoint-dir", default=None, help="where checkpoints go (default: OUT.ckpt)")
     r.add_argument("--resume", action="store_true",
-                   help="continue from the latest checkpoint (same settings and ranks; --iterations may grow)")
+                   help="continue from the latest intact checkpoint (same input, settings and ranks; "
+                        "--iterations counts every iteration, the checkpoint's included, and may grow)")
 
     p2 = sub.add_parser("ptycho2d", help="2D ptychography of one angle (ePIE, DM or Poisson ML)")
     p2.add_argument("data", help="CXI file or directory")
@@ -246,6 +248,9 @@ def _simulate(args) -> int:
     scaled = []
     cfg = SimulationConfig.from_file(args.config, overrides, scaled=scaled) if args.config else \
         SimulationConfig.build(overrides, names="flags", scaled=scaled)
+    from .io.safety import refuse_overlap
+
+    refuse_overlap({"--out": args.out}, {"--config": args.config, "--probe-file": cfg.probe_file})
     check_output_path(args.out, overwrite=args.force)
     note = _scaled_note(cfg, scaled)
     if note:
@@ -268,19 +273,15 @@ def _simulate(args) -> int:
 
 
 def _scaled_note(cfg, scaled) -> str | None:
-    """One line naming the size-dependent settings chosen from ``--size`` (None when there are none, or at
-    the reference size, where they are seed 001's own)."""
-    from .simulate.config import REFERENCE_SIZE, scaled_defaults
-
-    if cfg.probe_kind == "file":  # the file fixes the probe; only the step follows the size
-        scaled = [k for k in scaled if k == "step"]
-    if not scaled or cfg.size == REFERENCE_SIZE:
+    """One line naming the size-dependent scan settings chosen from ``--size`` (None when there are none)."""
+    if cfg.probe_kind == "file":  # the file fixes the probe; only the scan follows the size
+        scaled = [k for k in scaled if k not in ("probe_size", "probe_fwhm")]
+    if not scaled:
         return None
-    ref = scaled_defaults(REFERENCE_SIZE)
     chosen = ", ".join(f"{k} {show_value(getattr(cfg, k))}" for k in scaled)
-    return (f"note: size {cfg.size}: {chosen} (seed 001's " + ", ".join(show_value(ref[k]) for k in scaled)
-            + f" at size {REFERENCE_SIZE}, scaled by {cfg.size}/{REFERENCE_SIZE}); set "
-            + ", ".join("--" + k.replace("_", "-") for k in scaled) + " to choose")
+    return (f"note: size {cfg.size}: {chosen} (the default sparse scan for this size; seed 001's geometry is "
+            "examples/simulate_seed001.toml); set " + ", ".join("--" + k.replace("_", "-") for k in scaled)
+            + " to choose")
 
 
 def _progress(args):
@@ -326,8 +327,18 @@ def _info(args) -> int:
         est = estimate_centre(args.path, _reader_kwargs(args))
         d["rotation_centre_estimate"] = est["centre"]
         d["rotation_centre_estimate_offset_px"] = est["offset_px"]
+    _warn_angles(d)
     print(_json(d) if args.json else format_description(d))
     return 0
+
+
+def _warn_angles(d: dict) -> None:
+    """One ``warning:`` line on stderr when the input's angles look like radians."""
+    from .conventions import radian_angles_warning
+
+    line = radian_angles_warning(d.get("angles_deg", []))
+    if line:
+        print(line, file=sys.stderr, flush=True)
 
 
 def _validate(args) -> int:
@@ -335,6 +346,7 @@ def _validate(args) -> int:
     from .workflows import validate_input
 
     d = validate_input(args.path, **_reader_kwargs(args))
+    _warn_angles(d)
     print(_json(d) if args.json else format_description(d) + "\nvalid: every frame checked")
     return 0
 
@@ -374,7 +386,8 @@ def _reconstruct(args) -> int:
     cfg = ReconConfig.from_file(args.config, flags) if args.config else ReconConfig.build(flags)
     if args.checkpoint_every < 0:
         raise InputError(f"--checkpoint-every {args.checkpoint_every} must be >= 0 (0: no checkpoints)")
-    ckpt = {"checkpoint_every": args.checkpoint_every, "resume": args.resume, "checkpoint_dir": args.checkpoint_dir}
+    ckpt = {"checkpoint_every": args.checkpoint_every, "resume": args.resume, "checkpoint_dir": args.checkpoint_dir,
+            "inputs": {"--config": None if args.config is None else os.path.abspath(args.config)}}
     t0 = time.perf_counter()
     if args.backend == "dask":
         return _reconstruct_dask(args, cfg, ckpt, t0)
@@ -387,9 +400,10 @@ def _reconstruct(args) -> int:
             res = reconstruct(args.data, out=args.out, config=cfg, overwrite=args.force, progress=progress,
                               command=" ".join(sys.argv), comm=comm, reader=_reader_kwargs(args), **ckpt)
         else:
-            from .pipeline import read_input
+            from .pipeline import preflight_memory, read_input
 
             comm = None
+            preflight_memory(args.data, cfg, _reader_kwargs(args))  # refuse before reading every frame
             data = read_input(args.data, _reader_kwargs(args), progress)
             res = reconstruct(data, out=args.out, config=cfg, overwrite=args.force, progress=progress,
                               command=" ".join(sys.argv), input_path=args.data, **ckpt)
@@ -397,9 +411,16 @@ def _reconstruct(args) -> int:
         return 0
     ranks = res.parallel.get("ranks", 1)
     where = f" on {ranks} MPI ranks" if args.backend == "mpi" else ""
-    print(f"wrote {res.out} and {res.figure}: {cfg.method}, {cfg.iterations} iterations{where} "
+    print(f"wrote {res.out} and {res.figure}: {cfg.method}, {cfg.iterations} iterations{_resumed(res)}{where} "
           f"in {time.perf_counter() - t0:.1f} s, {_final_r_factor(res)}")
     return 0
+
+
+def _resumed(res) -> str:
+    """`` (resumed after iteration K)`` for a run resumed from a checkpoint (``--iterations`` counts every
+    iteration, the checkpoint's K included), else empty."""
+    k = getattr(res, "resumed_from", None)
+    return "" if k is None else f" (resumed after iteration {k})"
 
 
 def _final_r_factor(res) -> str:
@@ -421,6 +442,9 @@ def _reconstruct_dask(args, cfg, ckpt, t0) -> int:
     if args.workers is None and args.scheduler is None:
         raise InputError("--backend dask needs --workers K (a local cluster of K processes) or "
                          "--scheduler tcp://HOST:PORT (a running cluster)")
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"--workers {args.workers} must be a positive number of Dask worker processes, "
+                         "e.g. --workers 4")
     try:
         with _progress(args) as progress:  # rank 0's rows and status lines arrive here as Dask events
             res = run_dask(args.data, out=args.out, workers=args.workers, scheduler=args.scheduler, config=cfg,
@@ -430,7 +454,7 @@ def _reconstruct_dask(args, cfg, ckpt, t0) -> int:
         if getattr(exc, "rank", None) is None:
             raise
         raise type(exc)(f"rank {exc.rank}: {exc}") from None
-    print(f"wrote {res.out} and {res.figure}: {cfg.method}, {cfg.iterations} iterations on "
+    print(f"wrote {res.out} and {res.figure}: {cfg.method}, {cfg.iterations} iterations{_resumed(res)} on "
           f"{res.parallel.get('ranks', 1)} Dask workers in {time.perf_counter() - t0:.1f} s, "
           f"{_final_r_factor(res)}")
     return 0
@@ -445,6 +469,9 @@ def _ptycho2d(args) -> int:
     from .solvers.ptycho2d import ptycho2d
 
     if args.out:
+        from .io.safety import refuse_overlap
+
+        refuse_overlap({"--out": args.out}, {"the input": args.data})
         check_output_path(args.out, overwrite=args.force)
     with _progress(args) as progress:
         ds = read_input(args.data, _reader_kwargs(args), progress)
@@ -530,7 +557,8 @@ def main(argv=None) -> int:
     if refused is not None:
         return refused
     try:
-        return COMMANDS[args.command](args)
+        with _float_errors_quiet():
+            return COMMANDS[args.command](args)
     except (InputError, BackendUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -539,6 +567,15 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _float_errors_quiet():
+    """NumPy's overflow / invalid-value RuntimeWarnings off while a command runs: a run that turns NaN or
+    infinite stops with one ``error:`` line naming the iteration and the quantity
+    (:func:`hpc_pt.pipeline.check_finite_row`) instead of printing warnings each iteration."""
+    import numpy as np
+
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
 
 
 def _refuse_multi_process(args) -> int | None:
@@ -581,7 +618,8 @@ def _main_mpi(args) -> int:
     rank, size = world.Get_rank(), world.Get_size()
     agreement = ErrorAgreement(world) if size > 1 else None
     try:
-        return COMMANDS[args.command](args)
+        with _float_errors_quiet():
+            return COMMANDS[args.command](args)
     except (InputError, BackendUnavailable) as exc:
         # secondary: "another rank failed" (the pipeline's agreement); that rank's message is the reason
         failure = (2, f"error: {exc}", bool(getattr(exc, "secondary", False)))

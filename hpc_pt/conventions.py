@@ -118,3 +118,73 @@ def translations_to_positions(translations, probe_shape, field_shape, pixel_m: f
     close = np.abs(pos - r) < 1e-6
     pos[close] = r[close]
     return pos
+
+
+#: photon energies hpc-pt accepts in files: visible light (ptychography with a HeNe laser, 1.96 eV) to
+#: hard X-rays; a value outside is a unit mistake (CXI stores joules)
+PLAUSIBLE_ENERGY_EV = (1.0, 1e6)
+#: sample-detector distances (metres) of far-field ptychography, a millimetre to a long beamline's hutch
+PLAUSIBLE_DISTANCE_M = (1e-4, 200.0)
+#: detector pixel sizes (metres), sub-micrometre CCD pixels to centimetre-sized ones
+PLAUSIBLE_DETECTOR_PIXEL_M = (1e-7, 1e-2)
+
+
+def _unit_guess(value: float, factors: tuple[tuple[str, float], ...], lo: float, hi: float) -> str | None:
+    """The unit (name) whose conversion factor brings ``value`` into [lo, hi], or None."""
+    for name, factor in factors:
+        if lo <= value * factor <= hi:
+            return name
+    return None
+
+
+def implausible_geometry(energy_j: float, distance_m: float, det_pixel_m) -> str | None:
+    """A one-line description of an implausible file geometry and the likely unit mistake, or None.
+
+    Parameters
+    ----------
+    energy_j : float
+        Photon energy as stored in the file (CXI: joules).
+    distance_m : float
+        Sample-detector distance as stored (metres).
+    det_pixel_m : (float, float)
+        Detector pixel sizes (x, y) as stored (metres).
+
+    Returns
+    -------
+    str or None
+        ``"<what is wrong>; <how to fix it>"`` for the first value outside :data:`PLAUSIBLE_ENERGY_EV`,
+        :data:`PLAUSIBLE_DISTANCE_M` or :data:`PLAUSIBLE_DETECTOR_PIXEL_M`, naming the unit the value
+        looks stored in (an energy in eV or keV, a length in mm or um); None when all are plausible.
+    """
+    ev = joule_to_ev(energy_j)
+    lo, hi = PLAUSIBLE_ENERGY_EV
+    if not lo <= ev <= hi:
+        unit = _unit_guess(energy_j, (("eV", 1.0), ("keV", 1e3)), 10.0, hi) if ev > hi else None
+        what = (f"energy {energy_j:.6g} J ({ev:.3g} eV) is not a photon energy ({lo:g} eV to {hi:g} eV)")
+        if unit is not None:
+            scale = 1.0 if unit == "eV" else 1e3
+            return (f"{what}: it looks stored in {unit}; store joules ({energy_j:g} {unit} = "
+                    f"{ev_to_joule(energy_j * scale):.6g} J, eV x {E_CHARGE})")
+        return f"{what}; store the photon energy in joules (eV x {E_CHARGE})"
+    for what, v, (lo, hi) in (("detector distance", distance_m, PLAUSIBLE_DISTANCE_M),
+                              ("x_pixel_size", det_pixel_m[0], PLAUSIBLE_DETECTOR_PIXEL_M),
+                              ("y_pixel_size", det_pixel_m[1], PLAUSIBLE_DETECTOR_PIXEL_M)):
+        if lo <= v <= hi:
+            continue
+        unit = _unit_guess(v, (("mm", 1e-3), ("um", 1e-6)), lo, hi) if v > hi else None
+        text = f"{what} {v:.6g} m is outside {lo:g} m to {hi:g} m"
+        if unit is not None:
+            scale = 1e-3 if unit == "mm" else 1e-6
+            return f"{text}: it looks stored in {unit}; store metres ({v:g} {unit} = {v * scale:.6g} m)"
+        return f"{text}; store it in metres"
+    return None
+
+
+def radian_angles_warning(angles_deg) -> str | None:
+    """``warning: ...`` when three or more rotation angles (degrees, as files store them) all lie within
+    +-2 pi without all being equal: they look like radians. None otherwise."""
+    a = np.asarray(angles_deg, dtype=np.float64).reshape(-1)
+    if a.size < 3 or np.ptp(a) == 0 or np.max(np.abs(a)) > 2 * np.pi + 1e-9:
+        return None
+    return (f"warning: all {a.size} rotation angles lie within +-2 pi ({a.min():.4g} to {a.max():.4g} deg): they "
+            "look like radians, but files store degrees; convert them with numpy.degrees if so")

@@ -12,3 +12,14 @@ class InputError(ValueError):
 
 class BackendUnavailable(RuntimeError):
     """The requested array backend (e.g. CuPy on a GPU) cannot be used on this machine."""
+
+
+class DivergedError(InputError):
+    """A reconstruction turned NaN or infinite: raised by the history check at the first such row, on every
+    rank together (rows come from reduced quantities). Printed as one ``error:`` line with exit code 2;
+    nothing is written. ``iteration`` and ``quantity`` name where and what."""
+
+    def __init__(self, message: str, iteration: int = 0, quantity: str = ""):
+        super().__init__(message)
+        self.iteration = int(iteration)
+        self.quantity = str(quantity)

@@ -7,7 +7,6 @@ the convergence curves next to it. The CLI's ``reconstruct`` and ``demo`` delega
 from __future__ import annotations
 
 import os
-import tomllib
 from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -39,8 +38,9 @@ class ReconConfig(BaseModel):
     iterations: int = Field(100, ge=1, description="outer iterations (two-step: of its 2D stage)")
     noise: Literal["gaussian", "poisson"] = Field("gaussian", description="pAGM or pIPM data metric")
     prior: str = Field("tv", description="tv, none, or a registered denoiser")
-    prior_weight: float | None = Field(None, ge=0, description="relative prior strength (None: default)")
-    penalty: float | None = Field(None, gt=0, description="ADMM data penalty, dimensionless (APT r2, ADMM rho_rel)")
+    prior_weight: float | None = Field(None, ge=0, allow_inf_nan=False,
+                                       description="relative prior strength (None: default)")
+    penalty: float | None = Field(None, gt=0, allow_inf_nan=False, description="ADMM data penalty, dimensionless (APT r2, ADMM rho_rel)")
     probe_refine: bool = False
     init: str = Field("constant", description="constant, zeros, or a .npy / Zarr volume")
     model: Literal["linear", "exp"] | None = Field(None, description="forward model (default: by method)")
@@ -66,22 +66,10 @@ class ReconConfig(BaseModel):
 
     @classmethod
     def from_file(cls, path, overrides: dict | None = None) -> "ReconConfig":
-        p = Path(path)
-        if not p.is_file():
-            raise InputError(f"config file {p} does not exist; pass an existing YAML or TOML file")
-        try:
-            if p.suffix == ".toml":
-                data = tomllib.loads(p.read_text())
-            elif p.suffix in (".yaml", ".yml"):
-                import yaml
+        from .configfile import load_settings
 
-                data = yaml.safe_load(p.read_text()) or {}
-            else:
-                raise InputError(f"config file {p}: unknown extension; use .toml, .yaml or .yml")
-        except (tomllib.TOMLDecodeError, ValueError) as e:
-            raise InputError(f"config file {p} is not valid: {str(e).splitlines()[0]}") from None
-        if not isinstance(data, dict):
-            raise InputError(f"config file {p} must hold a table of settings")
+        p = Path(path)
+        data = load_settings(p, "config file")  # one-line errors: syntax, NUL bytes, duplicate keys, ...
         data = dict(data.get("reconstruct", data))
         data.update(overrides or {})
         return cls.build(data, source=str(p))
@@ -98,6 +86,7 @@ class ReconResult:
     bytes_read: int = 0  # frame bytes this rank read from the input file (0 for an in-memory Dataset)
     parallel: dict = field(default_factory=dict)  # backend, ranks, bytes_read_per_rank, shards
     state: dict = field(default_factory=dict)  # the solver's scalar state (the store's solver_state attribute)
+    resumed_from: int | None = None  # the checkpoint's iteration (history row) a resumed run continued after
 
 
 def volume_shape_for(ds, volume_size: int | None = None) -> tuple[int, int, int]:
@@ -355,6 +344,27 @@ def _calibrate(shard, comm, cfg: ReconConfig) -> dict:
             float(shard.space.P.center - (W - 1) / 2.0), "probe_scale": float(factor)}
 
 
+def _resume_refusal(cfg, man: dict, where) -> str | None:
+    """Why a run with settings ``cfg`` cannot continue the checkpoint whose manifest is ``man`` (None: it
+    can). ``iterations`` counts every iteration of the run, the checkpoint's included: a resumed run stops
+    where an uninterrupted run with the same ``iterations`` would, so a checkpoint past it is refused, and
+    one at it only writes the output. A two-step checkpoint in the tomography stage needs the ``iterations``
+    its 2D stage ran."""
+    k = int(man["iteration"])
+    st = man.get("state") if isinstance(man.get("state"), dict) else {}
+    if cfg.method == "two-step" and st.get("stage") == "tomo":
+        done = int(st.get("ptycho_rows", k))
+        if int(cfg.iterations) != done:
+            return (f"the checkpoint in {where} (row {k}) is in the tomography stage, after {done} 2D "
+                    f"iterations, not --iterations {cfg.iterations}; resume with --iterations {done}")
+        return None
+    if k > int(cfg.iterations):
+        return (f"the checkpoint in {where} is at iteration {k}, past --iterations {cfg.iterations} "
+                f"(--iterations counts every iteration, the resumed ones included); resume with --iterations "
+                f"{k} or more")
+    return None
+
+
 def _tell(comm, line: str | None) -> None:
     """One line for the user on stderr (rank 0 only)."""
     if line and int(getattr(comm, "rank", 0)) == 0:
@@ -386,6 +396,8 @@ def _coerce(cls, values: dict) -> dict:
                 v = {"true": True, "false": False, "1": True, "0": False}[str(v).lower()]
         except (ValueError, TypeError, KeyError):
             raise InputError(f"option {k}={v!r} must be of type {t.replace(chr(39), '')}") from None
+        if isinstance(v, float) and not np.isfinite(v):  # inf / nan would make every objective nan
+            raise InputError(f"option {k}={v!r} must be a finite number; give a finite value")
         out[k] = v
     return out
 
@@ -474,14 +486,169 @@ def _initial_volume(init: str, shape):
     if not os.path.exists(init):
         raise InputError(f"initial guess {init} does not exist; use constant, zeros, or a .npy / Zarr volume")
     if init.endswith(".npy"):
-        vol = np.load(init)
-    else:
+        try:  # memory-mapped: the shape and dtype are checked before anything is read; never unpickled
+            vol = np.load(init, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise InputError(f"initial guess {init} is not a plain .npy array ({' '.join(str(e).split())}); "
+                             "save the volume with numpy.save (no pickled objects)") from None
+    elif os.path.isdir(init):
         from .io import read_volume
 
         vol, _ = read_volume(init)
+    else:
+        raise InputError(f"initial guess {init} is neither a .npy file nor a Zarr store; use constant, zeros, "
+                         "a .npy volume or the .zarr store of an earlier reconstruction")
+    if not isinstance(vol, np.ndarray) or not np.issubdtype(vol.dtype, np.number):
+        raise InputError(f"initial guess {init} holds {getattr(vol, 'dtype', type(vol).__name__)} values; "
+                         "it must be a numeric (nz, n, n) volume")
     if tuple(vol.shape) != tuple(shape):
         raise InputError(f"initial guess {init} has shape {vol.shape}; the reconstruction needs {tuple(shape)}")
-    return vol.astype(np.complex64)
+    vol = np.asarray(vol).astype(np.complex64)
+    if not np.all(np.isfinite(vol)):
+        raise InputError(f"initial guess {init} holds {int(np.count_nonzero(~np.isfinite(vol)))} NaN or "
+                         "infinite values; give a finite volume")
+    return vol
+
+
+#: history columns whose NaN or infinite value stops a run (every rank computes them from reduced sums)
+GUARDED_COLUMNS = ("objective", "r_factor")
+
+
+def check_finite_row(row: dict, method: str = "") -> None:
+    """Raise :class:`~hpc_pt.errors.DivergedError` when a history row's objective or R-factor is NaN or
+    infinite, naming the iteration and the quantity.
+
+    Rows are computed from quantities reduced over every rank, so every rank of a distributed run sees the
+    same value and raises at the same iteration (no rank is left waiting in a collective). A column a row
+    lacks is not checked (the 2-step method's tomography rows have no R-factor).
+    """
+    from .errors import DivergedError
+
+    for name in GUARDED_COLUMNS:
+        v = row.get(name)
+        if v is None or not isinstance(v, (int, float, np.floating, np.integer)):
+            continue
+        if not np.isfinite(v):
+            it = int(row.get("iteration", 0))
+            stage = f" (2-step stage {int(row['stage'])})" if row.get("stage") is not None else ""
+            err = DivergedError(
+                f"{method + ': ' if method else ''}the {name.replace('_', '-')} is {float(v)} at iteration "
+                f"{it}{stage}: the reconstruction diverged and nothing was written; check the probe scale "
+                "and the forward model (--model), lower --penalty or --prior-weight, or try --noise poisson",
+                iteration=it, quantity=name)
+            err.all_ranks = True  # every rank raises here together
+            raise err
+
+
+def _check_signal(shard, comm) -> None:
+    """Refuse data with no signal: every frame zero (inside the detector mask). Collective."""
+    f = shard.intensities
+    local = float(f.sum(dtype=np.float64) if shard.mask is None
+                  else (f.sum(axis=0, dtype=np.float64)[shard.mask]).sum()) if f.size else 0.0
+    total = comm.sum_scalar(local)
+    if not total > 0:
+        where = " inside the detector mask" if shard.mask is not None else ""
+        err = InputError(f"every frame is zero{where}: there is nothing to reconstruct (the R-factor would "
+                         "divide by zero); check that the right frames (and mask) were written")
+        err.all_ranks = True
+        raise err
+
+
+#: environment variable: the bytes each rank may use (e.g. 64G, 512M), instead of what the machine reports;
+#: ``off`` skips the memory check
+MEMORY_ENV = "HPC_PT_MEMORY_LIMIT"
+#: launcher variables holding the number of ranks on this node (they share its RAM)
+LOCAL_SIZE_VARS = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE")
+
+
+def _parse_bytes(text: str) -> int:
+    t = str(text).strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    try:
+        if t and t[-1] in scale:
+            return int(float(t[:-1]) * scale[t[-1]])
+        return int(float(t))
+    except ValueError:
+        raise InputError(f"{MEMORY_ENV}={text!r} must be a size such as 64G or 512M, or off") from None
+
+
+def memory_available(device: str = "cpu") -> tuple[int | None, str]:
+    """(bytes, where the figure comes from) this rank may use on ``device``: ``HPC_PT_MEMORY_LIMIT`` when
+    set, else the GPU's free memory or the host's available RAM and cgroup room
+    (:func:`hpc_pt.backend.host_memory_available`), shared by the ranks of this node."""
+    from .backend import gpu_memory_available, host_memory_available
+
+    env = os.environ.get(MEMORY_ENV)
+    if env is not None and env.strip():
+        return _parse_bytes(env), f"{MEMORY_ENV}={env.strip()}"
+    if device == "gpu":
+        return gpu_memory_available()
+    avail, where = host_memory_available()
+    local = 1
+    for var in LOCAL_SIZE_VARS:
+        v = os.environ.get(var, "").split("(")[0].split(",")[0]
+        if v.strip().isdigit() and int(v) > 1:
+            local = int(v)
+            break
+    if avail is not None and local > 1:
+        return avail // local, f"{where}, shared by {local} ranks on this node"
+    return avail, where
+
+
+def preflight_memory(path, cfg: ReconConfig, reader: dict | None = None) -> dict:
+    """:func:`check_memory` for a one-process run of the input file ``path`` (``reader``: ``scan_cxi`` flags),
+    from its metadata alone: what the serial CLI calls before it reads the frames."""
+    from .io.cxi import scan_cxi
+    from .parallel import plan_shards
+
+    index = scan_cxi(path, **{k: v for k, v in (reader or {}).items()
+                              if k in ("flip_translations", "translation_layout", "field_shape", "fftshift")})
+    return check_memory(index, cfg, plan_shards(index.n_frames, 1), 0)
+
+
+def check_memory(meta, cfg: ReconConfig, plan, rank: int = 0) -> dict:
+    """Refuse a run whose arrays cannot fit, before any frame is read or solver state allocated.
+
+    Estimates this rank's bytes (:func:`hpc_pt.io.summary.rank_memory_estimate`, the terms ``hpc-pt info``
+    prints, for this rank's frames, angles and volume slab) and compares them with
+    :func:`memory_available` on ``cfg.device``. Raises one-line :class:`InputError` naming the estimate and
+    the ways to fit (more ranks, ``--frame-batch``, the other ``--device``); returns the estimate.
+    """
+    from .io.summary import format_bytes, rank_memory_estimate
+
+    env = os.environ.get(MEMORY_ENV, "").strip().lower()
+    pieces = plan[rank]
+    size = len(plan)
+    nz, n, _ = volume_shape_for(meta, cfg.volume_size)
+    frame_shape = tuple(meta.frame_shape)
+    field = meta.geometry.field_shape
+
+    def estimate(frames, angles, ranks):
+        rows = -(-nz // ranks)
+        return rank_memory_estimate(frames, frame_shape, angles, field, (rows, n, n), cfg.method,
+                                    cfg.frame_batch)
+
+    n_local = sum(int(stop) - int(start) for _a, start, stop in pieces)
+    est = estimate(n_local, len({a for a, _s, _e in pieces}), size)
+    if env == "off":
+        return est
+    avail, where = memory_available(cfg.device)
+    if avail is None or est["total"] <= avail:
+        return est
+    total_frames, total_angles = int(np.sum(meta.n_frames)), len(meta.n_frames)
+    ranks = size
+    while ranks < max(total_frames, 1) and estimate(-(-total_frames // ranks), -(-total_angles // ranks),
+                                                    ranks)["total"] > avail:
+        ranks *= 2
+    parts = ", ".join(f"{k.replace('_', ' ')} {format_bytes(v)}" for k, v in est.items() if k != "total" and v)
+    fits = estimate(-(-total_frames // ranks), -(-total_angles // ranks), ranks)["total"] <= avail
+    ways = [f"run on about {ranks} ranks (mpiexec -n {ranks} ... --backend mpi)" if fits else
+            f"run on more ranks (even {ranks} are not enough: lower --volume-size)",
+            f"pass a smaller --frame-batch (far-field batches take {format_bytes(est['far_field_batch'])})",
+            "try --device gpu (GPU memory)" if cfg.device == "cpu" else "try --device cpu (host memory)"]
+    raise InputError(f"{cfg.method} needs about {format_bytes(est['total'])} per rank ({parts}), but "
+                     f"{format_bytes(avail)} is available ({where}); to fit, " + ", ".join(ways[:-1])
+                     + f" or {ways[-1]} ({MEMORY_ENV}=off skips this check)")
 
 
 #: volumes up to this size are gathered onto every rank for :attr:`ReconResult.volume` (larger ones: None)
@@ -490,7 +657,7 @@ GATHER_LIMIT_BYTES = 2 << 30
 
 def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwrite: bool = False,
                 comm=None, progress=None, command=None, input_path=None, reader: dict | None = None,
-                checkpoint_every: int = 0, resume: bool = False, checkpoint_dir=None,
+                checkpoint_every: int = 0, resume: bool = False, checkpoint_dir=None, inputs: dict | None = None,
                 **settings) -> ReconResult:
     """Reconstruct ``data`` (CXI path or :class:`Dataset`) with ``config`` / keyword ``settings``
     (see :class:`ReconConfig`); write ``out`` (Zarr) and ``out`` with suffix .png when given.
@@ -507,6 +674,15 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
     ``resume`` the run continues from the latest checkpoint there and ends bitwise-equal (CPU) to an
     uninterrupted run. ``ReconResult.volume`` is the whole volume on every rank when it is at most
     ``GATHER_LIMIT_BYTES``, else None (read ``out``).
+
+    Inputs are never damaged: ``out``, its PNG and the checkpoint folder may not be, contain or lie inside
+    the input file, the ``init`` volume or any further file this run reads (``inputs``, ``{label: path}``,
+    e.g. the CLI's ``{"--config": path}``), whatever ``overwrite`` says. The store and the PNG are written
+    under temporary names and replace an existing result only once both are complete; on any failure
+    every temporary is removed (a full disk or quota: one-line :class:`InputError` with the bytes needed).
+    ``resume`` may replace an existing ``out`` without ``overwrite`` (it completes the same run) and first
+    removes the temporaries an earlier, killed run of the same output left
+    (:func:`hpc_pt.io.safety.stale_temporaries`).
     """
     from .backend import to_numpy
     from .parallel import SerialComm, plan_shards, split_angles
@@ -533,13 +709,20 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
             meta = scan_cxi(input_path, **(reader or {}))  # metadata only; frames below, this rank's only
             ensure_probe(meta)  # a file without a probe: estimated from a sample of whole angles (every rank)
         figure = None
+        replace = overwrite or resume  # --resume completes its own run's result: it never needs --force
+        where = None
+        if checkpoint_every or resume:
+            where = checkpoint_dir or (None if out is None else os.path.abspath(out) + ".ckpt")
         if out is not None:
             figure = os.path.splitext(os.path.abspath(out))[0] + ".png"
-            if rank == 0:
+        read_paths = _read_paths(input_path, cfg.init, inputs)
+        if rank == 0:
+            _refuse_damaging(out, figure, where, read_paths)
+            if out is not None:
                 from .io import check_output_path
 
-                check_output_path(out, overwrite=overwrite)
-                check_output_path(figure, overwrite=overwrite)
+                check_output_path(out, overwrite=replace)
+                check_output_path(figure, overwrite=replace)
         model, model_source, model_msg = choose_model(cfg, meta.attrs)
         cfg = refine_estimated_probe(cfg, meta.attrs)
         check_settings(cfg, model)
@@ -556,17 +739,21 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
         if checkpoint_every or resume:
             from .io.checkpoint import CheckpointStore
 
-            where = checkpoint_dir or (None if out is None else os.path.abspath(out) + ".ckpt")
             if where is None:
                 raise InputError("checkpoints need a place: give --out (checkpoints go to OUT.ckpt) "
                                  "or --checkpoint-dir")
             ckpt = CheckpointStore(where, rank, size, cfg.model_dump(), plan)
-            if resume:
-                ckpt.check_resumable()
+            if resume:  # settings, ranks, layout, --iterations: before reading frames (the input: below)
+                ckpt.precheck(lambda man: _resume_refusal(cfg, man, ckpt.where))
+            if rank == 0:  # rank 0 writes the manifests; on resume it broadcasts this (CheckpointStore.resume)
+                from .io.checkpoint import input_fingerprint
+
+                ckpt.fingerprint = input_fingerprint(meta)
         if cfg.device == "gpu":
             from .parallel.devices import select_gpu
 
             select_gpu(comm)  # one GPU per rank, from the local rank and CUDA_VISIBLE_DEVICES
+        check_memory(meta, cfg, plan, rank)  # before reading frames or allocating solver state
         centre = cfg.rotation_centre if isinstance(cfg.rotation_centre, (int, float)) else None
         if size == 1 and isinstance(meta, Dataset):
             report_status(say, _building_text(volume_shape_for(meta, cfg.volume_size), model, len(meta.angles),
@@ -595,7 +782,18 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
             err.all_ranks = True  # every rank raises here: callers need not abort the job
     if err is not None:
         raise err
+    resumed_state = None
+    if resume:  # collective: every rank takes the same intact checkpoint, or every rank raises
+        with step(say, f"loading the latest checkpoint from {ckpt.where}"):
+            resumed_state, man, skipped = ckpt.resume(comm, lambda m: _resume_refusal(cfg, m, ckpt.where))
+        for name, why in skipped:
+            _tell(comm, f"warning: checkpoint {name} in {ckpt.where} is damaged ({why}); resuming from the one "
+                        f"before it, {os.path.basename(ckpt.previous)} (iteration {int(man['iteration'])})")
+        if rank == 0:  # what a killed earlier run of this output left (it is resumed now, so it is not running)
+            _sweep_stale(out, figure, ckpt.where, read_paths, comm)
+    _check_signal(shard, comm)  # collective: every rank sees the same total and raises together
     _tell(comm, model_msg)  # after a set-up every rank passed: a failed run prints only its error
+    _tell(comm, cv.radian_angles_warning(_angles_deg(meta)))
     calibration = _calibrate(shard, comm, cfg)
     per_rank = np.zeros(size, dtype=np.float64)
     per_rank[rank] = bytes_read
@@ -609,7 +807,9 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
     last = {"snap": stats.snapshot() if stats is not None else {}, "io": 0.0}
 
     def callback(row, u):
-        """Per-iteration communication bytes / time and checkpoint I/O time into the history row."""
+        """Per-iteration communication bytes / time and checkpoint I/O time into the history row; a row
+        whose objective or R-factor is NaN or infinite stops the run (:func:`check_finite_row`)."""
+        check_finite_row(row, cfg.method)
         if stats is not None:
             snap = stats.snapshot()
             for k, v in snap.items():
@@ -631,8 +831,7 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
             ckpt.save(state, comm)
             last["io"] += _t.perf_counter() - t0
 
-        with step(say, f"loading the latest checkpoint from {ckpt.where}") if resume else nullcontext():
-            checkpoints = Checkpointer(checkpoint_every, save, ckpt.load() if resume else None)
+        checkpoints = Checkpointer(checkpoint_every, save, resumed_state)
     support = meta.attrs.get("size") if cfg.method == "two-step" else None  # simulated sample width
     try:
         stages = progress_stages(cfg, support)
@@ -661,24 +860,71 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
                          state={k: v for k, v in res.state.items() if np.isscalar(v)})
     result.slab = (space.z0, space.z1)
     result.model, result.model_source = model, model_source  # the forward model used, and where it came from
+    result.resumed_from = None if resumed_state is None else int(resumed_state["iteration"])
     if out is not None:
         with step(say, f"writing {os.path.abspath(out)} and {os.path.basename(figure)}"):
             result.figure, result.out = _write_outputs(out, figure, slab, space, probe, hist, res, cfg, model,
-                                                       meta, parallel, overwrite, command, input_path, comm,
+                                                       meta, parallel, replace, command, input_path, comm,
                                                        model_source=model_source, stages=stages, volume=volume)
     return result
 
 
+def _read_paths(input_path, init, inputs: dict | None) -> dict:
+    """{label: path} of the files a reconstruction reads: the input, an ``init`` volume, and ``inputs``
+    (the caller's further files, e.g. ``{"--config": path}``)."""
+    paths = {"the input": None if input_path is None else os.fspath(input_path)}
+    if init not in ("constant", "zeros"):
+        paths["--init"] = init
+    for label, p in (inputs or {}).items():
+        if p is not None:
+            paths[label] = os.fspath(p)
+    return paths
+
+
+def _refuse_damaging(out, figure, where, read_paths: dict) -> None:
+    """One-line error when the store ``out``, its ``figure`` or the checkpoint folder ``where`` is, contains or
+    lies inside a file the run reads (``read_paths``), or the store or figure is or contains the checkpoint
+    folder (replacing the store would remove it); ``--force`` changes nothing here."""
+    from .io.safety import refuse_overlap
+
+    outputs = {"--out": out, "the figure": figure, "the checkpoint folder": where}
+    refuse_overlap(outputs, read_paths)
+    if where is not None:
+        refuse_overlap({"--out": out, "the figure": figure}, {"the checkpoint folder": where},
+                       relations=("is", "contains"), what="the checkpoints")
+
+
+def _sweep_stale(out, figure, where, read_paths: dict, comm) -> None:
+    """``--resume``: remove the temporaries an earlier, killed run of ``out`` left (stores and figures being
+    written or replaced, unfinished checkpoints), never an input; one ``note:`` line says how many."""
+    from .io.safety import stale_checkpoint_parts, stale_temporaries, sweep
+
+    removed = sweep((stale_temporaries(out, figure) if out is not None else []) + stale_checkpoint_parts(where),
+                    read_paths)
+    if removed:
+        _tell(comm, f"note: removed {len(removed)} temporary file(s) an earlier run left: "
+                    + ", ".join(os.path.basename(p) for p in removed))
+
+
 def _write_outputs(out, figure, slab, space, probe, hist, res, cfg, model, meta, parallel, overwrite,
                    command, input_path, comm, model_source=None, stages=None, volume=None):
-    """Every rank writes its slab's rows (whole chunks); rank 0 the figure first (a failure leaves no
-    store), the metadata, and the final rename. ``volume``: the gathered volume or None; with it and a
-    small enough volume the figure's title gets the SNR against the input's ground truth, if it has one.
-    Returns (figure, store path)."""
+    """Write the store, then the figure, each under a temporary name (``OUT.tmp-<token>``,
+    ``.FIGURE.tmp-<token>``), and move both into place only once both are complete
+    (:func:`hpc_pt.io.safety.commit`): an existing result is replaced only by a whole new one.
+
+    Rank 0 renders the figure into memory (before anything is written) and begins the store with all
+    metadata; every rank writes its slab's rows (whole chunks); rank 0 consolidates the store, writes the
+    figure and moves both. Each step's failure is agreed on by every rank (all raise; the failing rank's
+    error is the message) and removes every temporary of this run; a full disk or quota is one line with
+    the bytes the result needs (:func:`hpc_pt.io.zarr_store.estimate_volume_bytes` plus the figure's).
+    ``volume``: the gathered volume or None; with it and a small enough volume the figure's title gets the
+    SNR against the input's ground truth, if it has one. Returns (figure, store path)."""
+    import io
     import warnings
 
-    from .io.cxi import atomic_output, read_truth
-    from .io.zarr_store import begin_volume, finish_volume, write_volume_rows
+    from .io.cxi import read_truth
+    from .io.safety import agree_on_failure, commit, remove_path
+    from .io.zarr_store import begin_volume, consolidate_volume, estimate_volume_bytes, write_volume_rows
     from .parallel import chunk_rows
     from .plots import SNR_MAX_VOXELS, recon_figure, truth_snr_db
 
@@ -686,11 +932,28 @@ def _write_outputs(out, figure, slab, space, probe, hist, res, cfg, model, meta,
     mid = [nz // 2]
     central = {"xy": space.gather_rows(slab, mid)[0], "xz": space.gather_plane(slab, 1, n // 2),
                "yz": space.gather_plane(slab, 2, n // 2)}
-    token = comm.bcast(int(os.getpid()) if comm.rank == 0 else 0, root=0)
-    err = None
-    tmp = None
+    token = str(comm.bcast(int(os.getpid()) if comm.rank == 0 else 0, root=0))
+    path = os.path.abspath(os.fspath(out))
+    tmp = f"{path}.tmp-{token}"
+    png_tmp = os.path.join(os.path.dirname(figure), f".{os.path.basename(figure)}.tmp-{token}")
+    chunks_z = chunk_rows(nz, n, comm.size)
+    attrs = {"method": cfg.method, "model": model, "model_source": model_source,
+             "reconstruction": cfg.model_dump(),
+             "solver_state": {k: v for k, v in res.state.items() if np.isscalar(v)},
+             "energy_ev": meta.geometry.energy_ev, "angles_deg": _angles_deg(meta),
+             "parallel": parallel}
+    if stages and len(stages) > 1:  # the history's ``stage`` column values, named
+        attrs["history_stages"] = {str(s["stage"]): s["name"] for s in stages}
+    needed = 0  # rank 0: the whole result's bytes (store estimate + the rendered figure); other ranks 0
+
+    def cleanup():
+        remove_path(tmp)
+        remove_path(png_tmp)
+
+    err, png = None, b""
     try:
         if comm.rank == 0:
+            needed = estimate_volume_bytes(space.global_shape, chunks_z, {"history": hist}, {"probe": probe}, attrs)
             snr = None
             if volume is not None and volume.size <= SNR_MAX_VOXELS:  # the SNR's alignment stays cheap
                 try:
@@ -699,32 +962,37 @@ def _write_outputs(out, figure, slab, space, probe, hist, res, cfg, model, meta,
                 except (OSError, KeyError, ValueError) as e:  # a figure annotation never fails the run
                     warnings.warn(f"no SNR in the figure: the ground truth could not be read ({e})", stacklevel=2)
             names = {s["stage"]: s["name"] for s in stages} if stages and len(stages) > 1 else None
-            with atomic_output(figure, overwrite) as t:
-                recon_figure(central, hist, t, title=f"hpc-pt {cfg.method}: {os.path.basename(os.path.abspath(out))}",
-                             voxel_size_m=meta.geometry.pixel_m, model=model, snr_db=snr, stage_names=names,
-                             slices=(nz // 2, n // 2, n // 2), r_factor=res.state.get("r_factor"))
-            attrs = {"method": cfg.method, "model": model, "model_source": model_source,
-                     "reconstruction": cfg.model_dump(),
-                     "solver_state": {k: v for k, v in res.state.items() if np.isscalar(v)},
-                     "energy_ev": meta.geometry.energy_ev, "angles_deg": _angles_deg(meta),
-                     "parallel": parallel}
-            if stages and len(stages) > 1:  # the history's ``stage`` column values, named
-                attrs["history_stages"] = {str(s["stage"]): s["name"] for s in stages}
-            tmp = begin_volume(out, space.global_shape, meta.geometry.pixel_m, attrs=attrs, overwrite=overwrite,
-                               chunks_z=chunk_rows(nz, n, comm.size), command=command, config=cfg.model_dump(),
-                               input_path=input_path, tables={"history": hist}, arrays={"probe": probe},
-                               token=str(token))
+            buf = io.BytesIO()
+            recon_figure(central, hist, buf, title=f"hpc-pt {cfg.method}: {os.path.basename(path)}",
+                         voxel_size_m=meta.geometry.pixel_m, model=model, snr_db=snr, stage_names=names,
+                         slices=(nz // 2, n // 2, n // 2), r_factor=res.state.get("r_factor"))
+            png = buf.getvalue()
+            needed += len(png)
+            begin_volume(out, space.global_shape, meta.geometry.pixel_m, attrs=attrs, overwrite=overwrite,
+                         chunks_z=chunks_z, command=command, config=cfg.model_dump(), input_path=input_path,
+                         tables={"history": hist}, arrays={"probe": probe}, token=token)
     except Exception as e:  # noqa: BLE001 - agreed on below
         err = e
-    if comm.size > 1 and comm.sum_scalar(1.0 if err is not None else 0.0) and err is None:
-        err = RuntimeError("rank 0 could not start the output store")
-    if err is not None:
-        raise err
-    tmp = os.path.abspath(os.fspath(out)) + f".tmp-{token}"
+    agree_on_failure(comm, err, path, needed, cleanup)
     _, after = space.halo(slab) if comm.size > 1 else (None, None)
-    write_volume_rows(tmp, space.z0, slab, next_row=after if space.z1 < nz else None)
-    comm.sum_scalar(0.0)  # every rank's rows are on disk before the store is finished
-    path = os.path.abspath(os.fspath(out))
-    if comm.rank == 0:
-        path = finish_volume(tmp, out, overwrite)
+    try:
+        write_volume_rows(tmp, space.z0, slab, next_row=after if space.z1 < nz else None)
+    except Exception as e:  # noqa: BLE001 - agreed on below
+        err = e
+    agree_on_failure(comm, err, path, needed, cleanup)  # every rank's rows are on disk before the store is finished
+    try:
+        if comm.rank == 0:
+            consolidate_volume(tmp)
+            with open(png_tmp, "wb") as fh:
+                fh.write(png)
+            if not overwrite:  # checked before the solve; an output that appeared since is not replaced
+                for p in (path, figure):
+                    if os.path.lexists(p):
+                        raise InputError(f"{p} already exists; pass --force (overwrite=True) to replace it")
+            commit([(tmp, path), (png_tmp, figure)], token)
+    except Exception as e:  # noqa: BLE001 - agreed on below
+        err = e
+        if comm.rank == 0:
+            cleanup()
+    agree_on_failure(comm, err, path, needed, cleanup)
     return figure, path

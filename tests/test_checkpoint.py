@@ -1,14 +1,20 @@
 """Checkpoints: an interrupted run resumed from its last checkpoint ends bitwise-equal to an uninterrupted one,
-checkpoints are written atomically, and resuming with other settings is refused."""
+checkpoints are written atomically, resuming with other settings, another input or a checkpoint past
+--iterations is refused in one line, and a damaged checkpoint falls back to the one before it."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
+import sys
 import warnings
 
 import numpy as np
 import pytest
 
 from hpc_pt import reconstruct
+from hpc_pt.cli import main
 from hpc_pt.errors import InputError
 from hpc_pt.io import write_cxi
 from hpc_pt.simulate import SimulationConfig, simulate_dataset
@@ -108,3 +114,200 @@ def test_crash_during_checkpoint_keeps_previous(data, tmp_path, monkeypatch):
     res = reconstruct(str(data), out=str(out), method="apts", iterations=5, resume=True, init="zeros")
     assert np.array_equal(res.volume, ref.volume)
     assert os.path.isdir(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# resume checks what it resumes: the input's fingerprint, --iterations, damaged checkpoints
+# --------------------------------------------------------------------------------------------------
+
+APTS = {"method": "apts", "init": "zeros"}
+CLI_APTS = ["--method", "apts", "--init", "zeros", "--quiet"]
+
+
+def _tree(d):
+    """Every file under ``d``: relative path -> bytes (to show a refused resume touched nothing)."""
+    return {os.path.relpath(os.path.join(r, n), d): open(os.path.join(r, n), "rb").read()
+            for r, _, names in os.walk(d) for n in names}
+
+
+def _other_input(data, tmp_path):
+    """The same layout (angles, positions, frame counts, probe) with other frames: every frame x 1.5."""
+    import h5py
+
+    from hpc_pt.io.cxi import P_DATA
+
+    other = tmp_path / "other.cxi"
+    shutil.copy(data, other)
+    with h5py.File(other, "r+") as f:
+        entries = [name for name in f if name.startswith("entry_")]
+        for name in entries:
+            f[name][P_DATA][...] = f[name][P_DATA][()] * 1.5
+    assert len(entries) == 4
+    return other
+
+
+def _interrupted(data, out, stop=5, **kw):
+    """apts, 6 iterations, a checkpoint every 2, stopped after ``stop``: checkpoints at 4 (LATEST) and 2."""
+    with pytest.raises(Interrupt):
+        reconstruct(str(data), out=str(out), iterations=ITERATIONS, checkpoint_every=2, progress=_stop_after(stop),
+                    **APTS, **kw)
+    return tmp_ckpt(out)
+
+
+def tmp_ckpt(out):
+    return out.parent / (out.name + ".ckpt")
+
+
+def test_fingerprint_cheap_and_same_for_file_and_dataset(data, monkeypatch):
+    """The fingerprint reads only a sample of frames, and a file and the Dataset read from it agree (the
+    serial CLI reads a Dataset, MPI / Dask ranks an index)."""
+    from hpc_pt.io import cxi
+    from hpc_pt.io.checkpoint import FINGERPRINT_FRAMES, input_fingerprint
+
+    ds = cxi.read_cxi(str(data))
+    index = cxi.scan_cxi(str(data))
+    assert int(index.n_frames.sum()) > 4 * FINGERPRINT_FRAMES
+    real = cxi.read_frames
+    read = []
+
+    def counting(ix, a, start=0, stop=None):
+        fr = real(ix, a, start, stop)
+        read.append(fr.shape[0])
+        return fr
+
+    monkeypatch.setattr(cxi, "read_frames", counting)
+    fp = input_fingerprint(index)
+    assert 0 < sum(read) <= FINGERPRINT_FRAMES
+    assert fp == input_fingerprint(ds)
+    assert fp["frames"] == int(index.n_frames.sum()) and fp["angles"] == 4
+
+
+def test_resume_refuses_other_input_of_same_layout(data, tmp_path, capsys):
+    out = tmp_path / "r.zarr"
+    ck = _interrupted(data, out)
+    before = _tree(ck)
+    capsys.readouterr()  # the interrupted run's own lines
+    other = _other_input(data, tmp_path)
+    code = main(["reconstruct", str(other), "--out", str(out), "--iterations", str(ITERATIONS), "--resume",
+                 *CLI_APTS])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    assert "another input" in err[0] and "frames_sample" in err[0] and "angles_deg" not in err[0], err[0]
+    assert _tree(ck) == before and not out.exists(), "a refused resume leaves checkpoints and output alone"
+    # the same input (read by the CLI as a Dataset) resumes, bitwise-equal to an uninterrupted run
+    ref = reconstruct(str(data), iterations=ITERATIONS, **APTS)
+    assert main(["reconstruct", str(data), "--out", str(out), "--iterations", str(ITERATIONS), "--resume",
+                 *CLI_APTS]) == 0
+    from hpc_pt.io import read_volume
+
+    vol, _ = read_volume(str(out))
+    assert np.array_equal(np.asarray(vol), ref.volume.astype(vol.dtype))
+
+
+def test_resume_iterations_count_every_iteration(data, tmp_path, capsys):
+    """--iterations counts the checkpoint's iterations too: below the checkpoint's refused (one line,
+    nothing written); equal to it: no new iteration, the output from the checkpoint; above: continued.
+    The log line, the returned history and the stored rows agree."""
+    from hpc_pt.io import read_table
+
+    out = tmp_path / "r.zarr"
+    ck = _interrupted(data, out)
+    before = _tree(ck)
+    capsys.readouterr()  # the interrupted run's own lines
+    code = main(["reconstruct", str(data), "--out", str(out), "--iterations", "1", "--resume", *CLI_APTS])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "at iteration 4, past --iterations 1" in err[0], err
+    assert "--iterations 4 or more" in err[0]
+    assert _tree(ck) == before and not out.exists()
+
+    res = reconstruct(str(data), out=str(tmp_path / "four.zarr"), iterations=4, resume=True, checkpoint_dir=str(ck),
+                      **APTS)
+    assert res.resumed_from == 4 and list(res.history["iteration"]) == [1, 2, 3, 4]
+    assert list(read_table(str(tmp_path / "four.zarr"))["iteration"]) == [1, 2, 3, 4]
+    capsys.readouterr()
+    for n, name in ((4, "four-cli.zarr"), (7, "seven.zarr")):
+        assert main(["reconstruct", str(data), "--out", str(tmp_path / name), "--iterations", str(n), "--resume",
+                     "--checkpoint-dir", str(ck), *CLI_APTS]) == 0
+        log = capsys.readouterr().out
+        assert f"apts, {n} iterations (resumed after iteration 4)" in log, log
+        assert list(read_table(str(tmp_path / name))["iteration"]) == list(range(1, n + 1))
+
+
+@pytest.mark.parametrize("damage", ["truncated-npz", "bad-json", "manifest-missing-keys"])
+def test_damaged_latest_checkpoint_falls_back(data, tmp_path, capsys, damage):
+    out = tmp_path / "r.zarr"
+    ck = _interrupted(data, out)
+    assert sorted(p.name for p in ck.iterdir() if p.is_dir()) == ["iter-000002", "iter-000004"]
+    latest = ck / "iter-000004"
+    if damage == "truncated-npz":
+        raw = (latest / "rank-00000.npz").read_bytes()
+        (latest / "rank-00000.npz").write_bytes(raw[: len(raw) // 2])
+    elif damage == "bad-json":
+        (latest / "rank-00000.json").write_text('{"iteration": 4, "history": [')
+    else:
+        man = json.loads((latest / "manifest.json").read_text())
+        del man["plan"], man["fingerprint"]
+        (latest / "manifest.json").write_text(json.dumps(man))
+    ref = reconstruct(str(data), iterations=ITERATIONS, **APTS)
+    capsys.readouterr()
+    res = reconstruct(str(data), out=str(out), iterations=ITERATIONS, resume=True, **APTS)
+    err = capsys.readouterr().err.strip().splitlines()
+    warn = [e for e in err if e.startswith("warning: ")]
+    assert len(warn) == 1 and "iter-000004" in warn[0] and "damaged" in warn[0] and "iter-000002" in warn[0], err
+    assert {"truncated-npz": "rank-00000.npz", "bad-json": "rank-00000.json",
+            "manifest-missing-keys": "lacks plan, fingerprint"}[damage] in warn[0], warn[0]
+    assert res.resumed_from == 2
+    assert np.array_equal(res.volume, ref.volume), "resumed from the previous checkpoint: bitwise-equal"
+    assert list(res.history["iteration"]) == list(range(1, ITERATIONS + 1))
+
+
+def test_every_checkpoint_damaged_is_one_line(data, tmp_path, capsys):
+    out = tmp_path / "r.zarr"
+    ck = _interrupted(data, out)
+    for d in ("iter-000002", "iter-000004"):
+        (ck / d / "rank-00000.npz").write_bytes(b"PK\x03\x04 not a whole zip")
+    (ck / "iter-000002" / "manifest.json").write_text("{")
+    capsys.readouterr()
+    code = main(["reconstruct", str(data), "--out", str(out), "--iterations", str(ITERATIONS), "--resume",
+                 *CLI_APTS])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: no intact checkpoint"), err
+    assert "iter-000004: rank-00000.npz" in err[0] and "iter-000002: manifest.json" in err[0], err[0]
+    assert "dropping --resume" in err[0]
+    assert not out.exists()
+
+
+def test_fresh_run_replaces_old_checkpoints(data, tmp_path):
+    """Without --resume a run's first checkpoint removes an older run's (no fallback into another run); a
+    run keeps its two newest."""
+    out = tmp_path / "r.zarr"
+    ck = _interrupted(data, out)
+    with pytest.raises(Interrupt):
+        reconstruct(str(data), out=str(out), iterations=ITERATIONS, checkpoint_every=3, progress=_stop_after(4),
+                    **APTS)
+    assert sorted(p.name for p in ck.iterdir()) == ["LATEST", "iter-000003"]
+
+
+def _mpiexec(n, *args, timeout=120):
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")  # the mpich wheel installs it there
+    exe = here if os.access(here, os.X_OK) else shutil.which("mpiexec")
+    assert exe, "mpiexec not found: install the test extra (pip install -e '.[test]', which brings mpich)"
+    return subprocess.run(["timeout", str(timeout), exe, "-n", str(n), *args], check=False, capture_output=True,
+                          text=True, timeout=timeout + 30)
+
+
+def test_mpi_resume_refuses_other_input(data, tmp_path):
+    """2 MPI ranks: rank 0's fingerprint is broadcast, both ranks refuse together (exit 2, one line, no
+    hanging rank), the checkpoints stay as they were."""
+    ck = tmp_path / "ck"
+    base = [sys.executable, "-m", "hpc_pt", "reconstruct", "--backend", "mpi", "--method", "gd", "--iterations",
+            "2", "--checkpoint-dir", str(ck), "--quiet"]
+    p = _mpiexec(2, *base[:4], str(data), *base[4:], "--checkpoint-every", "1", "--out", str(tmp_path / "a.zarr"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    before = _tree(ck)
+    other = _other_input(data, tmp_path)
+    p = _mpiexec(2, *base[:4], str(other), *base[4:], "--resume", "--out", str(tmp_path / "b.zarr"))
+    err = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(err) == 1, (p.returncode, p.stderr[-3000:])
+    assert err[0].startswith("error: checkpoint") and "another input" in err[0], err[0]
+    assert _tree(ck) == before and not (tmp_path / "b.zarr").exists()

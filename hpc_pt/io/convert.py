@@ -35,7 +35,6 @@ import glob
 import math
 import os
 import re
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -151,23 +150,9 @@ def load_spec(path=None, overrides: dict | None = None) -> tuple[NumpySpec, str]
         source = p
         if not os.path.isfile(p):
             raise InputError(f"description file {p} does not exist; give the YAML or TOML file describing the scan")
-        suffix = os.path.splitext(p)[1].lower()
-        try:
-            text = open(p, encoding="utf-8").read()
-            if suffix == ".toml":
-                data = tomllib.loads(text)
-            elif suffix in (".yaml", ".yml"):
-                import yaml
+        from ..configfile import load_settings
 
-                data = yaml.safe_load(text) or {}
-            else:
-                raise InputError(f"description file {p}: unknown type {suffix!r}; use .toml, .yaml or .yml")
-        except InputError:
-            raise
-        except Exception as e:  # noqa: BLE001 - any parser error becomes one line
-            raise InputError(f"cannot parse {p} ({' '.join(str(e).split())[:200]}); fix the file's syntax") from None
-        if not isinstance(data, dict):
-            raise InputError(f"{p}: expected a table of key = value settings")
+        data = load_settings(p, "description file")  # one-line errors: syntax, NUL bytes, duplicate keys
         if isinstance(data.get("convert"), dict):
             data = data["convert"]
         base = os.path.dirname(os.path.abspath(p))
@@ -909,6 +894,28 @@ def detect_format(source) -> str:
                      "description) or --format nexus (an NXcxi_ptycho HDF5 file)")
 
 
+def source_paths(source, fmt: str, config=None, overrides: dict | None = None) -> dict:
+    """{label: path} of every file a conversion reads: the source (description file, NeXus file or
+    folder), the NeXus ``config`` and each array file the description (with ``overrides``) names (lists and
+    globs expanded, ``file.npz:key`` as its file). ``convert`` refuses an ``--out`` that touches any of them."""
+    paths = {"the source": os.fspath(source)}
+    if config is not None:
+        paths["--config"] = os.fspath(config)
+    spec, base = load_spec(os.fspath(source) if fmt == "numpy" else config, overrides)
+    for key in ("frames", "angle_index", "angles", "positions", "probe", "mask"):
+        ref = getattr(spec, key)
+        if ref is None or (key == "angles" and isinstance(ref, list)):  # inline angles: no file
+            continue
+        files = []
+        for r in (ref if isinstance(ref, list) else [ref]):
+            m = re.fullmatch(r"(.+\.npz):(.+)", str(r))
+            full = _resolve(m.group(1) if m else str(r), base)
+            files += sorted(glob.glob(full)) if any(c in str(r) for c in "*?[") else [full]
+        for k, f in enumerate(files):
+            paths[f"the {key} file" + (f" {k + 1}" if len(files) > 1 else "")] = f
+    return paths
+
+
 def convert(source, out, fmt: str = "auto", overwrite: bool = False, config=None, overrides: dict | None = None,
             command=None) -> str:
     """``hpc-pt convert``: ``source`` (a description file or NeXus data) -> CXI file ``out``.
@@ -919,9 +926,12 @@ def convert(source, out, fmt: str = "auto", overwrite: bool = False, config=None
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
     fmt = detect_format(source) if fmt == "auto" else fmt
+    if fmt == "numpy" and config is not None:
+        raise InputError("--config goes with a NeXus source; for numpy arrays the source is the description "
+                         "file itself")
+    from .safety import refuse_overlap
+
+    refuse_overlap({"--out": out}, source_paths(source, fmt, config, overrides))
     if fmt == "numpy":
-        if config is not None:
-            raise InputError("--config goes with a NeXus source; for numpy arrays the source is the description "
-                             "file itself")
         return convert_numpy(source, out, overwrite=overwrite, overrides=overrides, command=command)
     return convert_nexus(source, out, overwrite=overwrite, spec_path=config, overrides=overrides, command=command)

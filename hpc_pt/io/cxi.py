@@ -32,6 +32,7 @@ from .provenance import provenance, to_json
 __all__ = [
     "CXI_VERSION", "TRUTH_GROUP", "CxiEntry", "CxiIndex", "write_cxi", "scan_cxi", "read_frames",
     "read_cxi", "read_truth", "atomic_output", "check_output_path", "dc_position_check", "ensure_probe",
+    "check_probe", "frames_per_read",
 ]
 
 CXI_VERSION = 160
@@ -63,7 +64,8 @@ LAYOUTS = ("auto", "frames,3", "3,frames")
 class atomic_output:
     """Context manager yielding a temporary path next to ``path``; renamed onto ``path`` on success.
 
-    On any exception the temporary file is removed and ``path`` is untouched. Refuses an existing
+    On any exception the temporary file is removed and ``path`` is untouched (a full disk or quota
+    becomes a one-line :class:`InputError`, :func:`hpc_pt.io.safety.write_failure`). Refuses an existing
     ``path`` unless ``overwrite``.
     """
 
@@ -99,7 +101,17 @@ class atomic_output:
                 raise InputError(f"cannot write {self.path}: {e.strerror or e}; "
                                  "choose a writable --out path") from None
         else:
+            try:
+                written = os.path.getsize(self.tmp)
+            except OSError:
+                written = 0
             _unlink(self.tmp)
+            if isinstance(exc, OSError):  # a full disk or quota: one line, with what was written by then
+                from .safety import write_failure
+
+                full = write_failure(exc, self.path, written, at_least=True)
+                if full is not None:
+                    raise full from None
         return False
 
 
@@ -139,6 +151,9 @@ def write_cxi(dataset: Dataset, path, overwrite: bool = False, command=None) -> 
     if len(dataset.angles) == 0:
         raise InputError("dataset has no angles; nothing to write")
     _check_geometry_values(g.energy_ev, g.detector_distance_m, g.detector_pixel_m, "dataset geometry")
+    _check_plausible(cv.ev_to_joule(g.energy_ev), g.detector_distance_m, g.detector_pixel_m, "dataset geometry")
+    if dataset.probe is not None:
+        check_probe(dataset.probe, "dataset")
     derived = cv.sample_pixel_size_m(g.energy_ev, g.detector_distance_m, g.detector_pixel_m[0], m2)
     if not np.isclose(g.pixel_m, derived, rtol=1e-6, atol=0):
         raise InputError(
@@ -284,7 +299,12 @@ def _cxi_files(path: str) -> list[str]:
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file or directory; check the input path")
     if os.path.isdir(path):
-        names = sorted(n for n in os.listdir(path) if n.lower().endswith(CXI_SUFFIXES)
+        try:
+            listing = os.listdir(path)
+        except OSError as e:
+            raise InputError(f"{path}: cannot list the directory ({e.strerror or e}); check its permissions") \
+                from None
+        names = sorted(n for n in listing if n.lower().endswith(CXI_SUFFIXES)
                        and os.path.isfile(os.path.join(path, n)))
         if not names:
             raise InputError(f"{path}: directory holds no CXI files ({', '.join(CXI_SUFFIXES)}); "
@@ -294,6 +314,12 @@ def _cxi_files(path: str) -> list[str]:
 
 
 def _open(fname: str) -> h5py.File:
+    try:  # an unreadable file would otherwise pass for "not an HDF5 file"
+        with open(fname, "rb"):
+            pass
+    except OSError as e:
+        raise InputError(f"{fname}: cannot read it ({e.strerror or e}); check the file's permissions "
+                         "(ls -l) and that the path is a file") from None
     if not h5py.is_hdf5(fname):
         raise InputError(f"{fname}: not an HDF5 file; give a CXI (HDF5) file such as one written by "
                          "`hpc-pt simulate`")
@@ -339,6 +365,26 @@ def _check_geometry_values(energy_ev, distance, pix, label):
         if not (np.isfinite(v) and v > 0):
             raise InputError(f"{label}: {what} is {v}, must be a positive finite number; "
                              "fix the value (energy in joules, lengths in metres)")
+
+
+def _check_plausible(energy_j, distance, pix, label):
+    """Refuse a geometry no experiment has (a unit mistake: :func:`hpc_pt.conventions.implausible_geometry`)."""
+    problem = cv.implausible_geometry(energy_j, distance, pix)
+    if problem is not None:
+        raise InputError(f"{label}: {problem}")
+
+
+def check_probe(probe, label: str) -> None:
+    """Refuse a probe (illumination) with NaN or infinite values, or one that is zero everywhere: either
+    makes every far field NaN or zero, and the run ends with a meaningless R-factor of nan or 1."""
+    p = np.asarray(probe)
+    bad = int(np.count_nonzero(~np.isfinite(p)))
+    if bad:
+        raise InputError(f"{label}: the probe (illumination) holds {bad} NaN or infinite values; store a finite "
+                         "probe, or drop it (hpc-pt then estimates one from the frames)")
+    if not np.any(p):
+        raise InputError(f"{label}: the probe (illumination) is zero everywhere; store the real probe, or drop "
+                         "it (hpc-pt then estimates one from the frames)")
 
 
 def _layout_of(t: np.ndarray) -> str | None:
@@ -472,12 +518,14 @@ def scan_cxi(path, flip_translations: bool = False, translation_layout: str = "a
                 pix = (_scalar(_require(e, P_XPIX, label), label, "pixel size (m)"),
                        _scalar(_require(e, P_YPIX, label), label, "pixel size (m)"))
                 _check_geometry_values(energy_j, dist, pix, label)
+                _check_plausible(energy_j, dist, pix, label)
                 energy_ev = cv.joule_to_ev(energy_j)
                 geo = (energy_ev, dist, pix[0], pix[1])
                 if first is None:
                     first = geo
                     if _has(e, P_PROBE):  # optional: without it read_cxi / the pipeline call ensure_probe
                         probe = np.asarray(e[P_PROBE][()]).astype(np.complex64)
+                        check_probe(probe, label)
                         if probe.shape != frame_shape:
                             raise InputError(f"{label}: probe (illumination) shape {probe.shape} differs from "
                                              f"the frame shape {frame_shape}; the probe must be sampled like "
@@ -488,6 +536,10 @@ def scan_cxi(path, flip_translations: bool = False, translation_layout: str = "a
                             raise InputError(f"{label}: mask shape {mraw.shape} differs from the frame shape "
                                              f"{frame_shape}; give one mask value per detector pixel")
                         mask = (mraw != 0) if fftshift else np.fft.ifftshift(mraw != 0, axes=(-2, -1))
+                        if not mask.any():
+                            raise InputError(f"{label}: the detector mask marks no pixel valid (1 = valid "
+                                             "pixel); fix the mask (invert it if it marks the bad pixels) or "
+                                             "drop it")
                 else:
                     if not np.allclose(geo, first, rtol=1e-6, atol=0):
                         raise InputError(
@@ -612,12 +664,12 @@ def dc_position_check(index: CxiIndex, n_sample: int = DC_SAMPLE_FRAMES) -> dict
         sel = sorted({int(round(k * (e.n_frames - 1) / max(per - 1, 1))) for k in range(min(per, e.n_frames))})
         with _open(e.file) as f:
             ds = f[e.name][P_DATA]
-            raw = ds[sel] if ds.ndim == 3 else ds[()][None]
-        raw = np.asarray(raw, dtype=np.float64)
-        if index.fftshift:
-            raw = np.fft.fftshift(raw, axes=(-2, -1))
-        c, k = dc_mass(raw)
-        centre, corners, n = centre + c, corners + k, n + raw.shape[0]
+            for i in sel:  # one frame at a time: 32 frames of a 4096^2 detector would be 4 GiB in float64
+                raw = np.asarray(ds[i] if ds.ndim == 3 else ds[()], dtype=np.float64)[None]
+                if index.fftshift:
+                    raw = np.fft.fftshift(raw, axes=(-2, -1))
+                c, k = dc_mass(raw)
+                centre, corners, n = centre + c, corners + k, n + 1
     if corners > DC_CORNER_RATIO * centre and corners > 0:
         if index.fftshift:
             raise InputError(f"{index.path}: with --fftshift the diffraction peak of the frames sits in the "
@@ -658,6 +710,16 @@ def read_frames(path_or_index, angle_idx: int, start: int = 0, stop: int | None 
     return frames
 
 
+#: bytes of float32 frames one read holds when a whole input is scanned (validate, the probe estimate)
+READ_BATCH_BYTES = 256 << 20
+
+
+def frames_per_read(frame_shape, batch_bytes: int = READ_BATCH_BYTES) -> int:
+    """Frames of ``frame_shape`` (float32) per read when scanning every frame: at most ``batch_bytes``,
+    at least one frame."""
+    return max(1, int(batch_bytes) // max(1, int(np.prod(frame_shape)) * 4))
+
+
 #: at most this many frames (whole angles, spread over the scan) feed the probe estimate of a probe-less file
 PROBE_ESTIMATE_FRAMES = 2048
 
@@ -682,8 +744,10 @@ def ensure_probe(index: CxiIndex, max_frames: int = PROBE_ESTIMATE_FRAMES) -> Cx
             break
     total = int(counts[picks].sum())
     acc = np.zeros(index.frame_shape, dtype=np.float64)
-    for a in picks:
-        acc += read_frames(index, int(a)).sum(axis=0, dtype=np.float64)
+    step = frames_per_read(index.frame_shape)
+    for a in picks:  # in batches of bounded size: a whole angle of a large detector need not fit in memory
+        for start in range(0, int(counts[a]), step):
+            acc += read_frames(index, int(a), start, start + step).sum(axis=0, dtype=np.float64)
     if total == 0:
         raise InputError(f"{index.path}: no probe (illumination) in the file and no frames to estimate one "
                          "from; store the probe at /entry_N/" + P_PROBE)

@@ -11,7 +11,21 @@ from ..operators.scan import (
 )
 from .cxi import CxiIndex, scan_cxi
 
-__all__ = ["describe", "format_description", "memory_estimate"]
+__all__ = ["describe", "format_description", "memory_estimate", "rank_memory_estimate", "format_bytes"]
+
+#: complex64 arrays of one frame's size each method keeps for every frame it holds (APT/APTs: the far
+#: fields z, their multiplier and the current far field; the 2-step's 2D stage (DM): the exit-wave far
+#: fields and their previous iterate; GD and ADMM stream far fields through frame batches)
+PER_FRAME_COMPLEX = {"apt": 3, "apts": 3, "two-step": 2, "admm": 0, "gd": 0}
+#: complex64 arrays of one angle's object field (H x W) per angle held: projections, exit waves,
+#: multipliers, gradients
+PER_ANGLE_FIELDS = 4
+#: complex64 copies of the volume slab a solver holds (u, the previous u, CG or gradient vectors, prior)
+VOLUME_COPIES = 6
+#: complex64 arrays of one far-field batch alive at once (far field, its update, the magnitude)
+BATCH_COPIES = 3
+#: the far-field batch when --frame-batch is not given (hpc_pt.operators.ptycho.FRAME_BATCH_BYTES)
+DEFAULT_BATCH_BYTES = 16 << 20
 
 
 def memory_estimate(n_frames_total: int, frame_shape, field_shape) -> dict:
@@ -22,6 +36,53 @@ def memory_estimate(n_frames_total: int, frame_shape, field_shape) -> dict:
     admm = 2 * int(n_frames_total) * h * w * 8
     volume = int(nz) * n * n * 8
     return {"data": data, "admm_z_and_multiplier": admm, "volume": volume, "total": data + admm + volume}
+
+
+def rank_memory_estimate(n_frames: int, frame_shape, n_angles: int, field_shape, volume_shape,
+                         method: str | None = None, frame_batch: int | None = None) -> dict:
+    """Bytes one rank needs for the main arrays of a reconstruction, from the same terms as
+    :func:`memory_estimate` (``info``), for the rank's share: ``n_frames`` frames over ``n_angles`` angles
+    and a volume slab of ``volume_shape`` (rows, n, n).
+
+    Parameters
+    ----------
+    n_frames, n_angles : int
+        Frames and angles this rank holds.
+    frame_shape, field_shape : (int, int)
+        Detector frame (h, w) and object field (H, W).
+    volume_shape : (int, int, int)
+        This rank's volume slab.
+    method : str, optional
+        Reconstruction method (its per-frame state, :data:`PER_FRAME_COMPLEX`); None: ADMM's.
+    frame_batch : int, optional
+        Frames per far-field batch (``--frame-batch``; default 16 MiB of complex64 far field).
+
+    Returns
+    -------
+    dict
+        ``data`` (float32 frames), ``amplitudes`` (their square root), ``per_frame_state``,
+        ``far_field_batch``, ``fields`` (per-angle object fields), ``volume`` (the slab's working copies)
+        and ``total``, all in bytes.
+    """
+    h, w = (int(v) for v in frame_shape)
+    H, W = (int(v) for v in field_shape)
+    F, px = int(n_frames), h * w
+    batch = int(frame_batch) if frame_batch else max(1, DEFAULT_BATCH_BYTES // (px * 8))
+    terms = {
+        "data": F * px * 4,
+        "amplitudes": F * px * 4,
+        "per_frame_state": PER_FRAME_COMPLEX.get(method or "admm", 2) * F * px * 8,
+        "far_field_batch": BATCH_COPIES * min(batch, max(F, 1)) * px * 8,
+        "fields": PER_ANGLE_FIELDS * int(n_angles) * H * W * 8,
+        "volume": VOLUME_COPIES * int(np.prod(volume_shape)) * 8,
+    }
+    terms["total"] = sum(terms.values())
+    return terms
+
+
+def format_bytes(n: float) -> str:
+    """``1.5 GiB``: a byte count in binary units."""
+    return _bytes(n)
 
 
 def describe(path_or_index, **scan_kwargs) -> dict:

@@ -18,6 +18,8 @@ pyramid next to the complex array.
 """
 from __future__ import annotations
 
+import errno
+import json
 import os
 import shutil
 import warnings
@@ -28,7 +30,7 @@ import zarr
 from ..errors import InputError
 from .provenance import jsonable, provenance
 
-__all__ = ["begin_volume", "finish_volume", "write_volume", "write_volume_rows", "read_volume", "read_table", "default_chunks_z", "ome_multiscales", "downsample2", "quantities"]
+__all__ = ["begin_volume", "consolidate_volume", "estimate_volume_bytes", "finish_volume", "write_volume", "write_volume_rows", "read_volume", "read_table", "default_chunks_z", "ome_multiscales", "downsample2", "quantities"]
 
 CHUNK_BYTES = 16 * 2**20
 AXES = ("z", "y", "x")  # volume axes; z is the vertical rotation axis
@@ -150,6 +152,8 @@ def begin_volume(path, shape, voxel_size_m: float, attrs: dict | None = None, ov
     try:
         os.mkdir(tmp)
     except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):  # the caller's message says how many bytes are needed
+            raise
         raise InputError(f"cannot write {path}: {e.strerror or e}; choose a writable --out path") from None
     try:
         g = zarr.open_group(tmp, mode="w-", zarr_format=3)
@@ -227,30 +231,64 @@ def write_volume_rows(tmp, z0: int, rows, next_row=None) -> None:
     g["1"][first:last] = blk.astype(np.float32)
 
 
+def consolidate_volume(tmp) -> None:
+    """Consolidate the metadata of a store begun by :func:`begin_volume` whose rows are all written (the
+    last write into it before it is moved into place)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "consolidated metadata is not part of the v3 spec"
+        zarr.consolidate_metadata(tmp)
+
+
 def finish_volume(tmp, path, overwrite: bool = False) -> str:
     """Consolidate the metadata once and move the finished store into place (an existing ``path`` is
-    replaced only now, with ``overwrite``)."""
+    replaced only now, with ``overwrite``; see :func:`hpc_pt.io.safety.commit`). On any failure the
+    temporary store is removed and an existing ``path`` is left as it was."""
+    from .safety import commit
+
     path = os.path.abspath(os.fspath(path))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "consolidated metadata is not part of the v3 spec"
-            zarr.consolidate_metadata(tmp)
-        if os.path.exists(path):  # overwrite=True: swap only once the new store is complete
-            if not overwrite:
-                raise InputError(f"{path} already exists; pass --force (overwrite=True) to replace it")
-            old = f"{path}.old-{os.getpid()}"
-            os.rename(path, old)
-            os.rename(tmp, path)
-            if os.path.isdir(old):
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.unlink(old)
-        else:
-            os.rename(tmp, path)
+        consolidate_volume(tmp)
+        if os.path.lexists(path) and not overwrite:
+            raise InputError(f"{path} already exists; pass --force (overwrite=True) to replace it")
+        commit([(tmp, path)], str(os.getpid()))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def estimate_volume_bytes(shape, chunks_z: int | None = None, tables: dict | None = None,
+                          arrays: dict | None = None, attrs: dict | None = None, block: int = 4096) -> int:
+    """Upper estimate of the disk space a store of :func:`begin_volume`'s layout takes: every chunk at its
+    uncompressed size (the default compression usually does better) rounded up to ``block`` bytes, one block
+    per metadata file and per folder, and the attributes' JSON twice (the group's own and the consolidated
+    copy). The one-line disk-full errors quote it."""
+    shape = tuple(int(s) for s in shape)
+    cz = default_chunks_z(shape) if chunks_z is None else max(1, min(int(chunks_z), shape[0]))
+
+    def up(n):
+        return -(-int(n) // block) * block
+
+    plane = int(np.prod(shape[1:]))
+    nchunks = -(-shape[0] // cz)
+    total, files = 0, 1  # the group's zarr.json
+    for itemsize in (8, 4, 4):  # volume, 0, beta
+        total += (shape[0] // cz) * up(cz * plane * itemsize) + (up((shape[0] % cz) * plane * itemsize)
+                                                                 if shape[0] % cz else 0)
+        total += up(1024) + 3 * block + 2 * nchunks * block  # zarr.json, array / c / index folders
+        files += 1
+    low = [n // f for n, f in zip(shape, _level1_factors(shape))]
+    total += up(int(np.prod(low)) * 4) + (nchunks + 1) * block * 3 + up(1024)
+    for cols in (tables or {}).values():
+        total += block + up(1024)
+        for values in cols.values():
+            total += up(np.asarray(values).size * 8) + up(1024) + 3 * block
+            files += 1
+    for a in (arrays or {}).values():
+        total += up(np.asarray(a).nbytes) + up(1024) + 3 * block
+        files += 1
+    meta = len(json.dumps(jsonable(attrs or {}), default=str)) + 8192  # + provenance, units, quantities
+    return int(total + 2 * up(meta + 1024 * files))
 
 
 def write_volume(path, volume, voxel_size_m: float, attrs: dict | None = None, overwrite: bool = False,
@@ -258,7 +296,8 @@ def write_volume(path, volume, voxel_size_m: float, attrs: dict | None = None, o
                  tables: dict | None = None, arrays: dict | None = None) -> str:
     """Write a (nz, n, n) complex volume u = delta + i beta as a Zarr v3 / OME-Zarr 0.5 store.
 
-    The store is built at ``<path>.tmp-<pid>`` and renamed into place, so a failure leaves nothing.
+    The store is built at ``<path>.tmp-<pid>`` and renamed into place, so a failure leaves nothing (a full
+    disk or quota: an :class:`InputError` with the bytes needed, :func:`estimate_volume_bytes`).
     An existing ``path`` is refused unless ``overwrite`` (then it is replaced only after the new store is
     complete). ``command``, ``config`` and ``input_path`` go into the ``provenance`` attribute (the input
     file's sha256 is computed by streaming it). ``tables`` = {group: {column: 1D array}} adds groups of
@@ -269,14 +308,22 @@ def write_volume(path, volume, voxel_size_m: float, attrs: dict | None = None, o
     vol = np.asarray(volume)
     if vol.ndim != 3:
         raise InputError(f"volume has shape {vol.shape}; write_volume needs a 3D (nz, n, n) array")
-    tmp = begin_volume(path, vol.shape, voxel_size_m, attrs=attrs, overwrite=overwrite, chunks_z=chunks_z,
-                       command=command, config=config, input_path=input_path, tables=tables, arrays=arrays)
+    from .safety import write_failure
+
     try:
-        write_volume_rows(tmp, 0, vol)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return finish_volume(tmp, path, overwrite)
+        tmp = begin_volume(path, vol.shape, voxel_size_m, attrs=attrs, overwrite=overwrite, chunks_z=chunks_z,
+                           command=command, config=config, input_path=input_path, tables=tables, arrays=arrays)
+        try:
+            write_volume_rows(tmp, 0, vol)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return finish_volume(tmp, path, overwrite)
+    except OSError as e:  # a full disk or quota: one line with the bytes the store needs
+        full = write_failure(e, path, estimate_volume_bytes(vol.shape, chunks_z, tables, arrays, attrs))
+        if full is None:
+            raise
+        raise full from None
 
 
 def read_volume(path) -> tuple[np.ndarray, dict]:

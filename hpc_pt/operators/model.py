@@ -84,4 +84,5 @@ class ForwardModel:
 
     def split(self, frames):
         """Split a (sum F_a, ...) array into the per-angle list."""
-        return np.split(frames, np.cumsum(self.counts)[:-1]) if len(self.counts) > 1 else [frames]
+        cuts = np.cumsum(self.counts)[:-1].tolist()  # Python ints: both namespaces take them
+        return get_xp(frames).split(frames, cuts) if len(self.counts) > 1 else [frames]

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..conventions import detector_distance_for, k_dz
+from ..conventions import detector_distance_for, ev_to_joule, implausible_geometry, k_dz
 from ..data import AngleData, Dataset, Geometry
 from ..errors import InputError
 from ..operators import ForwardModel, Ptychography
@@ -120,12 +120,26 @@ def simulate_dataset(cfg: SimulationConfig, progress: Callable[[int, int], None]
     angles = make_angles(cfg.angles, cfg.angle_kind, cfg.angle_range)
     positions = make_positions(cfg, (m1, m2), field_hw)
     c = k_dz(cfg.energy_ev, cfg.voxel_m)
+    geometry = make_geometry(cfg, (m1, m2), field_hw)
+    problem = implausible_geometry(ev_to_joule(cfg.energy_ev), geometry.detector_distance_m,
+                                   geometry.detector_pixel_m)
+    if problem is not None:  # before the work: write_cxi and every reader would refuse the file
+        what = problem.split(": it looks")[0].split(";")[0]
+        raise InputError(f"simulated geometry (energy_kev {cfg.energy_kev:g}, voxel_nm {cfg.voxel_nm:g}, "
+                         f"detector_pixel_um {cfg.detector_pixel_um:g}): {what}; choose settings a real "
+                         "experiment has")
     eta = float(cfg.peak)
     rng = np.random.default_rng(np.random.SeedSequence([int(cfg.seed), 1]))  # noise stream
     frames: list[np.ndarray] = [None] * cfg.angles  # type: ignore[list-item]
     err = ref = 0.0
     for a0, a1, inten in iter_intensities(volume, probe, angles, positions, field_hw, cfg.model, c,
                                           max_frames_per_batch, center=cfg.rotation_centre):
+        bad = int(np.count_nonzero(~np.isfinite(inten)))
+        if bad:  # never write a file hpc-pt's own readers refuse
+            raise InputError(f"the simulated far fields of angles {a0}..{a1 - 1} hold {bad} NaN or infinite "
+                             f"values ({cfg.model} model, k dz = {c:.4g} rad per voxel and unit of u): the phantom's "
+                             "values overflow the forward model; lower the phantom's contrast or --voxel-nm, or "
+                             "use --model linear")
         if eta != 1.0:
             inten *= np.float32(eta)
         if cfg.noise == "poisson":
@@ -143,7 +157,6 @@ def simulate_dataset(cfg: SimulationConfig, progress: Callable[[int, int], None]
         snr = snr_from_sums(err, ref) if ref > 0 else None
         if snr is not None and math.isinf(snr):
             snr = None
-    geometry = make_geometry(cfg, (m1, m2), field_hw)
     data = [AngleData(float(np.degrees(t)), f, np.asarray(p, dtype=np.float64))
             for t, f, p in zip(angles, frames, positions)]
     overlap = overlap_ratio(positions[0], probe_diameter_px(probe))

@@ -185,7 +185,7 @@ class JointModel:
         energy = comm.sum_scalar(energy)
         data = comm.sum_scalar(pixel_sum(f, mask))
         s = float(np.sqrt(data / energy)) if energy > 0 else 1.0
-        return s, pu1 * np.asarray(s, dtype=pu1.real.dtype)
+        return s, pu1 * pu1.real.dtype.type(s)  # a NumPy scalar: CuPy refuses a 0-d NumPy array operand
 
 
 #: the name before the linear model was supported (kept for callers)
