@@ -87,7 +87,8 @@ if [ "$mode" = "fetch" ]; then
         fi
     done
     total=$(du -cb "$wheels"/*.whl | tail -1 | cut -f1)
-    ls -S -l "$wheels"/*.whl | awk '{printf "%8.1f MiB  %s\n", $5 / 1048576, $NF}'
+    find "$wheels" -maxdepth 1 -type f -name '*.whl' -printf '%s %f\n' | sort -rn \
+        | awk '{printf "%8.1f MiB  %s\n", $1 / 1048576, $2}'
     echo "wheels: $((total / 1048576)) MiB in $wheels (the device run carries at most 64 MiB)"
     if [ "$total" -gt "$carry_limit" ]; then
         echo "warning: over 64 MiB: name packages the device has with --preinstalled (largest first above)" >&2

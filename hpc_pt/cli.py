@@ -6,6 +6,7 @@ code 2; nothing is left half-written because the writers are atomic.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -557,7 +558,7 @@ def main(argv=None) -> int:
     if refused is not None:
         return refused
     try:
-        with _float_errors_quiet():
+        with _float_errors_quiet(), _one_line_warnings():
             return COMMANDS[args.command](args)
     except (InputError, BackendUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -576,6 +577,21 @@ def _float_errors_quiet():
     import numpy as np
 
     return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+
+
+@contextlib.contextmanager
+def _one_line_warnings():
+    """Python warnings (e.g. the 2-step's "did not converge") as one ``warning: <message>`` line on stderr,
+    without the source path and line a plain ``warnings.warn`` prints; each message once."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = show
+        yield
 
 
 def _refuse_multi_process(args) -> int | None:
@@ -618,7 +634,7 @@ def _main_mpi(args) -> int:
     rank, size = world.Get_rank(), world.Get_size()
     agreement = ErrorAgreement(world) if size > 1 else None
     try:
-        with _float_errors_quiet():
+        with _float_errors_quiet(), _one_line_warnings():
             return COMMANDS[args.command](args)
     except (InputError, BackendUnavailable) as exc:
         # secondary: "another rank failed" (the pipeline's agreement); that rank's message is the reason

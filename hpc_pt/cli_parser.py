@@ -26,7 +26,12 @@ def _single_line(text: str) -> str:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """An ``argparse.ArgumentParser`` whose errors are one line naming the fix (exit code 2)."""
+    """An ``argparse.ArgumentParser`` whose errors are one line naming the fix (exit code 2). Abbreviated
+    options are refused (``--iteration 5`` is a typo, not ``--iterations 5``), subcommands included."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> typing.NoReturn:
         """Print ``error: <message>; see `<prog> --help``` on stderr (rank 0 only under ``mpiexec``), exit 2."""
@@ -44,13 +49,14 @@ class ArgumentParser(argparse.ArgumentParser):
         if extras:
             parser = self._chosen_subparser(ns) or self
             known = [s for a in parser._actions for s in a.option_strings]
+            unknown = [w for w in extras if w.startswith("-")] or extras
             hints = []
-            for word in extras:
-                close = []
-                if word.startswith("-"):
-                    close = difflib.get_close_matches(word.split("=", 1)[0], known, n=1, cutoff=0.75)
+            for word in unknown:
+                close = difflib.get_close_matches(word.split("=", 1)[0], known, n=1, cutoff=0.75) \
+                    if word.startswith("-") else []
                 hints.append(f"{word} (did you mean {close[0]}?)" if close else word)
-            parser.error("unrecognized arguments: " + " ".join(hints))
+            parser.error(("unknown option " if unknown[0].startswith("-") else "unexpected argument ")
+                         + ", ".join(hints))
         return ns
 
     def _chosen_subparser(self, ns):

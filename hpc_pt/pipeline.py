@@ -923,7 +923,7 @@ def _write_outputs(out, figure, slab, space, probe, hist, res, cfg, model, meta,
     import warnings
 
     from .io.cxi import read_truth
-    from .io.safety import agree_on_failure, commit, remove_path
+    from .io.safety import agree_on_failure, commit, remove_path, write_file
     from .io.zarr_store import begin_volume, consolidate_volume, estimate_volume_bytes, write_volume_rows
     from .parallel import chunk_rows
     from .plots import SNR_MAX_VOXELS, recon_figure, truth_snr_db
@@ -983,8 +983,7 @@ def _write_outputs(out, figure, slab, space, probe, hist, res, cfg, model, meta,
     try:
         if comm.rank == 0:
             consolidate_volume(tmp)
-            with open(png_tmp, "wb") as fh:
-                fh.write(png)
+            write_file(png_tmp, png)
             if not overwrite:  # checked before the solve; an output that appeared since is not replaced
                 for p in (path, figure):
                     if os.path.lexists(p):

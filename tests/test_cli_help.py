@@ -349,3 +349,28 @@ def test_mpi_error_is_one_line_without_abort_banner(tmp_path, small_cxi, problem
                 "solver-fails-on-rank1": "error: rank 1 of 2: injected failure"}[problem]
     assert len(errors) == 1 and expected in errors[0], p.stderr
     assert "Abort(" not in p.stderr and "BAD TERMINATION" not in p.stderr + p.stdout, p.stderr
+
+
+# ------------------------------------------------------------------------------- typos and warnings
+def test_abbreviated_option_is_a_typo_not_a_shortcut(capsys, tmp_path):
+    """`--iteration 5` must not silently mean `--iterations 5` (argparse's abbreviations are off)."""
+    for argv in (["reconstruct", str(tmp_path / "x.h5"), "--out", str(tmp_path / "x.zarr"), "--iteration", "5"],
+                 ["simulate", "--siz", "16", "--out", str(tmp_path / "s.h5")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: unknown option ") and "did you mean" in err[0], err
+    assert not any(tmp_path.iterdir())
+
+
+def test_python_warnings_print_as_one_line(capsys, tmp_path):
+    """A solver's RuntimeWarning (the 2-step on a sparse scan) is one `warning:` line, without the source
+    file, line number and code that Python's default warning display adds."""
+    data, out = tmp_path / "d.h5", tmp_path / "r.zarr"
+    assert main(["simulate", "--size", "16", "--angles", "3", "--quiet", "--out", str(data)]) == 0
+    capsys.readouterr()
+    assert main(["reconstruct", str(data), "--method", "two-step", "--iterations", "3", "--quiet",
+                 "--out", str(out)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    warned = [ln for ln in err if "overlap" in ln and "2-step" in ln]
+    assert warned and all(ln.startswith("warning: ") for ln in warned), err
+    assert not any("Warning:" in ln or ".py:" in ln for ln in err), err

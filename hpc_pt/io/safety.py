@@ -25,7 +25,7 @@ import shutil
 from ..errors import InputError
 
 __all__ = ["agree_on_failure", "commit", "free_bytes", "is_disk_full", "overlap", "refuse_overlap", "remove_path",
-           "stale_checkpoint_parts", "stale_temporaries", "sweep", "write_failure"]
+           "stale_checkpoint_parts", "stale_temporaries", "sweep", "write_failure", "write_file"]
 
 #: errno values that mean "no room for this output", and how the message names them
 DISK_FULL = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded"}
@@ -194,6 +194,12 @@ def agree_on_failure(comm, err: BaseException | None, what, needed: int | None =
 # --------------------------------------------------------------------------------------------------
 # replacing results and cleaning up
 # --------------------------------------------------------------------------------------------------
+
+def write_file(path, data: bytes) -> None:
+    """Write ``data`` to a new file ``path`` (a temporary name the caller moves into place)."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+
 
 def remove_path(path) -> None:
     """Remove a file, link or folder tree; a missing path is fine, other failures are ignored."""
