@@ -223,7 +223,13 @@ def _centre_of(meta, centre: float | None) -> float:
     if centre is None:
         centre = getattr(meta.geometry, "rotation_centre", None)
     W = meta.geometry.field_shape[1]
-    return (W - 1) / 2.0 if centre is None else float(centre)
+    if centre is None:
+        return (W - 1) / 2.0
+    c = float(centre)
+    if not (np.isfinite(c) and 0.0 <= c <= W - 1):
+        raise InputError(f"rotation centre {c:g} lies outside the {W}-column object field (columns 0 to {W - 1}); "
+                         f"give a column inside it (the field's middle is {(W - 1) / 2:g}) or --rotation-centre auto")
+    return c
 
 
 def _angles_deg(meta) -> list[float]:

@@ -233,6 +233,23 @@ def test_resume_iterations_count_every_iteration(data, tmp_path, capsys):
         assert list(read_table(str(tmp_path / name))["iteration"]) == list(range(1, n + 1))
 
 
+def test_two_step_tomography_checkpoint_needs_its_2d_iterations(data, tmp_path):
+    """A two-step checkpoint in the tomography stage continues only with the --iterations its 2D stage ran
+    (more 2D iterations could not be added any more)."""
+    kw = {"method": "two-step", "options": {"tomo_iterations": 3}}
+    out = tmp_path / "r.zarr"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tiny problems: two-step warns about overlap
+        with pytest.raises(Interrupt):  # rows 1-2: 2D, rows 3-5: tomography; stopped after row 4
+            reconstruct(str(data), out=str(out), iterations=2, checkpoint_every=1, progress=_stop_after(4), **kw)
+        ck = tmp_ckpt(out)
+        with pytest.raises(InputError, match="tomography stage, after 2 2D iterations.*--iterations 2"):
+            reconstruct(str(data), out=str(out), iterations=3, resume=True, **kw)
+        res = reconstruct(str(data), out=str(out), iterations=2, resume=True, **kw)
+    assert res.resumed_from == 3 and list(res.history["iteration"]) == [1, 2, 3, 4, 5]
+    assert (ck / "LATEST").read_text() == "iter-000005"
+
+
 @pytest.mark.parametrize("damage", ["truncated-npz", "bad-json", "manifest-missing-keys"])
 def test_damaged_latest_checkpoint_falls_back(data, tmp_path, capsys, damage):
     out = tmp_path / "r.zarr"

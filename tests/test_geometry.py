@@ -124,6 +124,13 @@ def test_rotation_centre_settings_are_validated(offset_ds, tmp_path, capsys):
     assert not (tmp_path / "r.zarr").exists()
     with pytest.raises(InputError, match="rotation_centre"):  # outside the 26-pixel field
         SimulationConfig.build({**SMALL, "rotation_centre": 40.0})
+    for centre in ("999", "-3"):  # a column outside the object field: one line, nothing written
+        rc = main(["reconstruct", str(path), "--method", "apts", "--iterations", "1", "--rotation-centre", centre,
+                   "--out", str(tmp_path / "r.zarr")])
+        err = capsys.readouterr().err.strip().splitlines()
+        errors = [ln for ln in err if ln.startswith("error:")]
+        assert rc == 2 and len(errors) == 1 and "outside the" in errors[0], err
+        assert not (tmp_path / "r.zarr").exists()
 
 
 def test_cli_reconstruct_logs_and_records_the_centre(offset_ds, tmp_path, capsys):
