@@ -7,6 +7,7 @@ Run by ``benchmarks/gpu_check.sh`` on a CUDA machine; ``--device cpu --quick`` r
 and comparison code on a CPU (the test suite does, so the JSON / markdown writer and the comparisons are
 exercised without a GPU). Parts, in order (``--parts`` picks some):
 
+* ``equivalence`` first, then ``operators``, ``methods``, ``mpi``, ``largest`` (a timeout keeps the first ones).
 * ``operators``: Ptychography and Projector fwd+adj on the device, as ratios to the bare work measured in
   the same run, round-robin (``benchmarks/operators.py``'s timing and cases): cuFFT ``fft2c`` + ``ifft2c``
   on the same frame batch, and the operator's own planned cufinufft type-2 + type-1 pair (finufft and

@@ -123,8 +123,8 @@ def translations_to_positions(translations, probe_shape, field_shape, pixel_m: f
 #: photon energies hpc-pt accepts in files: visible light (ptychography with a HeNe laser, 1.96 eV) to
 #: hard X-rays; a value outside is a unit mistake (CXI stores joules)
 PLAUSIBLE_ENERGY_EV = (1.0, 1e6)
-#: sample-detector distances (metres) of far-field ptychography, a millimetre to a long beamline's hutch
-PLAUSIBLE_DISTANCE_M = (1e-4, 200.0)
+#: sample-detector distances (metres): a micrometre (synthetic geometries with sub-nm voxels) to a long beamline
+PLAUSIBLE_DISTANCE_M = (1e-6, 200.0)
 #: detector pixel sizes (metres), sub-micrometre CCD pixels to centimetre-sized ones
 PLAUSIBLE_DETECTOR_PIXEL_M = (1e-7, 1e-2)
 

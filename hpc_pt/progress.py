@@ -209,7 +209,13 @@ class _Phase:
         return max(left, 0.0)
 
 
-def _fields_text(row: dict) -> str:
+#: short names of the row columns for a narrow terminal (below :data:`WIDE_TERMINAL` columns)
+SHORT_NAMES = {"objective": "obj", "r_factor": "R", "primal_residual": "r_p", "residual": "res"}
+#: terminal width from which the bar shows the long field names and "elapsed" / "ETA" words
+WIDE_TERMINAL = 120
+
+
+def _fields_text(row: dict, short: bool = False) -> str:
     parts = []
     for key, name in ROW_FIELDS:
         v = row.get(key)
@@ -218,8 +224,8 @@ def _fields_text(row: dict) -> str:
         except (TypeError, ValueError):
             continue
         if math.isfinite(v):
-            parts.append(f"{name} {v:.4g}")
-    return "  ".join(parts)
+            parts.append(f"{SHORT_NAMES[key] if short else name} {v:.4g}" if short else f"{name} {v:.4g}")
+    return ("  " if not short else " ").join(parts)
 
 
 class ProgressReporter:
@@ -323,7 +329,7 @@ class ProgressReporter:
                 ph.first_dt = dt if dt is not None and dt > 0 and math.isfinite(dt) else None
             ph.i, ph.t_last = i, now
             if self.terminal:
-                self._bar.update(self._task, completed=i, info=_fields_text(row))
+                self._bar.update(self._task, completed=i, info=_fields_text(row, short=self._narrow))
                 return
             if self._due(ph, i, now):
                 self._print_row(ph, row, now)
@@ -401,21 +407,43 @@ class ProgressReporter:
         self._phase = None
         self._task = None
 
+    @property
+    def _narrow(self) -> bool:
+        """A terminal narrower than :data:`WIDE_TERMINAL` columns: short field names, a shorter bar."""
+        return self._width() < WIDE_TERMINAL
+
+    def _width(self) -> int:
+        if self._console is not None:
+            return int(self._console.width)
+        from rich.console import Console
+
+        return int(Console().width)
+
     def _ensure_bar(self):
         if self._bar is None:
             from rich.progress import BarColumn, Progress, TextColumn
+            from rich.table import Column
 
-            self._bar = Progress(TextColumn("{task.description}"), BarColumn(bar_width=30), *_columns(self),
-                                 console=self._console, transient=False)
+            width = self._width()
+            narrow = width < WIDE_TERMINAL
+            # every column on one line: long labels are cut with an ellipsis instead of wrapping the bar
+            label = TextColumn("{task.description}", table_column=Column(no_wrap=True, overflow="ellipsis",
+                                                                          max_width=max(8, width // 4)))
+            bar = BarColumn(bar_width=max(5, min(30, width - 75)) if narrow else 30)
+            self._bar = Progress(label, bar, *_columns(self, narrow), console=self._console, transient=False)
             self._bar.start()
         return self._bar
 
 
-def _columns(reporter) -> list:
+def _columns(reporter, narrow: bool = False) -> list:
     """The bar's columns after the label and the bar: i/N, the row's fields, elapsed and ETA (defined here
-    so that ``rich`` is imported only for a terminal)."""
+    so that ``rich`` is imported only for a terminal); ``narrow``: ``0:00:41 < 0:21:08`` for the clock."""
     from rich.progress import ProgressColumn
+    from rich.table import Column
     from rich.text import Text
+
+    def one_line():
+        return Column(no_wrap=True, overflow="ellipsis")
 
     class CountColumn(ProgressColumn):
         def render(self, task):
@@ -440,6 +468,9 @@ def _columns(reporter) -> list:
                 eta = ph.eta(now)
             else:
                 eta = 0.0 if task.finished else None
+            if narrow:
+                return Text(f"{format_duration(now - reporter.t0)} ETA {format_duration(eta)}")
             return Text(f"elapsed {format_duration(now - reporter.t0)}  ETA {format_duration(eta)}")
 
-    return [CountColumn(), InfoColumn(), ClockColumn()]
+    return [CountColumn(table_column=one_line()), InfoColumn(table_column=one_line()),
+            ClockColumn(table_column=one_line())]

@@ -422,3 +422,22 @@ def test_mpi_progress_from_rank0_only(small_file, tmp_path):
     assert [int(m.group("i")) for m in map(ROW.match, text.splitlines()) if m] == [1, 2, 3], text
     assert text.count("gd: 3 iterations") == 1 and "\x1b" not in text and "\r" not in text
     assert re.search(r"reading \d+ of 27 frames of 12x12 \(\d+ kB\) on rank 0 of 2: done in", text), text
+
+
+def test_terminal_bar_fits_an_80_column_terminal():
+    """On a standard 80-column terminal the bar stays on one line: short field names and clock, a shorter
+    bar, long stage labels cut with an ellipsis (measured before: wrapped over 3-7 lines)."""
+    from rich.console import Console
+
+    out = io.StringIO()
+    rep = ProgressReporter(console=Console(file=out, force_terminal=True, width=80, color_system="standard"))
+    with rep:
+        rep.start("stage 1/2, ptychography (dm) of a long-named dataset", 200)
+        for i in range(1, 201, 40):
+            rep({"iteration": i, "objective": 12345.678 / i, "r_factor": 0.2345 / i})
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
+    lines = [ln for ln in re.split(r"[\r\n]", plain) if ln.strip()]
+    assert lines and all(len(ln) <= 80 for ln in lines), [ln for ln in lines if len(ln) > 80]
+    bar_lines = [ln for ln in lines if "/200" in ln]
+    assert any("obj " in ln and " R " in ln for ln in bar_lines), bar_lines
+    assert all(ln.count("/200") == 1 for ln in bar_lines), "one bar per line, never wrapped"
