@@ -5,9 +5,9 @@
 
 Run by ``benchmarks/gpu_check.sh`` on a CUDA machine; ``--device cpu --quick`` runs the same measurement
 and comparison code on a CPU (the test suite does, so the JSON / markdown writer and the comparisons are
-exercised without a GPU). Parts, in order (``--parts`` picks some):
+exercised without a GPU). Parts, run in the order equivalence, operators, methods, mpi, largest (so a
+timeout keeps the first ones; ``--parts`` picks some):
 
-* ``equivalence`` first, then ``operators``, ``methods``, ``mpi``, ``largest`` (a timeout keeps the first ones).
 * ``operators``: Ptychography and Projector fwd+adj on the device, as ratios to the bare work measured in
   the same run, round-robin (``benchmarks/operators.py``'s timing and cases): cuFFT ``fft2c`` + ``ifft2c``
   on the same frame batch, and the operator's own planned cufinufft type-2 + type-1 pair (finufft and
@@ -364,7 +364,8 @@ def part_mpi(args) -> dict:
         cmd = ["timeout", "600", scaling._mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py", "-m", "hpc_pt",
                "reconstruct", str(path), "--backend", "mpi", "--device", args.device, "--method", "apt",
                "--iterations", str(args.iterations), "--out", str(out), "--force", "--quiet"]
-        env = {**os.environ, **scaling.RANK_ENV, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        path_env = str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")
+        env = {**os.environ, **scaling.RANK_ENV, "PYTHONPATH": path_env}
         t0 = time.perf_counter()
         p = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
         wall = time.perf_counter() - t0
@@ -388,7 +389,8 @@ def markdown(doc: dict) -> str:
     lines = [f"# GPU validation ({env['device']})", "",
              f"{env['date']}, git {env.get('git_commit')}; {gpu.get('name', 'no GPU')}"
              + (f", {gpu['memory_total_bytes'] / 2**30:.0f} GiB, CUDA runtime {gpu['cuda_runtime']}" if gpu else "")
-             + f"; Python {env['python']}, numpy {env.get('numpy')}, cupy {env.get('cupy-cuda12x', env.get('cupy', '-'))}"
+             + f"; Python {env['python']}, numpy {env.get('numpy')}, "
+             f"cupy {env.get('cupy-cuda12x', env.get('cupy', '-'))}"
              f", cufinufft {env.get('cufinufft', '-')}, finufft {env.get('finufft', '-')}.", ""]
     ops = doc.get("operators")
     if ops:
@@ -409,10 +411,12 @@ def markdown(doc: dict) -> str:
     me = doc.get("methods")
     if me:
         n = me["problem"]["N"]
-        lines += [f"## Time per outer iteration, {n}^3 (seed 001), model memory {me['model_bytes'] / 2**20:.0f} MiB", "",
+        lines += [f"## Time per outer iteration, {n}^3 (seed 001), model memory "
+                  f"{me['model_bytes'] / 2**20:.0f} MiB", "",
                   "| method | device s | CPU s | speed-up | peak MiB | peak / model |", "|---|---|---|---|---|---|"]
         lines += [f"| {m} | {_f(v['device_iter_s'])} | {_f(v['cpu_iter_s'])} | {_f(v['speedup'], '{:.1f}')} | "
-                  f"{v['device_peak_bytes'] / 2**20:.0f} | {v['peak_over_model']:.2f} |" for m, v in me["methods"].items()]
+                  f"{v['device_peak_bytes'] / 2**20:.0f} | {v['peak_over_model']:.2f} |"
+                  for m, v in me["methods"].items()]
         lines.append("")
     lg = doc.get("largest")
     if lg:

@@ -963,7 +963,8 @@ def _write_outputs(out, figure, slab, space, probe, hist, res, cfg, model, meta,
             snr = None
             if volume is not None and volume.size <= SNR_MAX_VOXELS:  # the SNR's alignment stays cheap
                 try:
-                    truth = meta.truth if isinstance(meta, Dataset) else read_truth(input_path) if input_path else None
+                    truth = meta.truth if isinstance(meta, Dataset) and meta.truth else \
+                        (read_truth(input_path) if input_path else None)  # read_cxi leaves the truth on disk
                     snr = truth_snr_db(volume, (truth or {}).get("volume"))
                 except (OSError, KeyError, ValueError) as e:  # a figure annotation never fails the run
                     warnings.warn(f"no SNR in the figure: the ground truth could not be read ({e})", stacklevel=2)

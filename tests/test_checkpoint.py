@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,8 +127,8 @@ CLI_APTS = ["--method", "apts", "--init", "zeros", "--quiet"]
 
 def _tree(d):
     """Every file under ``d``: relative path -> bytes (to show a refused resume touched nothing)."""
-    return {os.path.relpath(os.path.join(r, n), d): open(os.path.join(r, n), "rb").read()
-            for r, _, names in os.walk(d) for n in names}
+    return {os.path.relpath(os.path.join(r, n), d): Path(r, n).read_bytes() for r, _, names in os.walk(d)
+            for n in names}
 
 
 def _other_input(data, tmp_path):

@@ -187,3 +187,26 @@ def test_pipeline_figure_gets_voxel_size_model_and_truth_snr(tmp_path, monkeypat
     expect = truth_snr_db(res.volume, read_truth(data)["volume"])
     assert math.isfinite(seen["snr_db"]) and seen["snr_db"] == pytest.approx(expect, abs=1e-6)
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_figure_has_the_truth_snr(tmp_path, monkeypatch):
+    """The CLI reads the frames first (a Dataset without its truth group) and passes the path: the figure
+    still gets the SNR against the file's ground truth."""
+    import hpc_pt.plots as plots
+    from hpc_pt.cli import main
+    from hpc_pt.io import write_cxi
+    from hpc_pt.simulate import SimulationConfig, simulate_dataset
+
+    ds = simulate_dataset(SimulationConfig(size=16, angles=6, probe_size=8, probe_fwhm=3, step=2, field_pad=3))
+    data = tmp_path / "d.h5"
+    write_cxi(ds, data)
+    seen = {}
+    real = plots.recon_figure
+
+    def spy(vol, hist, path, **kw):
+        seen.update(kw)
+        return real(vol, hist, path, **kw)
+
+    monkeypatch.setattr(plots, "recon_figure", spy)
+    assert main(["reconstruct", str(data), "--iterations", "3", "--quiet", "--out", str(tmp_path / "r.zarr")]) == 0
+    assert seen.get("snr_db") is not None and math.isfinite(seen["snr_db"]), seen.get("snr_db")

@@ -280,7 +280,7 @@ class CheckpointStore:
         base = os.path.join(d, f"rank-{self.rank:05d}")
         what = os.path.basename(base) + ".npz"
         try:
-            with np.load(base + ".npz", allow_pickle=False) as z:
+            with open(base + ".npz", "rb") as fh, np.load(fh, allow_pickle=False) as z:  # closed if not a zip
                 state = {k: z[k] for k in z.files}  # reading every array checks its CRC
             what = os.path.basename(base) + ".json"
             with open(base + ".json") as fh:

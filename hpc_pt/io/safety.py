@@ -60,8 +60,16 @@ def _ancestors(path) -> list[tuple[int, int]]:
 def overlap(output, input_path) -> str | None:
     """How writing ``output`` would touch ``input_path``: ``"is"`` (the same file or folder, also through a
     link), ``"contains"`` (``output`` is a folder holding the input), ``"lies inside"`` (the input is a
-    folder holding ``output``), or None. Compared by device and inode, so other spellings of a path, symbolic
-    links, hard links and bind mounts are all seen; an input that does not exist is never touched."""
+    folder holding ``output``), or None. Compared as resolved paths (also for paths that do not exist yet,
+    such as a checkpoint folder) and, for existing ones, by device and inode, so other spellings of a path,
+    symbolic links, hard links and bind mounts are all seen."""
+    ro, ri = os.path.realpath(os.fspath(output)), os.path.realpath(os.fspath(input_path))
+    if ro == ri:
+        return "is"
+    if ri.startswith(ro.rstrip(os.sep) + os.sep):
+        return "contains"
+    if ro.startswith(ri.rstrip(os.sep) + os.sep):
+        return "lies inside"
     inp = _identity(input_path)
     if inp is None:
         return None
