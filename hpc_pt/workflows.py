@@ -91,9 +91,26 @@ def evaluate_reconstruction(recon_path, truth_path) -> dict:
 
 
 def format_metrics(m: dict) -> str:
+    """The metrics of :func:`evaluate_reconstruction` as text: one value a line, then what they compared
+    (the cropped block, the optimal scale the SNR applied) and a note when the stored values are off in scale,
+    so a quoted NRMSE / PSNR / SSIM is not read as the SNR's scale-free agreement."""
     keys = ["snr_db", "nrmse", "psnr_db", "ssim"]
-    lines = [f"{k:>8}: {m[k]:.4g}" for k in keys if k in m]
-    lines += [f"{k:>8}: {v:.4g}" for k, v in m.items() if k not in keys and isinstance(v, float)]
+    shown = [k for k in keys if k in m] + [k for k, v in m.items() if k not in keys and isinstance(v, float)]
+    width = max((len(k) for k in shown), default=8)
+    lines = [f"{k:>{width}}: {m[k]:.4g}" for k in shown]
+    rs, ts = m.get("recon_shape"), m.get("truth_shape")
+    if rs and ts and list(rs) != list(ts):
+        lines.append(f"compared: the central {'x'.join(map(str, ts))} block of the {'x'.join(map(str, rs))} "
+                     "reconstruction (the truth's support)")
+    za, zp = m.get("zeta_abs"), m.get("zeta_phase_rad")
+    if isinstance(za, float) and za > 0:
+        lines.append(f"snr_db is scale-free: it first multiplies the volume by the best complex factor "
+                     f"|zeta| {za:.4g}, phase {zp:.3g} rad, and shifts it by {m.get('shift')}; nrmse, psnr_db and "
+                     "ssim compare the stored values")
+        if not 0.8 <= za <= 1.25:
+            lines.append(f"note: the stored values are {1 / za:.3g}x the truth's scale; quote values only from a "
+                         "run with a measured probe (with the linear model and an estimated probe the overall "
+                         "scale is not fixed by the data)")
     return "\n".join(lines)
 
 

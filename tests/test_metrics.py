@@ -183,3 +183,21 @@ def test_evaluate_centre_crops_and_reports(rng):
     assert "ssim_real" not in real and real["ssim"] < 1
     with pytest.raises(InputError, match="smaller than"):
         evaluate(g[:4], g)
+
+
+def test_evaluate_text_explains_scale_and_crop(rng):
+    """`hpc-pt evaluate`'s text says what the SNR aligned, which block was compared, and warns when the
+    stored values are off in scale (a linear-model run with an estimated probe)."""
+    from hpc_pt.workflows import format_metrics
+
+    g = smooth_volume(rng, (8, 8, 8))
+    big = np.zeros((8, 12, 12), complex)
+    big[:, 2:10, 2:10] = g / 3.0  # a third of the truth's values
+    m = evaluate(big, g)
+    m["recon_shape"], m["truth_shape"] = list(big.shape), list(g.shape)
+    text = format_metrics(m)
+    assert "central 8x8x8 block of the 8x12x12" in text
+    assert "scale-free" in text and "|zeta| 3" in text
+    assert "note: the stored values are 0.333x the truth's scale" in text
+    same = evaluate(g, g)
+    assert "note:" not in format_metrics(same) and "central" not in format_metrics(same)
