@@ -7,7 +7,6 @@ the convergence curves next to it. The CLI's ``reconstruct`` and ``demo`` delega
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal

@@ -445,3 +445,22 @@ def test_numpy_corner_dc_frames_and_rotation_axis_offset(tiny, tmp_path):
     g = back.geometry
     t = cv.positions_to_translations(back.angles[0].positions, back.frame_shape, g.field_shape, g.pixel_m)
     np.testing.assert_allclose(t[:, 0], translations(tiny, 0)[:, 0], rtol=0, atol=1e-6 * g.pixel_m)
+
+
+def test_positions_unit_off_by_a_thousand_is_warned(even, tmp_path, capsys):
+    """Positions written in um but declared nm convert (the user may mean it) with one `warning:` line naming
+    the likely unit mistake; the right unit gives no warning."""
+    frames = np.stack([recorded(a.frames) for a in even.angles])
+    np.save(tmp_path / "frames.npy", frames.astype(np.float32))
+    um = np.stack([translations(even, a)[:, :2] for a in range(len(even.angles))]) * 1e6
+    np.save(tmp_path / "pos.npy", um)
+    np.save(tmp_path / "angles.npy", [a.angle_deg for a in even.angles])
+    keys = dict(frames="frames.npy", angles="angles.npy", angles_unit="deg", positions="pos.npy",
+                **geometry_keys(even))
+    good = write_toml(tmp_path / "good.toml", positions_unit="um", **keys)
+    assert main(["convert", str(good), "--out", str(tmp_path / "good.cxi")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    bad = write_toml(tmp_path / "bad.toml", positions_unit="nm", **keys)
+    assert main(["convert", str(bad), "--out", str(tmp_path / "bad.cxi")]) == 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("warning: ") and "positions unit 1000x too small" in err[0], err

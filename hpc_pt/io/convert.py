@@ -427,11 +427,45 @@ def _dataset(angles: list[_Angle], layout: FrameLayout, energy_ev: float, distan
                               positions=pos))
     geo = Geometry(energy_ev=float(energy_ev), detector_distance_m=float(distance_m),
                    detector_pixel_m=(float(det_pixel[0]), float(det_pixel[1])), pixel_m=pixel_m, field_shape=field)
+    check_scan_step([d.positions for d in data], (m1, m2), pixel_m)
     mask_mem = None if valid is None else np.fft.ifftshift(valid, axes=(-2, -1))
     width = attrs.pop("sample_width", None)
     if width is not None:  # the reconstruction's default volume edge (attrs "size", as the simulator records)
         attrs["size"] = sample_width_px(width, pixel_m, field)
     return Dataset(angles=data, probe=probe, geometry=geo, mask=mask_mem, truth=None, attrs=attrs)
+
+
+def scan_step_px(positions) -> float:
+    """Median nearest-neighbour distance of the scan positions (pixels) over the angles; nan for none."""
+    steps = []
+    for pos in positions:
+        p = np.asarray(pos, dtype=float)
+        if len(p) < 2:
+            continue
+        d = np.sqrt(((p[:, None, :] - p[None, :, :]) ** 2).sum(-1)) if len(p) <= 2048 else None
+        if d is None:  # a large scan: the distance to the next position in scan order is enough
+            steps.append(float(np.median(np.sqrt((np.diff(p, axis=0) ** 2).sum(-1)))))
+            continue
+        np.fill_diagonal(d, np.inf)
+        steps.append(float(np.median(d.min(axis=1))))
+    return float(np.median(steps)) if steps else float("nan")
+
+
+def check_scan_step(positions, frame_shape, pixel_m: float) -> None:
+    """Warn (one line) when the converted scan's step is implausible for a ptychographic scan: below a tenth
+    of a sample-plane pixel or wider than the frame, the usual signature of a positions unit off by 10^3."""
+    import warnings
+
+    step = scan_step_px(positions)
+    if not np.isfinite(step):
+        return
+    where = f"the scan positions are {step:.3g} px apart (sample-plane pixel {pixel_m:.3g} m, {frame_shape[1]} px frames)"
+    if step < 0.1:
+        warnings.warn(f"{where}: far below one pixel, likely a positions unit 1000x too small (nm for um, um "
+                      "for mm?); check positions_unit / --positions-unit", stacklevel=3)
+    elif step > frame_shape[1]:
+        warnings.warn(f"{where}: wider than a frame, so the beams do not touch, or a positions unit 1000x too "
+                      "large (um for nm?); check positions_unit / --positions-unit", stacklevel=3)
 
 
 def sample_width_px(value, pixel_m: float, field: tuple[int, int]) -> int:
