@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, hlp in (("info", "describe a CXI file or directory (metadata only, fast)"),
                       ("validate", "check every key, position and frame of a CXI input")):
         i = sub.add_parser(name, help=hlp)
-        i.add_argument("path")
+        i.add_argument("path", help="CXI / HDF5 file, or a directory of them (one or more /entry_N each)")
         i.add_argument("--json", action="store_true", help="print one JSON object")
         _add_reader_flags(i)
         if name == "info":
@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"relative prior strength (default: {_method_defaults('prior_weight')})")
     r.add_argument("--penalty", type=float, default=None,
                    help=f"data penalty, dimensionless: APT r2, ADMM rho_rel (default: {_method_defaults('penalty')})")
-    r.add_argument("--probe-refine", action="store_true", default=None, help="refine the probe")
+    r.add_argument("--probe-refine", action="store_true", default=None,
+                   help="refine the probe (default: off; on for apt, apts and two-step when the input has no probe "
+                        "and it is estimated from the data)")
     r.add_argument("--init", default=None, help="constant, zeros, or a .npy / Zarr volume")
     by_model = {}
     for method, model in DEFAULT_MODEL.items():
@@ -108,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p2.add_argument("--method", choices=["epie", "dm", "ml"], default="dm",
                     help="ePIE, difference map or Poisson maximum likelihood")
     p2.add_argument("--iterations", type=int, default=100, help="number of iterations")
-    p2.add_argument("--probe-refine", action="store_true", help="refine the probe")
+    p2.add_argument("--probe-refine", action="store_true", help="refine the probe (default: off)")
     _add_reader_flags(p2)
     p2.add_argument("--out", help="write the object field and probe to this .npz file (default: none, "
                                   "print the R-factor only)")
@@ -198,6 +200,7 @@ def _add_reader_flags(p):
     p.add_argument("--flip-translations", action="store_true",
                    help="translations are sample-stage positions (negate x and y)")
     p.add_argument("--translation-layout", choices=["auto", "frames,3", "3,frames"], default="auto",
+                   metavar="{auto | frames,3 | 3,frames}",
                    help="how translation arrays are stored: frames,3 or 3,frames (default: auto, decide by "
                         "shape)")
     p.add_argument("--field-shape", default=None, metavar="H,W",
