@@ -282,6 +282,22 @@ def test_enospc_without_an_existing_result_leaves_nothing(data, tmp_path, capsys
     assert os.listdir(tmp_path) == []
 
 
+def test_enospc_in_an_atomic_file_output(data, tmp_path, capsys, monkeypatch):
+    """The single-file writers (ptycho2d's .npz here; simulate's and convert's CXI go through the same
+    atomic_output): one line with the bytes written when the disk filled, no temporary, the old file kept."""
+    out = tmp_path / "p.npz"
+    out.write_bytes(b"an earlier result")
+
+    def half(fh, **arrays):
+        fh.write(b"x" * 1000)
+        _enospc()
+    monkeypatch.setattr(np, "savez", half)
+    line = one_line_error(capsys, ["ptycho2d", str(data), "--iterations", "1", "--quiet", "--out", str(out),
+                                   "--force"], "no space left", "1,000 bytes")
+    assert "p.npz" in line
+    assert os.listdir(tmp_path) == ["p.npz"] and out.read_bytes() == b"an earlier result"
+
+
 def test_other_write_failures_remove_the_temporaries(data, tmp_path, monkeypatch):
     """A failure that is not a full disk is raised as it is, but still leaves no temporary."""
     import hpc_pt.io.zarr_store as zs
@@ -526,9 +542,10 @@ def test_resume_after_kill_9(data, tmp_path, uninterrupted, stage):
     vol, _ = read_volume(out)
     assert np.array_equal(vol, uninterrupted[0]), "resumed result differs from the uninterrupted run"
     assert np.array_equal(np.asarray(zarr.open_group(str(out), mode="r")["probe"][...]), uninterrupted[1])
-    p = _cli(args + ["--resume"])  # a finished run resumed again: still no --force needed
-    assert p.returncode == 0, p.stderr[-2000:]
-    assert np.array_equal(read_volume(out)[0], uninterrupted[0])
+    if stage == "figure":  # a finished run resumed again: still no --force needed
+        p = _cli(args + ["--resume"])
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert np.array_equal(read_volume(out)[0], uninterrupted[0])
 
 
 def test_resume_sweep_spares_inputs(tmp_path):
@@ -544,3 +561,43 @@ def test_resume_sweep_spares_inputs(tmp_path):
     removed = sweep(found, {"the input": str(precious)})
     assert sorted(os.path.basename(p) for p in removed) == [".r.png.tmp-123", "r.zarr.tmp-123"]
     assert precious.read_bytes().startswith(b"an input")
+
+
+MPI_ROWS_FULL = textwrap.dedent("""\
+    import errno, os, sys
+    from mpi4py import MPI
+    import hpc_pt.io.zarr_store as zs
+    real = zs.write_volume_rows
+    def rows(tmp, z0, r, next_row=None):
+        if MPI.COMM_WORLD.Get_rank() == 1:  # only this rank's disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(tmp, z0, r, next_row)
+    zs.write_volume_rows = rows
+    from hpc_pt.cli import main
+    sys.exit(main(sys.argv[1:]))
+    """)
+
+
+def test_mpi_rank_with_a_full_disk(data, tmp_path):
+    """Under mpiexec, rank 1's rows hit a full disk: every rank stops with exit 2 and one line from the job
+    (rank 1's, with the bytes), the existing result (--force) is unchanged and no temporary is left."""
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    exe = here if os.access(here, os.X_OK) else shutil.which("mpiexec")
+    if exe is None:
+        pytest.skip("mpiexec not found: install the test extra (pip install -e '.[test]', which brings mpich)")
+    out = tmp_path / "r.zarr"
+    assert main(["reconstruct", str(data), *RECON, "--out", str(out)]) == 0  # the result to be replaced
+    args = ["reconstruct", str(data), "--backend", "mpi", "--method", "gd", "--iterations", "2", "--quiet",
+            "--out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    before = (digest(out), digest(tmp_path / "r.png"))
+    script = tmp_path / "rows_full.py"
+    script.write_text(MPI_ROWS_FULL)
+    p = subprocess.run(["timeout", "120", exe, "-n", "2", sys.executable, str(script), *args, "--force"],
+                       capture_output=True, text=True, env=env, timeout=150)
+    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "rank 1 of 2" in errors[0], p.stderr[-2000:]
+    _assert_space_line(errors[0])
+    assert (digest(out), digest(tmp_path / "r.png")) == before
+    assert temporaries(tmp_path) == []

@@ -187,6 +187,8 @@ def agree_on_failure(comm, err: BaseException | None, what, needed: int | None =
         total = int(comm.sum_scalar(float(needed))) if size > 1 else int(needed)
     if cleanup is not None and int(getattr(comm, "rank", 0)) == 0:
         cleanup()
+    if size > 1:  # the free bytes in the message are counted after the clean-up
+        comm.sum_scalar(0.0)
     if err is None:
         other = InputError(f"{int(failed)} other rank(s) of {size} failed writing {what}; see their error messages")
         other.secondary = True
