@@ -583,8 +583,7 @@ def test_mpi_rank_with_a_full_disk(data, tmp_path):
     (rank 1's, with the bytes), the existing result (--force) is unchanged and no temporary is left."""
     here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     exe = here if os.access(here, os.X_OK) else shutil.which("mpiexec")
-    if exe is None:
-        pytest.skip("mpiexec not found: install the test extra (pip install -e '.[test]', which brings mpich)")
+    assert exe, "mpiexec not found: install the test extra (pip install -e '.[test]', which brings mpich)"
     out = tmp_path / "r.zarr"
     assert main(["reconstruct", str(data), *RECON, "--out", str(out)]) == 0  # the result to be replaced
     args = ["reconstruct", str(data), "--backend", "mpi", "--method", "gd", "--iterations", "2", "--quiet",
@@ -601,3 +600,20 @@ def test_mpi_rank_with_a_full_disk(data, tmp_path):
     _assert_space_line(errors[0])
     assert (digest(out), digest(tmp_path / "r.png")) == before
     assert temporaries(tmp_path) == []
+
+
+def test_simulate_refuses_a_file_the_disk_has_no_room_for(tmp_path, capsys, monkeypatch):
+    """HDF5 can crash the process when the disk fills mid-write (seen: exit 139 on a full tmpfs), so
+    write_cxi compares its upper estimate with the free bytes first: one line, nothing written."""
+    import hpc_pt.io.safety as safety
+
+    monkeypatch.setattr(safety, "free_bytes", lambda path: 200_000)
+    line = one_line_error(capsys, ["simulate", *SMALL, "--out", str(tmp_path / "d.h5")], "no space left")
+    assert "needs up to about" in line and "200,000 bytes" in line
+    assert os.listdir(tmp_path) == []
+
+
+def test_simulate_on_a_real_full_tmpfs(tmpfs, capsys):
+    d = tmpfs("300k")
+    one_line_error(capsys, ["simulate", *SMALL, "--out", str(d / "d.h5")], "no space left")
+    assert os.listdir(d) == []

@@ -140,6 +140,35 @@ def _unlink(p):
 # writer
 # --------------------------------------------------------------------------------------------------
 
+def cxi_bytes(dataset: Dataset) -> int:
+    """Upper estimate of the bytes :func:`write_cxi` writes (frames, positions, probe, mask, truth, no
+    compression) plus 1 MiB of HDF5 metadata."""
+    m1, m2 = dataset.frame_shape
+    total = 1 << 20
+    for a in dataset.angles:
+        n = int(a.frames.shape[0])
+        total += n * m1 * m2 * max(np.dtype(getattr(a.frames, "dtype", np.float32)).itemsize, 4) + n * 24 + 4096
+    if dataset.probe is not None:
+        total += np.asarray(dataset.probe).nbytes * len(dataset.angles)
+    if dataset.mask is not None:
+        total += int(np.prod(np.shape(dataset.mask))) * len(dataset.angles)
+    for v in (dataset.truth or {}).values():
+        total += int(getattr(v, "nbytes", 0))
+    return int(total)
+
+
+def check_room_for(path, needed: int) -> None:
+    """Refuse in one line, before any byte is written, a file the disk has no room for: HDF5 can crash
+    the process (not raise) when the disk fills in the middle of a write."""
+    from .safety import _size, free_bytes
+
+    free = free_bytes(path)
+    if free is not None and needed > free:
+        raise InputError(f"no space left for {os.path.abspath(os.fspath(path))}: it needs up to about {needed:,} "
+                         f"bytes ({_size(needed)}), {free:,} bytes ({_size(free)}) are free there; free some space "
+                         "or choose another --out")
+
+
 def write_cxi(dataset: Dataset, path, overwrite: bool = False, command=None) -> str:
     """Write ``dataset`` as a CXI file with one ``/entry_N`` per angle (N = 1, 2, ... in angle order).
 
@@ -167,6 +196,7 @@ def write_cxi(dataset: Dataset, path, overwrite: bool = False, command=None) -> 
             raise InputError(f"angle {k}: {a.frames.shape[0]} frames but positions of shape "
                              f"{np.shape(a.positions)}; give one (row, col) per frame")
     config = dict(dataset.attrs)
+    check_room_for(path, cxi_bytes(dataset))
     with atomic_output(path, overwrite) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("cxi_version", data=np.int64(CXI_VERSION))
