@@ -16,7 +16,7 @@ import numpy as np
 from .errors import BackendUnavailable
 
 __all__ = [
-    "get_xp", "is_cupy", "to_numpy", "asarray_on", "gpu_available", "require_gpu",
+    "get_xp", "is_cupy", "leading_sums", "to_numpy", "asarray_on", "gpu_available", "require_gpu",
     "fft2c", "ifft2c", "fftc", "ifftc", "nufft2d_type2", "nufft2d_type1", "real_dtype", "complex_dtype",
     "scatter_add", "host_memory_available", "gpu_memory_available",
 ]
@@ -79,6 +79,21 @@ def asarray_on(x, like):
 
         return cupy.asarray(x)
     return to_numpy(x)
+
+
+def leading_sums(x) -> np.ndarray:
+    """float64 sums of a real array over every axis but the first: one partial sum per leading index
+    (volume row, frame), on the host.
+
+    Each entry is summed on its own contiguous row (pairwise, in float64), so it does not depend on how many
+    leading entries the array holds: a slab's per-row sums equal the whole volume's rows bitwise, which is
+    what the deterministic reductions (:meth:`hpc_pt.parallel.Comm.sum_partials`) rely on.
+    """
+    xp = get_xp(x)
+    if x.shape[0] == 0:
+        return np.zeros(0, dtype=np.float64)
+    flat = xp.ascontiguousarray(x.reshape(x.shape[0], -1), dtype=xp.float64)
+    return to_numpy(flat.sum(axis=1))
 
 
 def real_dtype(dtype):

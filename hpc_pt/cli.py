@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--frame-batch", type=int, default=None, metavar="N",
                    help="frames per far-field batch: caps the solvers' far-field temporaries at N frames "
                         "(default: 16 MiB of complex far field); lower it when the frames do not fit in memory")
+    r.add_argument("--deterministic", action="store_true", default=None,
+                   help="reduce every sum in a fixed global order (per volume row, per angle), so 1, 2, 3, ... "
+                        "MPI ranks or Dask workers give bitwise identical volumes when each rank holds whole "
+                        "angles (apt, apts; docs/parallel.md) (default: off)")
     r.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method-specific option, e.g. --option cg_max_iter=20 (repeatable; default: none, "
                         "the method's own defaults, docs/solvers.md)")
@@ -381,7 +385,7 @@ def _reconstruct(args) -> int:
 
     flags = {k: getattr(args, k) for k in ("method", "iterations", "noise", "prior", "prior_weight", "penalty",
                                            "probe_refine", "init", "model", "device", "volume_size",
-                                           "frame_batch")
+                                           "frame_batch", "deterministic")
              if getattr(args, k) is not None}
     if args.rotation_centre is not None:
         flags["rotation_centre"] = _parse_centre(args.rotation_centre)
@@ -404,13 +408,11 @@ def _reconstruct(args) -> int:
             res = reconstruct(args.data, out=args.out, config=cfg, overwrite=args.force, progress=progress,
                               command=" ".join(sys.argv), comm=comm, reader=_reader_kwargs(args), **ckpt)
         else:
-            from .pipeline import preflight_memory, read_input
-
+            # the path, as on MPI ranks: the output, settings, memory and resume checks run on the metadata
+            # before any frame is read (a one-rank shard plan reads them all)
             comm = None
-            preflight_memory(args.data, cfg, _reader_kwargs(args))  # refuse before reading every frame
-            data = read_input(args.data, _reader_kwargs(args), progress)
-            res = reconstruct(data, out=args.out, config=cfg, overwrite=args.force, progress=progress,
-                              command=" ".join(sys.argv), input_path=args.data, **ckpt)
+            res = reconstruct(args.data, out=args.out, config=cfg, overwrite=args.force, progress=progress,
+                              command=" ".join(sys.argv), reader=_reader_kwargs(args), **ckpt)
     if comm is not None and comm.rank != 0:
         return 0
     ranks = res.parallel.get("ranks", 1)
@@ -441,7 +443,7 @@ def _final_r_factor(res) -> str:
 def _reconstruct_dask(args, cfg, ckpt, t0) -> int:
     """``--backend dask``: one rank task per worker runs the same ``reconstruct`` an MPI rank runs
     (:func:`hpc_pt.parallel.dask.run_dask`); progress rows come back to this process."""
-    from .parallel.dask import run_dask
+    from .parallel.dask import RankAborted, WorkerLost, run_dask
 
     if args.workers is None and args.scheduler is None:
         raise InputError("--backend dask needs --workers K (a local cluster of K processes) or "
@@ -458,6 +460,17 @@ def _reconstruct_dask(args, cfg, ckpt, t0) -> int:
         if getattr(exc, "rank", None) is None:
             raise
         raise type(exc)(f"rank {exc.rank}: {exc}") from None
+    except WorkerLost as exc:  # a worker process died: one line naming the rank, the worker and how it ended
+        again = "; rerun with --resume to continue from the last checkpoint" if ckpt.get("checkpoint_every") \
+            else "; rerun the command (--checkpoint-every K lets a rerun continue with --resume)"
+        print(f"error: {exc}{again}", file=sys.stderr, flush=True)
+        return DASK_WORKER_LOST_EXIT
+    except Exception as exc:  # noqa: BLE001 - a rank task failed unexpectedly: one line, not its traceback
+        if getattr(exc, "rank", None) is None:
+            raise
+        text = str(exc) if isinstance(exc, RankAborted) else f"rank {exc.rank}: {type(exc).__name__}: {exc}"
+        print(f"error: {' '.join(text.split())}", file=sys.stderr, flush=True)
+        return 1
     print(f"wrote {res.out} and {res.figure}: {cfg.method}, {cfg.iterations} iterations{_resumed(res)} on "
           f"{res.parallel.get('ranks', 1)} Dask workers in {time.perf_counter() - t0:.1f} s, "
           f"{_final_r_factor(res)}")
@@ -538,9 +551,16 @@ COMMANDS = {"simulate": _simulate, "info": _info, "validate": _validate, "evalua
 #: subcommands that run in one process and write outputs: launched as several processes (``mpiexec -n P``,
 #: ``srun``) each would do the whole work into the same files; only ``reconstruct --backend mpi`` uses ranks
 SINGLE_PROCESS = ("simulate", "reconstruct", "ptycho2d", "demo", "convert")
+#: exit code of ``reconstruct --backend dask`` when a rank's worker process died (killed, crashed, out of
+#: memory) or left the cluster during the job: the job may succeed when rerun (user errors exit 2, an
+#: unexpected exception on a rank 1)
+DASK_WORKER_LOST_EXIT = 3
 #: how long a failing MPI rank waits for the others to fail too (then one line, clean exit) before it
 #: reports alone and aborts the job
 MPI_ERROR_WAIT_S = 2.0
+#: how long a rank waits for the others after an error known to be raised on every rank (a collective agreed
+#: on it), before it gives up and aborts the job
+MPI_TOGETHER_WAIT_S = 120.0
 
 
 def main(argv=None) -> int:
@@ -642,17 +662,20 @@ def _main_mpi(args) -> int:
     except (InputError, BackendUnavailable) as exc:
         # secondary: "another rank failed" (the pipeline's agreement); that rank's message is the reason
         failure = (2, f"error: {exc}", bool(getattr(exc, "secondary", False)))
+        together = bool(getattr(exc, "all_ranks", False))  # raised on every rank after a collective
     except KeyboardInterrupt:
-        failure = (130, "interrupted", False)
+        failure, together = (130, "interrupted", False), False
     except Exception:  # noqa: BLE001 - an unexpected failure: show it, then stop every rank
         import traceback
 
-        failure = (1, traceback.format_exc().rstrip(), False)
+        failure, together = (1, traceback.format_exc().rstrip(), False), False
     code, text, secondary = failure
     if agreement is None:
         print(text, file=sys.stderr, flush=True)
         return code
-    if agreement.all_failed(MPI_ERROR_WAIT_S):
+    # an error every rank raises together (after a collective) is waited for however loaded the machine is;
+    # a rank failing alone waits MPI_ERROR_WAIT_S for the others, then aborts the job
+    if agreement.all_failed(MPI_TOGETHER_WAIT_S if together else MPI_ERROR_WAIT_S):
         reports = agreement.gather(failure)
         code, line = _one_report(reports)
         if rank == 0:

@@ -52,6 +52,8 @@ class ReconConfig(BaseModel):
         None, description="object-field column of the rotation axis (pixel-centre coordinate), or 'auto' "
                           "to estimate it from the data (default: the input's, else (W - 1) / 2)")
     options: dict = Field(default_factory=dict, description="method-specific options, by name")
+    deterministic: bool = Field(False, description="reduce in a fixed global order (per row / per angle), so "
+                                "1, 2, 3, ... ranks give bitwise identical volumes (docs/parallel.md)")
 
     @classmethod
     def build(cls, values: dict | None = None, source: str = "options") -> "ReconConfig":
@@ -705,6 +707,7 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
             cfg = config if not settings else ReconConfig.build({**config.model_dump(), **settings})
         else:
             cfg = ReconConfig.build({**(config or {}), **settings})
+        comm.deterministic = bool(cfg.deterministic)  # the reduction mode of every collective sum below
         if isinstance(data, Dataset):
             meta = data
         else:

@@ -202,7 +202,7 @@ def test_failing_rank_stops_job(client):
     assert run_spmd(client, _wait_then_ok, workers=3, name="after") == [3.0] * 3, "the workers are free again"
 
 
-def _patch_gd_on_this_worker(fail: bool):
+def _patch_gd_on_this_worker(fail: bool, error: str = "InputError"):
     from hpc_pt.errors import InputError
     from hpc_pt.solvers import gd
 
@@ -211,7 +211,9 @@ def _patch_gd_on_this_worker(fail: bool):
             gd._orig_run_gd = gd.run_gd
 
         def broken(*args, **kwargs):
-            raise InputError("injected failure on one rank")
+            if error == "InputError":
+                raise InputError("injected failure on one rank")
+            raise RuntimeError("injected crash on one rank")
 
         gd.run_gd = broken
     elif hasattr(gd, "_orig_run_gd"):
@@ -238,6 +240,50 @@ def test_run_dask_failing_rank(client, data, tmp_path):
     assert not (tmp_path / "r.zarr").exists()
 
 
+def _hpc_pt_tasks(dask_scheduler):
+    """Keys of hpc-pt rank tasks the scheduler still holds (run on the scheduler)."""
+    return [str(k) for k in dask_scheduler.tasks if str(k).startswith("hpc-pt-")]
+
+
+def test_killed_worker_stops_job_and_cluster_recovers(client, data, tmp_path):
+    """kill -9 of rank 1's worker process while ranks 0 and 2 are in the solver: run_dask raises
+    WorkerLost naming rank 1, its worker and pid and the signal within seconds (the survivors blocked in a
+    collective see its connection drop; the scheduler's remove-worker event raises the abort flag), leaves
+    no task behind, and the same cluster (the nanny restarted the worker) runs the next reconstruction."""
+    import signal
+
+    from hpc_pt.parallel.dask import WorkerLost, run_dask, run_spmd, worker_addresses
+
+    addrs = worker_addresses(client, 3)
+    pid = client.run(os.getpid, workers=[addrs[1]])[addrs[1]]
+    killed = []
+
+    def kill_on_first_row(row):
+        if not killed:
+            killed.append(time.monotonic())
+            os.kill(pid, signal.SIGKILL)
+
+    with pytest.raises(WorkerLost) as info:
+        run_dask(str(data), out=str(tmp_path / "k.zarr"), client=client, workers=3, method="gd",
+                 iterations=100_000, progress=kill_on_first_row, dashboard=False)
+    seconds = time.monotonic() - killed[0]
+    assert seconds < 15, f"{seconds:.1f} s from kill to the error"
+    e = info.value
+    assert (e.rank, e.ranks, e.worker, e.pid) == (1, [1], addrs[1], pid)
+    assert e.cause == "killed by signal 9 (SIGKILL)"
+    assert str(e) == (f"rank 1 of 3: its Dask worker {addrs[1]} (pid {pid}) died while the job ran: killed by "
+                      "signal 9 (SIGKILL); the other ranks stopped")
+    assert not (tmp_path / "k.zarr").exists()
+    assert client.run_on_scheduler(_hpc_pt_tasks) == [], "no rank task left on the scheduler"
+
+    client.wait_for_workers(3, timeout=60)  # the nanny's new worker process (same name, new address)
+    assert worker_addresses(client, 3)[1] != addrs[1]
+    res = run_dask(str(data), out=str(tmp_path / "next.zarr"), client=client, workers=3, method="gd",
+                   iterations=2, dashboard=False)
+    assert res.parallel["ranks"] == 3 and (tmp_path / "next.zarr").is_dir()
+    assert run_spmd(client, _wait_then_ok, workers=3, name="after-kill") == [3.0] * 3
+
+
 # --------------------------------------------------------------------------------------------------
 # reconstructions
 # --------------------------------------------------------------------------------------------------
@@ -260,6 +306,24 @@ def test_dask_matches_serial(client, data, case):
     assert [i["bytes_read"] for i in res.rank_info] == per_rank
     assert all(0 < b < sum(per_rank) for b in per_rank), "each worker reads only its own frames"
     assert len(rows) == len(res.history["iteration"]), "progress rows forwarded to the client"
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_dask_deterministic_bitwise(client, data, workers):
+    """``deterministic=True`` from APT's default constant start: 2 and 3 Dask workers give the serial volume
+    and objective history bit for bit (tests/test_mpi.py checks the same on MPI ranks)."""
+    from hpc_pt.parallel.dask import run_dask
+
+    settings = {"method": "apt", "iterations": 4, "deterministic": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = reconstruct(str(data), **settings)
+        res = run_dask(str(data), client=client, workers=workers, dashboard=False, **settings)
+    assert res.parallel["ranks"] == workers
+    diff = float(np.linalg.norm(res.volume - ref.volume) / np.linalg.norm(ref.volume))
+    assert np.array_equal(res.volume, ref.volume), f"{workers} workers: relative difference {diff:.3g}"
+    for key in ("objective", "r_factor", "primal_residual", "rel_change", "cg_residual"):
+        assert np.array_equal(res.history[key], ref.history[key]), key
 
 
 # --------------------------------------------------------------------------------------------------
@@ -296,6 +360,68 @@ def test_cli_dask(client, data, tmp_path):
     assert p.stdout.startswith(f"dashboard: {client.dashboard_url}"), p.stdout
     assert p.stderr.strip().splitlines() == [f"error: rank 0: {store} already exists; pass --force "
                                              "(overwrite=True) to replace it"], p.stderr
+
+
+@pytest.mark.parametrize("error, code, line", [
+    ("InputError", 2, "error: rank 1: injected failure on one rank"),
+    ("RuntimeError", 1, "error: rank 1: RuntimeError: injected crash on one rank")])
+def test_cli_dask_failing_rank(client, data, tmp_path, error, code, line):
+    """Rank 1 alone fails in its solver (a user error, or any other exception) while rank 0 waits in a
+    collective: one stderr line naming the rank, no traceback, exit 2 / 1, and the cluster's workers are
+    free for the next job."""
+    from hpc_pt.parallel.dask import run_spmd, worker_addresses
+
+    rank1 = worker_addresses(client, 2)[1]
+    client.run(_patch_gd_on_this_worker, True, error, workers=[rank1])
+    try:
+        p = _cli("reconstruct", str(data), "--backend", "dask", "--scheduler", client.scheduler.address,
+                 "--workers", "2", "--method", "gd", "--model", "linear", "--iterations", "50", "--out",
+                 str(tmp_path / "f.zarr"), "--quiet", timeout=120)
+    finally:
+        client.run(_patch_gd_on_this_worker, False, workers=[rank1])
+    assert p.returncode == code, p.stderr[-3000:]
+    assert p.stderr.strip().splitlines() == [line], p.stderr
+    assert not (tmp_path / "f.zarr").exists()
+    assert run_spmd(client, _wait_then_ok, workers=2, name="after-cli") == [1.0, 1.0]
+
+
+def test_cli_dask_killed_worker(data, tmp_path):
+    """kill -9 of one worker process of ``--workers 2`` while the solver runs: the command ends within
+    seconds with one stderr line naming the rank, the worker, its pid and the signal, exit 3, no
+    traceback (nor the nanny's restart warning)."""
+    import re
+
+    import psutil
+
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), PYTHONUNBUFFERED="1")
+    p = subprocess.Popen([sys.executable, "-m", "hpc_pt", "reconstruct", str(data), "--backend", "dask",
+                          "--workers", "2", "--method", "gd", "--model", "linear", "--iterations", "100000",
+                          "--out", str(tmp_path / "k.zarr"), "--progress-every", "1"],
+                         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for out_line in p.stdout:  # the first progress row: both ranks are in the solver
+            if "iter " in out_line:
+                break
+        workers = [c for c in psutil.Process(p.pid).children(recursive=True)
+                   if any("spawn_main" in a for a in c.cmdline())]
+        assert len(workers) == 2, [c.cmdline() for c in workers]
+        victim = workers[0].pid
+        t0 = time.monotonic()
+        os.kill(victim, 9)
+        _, err = p.communicate(timeout=60)
+        seconds = time.monotonic() - t0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 3, err[-3000:]
+    assert seconds < 30, f"{seconds:.1f} s from kill to exit"
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert re.fullmatch(rf"error: rank [01] of 2: its Dask worker tcp://127\.0\.0\.1:\d+ \(pid {victim}\) died "
+                        r"while the job ran: killed by signal 9 \(SIGKILL\); the other ranks stopped; rerun the "
+                        r"command \(--checkpoint-every K lets a rerun continue with --resume\)", lines[0]), lines[0]
+    assert not (tmp_path / "k.zarr").exists()
 
 
 @pytest.mark.parametrize("flags", [["--workers", "2"], ["--scheduler", "tcp://127.0.0.1:8786"],

@@ -23,6 +23,8 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 
+import math
+
 import numpy as np
 
 
@@ -63,14 +65,25 @@ class CommStats:
 
 
 class Comm:
-    """Interface: collective operations over the ranks/workers that each hold one shard."""
+    """Interface: collective operations over the ranks/workers that each hold one shard.
+
+    Parameters
+    ----------
+    deterministic : bool
+        Reduction mode. False (default): a scalar is summed as one float per rank, so its rounding depends
+        on how the rows and angles are split over ranks. True: solvers hand in partial sums per global
+        index (volume row, angle) and :meth:`sum_partials` combines them in a way that does not depend on
+        the rank count (docs/parallel.md, "Deterministic mode"), so 1, 2, 3, ... ranks give bitwise
+        identical volumes whenever every rank holds whole angles.
+    """
 
     rank: int = 0
     size: int = 1
     name: str = "abstract"
 
-    def __init__(self):
+    def __init__(self, deterministic: bool = False):
         self.stats = CommStats()
+        self.deterministic = bool(deterministic)
 
     def allreduce_sum(self, x):
         """Sum ``x`` (an array of identical shape on every rank) over ranks; every rank gets the sum."""
@@ -140,9 +153,44 @@ class Comm:
 
         return self.sum_scalar(float(get_xp(a).vdot(a, b).real))
 
+    def sum_partials(self, values, index, n: int) -> float:
+        """Sum of partial sums that carry global indices (volume rows, angles), over every rank.
+
+        Parameters
+        ----------
+        values : 1-D float array, this rank's partial sums (may be empty).
+        index : 1-D int array of the same length, their global indices in ``[0, n)``.
+        n : int, the number of global indices.
+
+        Returns
+        -------
+        float
+            The same on every rank. With ``deterministic`` the partials are placed in a float64 vector of
+            length ``n`` (zeros elsewhere), summed over ranks (exact: every index has one contributor when
+            every rank holds whole angles) and that vector is summed with :func:`math.fsum` (correctly
+            rounded, so independent of order): the result depends only on the partials, not on how the
+            indices are split over ranks. Otherwise the local partials are summed and the per-rank sums go
+            through :meth:`sum_scalar` (one float per rank). Collective: every rank must call it.
+        """
+        vals = np.asarray(values, dtype=np.float64).ravel()
+        if not self.deterministic:
+            return self.sum_scalar(math.fsum(vals.tolist()))
+        dense = np.zeros(int(n), dtype=np.float64)
+        np.add.at(dense, np.asarray(index, dtype=np.int64).ravel(), vals)
+        if self.size > 1:
+            dense = np.asarray(self.allreduce_sum(dense), dtype=np.float64)
+        return math.fsum(dense.tolist())
+
 
 class SerialComm(Comm):
-    """One process holds every shard: reductions are identities."""
+    """One process holds every shard: reductions are identities.
+
+    Parameters
+    ----------
+    deterministic : bool
+        The reduction mode of :class:`Comm`: with True, :meth:`Comm.sum_partials` and the slab dot products
+        follow the order the parallel communicators use, so one rank gives their bitwise result.
+    """
 
     name = "serial"
 

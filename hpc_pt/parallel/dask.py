@@ -97,6 +97,17 @@ class JobAborted(RuntimeError):
     """Raised by :meth:`DaskComm.abort` on the rank that aborts the job."""
 
 
+class WorkerLost(RuntimeError):
+    """A rank's Dask worker left the cluster while the job ran (its process was killed or died, or it lost
+    contact with the scheduler). Raised by :func:`run_spmd` once the other ranks have stopped, with
+    ``rank`` (the first lost rank), ``ranks`` (every lost rank), ``worker`` (its address), ``pid`` and
+    ``cause`` (the nanny's account, e.g. ``killed by signal 9 (SIGKILL)``, or None) set."""
+
+    def __init__(self, message: str, *, rank: int, ranks: list, worker: str, pid, cause):
+        super().__init__(message)
+        self.rank, self.ranks, self.worker, self.pid, self.cause = rank, list(ranks), worker, pid, cause
+
+
 _CONTEXT_METER = []
 
 
@@ -506,6 +517,18 @@ class _QuietRankFailures:
         return not (msg.startswith("Compute Failed") and "hpc-pt-" in msg)
 
 
+class _QuietNannyRestart:
+    """Logging filter for the nannies of a cluster that lives only for one job (``--workers K``): drop their
+    "Restarting worker" warning; a worker that died during the job ends it with :class:`WorkerLost`,
+    whose one line says which rank and how."""
+
+    def filter(self, record) -> bool:
+        try:
+            return not record.getMessage().startswith("Restarting worker")
+        except Exception:  # noqa: BLE001
+            return True
+
+
 def _quiet_worker_log() -> None:
     import logging
 
@@ -542,16 +565,105 @@ def _rank_entry(fn, token, rank, size, connect_timeout, kwargs, *args):
             comm.close()
 
 
+#: seconds between two looks of :func:`run_spmd` at its rank tasks and at the workers the scheduler lost
+WATCH_S = 0.25
+
+
+def _scheduler_workers(client) -> dict:
+    """The scheduler's record of every worker: ``{address: {"name", "pid", "nanny", "host", ...}}``."""
+    try:
+        info = client.scheduler_info(n_workers=-1)
+    except TypeError:  # older distributed: every worker by default
+        info = client.scheduler_info()
+    return dict(info.get("workers", {}))
+
+
+def _watch_workers(client, addrs: list, lost: dict) -> list:
+    """Subscribe to the scheduler's event topic of each worker in ``addrs``: when the scheduler removes one
+    (its process died, its nanny unregistered it, or its heartbeats stopped) ``lost[address]`` gets the
+    removal's stimulus id. Returns the topics, for :func:`_unwatch_workers`."""
+    topics = []
+    for addr in addrs:
+        def on_event(event, addr=addr):
+            msg = event[1] if isinstance(event, (tuple, list)) and len(event) == 2 else event
+            if isinstance(msg, dict) and msg.get("action") == "remove-worker":
+                lost.setdefault(addr, str(msg.get("stimulus_id", "")))
+
+        try:
+            client.subscribe_topic(addr, on_event)
+            topics.append(addr)
+        except Exception:  # noqa: BLE001 - no events on this scheduler: the direct check below remains
+            break
+    return topics
+
+
+def _unwatch_workers(client, topics: list) -> None:
+    for t in topics:
+        try:
+            client.unsubscribe_topic(t)
+        except Exception:  # noqa: BLE001 - bookkeeping only
+            pass
+
+
+#: the nanny's log line for a worker process that ended (distributed.nanny.Nanny._death_message)
+_DEATH = "Worker process {pid} "
+
+
+def _death_cause(client, nanny, pid, wait: float = 1.5) -> str | None:
+    """The nanny's account of how worker process ``pid`` ended (``killed by signal 9 (SIGKILL)``,
+    ``exited with status 1``), read from the nanny's log; None without a nanny or when it does not answer
+    within ``wait`` seconds (retried briefly: the scheduler may hear of the loss before the nanny)."""
+    if not nanny or not pid:
+        return None
+    import re
+    import signal
+
+    pattern = re.compile(re.escape(_DEATH.format(pid=pid)) + r"(.*)$")
+    deadline = time.monotonic() + wait
+    async def nanny_log():  # the scheduler forgot the worker (and its nanny): ask the nanny itself
+        return await client.rpc(nanny).get_logs(n=200)
+
+    while True:
+        try:
+            logs = client.sync(nanny_log, callback_timeout=max(0.2, deadline - time.monotonic()))
+        except Exception:  # noqa: BLE001 - the nanny is gone too, or slow: no cause to add
+            return None
+        for _level, line in logs or []:  # newest first
+            m = pattern.search(str(line))
+            if m:
+                cause = m.group(1).strip()
+                sig = re.fullmatch(r"was killed by signal (\d+)", cause)
+                if sig:
+                    try:
+                        cause = f"killed by signal {sig.group(1)} ({signal.Signals(int(sig.group(1))).name})"
+                    except ValueError:
+                        cause = f"killed by signal {sig.group(1)}"
+                return cause.removeprefix("was ")
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.1)
+
+
+def _worker_lost(client, gone: list, addrs: list, known: dict, lost: dict, size: int) -> WorkerLost:
+    """The :class:`WorkerLost` for the ranks in ``gone`` (their workers left the scheduler)."""
+    r = gone[0]
+    addr = addrs[r]
+    rec = known.get(addr, {})
+    pid = rec.get("pid")
+    cause = _death_cause(client, rec.get("nanny"), pid)
+    who = f"Dask worker {addr}" + (f" (pid {pid})" if pid else "")
+    why = cause or "its process ended or it lost contact with the scheduler"
+    more = "" if len(gone) == 1 else f" (ranks {', '.join(map(str, gone))} all lost their workers)"
+    return WorkerLost(f"rank {r} of {size}: its {who} died while the job ran: {why}{more}; the other ranks "
+                      "stopped", rank=r, ranks=gone, worker=addr, pid=pid, cause=cause)
+
+
 def worker_addresses(client, workers: int | list | None = None) -> list[str]:
     """Addresses of the workers that become ranks 0..K-1: the first ``workers`` (an int; all when None)
     of the scheduler's workers ordered by name, or the given list of addresses."""
     if isinstance(workers, (list, tuple)):
         return [str(w) for w in workers]
-    try:
-        info = client.scheduler_info(n_workers=-1)
-    except TypeError:  # older distributed: every worker by default
-        info = client.scheduler_info()
-    ws = info.get("workers", {})
+    ws = _scheduler_workers(client)
 
     def order(item):
         addr, w = item
@@ -576,39 +688,70 @@ def run_spmd(client, fn, *args, workers: int | list | None = None, name: str = "
              connect_timeout: float = 120.0, grace: float = 10.0, **kwargs) -> list:
     """Run ``fn(comm, *args, **kwargs)`` as one task per worker (SPMD, ``comm`` a :class:`DaskComm`) and
     return every rank's result, by rank. ``fn`` and its arguments must pickle (Dask futures among ``args``
-    are resolved on the workers). If a rank raises, every rank is stopped and the first error that is not
-    a consequence of another rank's (``secondary``) is re-raised here, with ``rank`` set on it; ranks still
-    running ``grace`` seconds after the first error are cancelled."""
+    are resolved on the workers).
+
+    If a rank raises, every rank is stopped and the first error that is not a consequence of another
+    rank's (``secondary``) is re-raised here, with ``rank`` set on it. If a rank's worker leaves the
+    cluster while the job runs (its process killed or crashed; the scheduler's ``remove-worker`` event on
+    that worker's topic, or its absence from the scheduler once a peer saw its connection drop), the job's
+    abort flag is raised at once, the other ranks stop and :class:`WorkerLost` is raised, naming the rank,
+    the worker, its pid and the nanny's account of its end. Ranks still running ``grace`` seconds after
+    the first error or loss are cancelled, as are the lost ranks' tasks, so the workers (and a nanny's
+    restarted worker) are free for the next job."""
     distributed = load_distributed()
     addrs = worker_addresses(client, workers)
     size = len(addrs)
     token = uuid.uuid4().hex
     event = distributed.Event(_abort_name(token), client=client)
+    known = _scheduler_workers(client)
+    try:  # the pids, to find a lost worker's end in its nanny's log
+        for a, pid in client.run(os.getpid, workers=addrs).items():
+            known.setdefault(a, {})["pid"] = pid
+    except Exception:  # noqa: BLE001 - a worker already gone: the job fails below, just without its pid
+        pass
+    lost: dict[str, str] = {}
+    topics = _watch_workers(client, addrs, lost)
     futures = [client.submit(_rank_entry, fn, token, r, size, connect_timeout, kwargs, *args,
                              key=f"hpc-pt-{name}-rank{r}-{token[:12]}", workers=[a], allow_other_workers=False,
                              pure=False)
                for r, a in enumerate(addrs)]
+    rank_of = {f.key: r for r, f in enumerate(futures)}
     errors = []
     try:
-        pending, first_error = set(futures), None
+        pending, failed_at, checked = set(futures), None, False
         while pending:
-            timeout = None if first_error is None else max(0.1, grace - (time.monotonic() - first_error))
             try:
-                done, pending = distributed.wait(pending, timeout=timeout, return_when="FIRST_COMPLETED")
+                done, pending = distributed.wait(pending, timeout=WATCH_S, return_when="FIRST_COMPLETED")
             except TimeoutError:
-                break  # stragglers after an error: cancelled below
-            for f in done:
-                if f.status != "finished":
-                    errors.append(f)
-                    if first_error is None:
-                        first_error = time.monotonic()
-                        event.set()
-        if errors:
-            client.cancel([f for f in futures if f.status == "pending"])
+                done = ()
+            errors.extend(f for f in done if f.status != "finished")
+            if errors and not checked and not lost and all(
+                    f.status != "error" or getattr(f.exception(), "secondary", False) for f in errors):
+                # only "a peer is gone" so far: is a rank's worker missing from the scheduler?
+                checked = True
+                present = _scheduler_workers(client)
+                lost.update({a: "not among the scheduler's workers" for a in addrs if a not in present})
+            gone = [r for r, a in enumerate(addrs) if a in lost]
+            if failed_at is None and (errors or gone):
+                failed_at = time.monotonic()
+                event.set()  # every rank stops at its next collective (or within POLL_S inside one)
+            if failed_at is None:
+                continue
+            if {rank_of[f.key] for f in pending} <= set(gone):
+                break  # what is left ran on lost workers: it can never finish
+            if time.monotonic() - failed_at > grace:
+                break  # stragglers: cancelled below
+        gone = [r for r, a in enumerate(addrs) if a in lost]
+        if errors or gone:
+            client.cancel([f for f in futures if f.status not in ("finished", "error")])
             primary = next((f for f in errors if f.status == "error"
-                            and not getattr(f.exception(), "secondary", False)), errors[0])
-            primary.result()  # re-raises the rank's exception (with its traceback)
-            raise RuntimeError(f"a rank task ended as {primary.status!r}")
+                            and not getattr(f.exception(), "secondary", False)), None)
+            if primary is not None:
+                primary.result()  # re-raises the rank's exception (with its traceback)
+            if gone:
+                raise _worker_lost(client, gone, addrs, known, lost, size)
+            errors[0].result()
+            raise RuntimeError(f"a rank task ended as {errors[0].status!r}")
         return [f.result() for f in futures]
     except BaseException:
         try:
@@ -618,6 +761,7 @@ def run_spmd(client, fn, *args, workers: int | list | None = None, name: str = "
             pass
         raise
     finally:
+        _unwatch_workers(client, topics)
         try:
             event.clear()  # drops the scheduler's record of the flag
         except Exception:  # noqa: BLE001
@@ -671,14 +815,20 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, client
         return
     if not workers:
         raise InputError("the Dask backend needs --workers K (a local cluster) or --scheduler tcp://HOST:PORT")
-    cluster = local_cluster(int(workers))
+    import logging
+
+    restart_filter = _QuietNannyRestart()
+    logging.getLogger("distributed.nanny").addFilter(restart_filter)
+    try:
+        cluster = local_cluster(int(workers))
+    except BaseException:
+        logging.getLogger("distributed.nanny").removeFilter(restart_filter)
+        raise
     try:
         with distributed.Client(cluster) as c:
             c.wait_for_workers(int(workers), timeout=120)
             yield c, _dashboard_url(c, cluster)
     finally:
-        import logging
-
         # the job is over: a worker process that takes more than the nanny's 4 s to exit (a loaded machine
         # tearing down NumPy/SciPy/HDF5) is killed, which is harmless here and not worth a warning
         nanny_log = logging.getLogger("distributed.nanny")
@@ -688,6 +838,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, client
             cluster.close()
         finally:
             nanny_log.setLevel(level)
+            nanny_log.removeFilter(restart_filter)
 
 
 def _plain(v):
@@ -810,5 +961,5 @@ def run_dask(data, out=None, *, workers: int | None = None, scheduler: str | Non
     return res
 
 
-__all__ = ["INSTALL_HINT", "DaskComm", "JobAborted", "RankAborted", "dask_client", "load_distributed",
-           "local_cluster", "run_dask", "run_spmd", "worker_addresses"]
+__all__ = ["INSTALL_HINT", "DaskComm", "JobAborted", "RankAborted", "WorkerLost", "dask_client",
+           "load_distributed", "local_cluster", "run_dask", "run_spmd", "worker_addresses"]

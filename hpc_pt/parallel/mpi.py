@@ -60,12 +60,14 @@ class MPIComm(Comm):
     ``allreduce_sum`` and ``bcast`` of arrays need the same shape and dtype on every rank (a probe-sized
     sum, a small table). ``allreduce_sum`` returns a new array and leaves its argument
     untouched, like :class:`~hpc_pt.parallel.base.SerialComm` (one host copy of the array per call).
+    ``deterministic``: the reduction mode of :class:`~hpc_pt.parallel.base.Comm` (rank-count-independent
+    sums of per-row / per-angle partials).
     """
 
     name = "mpi"
 
-    def __init__(self, comm=None, cuda_aware: bool | None = None):
-        super().__init__()
+    def __init__(self, comm=None, cuda_aware: bool | None = None, deterministic: bool = False):
+        super().__init__(deterministic=deterministic)
         self.MPI = load_mpi()
         #: the slab transposes hand CuPy buffers straight to MPI (CUDA-aware MPI) instead of staging them
         #: through pinned host memory: ``HPC_PT_CUDA_AWARE_MPI=1``, or what the MPI library reports

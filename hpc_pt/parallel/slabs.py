@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_xp, is_cupy, to_numpy
+from ..backend import get_xp, is_cupy, leading_sums, to_numpy
 
 
 def _transport(comm, x):
@@ -239,28 +239,54 @@ class SlabSpace:
         gz = g[0]
         if self.comm.size > 1:
             lo, _ = self.halo(gz)
-        last = self.z1 == self.global_shape[0]
-        if last:
-            d = divergence(g)
-        else:  # the slab's last z difference is an interior one: it counts (divergence() would drop it)
-            xp = get_xp(g)
-            ext = xp.concatenate([g, xp.zeros((3, 1) + g.shape[2:], dtype=g.dtype)], axis=1)
-            d = divergence(ext)[:-1]
-        if self.z0 > 0:
-            d[0] -= lo
-        return d
+        first, last = self.z0 == 0, self.z1 == self.global_shape[0]
+        if first and last:
+            return divergence(g)
+        # The neighbours' rows are put where the whole volume has them, so every row's terms are added in
+        # the serial order (bitwise the serial result on any slab split): the previous slab's last z
+        # difference before the first row, and a zero row after the last one (the slab's last z difference
+        # is an interior one: it counts, divergence() would drop it).
+        xp = get_xp(g)
+        parts = [g]
+        if not first:
+            before = xp.zeros((3, 1) + g.shape[2:], dtype=g.dtype)
+            before[0, 0] = lo
+            parts.insert(0, before)
+        if not last:
+            parts.append(xp.zeros((3, 1) + g.shape[2:], dtype=g.dtype))
+        d = divergence(xp.concatenate(parts, axis=1))
+        return d[(0 if first else 1):(None if last else -1)]
 
     def laplacian(self, u):
         return self.divergence(self.gradient(u))
 
     def tv_value(self, u) -> float:
-        """Isotropic TV of the global volume (seed 001 Eq. 3), summed over slabs."""
+        """Isotropic TV of the global volume (seed 001 Eq. 3), summed over slabs (per row in the
+        communicator's deterministic mode)."""
         xp = get_xp(u)
         g = self.gradient(u)
-        return self.comm.sum_scalar(float(xp.sqrt((xp.abs(g) ** 2).sum(axis=0)).sum()))
+        tv = xp.sqrt((xp.abs(g) ** 2).sum(axis=0))
+        if getattr(self.comm, "deterministic", False):
+            return self.sum_rows(tv)
+        return self.comm.sum_scalar(float(tv.sum()))
+
+    def sum_rows(self, x) -> float:
+        """Sum over the global volume of ``x``, a real array whose first axis is this slab's rows, in the
+        communicator's mode: deterministic, one float64 partial per global row combined by
+        :meth:`Comm.sum_partials` (the same bits on any number of ranks); otherwise the slab's sum through
+        ``sum_scalar``. Collective."""
+        if not getattr(self.comm, "deterministic", False):
+            return self.comm.sum_scalar(float(x.sum()))
+        return self.comm.sum_partials(leading_sums(x), np.arange(self.z0, self.z1), self.global_shape[0])
 
     def dot(self, a, b) -> float:
-        return self.comm.volume_dot(a, b)
+        """Re <a, b> of two slab volumes over the global volume (a collective). Deterministic mode: per-row
+        float64 partials (:meth:`sum_rows`), so the value does not depend on the slab split; otherwise the
+        communicator's :meth:`~hpc_pt.parallel.Comm.volume_dot`."""
+        if not getattr(self.comm, "deterministic", False):
+            return self.comm.volume_dot(a, b)
+        xp = get_xp(a)
+        return self.sum_rows((xp.conj(a) * b).real)
 
     # -- whole volumes ----------------------------------------------------------------------------------
     def allgather(self, u):

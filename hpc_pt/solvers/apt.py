@@ -50,9 +50,9 @@ import numpy as np
 
 from ..backend import get_xp
 from ..operators import apply_stencil
-from .base import (NO_CHECKPOINTS, Checkpointer, History, Shard, SolverResult, conjugate_gradient,
+from .base import (NO_CHECKPOINTS, Checkpointer, History, Shard, SolverResult, conjugate_gradient, frame_sum,
                    power_lipschitz)
-from .prox import data_objective, pixel_sum, prox_amplitude, prox_poisson, prox_tv
+from .prox import frame_objective, prox_amplitude, prox_poisson, prox_tv
 
 
 @dataclass
@@ -173,11 +173,11 @@ def run_apt(shard: Shard, comm, opts: APTOptions | None = None, callback=None, u
     ones = xp.ones(shape, dtype=dtype)
     if st is None:
         d1 = D.fwd(ones)
-        energy_model = comm.sum_scalar(pixel_sum(xp.abs(d1) ** 2, mask))
-        energy_data = comm.sum_scalar(pixel_sum(f, mask))
+        energy_model = frame_sum(comm, shard, xp.abs(d1) ** 2, mask)
+        energy_data = frame_sum(comm, shard, f, mask)
         c = float(np.sqrt(energy_data / energy_model)) if energy_model > 0 else 1.0
         nrm = power_lipschitz(normal, sp.global_shape, comm, dtype, like=shard.intensities,
-                              rows=(sp.z0, sp.z1))
+                              rows=(sp.z0, sp.z1), dot=sp.dot)
     else:
         c, nrm = float(st["scale"]), float(st["normal_norm"])
     r2 = opts.r2 if opts.r2 is not None else choose_r2(f, mask, comm)[0]
@@ -207,7 +207,7 @@ def run_apt(shard: Shard, comm, opts: APTOptions | None = None, callback=None, u
         return out
 
     hist = History(st["history"] if st is not None else None)
-    sum_sqrt_f = comm.sum_scalar(pixel_sum(sqrt_f, mask))
+    sum_sqrt_f = frame_sum(comm, shard, sqrt_f, mask)
     for k in range(len(hist), opts.iterations):
         t0 = time.perf_counter()
         # Step 1: u-update by CG
@@ -216,7 +216,7 @@ def run_apt(shard: Shard, comm, opts: APTOptions | None = None, callback=None, u
         if opts.tv:
             rhs -= r1 * sp.divergence(p + lam1)
         u_old = u
-        u, cg = conjugate_gradient(apply_l, rhs, u, comm.volume_dot, tol=opts.cg_tol, max_iter=opts.cg_max_iter)
+        u, cg = conjugate_gradient(apply_l, rhs, u, sp.dot, tol=opts.cg_tol, max_iter=opts.cg_max_iter)
         with comm.phase("project"):
             psi = D.psi(u)
         with comm.phase("ptycho"):
@@ -226,23 +226,23 @@ def run_apt(shard: Shard, comm, opts: APTOptions | None = None, callback=None, u
             z = prox(du - lam2, data, r2, mask)
             # Step 3: multipliers
             lam2 += z - du
-        primal = comm.sum_scalar(float((xp.abs(z - du) ** 2).sum()))
+        primal = frame_sum(comm, shard, xp.abs(z - du) ** 2)
         if opts.tv:
             gu = sp.gradient(u)
             with comm.phase("prox"):
                 p = prox_tv(gu - lam1, thresh)
                 lam1 += p - gu
-            primal += comm.sum_scalar(float((xp.abs(p - gu) ** 2).sum()))
+            primal += sp.sum_rows((xp.abs(p - gu) ** 2).sum(axis=0))
         if opts.probe_refine and k >= opts.probe_refine_start:
             with comm.phase("ptycho"):
                 _update_probe(D, psi, z + lam2, comm)
             D.refresh()
         mag = xp.abs(du)
-        obj = comm.sum_scalar(data_objective(mag, f, sqrt_f, opts.metric, mask))
+        obj = frame_sum(comm, shard, frame_objective(mag, f, sqrt_f, opts.metric, mask))
         if opts.tv:
             obj += lam * sp.tv_value(u)
-        rf = comm.sum_scalar(pixel_sum(xp.abs(mag - sqrt_f), mask)) / sum_sqrt_f
-        change = np.sqrt(comm.volume_dot(u - u_old, u - u_old) / max(comm.volume_dot(u, u), 1e-300))
+        rf = frame_sum(comm, shard, xp.abs(mag - sqrt_f), mask) / sum_sqrt_f
+        change = np.sqrt(sp.dot(u - u_old, u - u_old) / max(sp.dot(u, u), 1e-300))
         row = hist.append(iteration=k + 1, objective=obj, r_factor=rf, primal_residual=np.sqrt(primal),
                           rel_change=change, cg_iterations=cg.iterations, cg_residual=cg.residual,
                           iter_time_s=time.perf_counter() - t0)

@@ -21,9 +21,15 @@ class LocalReductions:
     communicator (the parallel layer's ``SerialComm`` behaves the same; solvers do not import that layer)."""
 
     rank, size = 0, 1
+    deterministic = False
 
     def allreduce_sum(self, x):
         return x
+
+    def sum_partials(self, values, index, n) -> float:
+        import math
+
+        return math.fsum(np.asarray(values, dtype=np.float64).ravel().tolist())
 
     def sum_scalar(self, v) -> float:
         return float(v)
@@ -159,14 +165,38 @@ class SolverResult:
     state: dict = field(default_factory=dict)
 
 
+def frame_sum(comm, shard: Shard, x, mask=None) -> float:
+    """Sum of ``x`` (F_local, m1, m2: one value per pixel of this shard's frames) over valid pixels and
+    every rank's frames (a collective).
+
+    In the communicator's deterministic mode the float64 sums of the frames (:func:`~hpc_pt.backend.
+    leading_sums`) are accumulated per angle in frame order and combined by ``comm.sum_partials`` with the
+    global angle indices, so the value does not depend on how whole angles are spread over ranks; otherwise
+    the shard's sum goes through ``comm.sum_scalar``.
+    """
+    from ..backend import leading_sums
+    from .prox import pixel_sum
+
+    if not getattr(comm, "deterministic", False):
+        return comm.sum_scalar(pixel_sum(x, mask))
+    per_frame = leading_sums(x * mask if mask is not None else x)
+    local = np.asarray(shard.model.ptycho.angle_index, dtype=np.int64)
+    ids = np.asarray(shard.angle_ids, dtype=np.int64)
+    per_angle = np.zeros(len(ids), dtype=np.float64)
+    np.add.at(per_angle, local, per_frame)  # sequential, in frame order
+    return comm.sum_partials(per_angle, ids, shard.space.n_angles)
+
+
 def power_lipschitz(apply, shape, comm, dtype, n_iter: int = 15, seed: int = 0, like=None,
-                    rows: tuple[int, int] | None = None) -> float:
+                    rows: tuple[int, int] | None = None, dot=None) -> float:
     """Largest eigenvalue of the Hermitian PSD map ``apply`` (a collective) by power iteration.
 
     The start vector is seeded and drawn at the global ``shape``; with ``rows`` = (z0, z1) each rank keeps
     its slab's rows of it, so the iteration is the serial one whatever the number of ranks. It lives on
-    ``like``'s backend.
+    ``like``'s backend. ``dot(a, b)``: Re <a, b> over the global volume (default ``comm.volume_dot``; a
+    :meth:`SlabSpace.dot <hpc_pt.parallel.SlabSpace.dot>` follows the communicator's deterministic mode).
     """
+    dot = comm.volume_dot if dot is None else dot
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype)
     if rows is not None:
@@ -175,12 +205,12 @@ def power_lipschitz(apply, shape, comm, dtype, n_iter: int = 15, seed: int = 0, 
         x = asarray_on(x, like)
     lam = 0.0
     for _ in range(max(1, n_iter)):
-        nx = np.sqrt(comm.volume_dot(x, x))
+        nx = np.sqrt(dot(x, x))
         if nx == 0:
             return 0.0
         x /= nx
         y = apply(x)
-        lam = comm.volume_dot(x, y)
+        lam = dot(x, y)
         x = y
     return float(lam)
 
