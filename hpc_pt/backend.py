@@ -242,10 +242,17 @@ class NufftPair2D:
     ``type2(f)``: f (n_trans, n1, n2) -> c (n_trans, M) with c_j = sum f[m,n] exp(-i(kx_j m' + ky_j n')).
     ``type1(c)``: the exact adjoint, c (n_trans, M) -> f (n_trans, n1, n2).
     Plans are built lazily per batch size and kept on the instance (never at module level).
+
+    ``deterministic``: every transform's result must not depend on the batch size (how many slices one
+    call holds) nor on the run. CPU plans then use FFTW_ESTIMATE whatever the size (FFTW_MEASURE picks its
+    algorithm by timing) and, with several threads, spread each transform of a batch on one thread
+    (finufft ``spread_thread=2``: the multithreaded spreader adds the subproblems of one transform in the
+    order the threads finish); measured bitwise equal for any split of the slices (tests/test_slabs.py).
     """
 
-    def __init__(self, kx, ky, n_modes, dtype=np.complex64, eps=None, gpu=False):
+    def __init__(self, kx, ky, n_modes, dtype=np.complex64, eps=None, gpu=False, deterministic=False):
         self.n_modes = tuple(int(n) for n in n_modes)
+        self.deterministic = bool(deterministic)
         self.dtype = np.dtype(dtype)
         self.eps = _nufft_eps(self.dtype, eps)
         self.gpu = bool(gpu)
@@ -278,7 +285,9 @@ class NufftPair2D:
 
                 work = self.n_modes[0] * self.n_modes[1] * n_trans
                 # FFTW_MEASURE (fftw=0) for large batches: 0.45 s once, then a 1.6x faster pair at 128^3
-                fftw = {"fftw": 0} if work >= 2**18 else {}
+                fftw = {"fftw": 0} if work >= 2**18 and not self.deterministic else {}
+                if self.deterministic:
+                    fftw["spread_thread"] = 2
                 plan = finufft.Plan(kind, self.n_modes, n_trans=n_trans, eps=self.eps, isign=isign,
                                     dtype=self.dtype.name, nthreads=_nthreads(work), **fftw)
             plan.setpts(self.kx, self.ky)

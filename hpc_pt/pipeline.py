@@ -253,6 +253,9 @@ def read_input(path, reader: dict | None = None, progress=None, **kwargs) -> Dat
         return read_cxi(path, **flags)
 
 
+#: methods whose every reduction follows the communicator's deterministic mode (docs/parallel.md)
+DETERMINISTIC_METHODS = ("apt", "apts")
+
 #: methods that refine the probe; for them an estimated probe (no probe in the file) turns probe_refine on
 PROBE_REFINERS = ("apt", "apts", "two-step")
 
@@ -297,6 +300,43 @@ def check_settings(cfg: ReconConfig, model: str) -> None:
         if model == "linear" and cfg.init == "zeros":
             raise InputError(f"{cfg.method} with the linear model cannot start from zeros (no far field, zero "
                              "gradient); use --init constant (the default) or FILE")
+    _check_names(cfg)
+
+
+def _options_class(method: str):
+    """The solver options dataclass of ``method`` (what ``--option KEY=VALUE`` names)."""
+    if method in ("apt", "apts"):
+        from .solvers.apt import APTOptions
+
+        return APTOptions
+    if method == "gd":
+        from .solvers.gd import GDOptions
+
+        return GDOptions
+    if method == "admm":
+        from .solvers.admm import ADMMOptions
+
+        return ADMMOptions
+    from .solvers.twostep import TwoStepOptions
+
+    return TwoStepOptions
+
+
+def _check_names(cfg: ReconConfig) -> None:
+    """Unknown ``--option`` keys and an unknown ``--prior`` (ADMM's registry), from the settings alone: refused
+    before any frame is read, with the same one-line messages the solvers' own set-up gives."""
+    names = {f.name for f in fields(_options_class(cfg.method))}
+    unknown = sorted(set(cfg.options) - names)
+    if unknown:
+        raise InputError(f"unknown option(s) {unknown} for method {cfg.method!r}; known: {sorted(names)}")
+    if cfg.method == "apt" and cfg.prior not in ("tv", "none"):
+        raise InputError(f"APT's prior is TV (seed 001); use --method admm for the {cfg.prior!r} prior")
+    if cfg.method == "admm" and cfg.prior not in ("tv", "none"):
+        from .priors import available_denoisers
+
+        if str(cfg.prior).strip().lower() not in available_denoisers():
+            raise InputError(f"unknown prior {cfg.prior!r}; known: {', '.join(available_denoisers())} "
+                             "(register more with hpc_pt.priors.register_denoiser)")
 
 
 def choose_model(cfg: ReconConfig, attrs: dict) -> tuple[str, str, str | None]:
@@ -707,6 +747,9 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
             cfg = config if not settings else ReconConfig.build({**config.model_dump(), **settings})
         else:
             cfg = ReconConfig.build({**(config or {}), **settings})
+        if cfg.deterministic and cfg.method not in DETERMINISTIC_METHODS:
+            raise InputError(f"deterministic mode is implemented for {' and '.join(DETERMINISTIC_METHODS)}, "
+                             f"not {cfg.method}; run {cfg.method} without --deterministic")
         comm.deterministic = bool(cfg.deterministic)  # the reduction mode of every collective sum below
         if isinstance(data, Dataset):
             meta = data

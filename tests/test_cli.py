@@ -164,3 +164,26 @@ def test_bad_probe_file_writes_nothing(capsys, tmp_path):
                                    str(tmp_path / "missing_probe.npy"), "--out", str(out)])
     assert_one_line_error(code, err, "missing_probe.npy")
     assert not out.exists()
+
+
+def test_reconstruct_refuses_before_reading_any_frame(good_file, tmp_path, capsys, monkeypatch):
+    """An existing output, an unknown prior or a bad option is refused from the metadata alone: the frames
+    are not read first (on a real scan that read takes minutes; a few sample frames for the checks may be)."""
+    import hpc_pt.io.cxi as cxi
+    import hpc_pt.pipeline as pipeline
+
+    def no_reads(*args, **kwargs):
+        raise AssertionError("the frames were read before the settings were checked")
+
+    for name in ("build_shard", "build_rank_shard"):
+        monkeypatch.setattr(pipeline, name, no_reads)
+    monkeypatch.setattr(cxi, "read_cxi", no_reads)
+    (tmp_path / "r.zarr").mkdir()
+    cases = [(["--out", str(tmp_path / "r.zarr")], "already exists"),
+             (["--out", str(tmp_path / "s.zarr"), "--method", "admm", "--prior", "banana"], "banana"),
+             (["--out", str(tmp_path / "s.zarr"), "--option", "nonsense=3"], "nonsense")]
+    for extra, words in cases:
+        code, err = run_error(capsys, ["reconstruct", str(good_file), "--iterations", "2", "--quiet", *extra])
+        errors = [e for e in err if e.startswith("error:")]
+        assert code == 2 and len(errors) == 1 and words in errors[0], err
+    assert not (tmp_path / "s.zarr").exists()

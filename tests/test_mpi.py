@@ -243,6 +243,7 @@ def test_cli_mpi_failure_stops_every_rank(data, tmp_path, problem):
 DETERMINISTIC_CASES = [  # the default constant start: without the mode 3 ranks differ from serial by ~3 %
     ["apt-det", "apt", 4, {"deterministic": True}],
     ["apts-det", "apts", 4, {"deterministic": True, "init": "zeros"}],
+    ["apt-det-probe", "apt", 3, {"deterministic": True, "probe_refine": True, "options": {"probe_refine_start": 1}}],
 ]
 
 
@@ -261,3 +262,13 @@ def test_mpi_deterministic_bitwise(data, tmp_path, n):
         assert vol.dtype == ref.volume.dtype and vol.shape == ref.volume.shape
         diff = float(np.linalg.norm(vol - ref.volume) / np.linalg.norm(ref.volume))
         assert np.array_equal(vol, ref.volume), f"{case} on {n} ranks: relative difference {diff:.3g}, not bitwise"
+
+
+def test_deterministic_other_methods_refused(data):
+    """The mode covers APT / APTs only: other methods stop with one line instead of silently running with
+    rank-dependent reductions."""
+    from hpc_pt.errors import InputError
+
+    d, _ = data
+    with pytest.raises(InputError, match="deterministic mode is implemented for apt and apts, not gd"):
+        reconstruct(str(d / "a4.cxi"), method="gd", iterations=1, deterministic=True)

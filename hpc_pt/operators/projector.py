@@ -47,11 +47,14 @@ class Projector(LinearOperator):
     center : detector coordinate of the rotation axis (default (n_det - 1) / 2).
     dtype : complex64 or complex128. eps : NUFFT tolerance (default 1e-6 / 1e-12).
     gpu : build cufinufft plans (inputs must then be CuPy arrays).
+    deterministic : NUFFT plans whose per-slice results do not depend on how many slices one call holds
+        (:class:`~hpc_pt.backend.NufftPair2D`), so a slab's projections equal the whole volume's rows
+        bitwise.
     """
 
     def __init__(self, n: int, nz: int, angles, n_det: int | None = None, center: float | None = None,
                  dtype=np.complex64, eps: float | None = None, gpu: bool = False,
-                 oversample: float | None = None):
+                 oversample: float | None = None, deterministic: bool = False):
         self.n, self.nz = int(n), int(nz)
         self.angles = np.asarray(angles, dtype=np.float64).ravel()
         self.n_det = int(n_det if n_det is not None else n)
@@ -76,7 +79,7 @@ class Projector(LinearOperator):
         self._ramp_adj_host = (np.conj(ramp) / self.M).astype(self.dtype)  # adjoint of ifft's 1/M folded in
         self.gpu = bool(gpu)
         self._nufft = NufftPair2D(wy.ravel(), wx.ravel(), (self.n, self.n), dtype=self.dtype, eps=eps,
-                                  gpu=self.gpu)
+                                  gpu=self.gpu, deterministic=deterministic)
         self._ramp = self._ramp_adj = None
 
     def _min_samples(self) -> int:

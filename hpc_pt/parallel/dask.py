@@ -39,7 +39,10 @@ Failure. A rank that raises closes its sockets (every peer's next receive from i
 once) and sets the ``distributed.Event`` ``hpc-pt-abort-<token>``; a rank blocked in a collective polls
 that flag whenever ``POLL_S`` passes without progress. Ranks stopped this way raise :class:`RankAborted`
 (``secondary = True``); the client waits for every rank and re-raises the first error that is not
-secondary (the original exception, with ``rank`` set on it).
+secondary (the original exception, with ``rank`` set on it). A rank whose worker dies (killed, crashed)
+cannot say so: its peers see its connections reset, and the client, subscribed to the scheduler's event
+topic of every rank's worker, raises the abort flag when the scheduler removes that worker, cancels the
+lost rank's task and raises :class:`WorkerLost` (rank, worker, pid, and the nanny's account of the end).
 
 The TCP connections are plain and unauthenticated apart from the run token (like MPI's): run on a
 trusted cluster network.

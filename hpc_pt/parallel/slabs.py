@@ -114,7 +114,7 @@ class SlabSpace:
         self.dtype = np.dtype(dtype)
         self.my_angles = self.rank_angles[comm.rank]
         self.P = Projector(n, self.shape[0], self.angles, n_det=self.n_det, center=center, dtype=self.dtype,
-                           gpu=gpu)
+                           gpu=gpu, deterministic=getattr(comm, "deterministic", False))
 
     # -- layout helpers --------------------------------------------------------------------------------
     @property

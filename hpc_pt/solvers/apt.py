@@ -51,7 +51,7 @@ import numpy as np
 from ..backend import get_xp
 from ..operators import apply_stencil
 from .base import (NO_CHECKPOINTS, Checkpointer, History, Shard, SolverResult, conjugate_gradient, frame_sum,
-                   power_lipschitz)
+                   frames_array_sum, power_lipschitz)
 from .prox import frame_objective, prox_amplitude, prox_poisson, prox_tv
 
 
@@ -235,7 +235,7 @@ def run_apt(shard: Shard, comm, opts: APTOptions | None = None, callback=None, u
             primal += sp.sum_rows((xp.abs(p - gu) ** 2).sum(axis=0))
         if opts.probe_refine and k >= opts.probe_refine_start:
             with comm.phase("ptycho"):
-                _update_probe(D, psi, z + lam2, comm)
+                _update_probe(D, psi, z + lam2, comm, shard)
             D.refresh()
         mag = xp.abs(du)
         obj = frame_sum(comm, shard, frame_objective(mag, f, sqrt_f, opts.metric, mask))
@@ -255,13 +255,13 @@ def run_apt(shard: Shard, comm, opts: APTOptions | None = None, callback=None, u
                         state={"r1": r1, "r2": r2, "lambda": lam, "scale": c})
 
 
-def _update_probe(D: LinearJointOperator, psi, target, comm):
+def _update_probe(D: LinearJointOperator, psi, target, comm, shard: Shard):
     """w <- sum_j conj(S_j psi) F^H(target_j) / sum_j |S_j psi|^2 (seed 001 section 2.2.2)."""
     from ..backend import ifft2c
 
     xp = get_xp(psi)
     patches = D.pt.patches(psi)
-    num = comm.allreduce_sum((xp.conj(patches) * ifft2c(target)).sum(axis=0))
-    den = comm.allreduce_sum((xp.abs(patches) ** 2).sum(axis=0))
+    num = frames_array_sum(comm, shard, xp.conj(patches) * ifft2c(target))
+    den = frames_array_sum(comm, shard, xp.abs(patches) ** 2)
     eps = 1e-6 * float(den.max()) if den.size else 0.0
     D.pt.probe = (num / (den + eps)).astype(D.pt.dtype)

@@ -187,6 +187,34 @@ def frame_sum(comm, shard: Shard, x, mask=None) -> float:
     return comm.sum_partials(per_angle, ids, shard.space.n_angles)
 
 
+def frames_array_sum(comm, shard: Shard, x):
+    """Sum over every rank's frames of ``x`` (F_local, ...: one array per frame of this shard), the same
+    array on every rank (a collective).
+
+    Deterministic mode: each angle's frames are summed in frame order, the per-angle sums are placed at
+    their global angle indices in an (A, ...) array, summed over ranks (exact: one contributor per angle
+    when ranks hold whole angles) and added up in angle order, so the result does not depend on how whole
+    angles are spread over ranks. Otherwise this shard's sum goes through ``comm.allreduce_sum``.
+    """
+    xp = get_xp(x)
+    if not getattr(comm, "deterministic", False):
+        return comm.allreduce_sum(x.sum(axis=0))
+    local = np.asarray(shard.model.ptycho.angle_index, dtype=np.int64)
+    ids = np.asarray(shard.angle_ids, dtype=np.int64)
+    dense = xp.zeros((shard.space.n_angles,) + tuple(x.shape[1:]), dtype=x.dtype)
+    for i, a in enumerate(ids):
+        sel = np.flatnonzero(local == i)
+        if sel.size:  # an angle's frames are normally contiguous: a view, else a copy in frame order
+            part = x[int(sel[0]):int(sel[-1]) + 1] if sel[-1] - sel[0] + 1 == sel.size else x[xp.asarray(sel)]
+            dense[a] += part.sum(axis=0)
+    if comm.size > 1:
+        dense = comm.allreduce_sum(dense)
+    out = dense[0].copy()
+    for a in range(1, dense.shape[0]):
+        out += dense[a]
+    return out
+
+
 def power_lipschitz(apply, shape, comm, dtype, n_iter: int = 15, seed: int = 0, like=None,
                     rows: tuple[int, int] | None = None, dot=None) -> float:
     """Largest eigenvalue of the Hermitian PSD map ``apply`` (a collective) by power iteration.
