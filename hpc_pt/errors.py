@@ -23,3 +23,19 @@ class DivergedError(InputError):
         super().__init__(message)
         self.iteration = int(iteration)
         self.quantity = str(quantity)
+
+
+_PLAIN = (("Input should be greater than or equal to ", "must be >= "), ("Input should be greater than ", "must be > "),
+          ("Input should be less than or equal to ", "must be <= "), ("Input should be less than ", "must be < "),
+          ("Input should be a valid integer", "must be a whole number"),
+          ("Input should be a valid number", "must be a number"), ("Input should be ", "must be "),
+          ("Value error, ", ""))
+
+
+def plain_message(msg: str) -> str:
+    """A pydantic validation message in the words of hpc-pt's errors ("must be >= 1", not "Input should be
+    greater than or equal to 1")."""
+    text = str(msg)
+    for old, new in _PLAIN:
+        text = text.replace(old, new)
+    return text

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import conventions as cv
 from .data import Dataset
-from .errors import InputError
+from .errors import InputError, plain_message
 
 METHODS = ("apt", "apts", "admm", "gd", "two-step")
 #: each method's forward model when neither ``--model`` nor the input file names one (None: the method has no
@@ -63,7 +63,8 @@ class ReconConfig(BaseModel):
         except ValidationError as e:
             err = e.errors()[0]
             loc = ".".join(str(x) for x in err["loc"]) or "configuration"
-            raise InputError(f"{source}: {loc}: {err['msg']}; see `hpc-pt reconstruct --help`") from None
+            raise InputError(f"{source}: {loc}: {plain_message(err['msg'])}; see `hpc-pt reconstruct --help`") \
+                from None
 
     @classmethod
     def from_file(cls, path, overrides: dict | None = None) -> "ReconConfig":

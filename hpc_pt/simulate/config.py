@@ -27,7 +27,7 @@ from pydantic import (
     model_validator,
 )
 
-from ..errors import InputError
+from ..errors import InputError, plain_message
 
 PHANTOMS = ("shepp-logan", "wires", "ellipsoids")
 
@@ -219,7 +219,7 @@ class SimulationConfig(BaseModel):
         try:
             return cls.model_validate(data, context=context)
         except ValidationError as exc:
-            raise InputError(f"{source}: {_format_errors(exc)}") from None
+            raise InputError(f"{source}: {_format_errors(exc)}; see `hpc-pt simulate --help`") from None
 
     @classmethod
     def build(cls, overrides: dict | None = None, source: str = "command-line options", names: str = "keys",
@@ -259,7 +259,7 @@ def _format_errors(exc: ValidationError) -> str:
         elif err["type"] == "extra_forbidden":
             parts.append(f"unknown key {loc!r} (allowed keys: {allowed})")
         else:
-            msg = err["msg"].removeprefix("Value error, ")
+            msg = plain_message(err["msg"])
             got = "" if err["type"].startswith("value_error") and not err["loc"] else f" (got {err.get('input')!r})"
             parts.append(f"{loc}: {msg}{got}")
     return "; ".join(parts)
