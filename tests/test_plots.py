@@ -160,17 +160,10 @@ def test_truth_snr_matches_metrics_and_is_skipped_when_not_cheap():
     assert SNR_MAX_VOXELS >= 128 ** 3
 
 
-def test_pipeline_figure_gets_voxel_size_model_and_truth_snr(tmp_path, monkeypatch):
-    """reconstruct() passes the voxel size, the forward model and the SNR against the CXI truth group."""
+def spy_on_figure(monkeypatch) -> dict:
+    """Record the keyword arguments the pipeline passes to :func:`hpc_pt.plots.recon_figure`."""
     import hpc_pt.plots as plots
-    from hpc_pt import reconstruct
-    from hpc_pt.io import write_cxi
-    from hpc_pt.io.cxi import read_truth
-    from hpc_pt.simulate import SimulationConfig, simulate_dataset
 
-    ds = simulate_dataset(SimulationConfig(size=16, angles=6, probe_size=8, probe_fwhm=3, step=2, field_pad=3))
-    data = tmp_path / "d.h5"
-    write_cxi(ds, data)
     seen = {}
     real = plots.recon_figure
 
@@ -179,6 +172,20 @@ def test_pipeline_figure_gets_voxel_size_model_and_truth_snr(tmp_path, monkeypat
         return real(vol, hist, path, **kw)
 
     monkeypatch.setattr(plots, "recon_figure", spy)
+    return seen
+
+
+def test_pipeline_figure_gets_voxel_size_model_and_truth_snr(tmp_path, monkeypatch):
+    """reconstruct() passes the voxel size, the forward model and the SNR against the CXI truth group."""
+    from hpc_pt import reconstruct
+    from hpc_pt.io import write_cxi
+    from hpc_pt.io.cxi import read_truth
+    from hpc_pt.simulate import SimulationConfig, simulate_dataset
+
+    ds = simulate_dataset(SimulationConfig(size=16, angles=6, probe_size=8, probe_fwhm=3, step=2, field_pad=3))
+    data = tmp_path / "d.h5"
+    write_cxi(ds, data)
+    seen = spy_on_figure(monkeypatch)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = reconstruct(str(data), out=str(tmp_path / "r.zarr"), method="apt", iterations=3)
@@ -192,7 +199,6 @@ def test_pipeline_figure_gets_voxel_size_model_and_truth_snr(tmp_path, monkeypat
 def test_cli_figure_has_the_truth_snr(tmp_path, monkeypatch):
     """The CLI reads the frames first (a Dataset without its truth group) and passes the path: the figure
     still gets the SNR against the file's ground truth."""
-    import hpc_pt.plots as plots
     from hpc_pt.cli import main
     from hpc_pt.io import write_cxi
     from hpc_pt.simulate import SimulationConfig, simulate_dataset
@@ -200,13 +206,6 @@ def test_cli_figure_has_the_truth_snr(tmp_path, monkeypatch):
     ds = simulate_dataset(SimulationConfig(size=16, angles=6, probe_size=8, probe_fwhm=3, step=2, field_pad=3))
     data = tmp_path / "d.h5"
     write_cxi(ds, data)
-    seen = {}
-    real = plots.recon_figure
-
-    def spy(vol, hist, path, **kw):
-        seen.update(kw)
-        return real(vol, hist, path, **kw)
-
-    monkeypatch.setattr(plots, "recon_figure", spy)
+    seen = spy_on_figure(monkeypatch)
     assert main(["reconstruct", str(data), "--iterations", "3", "--quiet", "--out", str(tmp_path / "r.zarr")]) == 0
     assert seen.get("snr_db") is not None and math.isfinite(seen["snr_db"]), seen.get("snr_db")
