@@ -245,9 +245,11 @@ class NufftPair2D:
 
     ``deterministic``: every transform's result must not depend on the batch size (how many slices one
     call holds) nor on the run. CPU plans then use FFTW_ESTIMATE whatever the size (FFTW_MEASURE picks its
-    algorithm by timing) and, with several threads, spread each transform of a batch on one thread
-    (finufft ``spread_thread=2``: the multithreaded spreader adds the subproblems of one transform in the
-    order the threads finish); measured bitwise equal for any split of the slices (tests/test_slabs.py).
+    algorithm by timing), one thread count whatever the size (``HPC_PT_NUFFT_THREADS``, else 1: finufft's
+    spreader rounds differently on 1 and on several threads, and the default count depends on the batch
+    size) and, with several threads, each transform of a batch spread on one thread (``spread_thread=2``).
+    Measured bitwise equal for any split of the slices (tests/test_slabs.py); runs with different
+    ``HPC_PT_NUFFT_THREADS`` differ by rounding.
     """
 
     def __init__(self, kx, ky, n_modes, dtype=np.complex64, eps=None, gpu=False, deterministic=False):
@@ -286,10 +288,12 @@ class NufftPair2D:
                 work = self.n_modes[0] * self.n_modes[1] * n_trans
                 # FFTW_MEASURE (fftw=0) for large batches: 0.45 s once, then a 1.6x faster pair at 128^3
                 fftw = {"fftw": 0} if work >= 2**18 and not self.deterministic else {}
+                threads = _nthreads(work)
                 if self.deterministic:
+                    threads = int(os.environ.get("HPC_PT_NUFFT_THREADS", "0")) or 1
                     fftw["spread_thread"] = 2
                 plan = finufft.Plan(kind, self.n_modes, n_trans=n_trans, eps=self.eps, isign=isign,
-                                    dtype=self.dtype.name, nthreads=_nthreads(work), **fftw)
+                                    dtype=self.dtype.name, nthreads=threads, **fftw)
             plan.setpts(self.kx, self.ky)
             self._plans[key] = plan
         return self._plans[key]
