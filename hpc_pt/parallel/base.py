@@ -172,7 +172,9 @@ class Comm:
             indices are split over ranks. Otherwise the local partials are summed and the per-rank sums go
             through :meth:`sum_scalar` (one float per rank). Collective: every rank must call it.
         """
-        vals = np.asarray(values, dtype=np.float64).ravel()
+        from ..backend import to_numpy
+
+        vals = to_numpy(values).astype(np.float64).ravel()  # the partials may be a device array
         if not self.deterministic:
             return self.sum_scalar(math.fsum(vals.tolist()))
         dense = np.zeros(int(n), dtype=np.float64)

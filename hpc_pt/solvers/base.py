@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..backend import asarray_on, get_xp
+from ..backend import asarray_on, get_xp, to_numpy
 from ..operators import ForwardModel
 
 
@@ -29,7 +29,7 @@ class LocalReductions:
     def sum_partials(self, values, index, n) -> float:
         import math
 
-        return math.fsum(np.asarray(values, dtype=np.float64).ravel().tolist())
+        return math.fsum(to_numpy(values).astype(np.float64).ravel().tolist())  # partials: host or device
 
     def sum_scalar(self, v) -> float:
         return float(v)
