@@ -326,10 +326,7 @@ def _options_class(method: str):
 def _check_names(cfg: ReconConfig) -> None:
     """Unknown ``--option`` keys and an unknown ``--prior`` (ADMM's registry), from the settings alone: refused
     before any frame is read, with the same one-line messages the solvers' own set-up gives."""
-    names = {f.name for f in fields(_options_class(cfg.method))}
-    unknown = sorted(set(cfg.options) - names)
-    if unknown:
-        raise InputError(f"unknown option(s) {unknown} for method {cfg.method!r}; known: {sorted(names)}")
+    _refuse_unknown_options(_options_class(cfg.method), cfg)
     if cfg.method == "apt" and cfg.prior not in ("tv", "none"):
         raise InputError(f"APT's prior is TV (seed 001); use --method admm for the {cfg.prior!r} prior")
     if cfg.method == "admm" and cfg.prior not in ("tv", "none"):
@@ -450,13 +447,19 @@ def _coerce(cls, values: dict) -> dict:
     return out
 
 
-def _options(cls, cfg: ReconConfig, mapped: dict):
-    """Instantiate a solver's options dataclass from the generic settings plus ``cfg.options``."""
+def _refuse_unknown_options(cls, cfg: ReconConfig) -> set:
+    """The field names of the options dataclass ``cls``; an ``--option`` key outside them is refused."""
     names = {f.name for f in fields(cls)}
-    extra = dict(cfg.options)
-    unknown = sorted(set(extra) - names)
+    unknown = sorted(set(cfg.options) - names)
     if unknown:
         raise InputError(f"unknown option(s) {unknown} for method {cfg.method!r}; known: {sorted(names)}")
+    return names
+
+
+def _options(cls, cfg: ReconConfig, mapped: dict):
+    """Instantiate a solver's options dataclass from the generic settings plus ``cfg.options``."""
+    names = _refuse_unknown_options(cls, cfg)
+    extra = dict(cfg.options)
     values = {k: v for k, v in mapped.items() if k in names and v is not None}
     values.update(_coerce(cls, extra))
     return cls(**values)
@@ -476,8 +479,6 @@ def _run_method(cfg: ReconConfig, shard, comm, callback, u0, support=None, check
     if cfg.method in ("apt", "apts"):
         from .solvers.apt import APTOptions, run_apt
 
-        if cfg.prior not in ("tv", "none") and cfg.method == "apt":
-            raise InputError(f"APT's prior is TV (seed 001); use --method admm for the {cfg.prior!r} prior")
         tv = cfg.method == "apt" and cfg.prior == "tv"
         r2, why = cfg.penalty, None
         if r2 is None and "r2" not in cfg.options:  # the data penalty from the data's noise level

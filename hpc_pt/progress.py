@@ -224,8 +224,8 @@ def _fields_text(row: dict, short: bool = False) -> str:
         except (TypeError, ValueError):
             continue
         if math.isfinite(v):
-            parts.append(f"{SHORT_NAMES[key] if short else name} {v:.4g}" if short else f"{name} {v:.4g}")
-    return ("  " if not short else " ").join(parts)
+            parts.append(f"{SHORT_NAMES[key] if short else name} {v:.4g}")
+    return (" " if short else "  ").join(parts)
 
 
 class ProgressReporter:
