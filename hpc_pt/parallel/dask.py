@@ -7,18 +7,16 @@ every rank task calls the very same function an MPI rank calls (:func:`run_dask`
 them. A rank task keeps its worker's thread slot for the whole run (it does not ``secede``): with
 ``threads_per_worker=1`` a worker *is* a rank, and nothing else is scheduled beside it.
 
-Transport. The rank tasks open a full mesh of TCP connections among themselves at start-up: each rank
-listens on the worker's host (port 0), publishes ``host:port`` in a ``distributed.Variable`` named after
-the run token, connects to every lower rank (handshake: token and rank) and accepts every higher one.
-Collectives then move contiguous NumPy buffers directly worker to worker (``socket.sendmsg`` /
-``recv_into`` on non-blocking sockets driven by one ``poll`` loop: every rank sends to and receives from
-all its peers at once, so no ordering can deadlock and no array is pickled or copied into a message).
-Every message carries a 16-byte header (collective sequence number, byte count) that the receiver checks,
-so ranks that call collectives in different orders fail with a clear error instead of mixing data.
-Plain sockets rather than ``multiprocessing.connection`` because ``recv_bytes_into`` reads each message
-into an intermediate ``BytesIO`` first and cannot wait on several peers at once; rather than Dask's own
-data transfer (futures, ``Queue``, actors) because every one of those goes through the scheduler and
-costs milliseconds per message, while CG does several scalar reductions per iteration.
+Transport. The rank tasks open a full mesh of connections among themselves at start-up on Dask's own
+communication layer (:mod:`hpc_pt.parallel.dask_mesh`: ``distributed.comm`` on the worker's address scheme,
+with the cluster's ``Security``, so TLS clusters work and are enforced; addresses on a ``distributed.Variable``
+board named after the run token). Collectives then move contiguous NumPy buffers worker to worker as raw
+frames (no pickling: the comms are opened with ``deserialize=False``), sending to and receiving from all
+peers at once, so no ordering can deadlock. Every message carries its collective's sequence number and
+size, which the receiver checks, so ranks that call collectives in different orders fail with a clear
+error instead of mixing data. Not Dask's own data transfer (futures, ``Queue``, actors): every one of those
+goes through the scheduler and costs milliseconds per message, while CG does several scalar reductions per
+iteration.
 
 Reductions are deterministic and identical on every rank: the parts are summed in rank order
 (``x_0 + x_1 + ...``) on every rank (directly, or for large arrays on more than two ranks by a
@@ -35,23 +33,22 @@ Dashboard. :meth:`DaskComm.phase` and every collective are metered with
 excludes the communication metered inside it. Dask publishes a task's metrics when the task ends, so they
 appear once the rank tasks finish.
 
-Failure. A rank that raises closes its sockets (every peer's next receive from it sees end-of-file at
-once) and sets the ``distributed.Event`` ``hpc-pt-abort-<token>``; a rank blocked in a collective polls
+Failure. A rank that raises closes its connections (every peer's next receive from it fails at once) and sets the ``distributed.Event`` ``hpc-pt-abort-<token>``; a rank blocked in a collective polls
 that flag whenever ``POLL_S`` passes without progress. Ranks stopped this way raise :class:`RankAborted`
 (``secondary = True``); the client waits for every rank and re-raises the first error that is not
 secondary (the original exception, with ``rank`` set on it). A rank whose worker dies (killed, crashed)
-cannot say so: its peers see its connections reset, and the client, subscribed to the scheduler's event
+cannot say so: its peers see its connections close, and the client, subscribed to the scheduler's event
 topic of every rank's worker, raises the abort flag when the scheduler removes that worker, cancels the
 lost rank's task and raises :class:`WorkerLost` (rank, worker, pid, and the nanny's account of the end).
 
-The TCP connections are plain and unauthenticated apart from the run token (like MPI's): run on a
-trusted cluster network.
+Security. The mesh uses the worker's own ``Security``: on a TLS cluster every connection is TLS with the
+cluster's certificates, and a peer without them is refused in the TLS handshake; on a plain ``tcp://``
+cluster the connections are as open as Dask's own (a connection must still name the run token and an
+expected rank in its first message).
 """
 from __future__ import annotations
 
 import os
-import select
-import socket
 import struct
 import time
 import uuid
@@ -61,21 +58,13 @@ import numpy as np
 
 from ..errors import BackendUnavailable, InputError
 from .base import Comm, split_evenly
+from .dask_mesh import POLL_S, RankAborted, byte_view
 
 INSTALL_HINT = 'pip install ".[dask]" from the hpc-pt checkout'
 
-#: seconds a blocked collective waits without progress before it checks the job's abort flag
-POLL_S = 0.25
 #: allreduce of arrays at least this large on more than 2 ranks: reduce-scatter + all-gather
 RS_BYTES = 1 << 16
-#: messages up to this size travel as one buffer with their header
-SMALL = 1 << 12
-#: seconds a collective busy-polls its sockets before it sleeps in ``poll`` (0: sleep at once; a short spin
-#: lowers the latency of scalar sums on dedicated cores but slows ranks that share cores with other work)
-SPIN_S = float(os.environ.get("HPC_PT_DASK_SPIN_US", "0")) * 1e-6
-_HDR = struct.Struct("<QQ")  # sequence number, payload bytes
 _F64 = struct.Struct("<d")
-_HANDSHAKE = struct.Struct("<32sQ")  # run token, rank of the connecting side
 _COMM_LABEL = {"alltoallv": "transpose", "allreduce": "allreduce", "scalar": "allreduce-scalar",
                "bcast": "bcast"}
 
@@ -88,12 +77,6 @@ def load_distributed():
         raise BackendUnavailable(f"the Dask backend needs dask.distributed ({e}); install it with "
                                  f"{INSTALL_HINT}") from None
     return distributed
-
-
-class RankAborted(RuntimeError):
-    """This rank stopped because another rank failed (or the job was aborted): not the original error."""
-
-    secondary = True
 
 
 class JobAborted(RuntimeError):
@@ -130,23 +113,15 @@ def _is_cupy(x) -> bool:
     return type(x).__module__.split(".")[0] == "cupy"
 
 
-def _bytes_view(a: np.ndarray) -> memoryview:
-    return memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
-
-
 def _abort_name(token: str) -> str:
     return f"hpc-pt-abort-{token}"
-
-
-def _addr_name(token: str, rank: int) -> str:
-    return f"hpc-pt-addr-{token}-{rank}"
 
 
 class DaskComm(Comm):
     """Collectives between the rank tasks of one :func:`run_spmd` job (create it inside a rank task).
 
     ``token`` names the job (its abort flag and address board), ``rank``/``size`` as in MPI. The
-    constructor builds the TCP mesh (collective: every rank of the job must construct its DaskComm);
+    constructor builds the mesh (collective: every rank of the job must construct its DaskComm);
     ``connect_timeout`` bounds that. ``allreduce_sum`` and ``bcast`` of arrays need the same shape and
     dtype on every rank, as with :class:`~hpc_pt.parallel.mpi.MPIComm`; CuPy arrays go through host memory.
     """
@@ -156,7 +131,7 @@ class DaskComm(Comm):
     def __init__(self, token: str, rank: int, size: int, connect_timeout: float = 120.0):
         super().__init__()
         self.token, self.rank, self.size = str(token), int(rank), int(size)
-        self._socks: dict[int, socket.socket] = {}
+        self._mesh = None
         self._seq = 0
         self._client = None
         self._event = None
@@ -185,90 +160,16 @@ class DaskComm(Comm):
                               f"while {what}")
 
     def _connect(self, timeout: float) -> None:
-        distributed = load_distributed()
-        client = self._dask()
-        try:
-            from distributed.comm import get_address_host
+        from .dask_mesh import Mesh
 
-            host = get_address_host(distributed.get_worker().address)
-        except Exception:  # noqa: BLE001 - not a TCP worker address: stay on this machine
-            host = "127.0.0.1"
-        lsock = socket.create_server((host, 0), backlog=max(8, self.size))
-        deadline = time.monotonic() + timeout
-        token = self.token.encode()[:32].ljust(32, b"\0")
-        try:
-            port = lsock.getsockname()[1]
-            mine = distributed.Variable(_addr_name(self.token, self.rank), client=client)
-            mine.set(f"{host}:{port}")
-            for peer in range(self.rank):  # connect to every lower rank
-                var = distributed.Variable(_addr_name(self.token, peer), client=client)
-                while True:
-                    try:
-                        addr = var.get(timeout=POLL_S * 4)
-                        break
-                    except TimeoutError:
-                        self._check_abort(f"waiting for rank {peer}'s address")
-                        if time.monotonic() > deadline:
-                            raise TimeoutError(f"rank {peer} did not start within {timeout:g} s") from None
-                phost, pport = addr.rsplit(":", 1)
-                s = socket.create_connection((phost, int(pport)), timeout=max(1.0, deadline - time.monotonic()))
-                s.sendall(_HANDSHAKE.pack(token, self.rank))
-                self._add_peer(peer, s)
-            lsock.settimeout(POLL_S * 4)
-            while len(self._socks) < self.size - 1:  # accept every higher rank
-                try:
-                    s, _ = lsock.accept()
-                except TimeoutError:
-                    self._check_abort("waiting for the other ranks to connect")
-                    if time.monotonic() > deadline:
-                        raise TimeoutError(f"rank {self.rank}: the other ranks did not connect within "
-                                           f"{timeout:g} s") from None
-                    continue
-                s.settimeout(max(1.0, deadline - time.monotonic()))
-                buf = bytearray(_HANDSHAKE.size)
-                view, got = memoryview(buf), 0
-                while got < len(buf):
-                    n = s.recv_into(view[got:])
-                    if not n:
-                        break
-                    got += n
-                if got < len(buf):
-                    s.close()
-                    continue
-                tok, peer = _HANDSHAKE.unpack(buf)
-                if tok != token or not self.rank < peer < self.size or peer in self._socks:
-                    s.close()  # a stray connection: not one of this job's ranks
-                    continue
-                self._add_peer(int(peer), s)
-        except BaseException:
-            self.close()
-            raise
-        finally:
-            lsock.close()
-        try:
-            mine.delete()  # every higher rank has read it and connected
-        except Exception:  # noqa: BLE001 - bookkeeping only
-            pass
-
-    def _add_peer(self, peer: int, s: socket.socket) -> None:
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-            try:
-                s.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
-            except OSError:
-                pass
-        s.setblocking(False)
-        self._socks[peer] = s
+        self._mesh = Mesh(self.token, self.rank, self.size, self._dask(), self._check_abort, timeout=timeout)
 
     def close(self) -> None:
-        """Close the connections (peers blocked on this rank see end-of-file)."""
+        """Close the connections (peers blocked on this rank see them closed)."""
         self._closed = True
-        socks, self._socks = self._socks, {}
-        for s in socks.values():
-            try:
-                s.close()
-            except OSError:
-                pass
+        mesh, self._mesh = self._mesh, None
+        if mesh is not None:
+            mesh.close()
 
     def mark_failed(self) -> None:
         """Tell every rank that this one failed: close the connections, set the job's abort flag."""
@@ -277,7 +178,7 @@ class DaskComm(Comm):
             try:
                 self._dask()
                 self._event.set()
-            except Exception:  # noqa: BLE001 - the scheduler is gone: the sockets told the peers already
+            except Exception:  # noqa: BLE001 - the scheduler is gone: the closed comms told the peers already
                 pass
 
     def abort(self, code: int = 2) -> None:
@@ -287,100 +188,16 @@ class DaskComm(Comm):
         self.mark_failed()
         raise JobAborted(f"rank {self.rank} of {self.size} aborted the job (code {code})")
 
-    # -- the message engine ---------------------------------------------------------------------------
     def _exchange(self, sends: dict, recvs: dict, what: str) -> None:
-        """Send ``sends[peer]`` (bytes-like) to each peer and receive exactly ``len(recvs[peer])`` bytes
-        into each writable memoryview ``recvs[peer]``, all at once: one loop over non-blocking sockets that
-        spins for ``SPIN_S`` and then sleeps in ``poll``. A message is a 16-byte header (sequence number,
-        size) and its payload; small ones travel as one buffer and land in a scratch buffer first, large
-        ones go straight from and into the arrays."""
-        if self._closed:
+        """One message to each peer in ``sends`` and one from each peer in ``recvs`` (exactly
+        ``len(recvs[peer])`` bytes into that writable byte view), all at once (:meth:`Mesh.exchange
+        <hpc_pt.parallel.dask_mesh.Mesh.exchange>`); messages are numbered, so every rank must call the
+        collectives in the same order."""
+        if self._closed or self._mesh is None:
             raise RankAborted(f"rank {self.rank} of {self.size}: communicator closed")
         seq = self._seq
         self._seq += 1
-        out = {}
-        for p, buf in sends.items():
-            mv = memoryview(buf).cast("B")
-            if mv.nbytes <= SMALL:
-                out[p] = [memoryview(_HDR.pack(seq, mv.nbytes) + mv.tobytes())]
-            else:
-                out[p] = [memoryview(_HDR.pack(seq, mv.nbytes)), mv]
-        inn = {}
-        for p, mv in recvs.items():
-            small = mv.nbytes <= SMALL
-            scratch = bytearray(_HDR.size + (mv.nbytes if small else 0))
-            inn[p] = [memoryview(scratch), 0, mv, scratch, small]  # target, offset, payload, scratch, small
-        socks = self._socks
-        spin_until = None
-        while True:
-            for p in list(out):
-                views = out[p]
-                try:
-                    n = socks[p].sendmsg(views)
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except (OSError, KeyError) as e:
-                    raise RankAborted(f"rank {self.rank} of {self.size}: rank {p} is gone ({e}) while "
-                                      f"{what}") from None
-                while n and views:
-                    if n >= views[0].nbytes:
-                        n -= views[0].nbytes
-                        views.pop(0)
-                    else:
-                        views[0] = views[0][n:]
-                        n = 0
-                if not views:
-                    del out[p]
-            for p in list(inn):
-                st = inn[p]
-                while True:
-                    target, off = st[0], st[1]
-                    if off == target.nbytes:
-                        if target.obj is st[3]:  # the scratch buffer is full: check the header
-                            rseq, nbytes = _HDR.unpack_from(st[3])
-                            if rseq != seq or nbytes != st[2].nbytes:
-                                raise RuntimeError(
-                                    f"DaskComm rank {self.rank}: expected message #{seq} of {st[2].nbytes} "
-                                    f"bytes from rank {p} while {what}, got #{rseq} of {nbytes} bytes: the "
-                                    "ranks called collectives in different orders or with different sizes")
-                            if st[4]:
-                                if nbytes:
-                                    st[2][:] = target[_HDR.size:]
-                            elif nbytes:
-                                st[0], st[1] = st[2], 0  # now the payload, straight into the array
-                                continue
-                        del inn[p]
-                        break
-                    try:
-                        n = socks[p].recv_into(target[off:])
-                    except (BlockingIOError, InterruptedError):
-                        break
-                    except (OSError, KeyError) as e:
-                        raise RankAborted(f"rank {self.rank} of {self.size}: rank {p} is gone ({e}) while "
-                                          f"{what}") from None
-                    if n == 0:
-                        raise RankAborted(f"rank {self.rank} of {self.size}: rank {p} closed its connection "
-                                          f"(it failed or stopped) while {what}")
-                    st[1] += n
-            if not (out or inn):
-                return
-            now = time.perf_counter()
-            if spin_until is None:
-                spin_until = now + SPIN_S
-            if now < spin_until:
-                continue
-            poller = select.poll()
-            masks: dict[int, int] = {}
-            for p in inn:
-                fd = socks[p].fileno()
-                masks[fd] = masks.get(fd, 0) | select.POLLIN
-            for p in out:
-                fd = socks[p].fileno()
-                masks[fd] = masks.get(fd, 0) | select.POLLOUT
-            for fd, m in masks.items():
-                poller.register(fd, m)
-            if not poller.poll(int(POLL_S * 1000)):
-                self._check_abort(what)
+        self._mesh.exchange(seq, sends, recvs, what)
 
     @contextmanager
     def _timed(self, kind: str, nbytes: int):
@@ -423,19 +240,19 @@ class DaskComm(Comm):
             for s in range(P):
                 if s != r:
                     parts[s] = np.empty_like(flat)
-                    recvs[s] = _bytes_view(parts[s])
-            self._exchange({s: _bytes_view(flat) for s in range(P) if s != r}, recvs, "all-reducing an array")
+                    recvs[s] = byte_view(parts[s])
+            self._exchange({s: byte_view(flat) for s in range(P) if s != r}, recvs, "all-reducing an array")
             return self._sum_in_rank_order(parts).reshape(buf.shape)
         # reduce-scatter (chunk s summed on rank s in rank order) + all-gather
         bounds = [split_evenly(flat.size, P, s) for s in range(P)]
         a, b = bounds[r]
         parts = [flat[a:b] if s == r else np.empty(b - a, dtype=flat.dtype) for s in range(P)]
-        self._exchange({s: _bytes_view(flat[bounds[s][0]:bounds[s][1]]) for s in range(P)
+        self._exchange({s: byte_view(flat[bounds[s][0]:bounds[s][1]]) for s in range(P)
                         if s != r and bounds[s][1] > bounds[s][0]},
-                       {s: _bytes_view(parts[s]) for s in range(P) if s != r and b > a},
+                       {s: byte_view(parts[s]) for s in range(P) if s != r and b > a},
                        "all-reducing an array (reduce-scatter)")
         mine = self._sum_in_rank_order(parts)
-        self._exchange({s: _bytes_view(mine) for s in range(P) if s != r and b > a},
+        self._exchange({s: byte_view(mine) for s in range(P) if s != r and b > a},
                        {s: memoryview(flat[bounds[s][0]:bounds[s][1]].view(np.uint8)) for s in range(P)
                         if s != r and bounds[s][1] > bounds[s][0]},
                        "all-reducing an array (all-gather)")
@@ -458,7 +275,7 @@ class DaskComm(Comm):
         return total
 
     def alltoallv(self, send: list, recv_counts: list[int]) -> list:
-        """Every rank pair's buffers at once (one poll loop); empty buffers are not sent."""
+        """Every rank pair's buffers at once; empty buffers are not sent."""
         r, P = self.rank, self.size
         if len(send) != P or len(recv_counts) != P:
             raise ValueError(f"alltoallv needs one buffer and one count per rank ({P})")
@@ -471,8 +288,8 @@ class DaskComm(Comm):
         if P > 1:
             sent = int(sum(b.nbytes for s, b in enumerate(bufs) if s != r))
             with self._timed("alltoallv", sent):
-                self._exchange({s: _bytes_view(bufs[s]) for s in range(P) if s != r and bufs[s].size},
-                               {s: _bytes_view(out[s]) for s in range(P) if s != r and out[s].size},
+                self._exchange({s: byte_view(bufs[s]) for s in range(P) if s != r and bufs[s].size},
+                               {s: byte_view(out[s]) for s in range(P) if s != r and out[s].size},
                                "exchanging buffers (alltoallv)")
         return out
 
@@ -484,7 +301,7 @@ class DaskComm(Comm):
         r, P = self.rank, self.size
         if not 0 <= root < P:
             raise ValueError(f"bcast root {root} is not a rank of {P}")
-        view = _bytes_view(buf) if buf.nbytes else memoryview(b"")
+        view = byte_view(buf) if buf.nbytes else memoryview(b"")
         if r == root:
             self._exchange({s: view for s in range(P) if s != r}, {}, f"broadcasting from rank {root}")
         else:
