@@ -247,9 +247,9 @@ DETERMINISTIC_CASES = [  # the default constant start: without the mode 3 ranks 
 ]
 
 
-@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
 def test_mpi_deterministic_bitwise(data, tmp_path, n):
-    """``deterministic=True``: 1, 2 and 3 MPI ranks (whole ragged angles) give the serial volume bit for bit,
+    """``deterministic=True``: 1, 2, 3 and 4 MPI ranks (whole ragged angles) give the serial volume bit for bit,
     from APT's default constant start, where reduction-order rounding otherwise grows to per-cent
     differences."""
     d, counts = data
