@@ -3,9 +3,10 @@
 One simulated dataset (default: 32^3 Shepp-Logan, 12 angles, linear model, no noise), APT reconstructed
 serially and on 2 MPI ranks, with the mode off and on. Reports
 
-* ``time_per_iteration_s``: the median of the history's ``iter_time_s`` over the outer iterations after the
+* ``time_per_iteration_s`` (APT, and GD as ``gd serial`` / ``gd mpi-2``): the median of the history's ``iter_time_s`` over the outer iterations after the
   first (the first one includes set-up work), per backend and mode, the smallest of ``--repeats`` runs
-  (interleaved off / on, so a busy machine disturbs both alike), and the ratio on / off;
+  (interleaved off / on, so a busy machine disturbs both alike), and the ratio on / off; also the median
+  over the repeats and its ratio (``on_over_off_median``), which one busy run cannot move;
 * ``agreement``: the relative L2 difference of the 2-rank volume from the serial one, and whether they are
   bitwise equal, for each case below;
 * the cases that locate the amplification of rounding: APT from its default constant start after 1, 2
@@ -38,15 +39,21 @@ def cases(iterations: int, repeats: int) -> list[dict]:
     """name, settings of every APT run (each runs serially and on 2 ranks): the timing runs, mode off and on
     interleaved ``repeats`` times, then the agreement cases."""
     tight = {"cg_tol": 1e-8, "cg_max_iter": 60}
-    timing = [{"name": f"time-{mode}-{r}", "iterations": iterations, "deterministic": mode == "on"}
-              for r in range(repeats) for mode in ("off", "on")]
-    return timing + [
+    timing = [{"name": f"{m}time-{mode}-{r}", "method": "gd" if m else "apt", "model": "linear",
+               "iterations": iterations, "deterministic": mode == "on"}
+              for m in ("", "gd-") for r in range(repeats) for mode in ("off", "on")]
+    # serial only: the same runs with another frame batch (another summation order, no ranks involved)
+    batch = [{"name": f"fb37-{k}", "iterations": k, "deterministic": False, "frame_batch": 37, "serial_only": True}
+             for k in (1, 2, iterations)]
+    return timing + batch + [
         {"name": "constant-off", "iterations": iterations, "deterministic": False},
         {"name": "constant-on", "iterations": iterations, "deterministic": True},
         {"name": "constant-off-1", "iterations": 1, "deterministic": False},
         {"name": "constant-off-2", "iterations": 2, "deterministic": False},
         {"name": "constant-off-tight-cg", "iterations": iterations, "deterministic": False, "options": tight},
         {"name": "zeros-off", "iterations": iterations, "deterministic": False, "init": "zeros"},
+        {"name": "gd-off", "method": "gd", "model": "linear", "iterations": iterations, "deterministic": False},
+        {"name": "gd-on", "method": "gd", "model": "linear", "iterations": iterations, "deterministic": True},
     ]
 
 
@@ -56,10 +63,13 @@ def run_cases(data: str, todo: list[dict], comm=None) -> dict:
 
     out = {}
     for case in todo:
-        settings = {k: v for k, v in case.items() if k != "name"}
+        if comm is not None and case.get("serial_only"):
+            continue
+        settings = {k: v for k, v in case.items() if k not in ("name", "serial_only")}
+        settings.setdefault("method", "apt")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = reconstruct(data, comm=comm, method="apt", **settings)
+            res = reconstruct(data, comm=comm, **settings)
         out[case["name"]] = (res.volume, [float(t) for t in res.history["iter_time_s"]])
     return out
 
@@ -114,10 +124,11 @@ def main() -> None:
         subprocess.run(cmd, check=True, env=env)
         mpi_s = time.perf_counter() - t0
         mpi = {c["name"]: (np.load(os.path.join(tmp, f"{c['name']}.npy")),
-                           json.loads(Path(tmp, f"{c['name']}.json").read_text())) for c in todo}
+                           json.loads(Path(tmp, f"{c['name']}.json").read_text()))
+               for c in todo if not c.get("serial_only")}
     agreement = {}
     for c in todo:
-        if c["name"].startswith("time-"):
+        if "time-" in c["name"] or c.get("serial_only"):
             continue
         a, b = serial[c["name"]][0], mpi[c["name"]][0]
         agreement[c["name"]] = {
@@ -126,21 +137,31 @@ def main() -> None:
             "bitwise_equal": bool(np.array_equal(a, b)),
         }
     timing = {}
-    for backend, res in (("serial", serial), ("mpi-2", mpi)):
-        med = {mode: [median_after_first(res[f"time-{mode}-{r}"][1]) for r in range(args.repeats)]
-               for mode in ("off", "on")}
-        off, on = min(med["off"]), min(med["on"])  # the least disturbed run of each mode
-        timing[backend] = {"off_s": off, "on_s": on, "on_over_off": on / off,
-                           "off_medians_s": med["off"], "on_medians_s": med["on"]}
+    for prefix, label in (("", ""), ("gd-", "gd ")):
+        for backend, res in (("serial", serial), ("mpi-2", mpi)):
+            med = {mode: [median_after_first(res[f"{prefix}time-{mode}-{r}"][1]) for r in range(args.repeats)]
+                   for mode in ("off", "on")}
+            off, on = min(med["off"]), min(med["on"])  # the least disturbed run of each mode
+            moff, mon = float(np.median(med["off"])), float(np.median(med["on"]))  # robust to one busy run
+            timing[label + backend] = {"off_s": off, "on_s": on, "on_over_off": on / off,
+                                       "median_off_s": moff, "median_on_s": mon, "on_over_off_median": mon / moff,
+                                       "off_medians_s": med["off"], "on_medians_s": med["on"]}
+    reference = {1: "constant-off-1", 2: "constant-off-2", args.iterations: "constant-off"}
+    frame_batch = {}
+    for k, ref in reference.items():
+        a, b = serial[ref][0], serial[f"fb37-{k}"][0]
+        frame_batch[str(k)] = float(np.linalg.norm(b - a) / np.linalg.norm(a))
     result = {
-        "what": "APT time per outer iteration with the deterministic reduction mode off and on, and the "
-                "2-rank vs serial agreement that locates the amplification of rounding",
+        "what": "APT and GD time per outer iteration with the deterministic reduction mode off and on, the "
+                "2-rank vs serial agreement that locates the amplification of rounding, and the serial "
+                "difference a frame batch of 37 makes (another summation order, no ranks)",
         "dataset": {"size": args.size, "angles": args.angles, "frames": frames, "model": "linear",
                     "noise": "none"},
         "iterations": args.iterations,
         "repeats": args.repeats,
         "time_per_iteration_s": timing,
         "agreement": agreement,
+        "serial_frame_batch_37_vs_default_relative_l2": frame_batch,
         "wall_s": {"serial_all_cases": serial_s, "mpi2_all_cases": mpi_s},
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
@@ -149,10 +170,12 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "determinism.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, out / "determinism.png")
-    print(json.dumps({"time_per_iteration_s": {k: {kk: v[kk] for kk in ("off_s", "on_s", "on_over_off")}
+    print(json.dumps({"time_per_iteration_s": {k: {kk: v[kk] for kk in ("off_s", "on_s", "on_over_off",
+                                                                         "on_over_off_median")}
                                                for k, v in timing.items()},
                       "agreement": {k: (v["relative_l2_2ranks_vs_serial"], v["bitwise_equal"])
-                                    for k, v in agreement.items()}}, indent=1))
+                                    for k, v in agreement.items()},
+                      "serial_frame_batch_37_vs_default_relative_l2": frame_batch}, indent=1))
 
 
 def plot(result: dict, path: Path) -> None:
@@ -178,7 +201,7 @@ def plot(result: dict, path: Path) -> None:
     a2.set_yticks(np.arange(len(keys)), keys)
     a2.set_xlabel("relative L2, 2 ranks vs serial (1e-17: bitwise)")
     d = result["dataset"]
-    fig.suptitle(f"APT, {d['size']}^3, {d['angles']} angles, {d['frames']} frames, {result['iterations']} iterations")
+    fig.suptitle(f"APT (and GD), {d['size']}^3, {d['angles']} angles, {d['frames']} frames, {result['iterations']} iterations")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 

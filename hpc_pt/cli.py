@@ -88,10 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--frame-batch", type=int, default=None, metavar="N",
                    help="frames per far-field batch: caps the solvers' far-field temporaries at N frames "
                         "(default: 16 MiB of complex far field); lower it when the frames do not fit in memory")
-    r.add_argument("--deterministic", action="store_true", default=None,
+    r.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
                    help="reduce every sum in a fixed global order (per volume row, per angle), so 1, 2, 3, ... "
                         "MPI ranks or Dask workers give bitwise identical volumes when each rank holds whole "
-                        "angles (apt, apts; docs/parallel.md) (default: off)")
+                        "angles; --no-deterministic saves its 2-5 %% per iteration (docs/parallel.md) "
+                        "(default: on for apt, apts and gd, the methods that implement it)")
     r.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method-specific option, e.g. --option cg_max_iter=20 (repeatable; default: none, "
                         "the method's own defaults, docs/solvers.md)")

@@ -52,8 +52,9 @@ class ReconConfig(BaseModel):
         None, description="object-field column of the rotation axis (pixel-centre coordinate), or 'auto' "
                           "to estimate it from the data (default: the input's, else (W - 1) / 2)")
     options: dict = Field(default_factory=dict, description="method-specific options, by name")
-    deterministic: bool = Field(False, description="reduce in a fixed global order (per row / per angle), so "
-                                "1, 2, 3, ... ranks give bitwise identical volumes (docs/parallel.md)")
+    deterministic: bool | None = Field(None, description="reduce in a fixed global order (per row / per angle), "
+                                       "so 1, 2, 3, ... ranks give bitwise identical volumes (docs/parallel.md); "
+                                       "None: on for the methods that implement it (apt, apts, gd)")
 
     @classmethod
     def build(cls, values: dict | None = None, source: str = "options") -> "ReconConfig":
@@ -255,7 +256,7 @@ def read_input(path, reader: dict | None = None, progress=None, **kwargs) -> Dat
 
 
 #: methods whose every reduction follows the communicator's deterministic mode (docs/parallel.md)
-DETERMINISTIC_METHODS = ("apt", "apts")
+DETERMINISTIC_METHODS = ("apt", "apts", "gd")
 
 #: methods that refine the probe; for them an estimated probe (no probe in the file) turns probe_refine on
 PROBE_REFINERS = ("apt", "apts", "two-step")
@@ -750,9 +751,12 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
         else:
             cfg = ReconConfig.build({**(config or {}), **settings})
         if cfg.deterministic and cfg.method not in DETERMINISTIC_METHODS:
-            raise InputError(f"deterministic mode is implemented for {' and '.join(DETERMINISTIC_METHODS)}, "
+            raise InputError(f"deterministic mode is implemented for {', '.join(DETERMINISTIC_METHODS)}, "
                              f"not {cfg.method}; run {cfg.method} without --deterministic")
-        comm.deterministic = bool(cfg.deterministic)  # the reduction mode of every collective sum below
+        # the reduction mode of every collective sum below: on by default where implemented (its cost per
+        # outer iteration is 2-5 %, benchmarks/results/determinism.json)
+        comm.deterministic = (cfg.method in DETERMINISTIC_METHODS if cfg.deterministic is None
+                              else bool(cfg.deterministic))
         if isinstance(data, Dataset):
             meta = data
         else:

@@ -314,13 +314,21 @@ def test_dask_matches_serial(client, data, case):
     assert len(rows) == len(res.history["iteration"]), "progress rows forwarded to the client"
 
 
+DET_HISTORY = {"apt": ("objective", "r_factor", "primal_residual", "rel_change", "cg_residual"),
+               "gd": ("objective", "r_factor", "step", "grad_norm", "rel_change")}
+
+
+@pytest.mark.parametrize("mode", [True, None], ids=["on", "default"])
+@pytest.mark.parametrize("method", ["apt", "gd"])
 @pytest.mark.parametrize("workers", [2, 3])
-def test_dask_deterministic_bitwise(client, data, workers):
-    """``deterministic=True`` from APT's default constant start: 2 and 3 Dask workers give the serial volume
-    and objective history bit for bit (tests/test_mpi.py checks the same on MPI ranks)."""
+def test_dask_deterministic_bitwise(client, data, workers, method, mode):
+    """The deterministic mode, asked for or by default (APT from its default constant start, GD): 2 and 3
+    Dask workers give the serial volume and history bit for bit (tests/test_mpi.py: MPI ranks)."""
     from hpc_pt.parallel.dask import run_dask
 
-    settings = {"method": "apt", "iterations": 4, "deterministic": True}
+    settings = {"method": method, "iterations": 4}
+    if mode is not None:
+        settings["deterministic"] = mode
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = reconstruct(str(data), **settings)
@@ -328,7 +336,7 @@ def test_dask_deterministic_bitwise(client, data, workers):
     assert res.parallel["ranks"] == workers
     diff = float(np.linalg.norm(res.volume - ref.volume) / np.linalg.norm(ref.volume))
     assert np.array_equal(res.volume, ref.volume), f"{workers} workers: relative difference {diff:.3g}"
-    for key in ("objective", "r_factor", "primal_residual", "rel_change", "cg_residual"):
+    for key in DET_HISTORY[method]:
         assert np.array_equal(res.history[key], ref.history[key]), key
 
 

@@ -244,6 +244,8 @@ DETERMINISTIC_CASES = [  # the default constant start: without the mode 3 ranks 
     ["apt-det", "apt", 4, {"deterministic": True}],
     ["apts-det", "apts", 4, {"deterministic": True, "init": "zeros"}],
     ["apt-det-probe", "apt", 3, {"deterministic": True, "probe_refine": True, "options": {"probe_refine_start": 1}}],
+    ["gd-det", "gd", 5, {"deterministic": True}],
+    ["gd-det-poisson", "gd", 4, {"deterministic": True, "options": {"metric": "poisson"}}],
 ]
 
 
@@ -265,10 +267,18 @@ def test_mpi_deterministic_bitwise(data, tmp_path, n):
 
 
 def test_deterministic_other_methods_refused(data):
-    """The mode covers APT / APTs only: other methods stop with one line instead of silently running with
+    """The mode covers APT, APTs and GD: other methods stop with one line instead of silently running with
     rank-dependent reductions."""
     from hpc_pt.errors import InputError
 
     d, _ = data
-    with pytest.raises(InputError, match="deterministic mode is implemented for apt and apts, not gd"):
-        reconstruct(str(d / "a4.cxi"), method="gd", iterations=1, deterministic=True)
+    with pytest.raises(InputError, match="deterministic mode is implemented for apt, apts, gd, not admm"):
+        reconstruct(str(d / "a4.cxi"), method="admm", iterations=1, deterministic=True)
+    # unset: on where implemented, off (not refused) for admm; --no-deterministic turns it off for apt
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert reconstruct(str(d / "a4.cxi"), method="admm", iterations=1).volume.shape == (16, 16, 16)
+        on = reconstruct(str(d / "a4.cxi"), method="apt", iterations=2).volume
+        off = reconstruct(str(d / "a4.cxi"), method="apt", iterations=2, deterministic=False).volume
+    assert np.array_equal(on, reconstruct(str(d / "a4.cxi"), method="apt", iterations=2, deterministic=True).volume)
+    assert not np.array_equal(on, off), "the two modes sum in different orders"

@@ -58,7 +58,7 @@ import numpy as np
 
 from ..errors import BackendUnavailable, InputError
 from .base import Comm, split_evenly
-from .dask_mesh import POLL_S, RankAborted, byte_view
+from .dask_mesh import POLL_S, RankAborted, byte_view  # noqa: F401 (POLL_S re-exported)
 
 INSTALL_HINT = 'pip install ".[dask]" from the hpc-pt checkout'
 

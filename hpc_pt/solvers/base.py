@@ -179,11 +179,22 @@ def frame_sum(comm, shard: Shard, x, mask=None) -> float:
 
     if not getattr(comm, "deterministic", False):
         return comm.sum_scalar(pixel_sum(x, mask))
-    per_frame = leading_sums(x * mask if mask is not None else x)
+    return per_frame_total(comm, shard, leading_sums(x * mask if mask is not None else x))
+
+
+def per_frame_total(comm, shard: Shard, per_frame) -> float:
+    """Sum of ``per_frame`` (F_local,: one value per frame of this shard, e.g. a frame's objective) over every
+    rank's frames (a collective). Deterministic mode: accumulated per angle in frame order (float64) and
+    combined by ``comm.sum_partials`` in global angle order (:func:`frame_sum`); otherwise this shard's sum
+    through ``comm.sum_scalar``."""
+    from ..backend import to_numpy
+
+    if not getattr(comm, "deterministic", False):
+        return comm.sum_scalar(float(per_frame.sum()))
     local = np.asarray(shard.model.ptycho.angle_index, dtype=np.int64)
     ids = np.asarray(shard.angle_ids, dtype=np.int64)
     per_angle = np.zeros(len(ids), dtype=np.float64)
-    np.add.at(per_angle, local, per_frame)  # sequential, in frame order
+    np.add.at(per_angle, local, np.asarray(to_numpy(per_frame), dtype=np.float64))  # in frame order
     return comm.sum_partials(per_angle, ids, shard.space.n_angles)
 
 

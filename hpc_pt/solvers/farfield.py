@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..backend import get_xp
-from .prox import data_residual, frame_objective, pixel_sum
+from .prox import data_residual, frame_objective
 
 
 @dataclass
@@ -29,6 +29,7 @@ class FarfieldPass:
     per_frame: object  # (F,) data objective of each frame (this shard's frames)
     abs_misfit: float  # sum over this shard's valid pixels of | |z| - sqrt f |
     field: object = None  # D^H r(z) in the object field's shape, when asked for
+    misfit_per_frame: object = None  # (F,) the same sum per frame (for rank-independent reductions)
 
     @property
     def objective(self) -> float:
@@ -41,6 +42,7 @@ def farfield_pass(pt, psi, f, sqrt_f, metric: str, mask=None, grad: bool = False
     docstring), one frame batch of ``pt`` at a time."""
     xp = get_xp(psi)
     per_frame = xp.zeros(pt.n_frames, dtype=psi.real.dtype)
+    misfit_frames = xp.zeros(pt.n_frames, dtype=psi.real.dtype)
     misfit = 0.0
     field = xp.zeros(pt.field_shape, dtype=pt.dtype) if grad else None
     for sl in pt.batches():
@@ -48,12 +50,17 @@ def farfield_pass(pt, psi, f, sqrt_f, metric: str, mask=None, grad: bool = False
         mag = xp.abs(z)
         fb, ab = f[sl], sqrt_f[sl]
         per_frame[sl] = frame_objective(mag, fb, ab, metric, mask)
-        misfit += pixel_sum(xp.abs(mag - ab), mask)
+        d = xp.abs(mag - ab)
+        if mask is not None:
+            d = d * mask
+        misfit_frames[sl] = d.reshape(d.shape[0], -1).sum(axis=1)  # one frame per row: batch-independent
+        misfit += float(misfit_frames[sl].sum())
+        del d
         del mag
         if grad:
             pt.adj(data_residual(z, fb, ab, metric, mask), sl, out=field)
         del z
-    return FarfieldPass(per_frame=per_frame, abs_misfit=misfit, field=field)
+    return FarfieldPass(per_frame=per_frame, abs_misfit=misfit, field=field, misfit_per_frame=misfit_frames)
 
 
 __all__ = ["FarfieldPass", "farfield_pass"]

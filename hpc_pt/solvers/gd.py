@@ -65,13 +65,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..backend import get_xp
+from ..backend import get_xp, leading_sums
 from .base import (
     NO_CHECKPOINTS,
     Checkpointer,
     History,
     Shard,
     SolverResult,
+    frame_sum,
+    per_frame_total,
     power_lipschitz,
 )
 from .farfield import FarfieldPass, farfield_pass
@@ -178,12 +180,13 @@ class JointModel:
         xp = get_xp(f)
         pu1 = self.space.project(xp.ones(u_shape, dtype=dtype))
         psi1 = self.pad.fwd(pu1)
-        energy = 0.0
+        per = xp.zeros(self.pt.n_frames, dtype=np.float64)
         for sl in self.pt.batches():
             z = self.pt.fwd(psi1, sl)
-            energy += pixel_sum(z.real ** 2 + z.imag ** 2, mask)
-        energy = comm.sum_scalar(energy)
-        data = comm.sum_scalar(pixel_sum(f, mask))
+            e = z.real ** 2 + z.imag ** 2
+            per[sl] = xp.asarray(leading_sums(e * mask if mask is not None else e))
+        energy = per_frame_total(comm, self.shard, per)
+        data = frame_sum(comm, self.shard, f, mask)
         s = float(np.sqrt(data / energy)) if energy > 0 else 1.0
         return s, pu1 * pu1.real.dtype.type(s)  # a NumPy scalar: CuPy refuses a 0-d NumPy array operand
 
@@ -263,7 +266,7 @@ def loss_and_gradient(model: JointModel, shard: Shard, comm, u, metric: str = "g
     """(L(u), g_u): the global loss and the volume gradient on this rank's slab (collectives over ``comm``;
     two transposes; the far fields are formed one frame batch at a time)."""
     ev = model.evaluate(model.psi(u), shard.intensities, shard.amplitudes, metric, shard.mask, grad=True)
-    return comm.sum_scalar(ev.objective), model.xadj(ev.field)
+    return per_frame_total(comm, shard, ev.per_frame), model.xadj(ev.field)
 
 
 def run_gd(shard: Shard, comm, opts: GDOptions | None = None, callback=None, u0=None,
@@ -289,7 +292,7 @@ def run_gd(shard: Shard, comm, opts: GDOptions | None = None, callback=None, u0=
         """The loss and R-factor terms at P u and, with ``grad``, the per-angle gradient field (local)."""
         with comm.phase("ptycho"):
             ev = model.evaluate_at(pu, f, sqrt_f, opts.metric, mask, grad)
-        return comm.sum_scalar(ev.objective), ev
+        return per_frame_total(comm, shard, ev.per_frame), ev
 
     def gradient(ev):
         with comm.phase("project"):
@@ -305,7 +308,7 @@ def run_gd(shard: Shard, comm, opts: GDOptions | None = None, callback=None, u0=
                 pu = sp.project(u)  # P u, per-angle layout (A_r, N_z, W): one transpose
             normal = linearised_normal(model, u, comm)
             lip = power_lipschitz(normal, sp.global_shape, comm, dtype, opts.power_iterations, like=u,
-                                  rows=(sp.z0, sp.z1))
+                                  rows=(sp.z0, sp.z1), dot=sp.dot)
         if opts.step is not None:
             alpha = float(opts.step)
         else:
@@ -318,11 +321,11 @@ def run_gd(shard: Shard, comm, opts: GDOptions | None = None, callback=None, u0=
         lip, alpha, alpha0, loss = (float(st[k]) for k in ("lipschitz", "step", "step0", "loss"))
         _, ev = evaluate_at(pu, grad=False)  # the R-factor terms at the current point
 
-    sum_sqrt_f = comm.sum_scalar(pixel_sum(sqrt_f, shard.mask))
+    sum_sqrt_f = frame_sum(comm, shard, sqrt_f, shard.mask)
     hist = History(st["history"] if st is not None else None)
     for n in range(len(hist), opts.iterations):
         t0 = time.perf_counter()
-        gg = comm.volume_dot(g, g)
+        gg = sp.dot(g, g)
         with comm.phase("project"):
             pg = sp.project(g)  # P g at this rank's angles: one transpose; trial points P u - t P g
         backtracks = 0
@@ -345,7 +348,7 @@ def run_gd(shard: Shard, comm, opts: GDOptions | None = None, callback=None, u0=
         if moved:
             u_new = u - step_used * g
             du = u_new - u
-            change = np.sqrt(comm.volume_dot(du, du) / max(comm.volume_dot(u_new, u_new), 1e-300))
+            change = np.sqrt(sp.dot(du, du) / max(sp.dot(u_new, u_new), 1e-300))
             u, pu, loss, ev = u_new, pu_new, new_loss, ev_new
             g = gradient(ev)
         else:  # u, and so its gradient, unchanged (the branch is taken on every rank alike)
@@ -353,7 +356,7 @@ def run_gd(shard: Shard, comm, opts: GDOptions | None = None, callback=None, u0=
         # next step: the seed's time-based decay, applied to the accepted step (x growth) with line search
         base = step_used * opts.growth if opts.line_search else alpha
         alpha = base / (1.0 + opts.eps * n) if opts.schedule == "time" else base
-        rf = comm.sum_scalar(ev.abs_misfit) / sum_sqrt_f
+        rf = per_frame_total(comm, shard, ev.misfit_per_frame) / sum_sqrt_f
         row = hist.append(iteration=n + 1, objective=loss, r_factor=rf, step=step_used,
                           grad_norm=float(np.sqrt(gg)), backtracks=backtracks, rel_change=change,
                           iter_time_s=time.perf_counter() - t0)
