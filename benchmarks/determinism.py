@@ -3,7 +3,7 @@
 One simulated dataset (default: 32^3 Shepp-Logan, 12 angles, linear model, no noise), APT reconstructed
 serially and on 2 MPI ranks, with the mode off and on. Reports
 
-* ``time_per_iteration_s`` (APT, and GD as ``gd serial`` / ``gd mpi-2``): the median of the history's ``iter_time_s`` over the outer iterations after the
+* ``time_per_iteration_s`` (APT; GD and ADMM as ``gd serial``, ``admm mpi-2``, ...): the median of the history's ``iter_time_s`` over the outer iterations after the
   first (the first one includes set-up work), per backend and mode, the smallest of ``--repeats`` runs
   (interleaved off / on, so a busy machine disturbs both alike), and the ratio on / off; also the median
   over the repeats and its ratio (``on_over_off_median``), which one busy run cannot move;
@@ -39,9 +39,9 @@ def cases(iterations: int, repeats: int) -> list[dict]:
     """name, settings of every APT run (each runs serially and on 2 ranks): the timing runs, mode off and on
     interleaved ``repeats`` times, then the agreement cases."""
     tight = {"cg_tol": 1e-8, "cg_max_iter": 60}
-    timing = [{"name": f"{m}time-{mode}-{r}", "method": "gd" if m else "apt", "model": "linear",
+    timing = [{"name": f"{m}time-{mode}-{r}", "method": m[:-1] or "apt", "model": "linear",
                "iterations": iterations, "deterministic": mode == "on"}
-              for m in ("", "gd-") for r in range(repeats) for mode in ("off", "on")]
+              for m in ("", "gd-", "admm-") for r in range(repeats) for mode in ("off", "on")]
     # serial only: the same runs with another frame batch (another summation order, no ranks involved)
     batch = [{"name": f"fb37-{k}", "iterations": k, "deterministic": False, "frame_batch": 37, "serial_only": True}
              for k in (1, 2, iterations)]
@@ -54,6 +54,8 @@ def cases(iterations: int, repeats: int) -> list[dict]:
         {"name": "zeros-off", "iterations": iterations, "deterministic": False, "init": "zeros"},
         {"name": "gd-off", "method": "gd", "model": "linear", "iterations": iterations, "deterministic": False},
         {"name": "gd-on", "method": "gd", "model": "linear", "iterations": iterations, "deterministic": True},
+        {"name": "admm-off", "method": "admm", "model": "linear", "iterations": iterations, "deterministic": False},
+        {"name": "admm-on", "method": "admm", "model": "linear", "iterations": iterations, "deterministic": True},
     ]
 
 
@@ -137,7 +139,7 @@ def main() -> None:
             "bitwise_equal": bool(np.array_equal(a, b)),
         }
     timing = {}
-    for prefix, label in (("", ""), ("gd-", "gd ")):
+    for prefix, label in (("", ""), ("gd-", "gd "), ("admm-", "admm ")):
         for backend, res in (("serial", serial), ("mpi-2", mpi)):
             med = {mode: [median_after_first(res[f"{prefix}time-{mode}-{r}"][1]) for r in range(args.repeats)]
                    for mode in ("off", "on")}
@@ -152,7 +154,7 @@ def main() -> None:
         a, b = serial[ref][0], serial[f"fb37-{k}"][0]
         frame_batch[str(k)] = float(np.linalg.norm(b - a) / np.linalg.norm(a))
     result = {
-        "what": "APT and GD time per outer iteration with the deterministic reduction mode off and on, the "
+        "what": "APT, GD and ADMM time per outer iteration with the deterministic reduction mode off and on, the "
                 "2-rank vs serial agreement that locates the amplification of rounding, and the serial "
                 "difference a frame batch of 37 makes (another summation order, no ranks)",
         "dataset": {"size": args.size, "angles": args.angles, "frames": frames, "model": "linear",
@@ -201,7 +203,7 @@ def plot(result: dict, path: Path) -> None:
     a2.set_yticks(np.arange(len(keys)), keys)
     a2.set_xlabel("relative L2, 2 ranks vs serial (1e-17: bitwise)")
     d = result["dataset"]
-    fig.suptitle(f"APT (and GD), {d['size']}^3, {d['angles']} angles, {d['frames']} frames, {result['iterations']} iterations")
+    fig.suptitle(f"APT (GD, ADMM), {d['size']}^3, {d['angles']} angles, {d['frames']} frames, {result['iterations']} iterations")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 

@@ -91,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
                    help="reduce every sum in a fixed global order (per volume row, per angle), so 1, 2, 3, ... "
                         "MPI ranks or Dask workers give bitwise identical volumes when each rank holds whole "
-                        "angles; --no-deterministic saves its 2-5 %% per iteration (docs/parallel.md) "
-                        "(default: on for apt, apts and gd, the methods that implement it)")
+                        "angles (apt, apts, gd, admm); --no-deterministic saves its few %% per iteration "
+                        "(docs/parallel.md) (default: on for apt, apts and gd; off for admm, where it costs "
+                        "6-15 %%, and two-step, which does not implement it)")
     r.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method-specific option, e.g. --option cg_max_iter=20 (repeatable; default: none, "
                         "the method's own defaults, docs/solvers.md)")

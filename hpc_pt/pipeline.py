@@ -54,7 +54,8 @@ class ReconConfig(BaseModel):
     options: dict = Field(default_factory=dict, description="method-specific options, by name")
     deterministic: bool | None = Field(None, description="reduce in a fixed global order (per row / per angle), "
                                        "so 1, 2, 3, ... ranks give bitwise identical volumes (docs/parallel.md); "
-                                       "None: on for the methods that implement it (apt, apts, gd)")
+                                       "None: on for apt, apts and gd, off for admm (where it costs more) and two-step (not "
+                                       "implemented)")
 
     @classmethod
     def build(cls, values: dict | None = None, source: str = "options") -> "ReconConfig":
@@ -256,7 +257,10 @@ def read_input(path, reader: dict | None = None, progress=None, **kwargs) -> Dat
 
 
 #: methods whose every reduction follows the communicator's deterministic mode (docs/parallel.md)
-DETERMINISTIC_METHODS = ("apt", "apts", "gd")
+DETERMINISTIC_METHODS = ("apt", "apts", "gd", "admm")
+#: ... and those where it is on by default: its measured cost per outer iteration is under 10 % there (ADMM's
+#: per-row TV-prox norms cost it 6-15 %; benchmarks/results/determinism.json)
+DETERMINISTIC_BY_DEFAULT = ("apt", "apts", "gd")
 
 #: methods that refine the probe; for them an estimated probe (no probe in the file) turns probe_refine on
 PROBE_REFINERS = ("apt", "apts", "two-step")
@@ -753,9 +757,8 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
         if cfg.deterministic and cfg.method not in DETERMINISTIC_METHODS:
             raise InputError(f"deterministic mode is implemented for {', '.join(DETERMINISTIC_METHODS)}, "
                              f"not {cfg.method}; run {cfg.method} without --deterministic")
-        # the reduction mode of every collective sum below: on by default where implemented (its cost per
-        # outer iteration is 2-5 %, benchmarks/results/determinism.json)
-        comm.deterministic = (cfg.method in DETERMINISTIC_METHODS if cfg.deterministic is None
+        # the reduction mode of every collective sum below
+        comm.deterministic = (cfg.method in DETERMINISTIC_BY_DEFAULT if cfg.deterministic is None
                               else bool(cfg.deterministic))
         if isinstance(data, Dataset):
             meta = data

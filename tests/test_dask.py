@@ -315,11 +315,13 @@ def test_dask_matches_serial(client, data, case):
 
 
 DET_HISTORY = {"apt": ("objective", "r_factor", "primal_residual", "rel_change", "cg_residual"),
-               "gd": ("objective", "r_factor", "step", "grad_norm", "rel_change")}
+               "gd": ("objective", "r_factor", "step", "grad_norm", "rel_change"),
+               "admm": ("objective", "prior_value", "r_factor", "primal_residual", "dual_residual",
+                        "primal_residual_prior", "rho", "tau", "cg_residual", "rel_change")}
 
 
-@pytest.mark.parametrize("mode", [True, None], ids=["on", "default"])
-@pytest.mark.parametrize("method", ["apt", "gd"])
+@pytest.mark.parametrize("method,mode", [("apt", True), ("apt", None), ("gd", True), ("gd", None), ("admm", True)],
+                         ids=["apt-on", "apt-default", "gd-on", "gd-default", "admm-on"])
 @pytest.mark.parametrize("workers", [2, 3])
 def test_dask_deterministic_bitwise(client, data, workers, method, mode):
     """The deterministic mode, asked for or by default (APT from its default constant start, GD): 2 and 3

@@ -246,6 +246,8 @@ DETERMINISTIC_CASES = [  # the default constant start: without the mode 3 ranks 
     ["apt-det-probe", "apt", 3, {"deterministic": True, "probe_refine": True, "options": {"probe_refine_start": 1}}],
     ["gd-det", "gd", 5, {"deterministic": True}],
     ["gd-det-poisson", "gd", 4, {"deterministic": True, "options": {"metric": "poisson"}}],
+    ["admm-det", "admm", 4, {"deterministic": True}],
+    ["admm-det-none", "admm", 3, {"deterministic": True, "prior": "none"}],
 ]
 
 
@@ -267,17 +269,18 @@ def test_mpi_deterministic_bitwise(data, tmp_path, n):
 
 
 def test_deterministic_other_methods_refused(data):
-    """The mode covers APT, APTs and GD: other methods stop with one line instead of silently running with
-    rank-dependent reductions."""
+    """The mode covers APT, APTs, GD and ADMM: asked for with the 2-step, it stops with one line instead of
+    silently running with rank-dependent reductions."""
     from hpc_pt.errors import InputError
 
     d, _ = data
-    with pytest.raises(InputError, match="deterministic mode is implemented for apt, apts, gd, not admm"):
-        reconstruct(str(d / "a4.cxi"), method="admm", iterations=1, deterministic=True)
-    # unset: on where implemented, off (not refused) for admm; --no-deterministic turns it off for apt
+    with pytest.raises(InputError, match="deterministic mode is implemented for apt, apts, gd, admm, not two-step"):
+        reconstruct(str(d / "a4.cxi"), method="two-step", iterations=1, deterministic=True)
+    # unset: on where implemented, off (not refused) for two-step; --no-deterministic turns it off for apt
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert reconstruct(str(d / "a4.cxi"), method="admm", iterations=1).volume.shape == (16, 16, 16)
+        assert reconstruct(str(d / "a4.cxi"), method="two-step", iterations=1,
+                           options={"tomo_iterations": 2}).volume.shape == (16, 16, 16)
         on = reconstruct(str(d / "a4.cxi"), method="apt", iterations=2).volume
         off = reconstruct(str(d / "a4.cxi"), method="apt", iterations=2, deterministic=False).volume
     assert np.array_equal(on, reconstruct(str(d / "a4.cxi"), method="apt", iterations=2, deterministic=True).volume)

@@ -86,7 +86,13 @@ class TVDenoiser(Denoiser):
             v = float(xp.sqrt((g.real ** 2).sum(axis=0)).sum() + xp.sqrt((g.imag ** 2).sum(axis=0)).sum())
         else:
             v = float(xp.sqrt((xp.abs(g) ** 2).sum(axis=0)).sum())
-        return v if space is None else space.comm.sum_scalar(v)
+        if space is None:
+            return v
+        if getattr(space.comm, "deterministic", False):  # per global volume row, in row order
+            if xp.iscomplexobj(x) and self.mode == "separate":
+                return space.sum_rows(xp.sqrt((g.real ** 2).sum(axis=0)) + xp.sqrt((g.imag ** 2).sum(axis=0)))
+            return space.sum_rows(xp.sqrt((xp.abs(g) ** 2).sum(axis=0)))
+        return space.comm.sum_scalar(v)
 
     def state(self) -> dict:
         return {} if self._p is None else {"p": self._p}
@@ -114,9 +120,15 @@ class TVDenoiser(Denoiser):
                                  f"{tuple(space.shape)}")
             grad, div = space.gradient, space.divergence
 
-            def norms2(a, b):  # one collective for both sums
-                s2 = space.comm.allreduce_sum(np.array([float(xp.vdot(a, a).real), float(xp.vdot(b, b).real)]))
-                return float(s2[0]), float(s2[1])
+            if getattr(space.comm, "deterministic", False):
+                def norms2(a, b):  # per global volume row (a, b: (3, rows, ...) duals), in row order
+                    return (space.sum_rows((xp.abs(a) ** 2).sum(axis=0)),
+                            space.sum_rows((xp.abs(b) ** 2).sum(axis=0)))
+            else:
+                def norms2(a, b):  # one collective for both sums
+                    s2 = space.comm.allreduce_sum(np.array([float(xp.vdot(a, a).real),
+                                                            float(xp.vdot(b, b).real)]))
+                    return float(s2[0]), float(s2[1])
         shape = (3,) + tuple(x.shape)
         if self.warm_start and self._p is not None and self._p.shape == shape and self._p.dtype == x.dtype:
             p = self._p

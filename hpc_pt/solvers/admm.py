@@ -103,12 +103,15 @@ from .base import (
     History,
     Shard,
     SolverResult,
+    angle_sum,
     conjugate_gradient,
+    frame_sum,
+    per_frame_total,
     power_lipschitz,
 )
 from .farfield import farfield_pass
 from .gd import INITS, IdentityMap, JointModel, resolve_init
-from .prox import METRICS, pixel_sum
+from .prox import METRICS
 
 BALANCE_MODES = ("normalized", "relative")
 
@@ -243,13 +246,13 @@ def run_admm(shard: Shard, comm, opts: ADMMOptions | None = None, callback=None,
     # --- scale-free penalties (module docstring)
     W = pt.illumination()
     lit = W > 0
-    n_lit = comm.sum_scalar(float(lit.sum()))
-    w_mean = comm.sum_scalar(float(W[lit].sum())) / max(n_lit, 1.0)
+    n_lit = comm.sum_scalar(float(lit.sum()))  # a count: exact in any order
+    w_mean = angle_sum(comm, shard, W * lit) / max(n_lit, 1.0)
     rho0 = opts.rho_rel * w_mean if w_mean > 0 else opts.rho_rel
     if st is None:
         with comm.phase("project"):
             lip_p = power_lipschitz(lambda x: P.adj(P.fwd(x)), sp.global_shape, comm, dtype, like=f,
-                                    rows=(sp.z0, sp.z1))
+                                    rows=(sp.z0, sp.z1), dot=sp.dot)
     else:
         lip_p = float(st["projector_norm2"])
     tau0 = 0.0 if no_prior else opts.tau_rel * rho0 * c * c * lip_p
@@ -281,7 +284,7 @@ def run_admm(shard: Shard, comm, opts: ADMMOptions | None = None, callback=None,
         with comm.phase("project"):
             q = P.fwd(u)
             Tu = transmission(q)
-    sum_sqrt_f = comm.sum_scalar(pixel_sum(sqrt_f, shard.mask))
+    sum_sqrt_f = frame_sum(comm, shard, sqrt_f, shard.mask)
 
     n_angles = len(m.counts)
     frame_angle = asarray_on(np.repeat(np.arange(n_angles), m.counts), f)
@@ -352,7 +355,7 @@ def run_admm(shard: Shard, comm, opts: ADMMOptions | None = None, callback=None,
                 if t_ > 0:
                     rhs += t_ * (b - u)
             du, info = conjugate_gradient(normal, rhs.astype(dtype, copy=False), xp.zeros_like(u),
-                                          comm.volume_dot, tol=1e-6, max_iter=opts.tomo_cg_iterations)
+                                          sp.dot, tol=1e-6, max_iter=opts.tomo_cg_iterations)
             u = u + du
             cg_it += info.iterations
             cg_res = info.residual
@@ -386,31 +389,31 @@ def run_admm(shard: Shard, comm, opts: ADMMOptions | None = None, callback=None,
         # (d) duals
         lam += rho * (psi - Tu)
         # residuals (absolute, Boyd) and relative (for balancing)
-        r_psi = np.sqrt(comm.sum_scalar(float((xp.abs(psi - Tu) ** 2).sum())))
-        s_psi = rho * np.sqrt(comm.sum_scalar(float((xp.abs(Tu - T_old) ** 2).sum())))
-        n_psi = np.sqrt(comm.sum_scalar(float((xp.abs(psi) ** 2).sum())))
-        n_T = np.sqrt(comm.sum_scalar(float((xp.abs(Tu) ** 2).sum())))
-        n_lam = np.sqrt(comm.sum_scalar(float((xp.abs(lam) ** 2).sum())))
+        r_psi = np.sqrt(angle_sum(comm, shard, xp.abs(psi - Tu) ** 2))
+        s_psi = rho * np.sqrt(angle_sum(comm, shard, xp.abs(Tu - T_old) ** 2))
+        n_psi = np.sqrt(angle_sum(comm, shard, xp.abs(psi) ** 2))
+        n_T = np.sqrt(angle_sum(comm, shard, xp.abs(Tu) ** 2))
+        n_lam = np.sqrt(angle_sum(comm, shard, xp.abs(lam) ** 2))
         r_psi_rel = _rel(r_psi, max(n_psi, n_T))
         s_psi_rel = _rel(s_psi, n_lam)
         s_psi_hat = s_psi / rho0  # dual residual of the problem normalised to rho_0 = 1
         r_v = s_v = r_v_rel = s_v_rel = s_v_hat = 0.0
         if not no_prior:
             mu += tau * (u - v)
-            r_v = np.sqrt(comm.volume_dot(u - v, u - v))
-            s_v = tau * np.sqrt(comm.volume_dot(v - v_old, v - v_old))
-            r_v_rel = _rel(r_v, max(np.sqrt(comm.volume_dot(u, u)), np.sqrt(comm.volume_dot(v, v))))
-            s_v_rel = _rel(s_v, np.sqrt(comm.volume_dot(mu, mu)))
+            r_v = np.sqrt(sp.dot(u - v, u - v))
+            s_v = tau * np.sqrt(sp.dot(v - v_old, v - v_old))
+            r_v_rel = _rel(r_v, max(np.sqrt(sp.dot(u, u)), np.sqrt(sp.dot(v, v))))
+            s_v_rel = _rel(s_v, np.sqrt(sp.dot(mu, mu)))
             s_v_hat = s_v / tau0
         # objective at the consistent point psi = T(u), v = u
         with comm.phase("ptycho"):
             ev = evaluate(Tu, False)
-        dobj = comm.sum_scalar(ev.objective)
+        dobj = per_frame_total(comm, shard, ev.per_frame)
         pval = 0.0 if no_prior else prior_value(denoiser, u, space=sp)
         obj = dobj + (alpha * pval if alpha else 0.0)
-        rf = comm.sum_scalar(ev.abs_misfit) / sum_sqrt_f
+        rf = per_frame_total(comm, shard, ev.misfit_per_frame) / sum_sqrt_f
         du = u - u_old
-        change = np.sqrt(comm.volume_dot(du, du) / max(comm.volume_dot(u, u), 1e-300))
+        change = np.sqrt(sp.dot(du, du) / max(sp.dot(u, u), 1e-300))
         row = hist.append(iteration=k + 1, objective=obj, data_objective=dobj, prior_value=pval,
                           r_factor=rf, primal_residual=r_psi, dual_residual=s_psi,
                           primal_residual_prior=r_v, dual_residual_prior=s_v,

@@ -198,6 +198,18 @@ def per_frame_total(comm, shard: Shard, per_frame) -> float:
     return comm.sum_partials(per_angle, ids, shard.space.n_angles)
 
 
+def angle_sum(comm, shard: Shard, x) -> float:
+    """Sum of the real array ``x`` (A_local, ...: one block per angle of this shard, e.g. |psi - T u|^2 on the
+    per-angle fields) over every rank's angles (a collective). Deterministic mode: one float64 partial per
+    angle (:func:`~hpc_pt.backend.leading_sums`) combined by ``comm.sum_partials`` in global angle order;
+    otherwise this shard's sum through ``comm.sum_scalar``."""
+    from ..backend import leading_sums
+
+    if not getattr(comm, "deterministic", False):
+        return comm.sum_scalar(float(x.sum()))
+    return comm.sum_partials(leading_sums(x), np.asarray(shard.angle_ids, dtype=np.int64), shard.space.n_angles)
+
+
 def frames_array_sum(comm, shard: Shard, x):
     """Sum over every rank's frames of ``x`` (F_local, ...: one array per frame of this shard), the same
     array on every rank (a collective).
