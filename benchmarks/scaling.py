@@ -13,7 +13,7 @@ Two parts, both importable (``tests/test_scaling_model.py`` imports the model fr
 * **Measurement**: strong scaling (a fixed 64^3 problem, 48 angles, APT) and weak scaling (angles grow with
   the ranks: 12 per rank, same 64^3 volume, so frames, slab-layout projection rows x angles and transpose
   bytes per rank stay constant) on MPI (``mpiexec -n P python -m mpi4py -m hpc_pt reconstruct ... --backend
-  mpi``, 1, 2, 4 ranks) and Dask (:func:`hpc_pt.parallel.dask.run_dask` on a local cluster of single-threaded
+  mpi``, 1, 2, 4 ranks) and Dask (:func:`hpc_pt.dask_run.run_dask` on a local cluster of single-threaded
   worker processes, 1, 2, 4 workers). Per outer iteration, from the history written into the Zarr store
   (``hpc_pt.io.read_table(out, "history")``, rank 0's counters): time split into compute / communication /
   I/O, bytes sent (checked against the model, row by row), efficiency. Iteration 1 carries the solver's
@@ -431,7 +431,7 @@ def _cpu_seconds() -> float:
 
 
 def run_dask_case(client, ds: dict, P: int, iterations: int, out: Path, method: str) -> dict:
-    from hpc_pt.parallel.dask import run_dask
+    from hpc_pt.dask_run import run_dask
 
     c0 = client.run(_cpu_seconds)
     t0 = time.perf_counter()
@@ -559,7 +559,7 @@ def measure(args, tmp: Path) -> dict:
         try:
             import distributed  # noqa: F401
 
-            from hpc_pt.parallel.dask import run_dask  # noqa: F401
+            from hpc_pt.dask_run import run_dask  # noqa: F401
             dask_ok = True
         except Exception as e:  # noqa: BLE001
             dask_ok = f"Dask backend unavailable: {e}"
@@ -572,7 +572,7 @@ def measure(args, tmp: Path) -> dict:
         cluster = client = None
         if "dask" in backends:
             cluster, client = _dask_cluster(max(ranks))
-            from hpc_pt.parallel.dask import run_dask
+            from hpc_pt.dask_run import run_dask
 
             # warm-up: every worker runs the whole pipeline once (imports, first plans), untimed
             run_dask(datasets[("weak", A_per_rank * max(ranks))]["path"], client=client, workers=max(ranks),

@@ -444,8 +444,9 @@ def _final_r_factor(res) -> str:
 
 def _reconstruct_dask(args, cfg, ckpt, t0) -> int:
     """``--backend dask``: one rank task per worker runs the same ``reconstruct`` an MPI rank runs
-    (:func:`hpc_pt.parallel.dask.run_dask`); progress rows come back to this process."""
-    from .parallel.dask import RankAborted, WorkerLost, run_dask
+    (:func:`hpc_pt.dask_run.run_dask`); progress rows come back to this process."""
+    from .dask_run import run_dask
+    from .parallel.dask import RankAborted, WorkerLost
 
     if args.workers is None and args.scheduler is None:
         raise InputError("--backend dask needs --workers K (a local cluster of K processes) or "

@@ -224,7 +224,8 @@ def test_run_dask_failing_rank(client, data, tmp_path):
     """Rank 1's solver raises after the set-up while rank 0 goes on into the solver's first collective:
     run_dask raises rank 1's error within seconds."""
     from hpc_pt.errors import InputError
-    from hpc_pt.parallel.dask import run_dask, worker_addresses
+    from hpc_pt.dask_run import run_dask
+    from hpc_pt.parallel.dask import worker_addresses
 
     rank1 = worker_addresses(client, 2)[1]
     client.run(_patch_gd_on_this_worker, True, workers=[rank1])
@@ -252,7 +253,8 @@ def test_killed_worker_stops_job_and_cluster_recovers(client, data, tmp_path):
     no task behind, and the same cluster (the nanny restarted the worker) runs the next reconstruction."""
     import signal
 
-    from hpc_pt.parallel.dask import WorkerLost, run_dask, run_spmd, worker_addresses
+    from hpc_pt.dask_run import run_dask
+    from hpc_pt.parallel.dask import WorkerLost, run_spmd, worker_addresses
 
     addrs = worker_addresses(client, 3)
     pid = client.run(os.getpid, workers=[addrs[1]])[addrs[1]]
@@ -296,7 +298,7 @@ def test_killed_worker_stops_job_and_cluster_recovers(client, data, tmp_path):
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_dask_matches_serial(client, data, case):
-    from hpc_pt.parallel.dask import run_dask
+    from hpc_pt.dask_run import run_dask
 
     name, method, iterations, settings = case
     rows = []
@@ -326,7 +328,7 @@ DET_HISTORY = {"apt": ("objective", "r_factor", "primal_residual", "rel_change",
 def test_dask_deterministic_bitwise(client, data, workers, method, mode):
     """The deterministic mode, asked for or by default (APT from its default constant start, GD): 2 and 3
     Dask workers give the serial volume and history bit for bit (tests/test_mpi.py: MPI ranks)."""
-    from hpc_pt.parallel.dask import run_dask
+    from hpc_pt.dask_run import run_dask
 
     settings = {"method": method, "iterations": 4}
     if mode is not None:

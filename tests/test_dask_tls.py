@@ -42,7 +42,8 @@ def data(tmp_path_factory):
 
 
 def test_tls_cluster_reconstruction_equals_serial(tls, data, tmp_path):
-    from hpc_pt.parallel.dask import run_dask, worker_addresses
+    from hpc_pt.dask_run import run_dask
+    from hpc_pt.parallel.dask import worker_addresses
 
     assert all(a.startswith("tls://") for a in worker_addresses(tls, 2))
     with warnings.catch_warnings():
@@ -134,7 +135,7 @@ def _lonely(token):
 def _generic_comms(on: bool):
     """Make this worker's mesh use ``comm.write`` / ``comm.read`` (the path of non-stream comms such as
     UCX) instead of the TCP/TLS stream, or go back."""
-    from hpc_pt.parallel import dask_mesh
+    from hpc_pt.parallel.dask import transport as dask_mesh
 
     if on:
         dask_mesh._stream_saved = dask_mesh._stream
