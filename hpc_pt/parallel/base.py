@@ -27,6 +27,8 @@ import math
 
 import numpy as np
 
+from ..backend import is_cupy
+
 
 class CommStats:
     """Bytes sent to other ranks, number of calls and seconds spent, per collective kind, plus seconds per
@@ -102,7 +104,7 @@ class Comm:
             if self.size > 1:
                 self._bcast_buffer(buf, root)
             return type(x)(buf[0]) if not isinstance(x, np.generic) else buf[0]
-        gpu = type(x).__module__.split(".")[0] == "cupy"
+        gpu = is_cupy(x)
         if isinstance(x, np.ndarray) or gpu:
             if gpu:
                 import cupy

@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 
+from ..backend import is_cupy as _is_cupy
 from ..errors import BackendUnavailable
 from .base import Comm
 
@@ -48,10 +49,6 @@ def cuda_aware_mpi(MPI) -> bool:
         return bool(query()) if query is not None else False
     except Exception:  # noqa: BLE001 - an MPI without the extension
         return False
-
-
-def _is_cupy(x) -> bool:
-    return type(x).__module__.split(".")[0] == "cupy"
 
 
 class MPIComm(Comm):

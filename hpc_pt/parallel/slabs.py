@@ -218,6 +218,45 @@ class SlabSpace:
             hi = recv[r + 1].reshape(first.shape) if r < P - 1 else zero
         return xp.asarray(lo), xp.asarray(hi)
 
+    def with_halo(self, x, halo: int | None):
+        """This rank's slab ``x`` of the global volume extended by up to ``halo`` rows of the neighbouring
+        slabs on each side (whatever ranks hold them; None: every row, the whole volume). Returns (block, lo),
+        ``block[lo:lo + rows]`` being ``x``. One ``alltoallv`` when there is more than one rank and halo != 0
+        (the same on every rank, so the collective is SPMD)."""
+        from ..backend import is_cupy, to_numpy
+
+        space, comm = self, self.comm
+        nz = space.global_shape[0]
+        h = nz if halo is None else min(int(halo), nz)
+        if comm.size == 1 or h == 0:
+            return x, 0
+        xp, gpu = get_xp(x), is_cupy(x)
+        hx = to_numpy(x)
+        row = int(np.prod(hx.shape[1:]))
+
+        def wanted(r):  # [lo, hi) rows rank r needs (its own included)
+            z0, z1 = space.bounds[r]
+            return max(0, z0 - h), min(nz, z1 + h)
+
+        send, counts = [], []
+        for s, (z0s, z1s) in enumerate(space.bounds):
+            lo, hi = wanted(s)
+            a, b = max(lo, space.z0), min(hi, space.z1)
+            if s == comm.rank or b <= a:
+                send.append(np.zeros(0, dtype=hx.dtype))
+            else:
+                send.append(np.ascontiguousarray(hx[a - space.z0:b - space.z0]).reshape(-1))
+            lo_me, hi_me = wanted(comm.rank)
+            n_rows = 0 if s == comm.rank else max(0, min(hi_me, z1s) - max(lo_me, z0s))
+            counts.append(n_rows * row)
+        recv = comm.alltoallv(send, counts)
+        parts = [buf.reshape((-1,) + hx.shape[1:]) for buf in recv[:comm.rank]]
+        lo = int(sum(p.shape[0] for p in parts))
+        parts.append(hx)
+        parts += [buf.reshape((-1,) + hx.shape[1:]) for buf in recv[comm.rank + 1:]]
+        block = np.concatenate(parts, axis=0)
+        return (xp.asarray(block) if gpu else block), lo
+
     def gradient(self, u):
         """Forward differences (3, rows, n, n) of the global volume on this slab (Neumann at the volume's
         ends, as :func:`hpc_pt.operators.gradient`); the z difference of the last row uses the next slab's

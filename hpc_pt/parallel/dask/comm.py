@@ -7,6 +7,7 @@ from contextlib import contextmanager, nullcontext
 
 import numpy as np
 
+from ...backend import is_cupy as _is_cupy
 from ...errors import BackendUnavailable
 from ..base import Comm, split_evenly
 from .transport import RankAborted, byte_view
@@ -58,10 +59,6 @@ def _meter(label: str):
         _CONTEXT_METER.append(context_meter)
     cm = _CONTEXT_METER[0]
     return cm.meter(label) if cm is not None else nullcontext()
-
-
-def _is_cupy(x) -> bool:
-    return type(x).__module__.split(".")[0] == "cupy"
 
 
 def _abort_name(token: str) -> str:
