@@ -78,9 +78,9 @@ def estimate_rotation_centre(shard, comm=None, iterations: int | None = None, se
     dict with ``centre`` (field column), ``offset_px`` (from (W - 1) / 2), ``default`` ((W - 1) / 2),
     ``trials`` (list of [centre, R-factor], in evaluation order), ``iterations``.
     """
-    from .solvers.base import LocalReductions
+    from .comm import SerialComm
 
-    comm = comm or LocalReductions()
+    comm = comm or SerialComm()
     W = shard.space.n_det
     c0 = (W - 1) / 2.0
     if iterations is None:
@@ -118,9 +118,9 @@ def probe_intensity_ratio(shard, comm=None, percentile: float = PROBE_SCALE_PERC
     """Measured over predicted free-space frame power: the ``percentile`` of the frame totals (valid
     pixels) divided by ``sum |F(w)|^2`` over the valid pixels (orthonormal FFT), over every rank's frames.
     NaN when there are no frames or the probe has no power."""
-    from .solvers.base import LocalReductions
+    from .comm import SerialComm
 
-    comm = comm or LocalReductions()
+    comm = comm or SerialComm()
     f = shard.intensities
     xp = get_xp(f)
     probe = shard.model.ptycho.probe

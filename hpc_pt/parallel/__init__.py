@@ -4,7 +4,7 @@ reduction; they never import mpi4py or dask. The serial implementation lives in 
 (:class:`DaskComm`, :func:`run_spmd`: loaded on first access, so importing hpc_pt never imports dask; the
 pipeline on Dask ranks is :func:`hpc_pt.dask_run.run_dask`, above the pipeline), the shard plan in
 ``shards``."""
-from .base import Comm, SerialComm, split_evenly
+from ..comm import Comm, SerialComm, split_evenly
 from .mpi import MPIComm
 from .shards import plan_shards, split_angles
 from .slabs import SlabSpace, chunk_rows, halo_bytes, slab_bounds, transpose_bytes

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..backend import is_cupy as _is_cupy
 from ..errors import BackendUnavailable
-from .base import Comm
+from ..comm import Comm
 
 INSTALL_HINT = 'pip install ".[mpi]" from the hpc-pt checkout'
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import split_evenly
+from ..comm import split_evenly
 
 #: one piece of a rank's shard: frames ``start:stop`` of angle ``angle_index`` (file order)
 Piece = tuple[int, int, int]

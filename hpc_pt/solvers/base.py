@@ -1,45 +1,19 @@
 """What every solver shares: the local data shard, the iteration history, conjugate gradient.
 
-Solvers take a :class:`Shard` (operators + this rank's measured frames) and a communicator object with the
-interface of :class:`hpc_pt.parallel.Comm` (passed in, never imported: solvers know nothing of ranks,
-files or devices).
+Solvers take a :class:`Shard` (operators + this rank's measured frames) and a communicator, a
+:class:`hpc_pt.comm.Comm` (the serial one, :class:`~hpc_pt.comm.SerialComm`, when none is given; the MPI
+and Dask ones come from the parallel layer, which solvers never import: they know nothing of ranks, files
+or devices).
 """
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..backend import asarray_on, get_xp, to_numpy
+from ..backend import asarray_on, get_xp
 from ..operators import ForwardModel
-
-
-class LocalReductions:
-    """The reductions of one process holding every shard: what a solver uses when it is called without a
-    communicator (the parallel layer's ``SerialComm`` behaves the same; solvers do not import that layer)."""
-
-    rank, size = 0, 1
-    deterministic = False
-
-    def allreduce_sum(self, x):
-        return x
-
-    def sum_partials(self, values, index, n) -> float:
-        import math
-
-        return math.fsum(to_numpy(values).astype(np.float64).ravel().tolist())  # partials: host or device
-
-    def sum_scalar(self, v) -> float:
-        return float(v)
-
-    def volume_dot(self, a, b) -> float:
-        return float(get_xp(a).vdot(a, b).real)
-
-    @contextmanager
-    def phase(self, name):
-        yield
 
 
 @dataclass

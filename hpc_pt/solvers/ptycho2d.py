@@ -76,7 +76,8 @@ import numpy as np
 
 from ..backend import fft2c, get_xp, ifft2c, is_cupy, real_dtype, to_numpy
 from ..operators import Ptychography
-from .base import History, LocalReductions
+from ..comm import SerialComm
+from .base import History
 
 METHODS = ("epie", "dm", "ml")
 
@@ -105,7 +106,7 @@ class _Problem:
         self.xp = xp
         self.dtype = np.dtype(dtype)
         self.rdtype = real_dtype(self.dtype)
-        self.comm = comm if comm is not None else LocalReductions()
+        self.comm = comm if comm is not None else SerialComm()
         field_shape = tuple(int(s) for s in field_shape)
         if frames.ndim != 3 or tuple(frames.shape[1:]) != tuple(probe.shape):
             raise ValueError(f"frames {tuple(frames.shape)} must be (F, {probe.shape[0]}, {probe.shape[1]}) "

@@ -49,7 +49,8 @@ import numpy as np
 
 from ..backend import asarray_on, fftc, get_xp, ifftc, to_numpy
 from ..operators import divergence, gradient
-from .base import History, LocalReductions, power_lipschitz
+from ..comm import SerialComm
+from .base import History, power_lipschitz
 
 ENGINES = ("cg", "fbp", "tomopy")
 FILTERS = ("ramp", "ram-lak", "shepp-logan", "hann")
@@ -91,7 +92,7 @@ def tomo_cg(projector, projections, comm=None, x0=None, iterations: int = 50, to
     ``comm`` and ``space`` (the rank's :class:`~hpc_pt.parallel.SlabSpace`, for the halos of the
     Laplacian term and the serial power-iteration start vector); ``projector`` is then ``space.P``.
     """
-    comm = comm if comm is not None else LocalReductions()
+    comm = comm if comm is not None else SerialComm()
     xp = get_xp(projections)
     p = projections.astype(projector.dtype, copy=False)
     if tuple(p.shape) != tuple(projector.shape_out):

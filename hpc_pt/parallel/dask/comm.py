@@ -9,7 +9,7 @@ import numpy as np
 
 from ...backend import is_cupy as _is_cupy
 from ...errors import BackendUnavailable
-from ..base import Comm, split_evenly
+from ...comm import Comm, split_evenly
 from .transport import RankAborted, byte_view
 
 INSTALL_HINT = 'pip install ".[dask]" from the hpc-pt checkout'
