@@ -423,29 +423,39 @@ def _tell(comm, line: str | None) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
+def _option_type(cls, name: str):
+    """``(type, optional)`` of field ``name`` of the options dataclass ``cls``, from its resolved type hints
+    (``int | None`` gives ``(int, True)``)."""
+    import types
+    import typing
+
+    t = typing.get_type_hints(cls)[name]
+    if typing.get_origin(t) in (typing.Union, types.UnionType) and type(None) in typing.get_args(t):
+        rest = [a for a in typing.get_args(t) if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else t), True
+    return t, False
+
+
 def _coerce(cls, values: dict) -> dict:
     """Convert option values to the dataclass fields' types, with a one-line error naming the option."""
-    types = {f.name: f.type for f in fields(cls)}
     out = {}
     for k, v in values.items():
-        t = str(types[k])
-        if t.endswith(" | None"):  # optional: None / "none" / "null" stay None, anything else the base type
-            if v is None or str(v).lower() in ("none", "null"):
-                out[k] = None
-                continue
-            t = t[: -len(" | None")]
+        t, optional = _option_type(cls, k)
+        if optional and (v is None or str(v).lower() in ("none", "null")):  # optional: None stays None
+            out[k] = None
+            continue
         try:
-            if t in ("int", "<class 'int'>") and not isinstance(v, bool):
+            if t is int and not isinstance(v, bool):
                 fv = float(v)
                 if not fv.is_integer():
                     raise ValueError(v)
                 v = int(fv)
-            elif t in ("float", "<class 'float'>"):
+            elif t is float:
                 v = float(v)
-            elif t in ("bool", "<class 'bool'>") and not isinstance(v, bool):
+            elif t is bool and not isinstance(v, bool):
                 v = {"true": True, "false": False, "1": True, "0": False}[str(v).lower()]
         except (ValueError, TypeError, KeyError):
-            raise InputError(f"option {k}={v!r} must be of type {t.replace(chr(39), '')}") from None
+            raise InputError(f"option {k}={v!r} must be of type {getattr(t, '__name__', t)}") from None
         if isinstance(v, float) and not np.isfinite(v):  # inf / nan would make every objective nan
             raise InputError(f"option {k}={v!r} must be a finite number; give a finite value")
         out[k] = v
