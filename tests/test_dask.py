@@ -35,19 +35,26 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def client():
+def cluster_client(workers: int, security=None, **kwargs):
+    """A generator for module fixtures: a client of ``local_cluster(workers, **kwargs)`` (LocalCluster of
+    single-threaded worker processes on 127.0.0.1, dashboard on port 0), closed after the module."""
     from distributed import Client
 
     from hpc_pt.parallel.dask import local_cluster
 
-    cluster = local_cluster(3)  # LocalCluster(n_workers=3, threads_per_worker=1, processes=True, 127.0.0.1:0)
-    c = Client(cluster)
-    c.wait_for_workers(3, timeout=120)
+    extra = {} if security is None else {"security": security}
+    cluster = local_cluster(workers, **kwargs, **extra)
+    c = Client(cluster, **extra)
+    c.wait_for_workers(workers, timeout=120)
     c.dashboard_url = cluster.dashboard_link  # the real port (asked for port 0)
     yield c
     c.close()
     cluster.close()
+
+
+@pytest.fixture(scope="module")
+def client():
+    yield from cluster_client(3)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from hpc_pt import reconstruct
+from test_dask import cluster_client
 from test_mpi import _ragged
 
 TOL = 1e-5
@@ -20,18 +21,10 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def tls():
-    from distributed import Client
     from distributed.security import Security
 
-    from hpc_pt.parallel.dask import local_cluster
-
-    sec = Security.temporary()  # a self-signed CA and key for this cluster only (needs `cryptography`)
-    cluster = local_cluster(2, protocol="tls", security=sec)
-    c = Client(cluster, security=sec)
-    c.wait_for_workers(2, timeout=120)
-    yield c
-    c.close()
-    cluster.close()
+    # a self-signed CA and key for this cluster only (needs `cryptography`)
+    yield from cluster_client(2, security=Security.temporary(), protocol="tls")
 
 
 @pytest.fixture(scope="module")

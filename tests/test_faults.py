@@ -15,7 +15,7 @@ import pytest
 
 from hpc_pt import reconstruct
 from hpc_pt.io import read_volume
-from test_mpi import _ragged
+from test_mpi import _ragged, mpiexec_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ITERATIONS, EVERY = 200, 3
@@ -79,7 +79,7 @@ def _resume_and_compare(cmd, out, serial):
 
 def test_kill_9_of_an_mpi_rank_then_resume(data, serial, tmp_path):
     out = tmp_path / "m.zarr"
-    cmd = [_mpiexec_path(), "-n", "2", sys.executable, "-m", "mpi4py", "-m", "hpc_pt", "reconstruct", str(data),
+    cmd = [mpiexec_path(), "-n", "2", sys.executable, "-m", "mpi4py", "-m", "hpc_pt", "reconstruct", str(data),
            "--backend", "mpi", "--iterations", str(ITERATIONS), "--checkpoint-every", str(EVERY),
            "--out", str(out), "--quiet"]
     code, err, seconds = _kill_one_rank_after_a_checkpoint(
@@ -105,12 +105,3 @@ def test_kill_9_of_a_dask_worker_then_resume(data, serial, tmp_path):
     assert seconds < 30, f"{seconds:.1f} s from the kill to the command's exit"
     assert not out.exists()
     _resume_and_compare(cmd, out, serial)
-
-
-def _mpiexec_path() -> str:
-    import shutil
-
-    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    exe = here if os.access(here, os.X_OK) else shutil.which("mpiexec")
-    assert exe, "mpiexec not found: install the test extra (pip install '.[test]', which brings mpich)"
-    return exe

@@ -120,11 +120,16 @@ def data(tmp_path_factory):
     return d, counts
 
 
-def _mpiexec(n, *args, timeout=300):
-    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")  # the mpich wheel installs it there
+def mpiexec_path() -> str:
+    """The mpiexec beside this Python (the mpich wheel installs it there), else the one on PATH."""
+    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     exe = here if os.access(here, os.X_OK) else shutil.which("mpiexec")
     assert exe, "mpiexec not found: install the test extra (pip install -e '.[test]', which brings mpich)"
-    cmd = ["timeout", str(timeout), exe, "-n", str(n), *args]
+    return exe
+
+
+def _mpiexec(n, *args, timeout=300):
+    cmd = ["timeout", str(timeout), mpiexec_path(), "-n", str(n), *args]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout + 30)
     return p, time.perf_counter() - t0

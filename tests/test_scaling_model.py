@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -35,6 +34,7 @@ from hpc_pt.io import read_table, write_cxi
 from hpc_pt.parallel import halo_bytes, transpose_bytes
 from hpc_pt.pipeline import build_shard, volume_shape_for
 from hpc_pt.simulate import SimulationConfig, simulate_dataset
+from test_mpi import mpiexec_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
@@ -65,9 +65,7 @@ RANK_SCRIPT = textwrap.dedent("""
 
 
 def _mpiexec(n, *args, timeout=300):
-    here = os.path.join(os.path.dirname(sys.executable), "mpiexec")  # the mpich wheel installs it there
-    exe = here if os.access(here, os.X_OK) else shutil.which("mpiexec")
-    assert exe, "mpiexec not found: install the test extra (pip install -e '.[test]', which brings mpich)"
+    exe = mpiexec_path()
     env = {**os.environ, "HPC_PT_NUFFT_THREADS": "1", "HPC_PT_FFT_WORKERS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     return subprocess.run(["timeout", str(timeout), exe, "-n", str(n), *args], check=False, capture_output=True,
                           text=True, timeout=timeout + 30, env=env)

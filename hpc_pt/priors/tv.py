@@ -83,16 +83,14 @@ class TVDenoiser(Denoiser):
         xp = get_xp(x)
         g = gradient(x) if space is None else space.gradient(x)
         if xp.iscomplexobj(x) and self.mode == "separate":
-            v = float(xp.sqrt((g.real ** 2).sum(axis=0)).sum() + xp.sqrt((g.imag ** 2).sum(axis=0)).sum())
+            tv = xp.sqrt((g.real ** 2).sum(axis=0)) + xp.sqrt((g.imag ** 2).sum(axis=0))
         else:
-            v = float(xp.sqrt((xp.abs(g) ** 2).sum(axis=0)).sum())
+            tv = xp.sqrt((xp.abs(g) ** 2).sum(axis=0))
         if space is None:
-            return v
+            return float(tv.sum())
         if getattr(space.comm, "deterministic", False):  # per global volume row, in row order
-            if xp.iscomplexobj(x) and self.mode == "separate":
-                return space.sum_rows(xp.sqrt((g.real ** 2).sum(axis=0)) + xp.sqrt((g.imag ** 2).sum(axis=0)))
-            return space.sum_rows(xp.sqrt((xp.abs(g) ** 2).sum(axis=0)))
-        return space.comm.sum_scalar(v)
+            return space.sum_rows(tv)
+        return space.comm.sum_scalar(float(tv.sum()))
 
     def state(self) -> dict:
         return {} if self._p is None else {"p": self._p}

@@ -222,7 +222,7 @@ class Mesh:
         done = await asyncio.gather(*jobs, return_exceptions=True)
         for p, d in zip(peers, done):
             if isinstance(d, BaseException):
-                if isinstance(d, (RankAborted, RuntimeError)):
+                if isinstance(d, RuntimeError):  # RankAborted, or a message mismatch
                     raise d
                 raise self._gone(p, what, d) from None
 
