@@ -32,12 +32,34 @@ def _cupy():
 
 
 def is_cupy(x) -> bool:
-    """True if ``x`` is a CuPy array (without importing CuPy when it is not)."""
+    """True if ``x`` is a CuPy array (without importing CuPy when it is not).
+
+    Parameters
+    ----------
+    x : object
+        Any object; only the top-level package of its type's module is looked at.
+
+    Returns
+    -------
+    bool
+        True when ``type(x)`` comes from the ``cupy`` package.
+    """
     return type(x).__module__.split(".")[0] == "cupy"
 
 
 def get_xp(x):
-    """Array namespace (``numpy`` or ``cupy``) of ``x``."""
+    """Array namespace (``numpy`` or ``cupy``) of ``x``.
+
+    Parameters
+    ----------
+    x : array_like
+        A NumPy or CuPy array (anything that is not a CuPy array maps to NumPy).
+
+    Returns
+    -------
+    module
+        ``cupy`` for a CuPy array, else ``numpy``.
+    """
     if is_cupy(x):
         import cupy
 
@@ -46,7 +68,13 @@ def get_xp(x):
 
 
 def gpu_available() -> bool:
-    """True when CuPy imports and sees at least one CUDA device."""
+    """True when CuPy imports and sees at least one CUDA device.
+
+    Returns
+    -------
+    bool
+        False when CuPy is missing, fails to load, or the CUDA runtime reports no device (or an error).
+    """
     cp = _cupy()
     if cp is None:
         return False
@@ -57,7 +85,19 @@ def gpu_available() -> bool:
 
 
 def require_gpu():
-    """Return the CuPy module or raise :class:`BackendUnavailable` with the fix."""
+    """Return the CuPy module or raise :class:`BackendUnavailable` with the fix.
+
+    Returns
+    -------
+    module
+        The imported ``cupy`` module.
+
+    Raises
+    ------
+    BackendUnavailable
+        When CuPy is not installed or no CUDA device is visible (:func:`gpu_available` is False); the message
+        says how to install CuPy or to run with ``--device cpu``.
+    """
     if not gpu_available():
         raise BackendUnavailable(
             "--device gpu needs CuPy and a visible CUDA device; install CuPy on a GPU node "
@@ -66,14 +106,39 @@ def require_gpu():
 
 
 def to_numpy(x) -> np.ndarray:
-    """Copy ``x`` to host memory as a NumPy array (no copy for NumPy input)."""
+    """Copy ``x`` to host memory as a NumPy array (no copy for NumPy input).
+
+    Parameters
+    ----------
+    x : array_like
+        A CuPy array (copied to the host with ``x.get()``), or anything :func:`numpy.asarray` accepts.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``x`` on the host; the same object for a NumPy array.
+    """
     if is_cupy(x):
         return x.get()
     return np.asarray(x)
 
 
 def asarray_on(x, like):
-    """Put ``x`` on the same backend as the array ``like``."""
+    """Put ``x`` on the same backend as the array ``like``.
+
+    Parameters
+    ----------
+    x : array_like
+        The array to move (NumPy, CuPy, or anything :func:`numpy.asarray` accepts).
+    like : array_like
+        An array whose backend (CuPy or NumPy) decides where ``x`` goes.
+
+    Returns
+    -------
+    numpy.ndarray or cupy.ndarray
+        ``cupy.asarray(x)`` when ``like`` is a CuPy array, else :func:`to_numpy` of ``x`` (a CuPy ``x`` is
+        copied to the host).
+    """
     if is_cupy(like):
         import cupy
 
@@ -82,12 +147,23 @@ def asarray_on(x, like):
 
 
 def leading_sums(x) -> np.ndarray:
-    """float64 sums of a real array over every axis but the first: one partial sum per leading index
-    (volume row, frame), on the host.
+    """float64 sums of a real array over every axis but the first, on the host.
+
+    One partial sum per leading index (volume row, frame).
 
     Each entry is summed on its own contiguous row (pairwise, in float64), so it does not depend on how many
     leading entries the array holds: a slab's per-row sums equal the whole volume's rows bitwise, which is
     what the deterministic reductions (:meth:`hpc_pt.parallel.Comm.sum_partials`) rely on.
+
+    Parameters
+    ----------
+    x : array_like
+        Real NumPy or CuPy array of shape (n, ...); n may be 0.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 array of shape (n,): entry i is the sum of ``x[i]``.
     """
     xp = get_xp(x)
     if x.shape[0] == 0:
@@ -97,12 +173,34 @@ def leading_sums(x) -> np.ndarray:
 
 
 def real_dtype(dtype):
-    """float32 for complex64/float32, float64 for complex128/float64."""
+    """float32 for complex64/float32, float64 for complex128/float64.
+
+    Parameters
+    ----------
+    dtype : dtype_like
+        Any dtype NumPy understands; everything but complex64 and float32 maps to float64.
+
+    Returns
+    -------
+    type
+        ``numpy.float32`` or ``numpy.float64``.
+    """
     return np.float32 if np.dtype(dtype) in (np.dtype(np.complex64), np.dtype(np.float32)) else np.float64
 
 
 def complex_dtype(dtype):
-    """complex64 for single precision, complex128 for double precision."""
+    """complex64 for single precision, complex128 for double precision.
+
+    Parameters
+    ----------
+    dtype : dtype_like
+        Any dtype NumPy understands; single precision is what :func:`real_dtype` maps to float32.
+
+    Returns
+    -------
+    type
+        ``numpy.complex64`` or ``numpy.complex128``.
+    """
     return np.complex64 if real_dtype(dtype) == np.float32 else np.complex128
 
 
@@ -114,6 +212,19 @@ def fft2c(x, overwrite=False):
     """Orthonormal 2D FFT over the last two axes (DC at index 0, no shifts).
 
     ``overwrite=True`` lets the CPU FFT reuse the input's memory (the caller must not use ``x`` after).
+
+    Parameters
+    ----------
+    x : array_like
+        NumPy or CuPy array of shape (..., n1, n2); CuPy input uses ``cupy.fft``, anything else ``scipy.fft``
+        with ``HPC_PT_FFT_WORKERS`` workers (default -1: all cores).
+    overwrite : bool, optional
+        Allow the CPU FFT to overwrite ``x`` (ignored on the GPU). Default False.
+
+    Returns
+    -------
+    numpy.ndarray or cupy.ndarray
+        Complex array of the same shape, on the same backend as ``x``.
     """
     if is_cupy(x):
         import cupy
@@ -125,7 +236,18 @@ def fft2c(x, overwrite=False):
 
 
 def ifft2c(x, overwrite=False):
-    """Orthonormal inverse 2D FFT over the last two axes; exact adjoint of :func:`fft2c`."""
+    """Orthonormal inverse 2D FFT over the last two axes; exact adjoint of :func:`fft2c`.
+
+    Parameters
+    ----------
+    x, overwrite
+        As for :func:`fft2c`.
+
+    Returns
+    -------
+    numpy.ndarray or cupy.ndarray
+        As for :func:`fft2c`.
+    """
     if is_cupy(x):
         import cupy
 
@@ -136,7 +258,22 @@ def ifft2c(x, overwrite=False):
 
 
 def fftc(x, axis=-1, norm="backward"):
-    """1D FFT along ``axis`` with NumPy's normalisation names."""
+    """1D FFT along ``axis`` with NumPy's normalisation names.
+
+    Parameters
+    ----------
+    x : array_like
+        NumPy or CuPy array.
+    axis : int, optional
+        Axis to transform. Default -1.
+    norm : {"backward", "ortho", "forward"}, optional
+        Normalisation, as in :func:`numpy.fft.fft`. Default "backward".
+
+    Returns
+    -------
+    numpy.ndarray or cupy.ndarray
+        Complex array of the same shape, on the same backend as ``x``.
+    """
     if is_cupy(x):
         import cupy
 
@@ -147,7 +284,18 @@ def fftc(x, axis=-1, norm="backward"):
 
 
 def ifftc(x, axis=-1, norm="backward"):
-    """1D inverse FFT along ``axis``."""
+    """1D inverse FFT along ``axis``.
+
+    Parameters
+    ----------
+    x, axis, norm
+        As for :func:`fftc` (``norm`` as in :func:`numpy.fft.ifft`).
+
+    Returns
+    -------
+    numpy.ndarray or cupy.ndarray
+        As for :func:`fftc`.
+    """
     if is_cupy(x):
         import cupy
 
@@ -169,6 +317,20 @@ def nufft2d_type2(f, kx, ky, eps=None):
     ``f`` has shape (..., n1, n2) with centred mode indices m' = m - n1//2 (axis -2, paired with ``kx``)
     and n' = n - n2//2 (axis -1, paired with ``ky``). ``kx``, ``ky`` are real frequencies in [-pi, pi).
     finufft on CPU, cufinufft on GPU. Type 1 below is its exact adjoint (same kernel and grid).
+
+    Parameters
+    ----------
+    f : array_like
+        Complex NumPy or CuPy array of shape (..., n1, n2), the uniform modes.
+    kx, ky : array_like
+        Real arrays of shape (M,), the nonuniform frequencies, on the same backend as ``f``.
+    eps : float, optional
+        Requested relative accuracy; default 1e-6 for complex64 ``f``, else 1e-12.
+
+    Returns
+    -------
+    numpy.ndarray or cupy.ndarray
+        Complex array of shape (..., M), on the same backend as ``f``.
     """
     lead = f.shape[:-2]
     n1, n2 = f.shape[-2:]
@@ -187,7 +349,24 @@ def nufft2d_type2(f, kx, ky, eps=None):
 
 
 def nufft2d_type1(c, kx, ky, n_modes, eps=None):
-    """f[..., m, n] = sum_j c[..., j] exp(+i (kx_j * m' + ky_j * n')); adjoint of :func:`nufft2d_type2`."""
+    """f[..., m, n] = sum_j c[..., j] exp(+i (kx_j * m' + ky_j * n')); adjoint of :func:`nufft2d_type2`.
+
+    Parameters
+    ----------
+    c : array_like
+        Complex NumPy or CuPy array of shape (..., M), the values at the nonuniform points.
+    kx, ky : array_like
+        Real arrays of shape (M,), the nonuniform frequencies in [-pi, pi), on the same backend as ``c``.
+    n_modes : tuple of int
+        ``(n1, n2)``, the number of uniform modes (centred indices, as in :func:`nufft2d_type2`).
+    eps : float, optional
+        Requested relative accuracy; default 1e-6 for complex64 ``c``, else 1e-12.
+
+    Returns
+    -------
+    numpy.ndarray or cupy.ndarray
+        Complex array of shape (..., n1, n2), on the same backend as ``c``.
+    """
     lead = c.shape[:-1]
     cc = c.reshape((-1, c.shape[-1]))
     eps = _nufft_eps(c.dtype, eps)
@@ -220,6 +399,20 @@ def scatter_add(target_flat, index_flat, values_flat):
 
     NumPy path uses ``np.bincount`` on real and imaginary parts (much faster than ``np.add.at``);
     CuPy path uses ``cupyx.scatter_add``.
+
+    Parameters
+    ----------
+    target_flat : array_like
+        1-D NumPy or CuPy array of length n, updated in place.
+    index_flat : array_like
+        1-D non-negative integer array of indices into ``target_flat`` (repeats allowed).
+    values_flat : array_like
+        1-D real or complex array of the same length as ``index_flat``, the values to add.
+
+    Returns
+    -------
+    numpy.ndarray or cupy.ndarray
+        ``target_flat`` itself, after the update.
     """
     if is_cupy(target_flat):
         import cupyx
@@ -250,6 +443,23 @@ class NufftPair2D:
     size) and, with several threads, each transform of a batch spread on one thread (``spread_thread=2``).
     Measured bitwise equal for any split of the slices (tests/test_slabs.py); runs with different
     ``HPC_PT_NUFFT_THREADS`` differ by rounding.
+
+    Parameters
+    ----------
+    kx, ky : array_like
+        Real arrays of shape (M,), the nonuniform frequencies in [-pi, pi) (``kx`` paired with mode axis -2,
+        ``ky`` with axis -1, centred mode indices as in :func:`nufft2d_type2`); stored in the real dtype
+        matching ``dtype``.
+    n_modes : tuple of int
+        ``(n1, n2)``, the number of uniform modes.
+    dtype : dtype_like, optional
+        Complex dtype of the transforms (complex64 or complex128). Default complex64.
+    eps : float, optional
+        Requested relative accuracy; default 1e-6 for complex64, else 1e-12.
+    gpu : bool, optional
+        Plan with cufinufft on CuPy arrays (the points are copied to the device). Default False.
+    deterministic : bool, optional
+        Results independent of the batch size and the run (see above). Default False.
     """
 
     def __init__(self, kx, ky, n_modes, dtype=np.complex64, eps=None, gpu=False, deterministic=False):
@@ -271,6 +481,7 @@ class NufftPair2D:
 
     @property
     def n_points(self) -> int:
+        """Number M of nonuniform points."""
         return int(self.kx.shape[0])
 
     def _plan(self, kind: int, n_trans: int):
@@ -299,6 +510,18 @@ class NufftPair2D:
         return self._plans[key]
 
     def type2(self, f):
+        """Type-2 transform of a batch: uniform modes -> values at the points.
+
+        Parameters
+        ----------
+        f : array_like
+            NumPy (CPU plan) or CuPy (GPU plan) array of shape (n_trans, n1, n2), cast to the pair's dtype.
+
+        Returns
+        -------
+        numpy.ndarray or cupy.ndarray
+            Array of shape (n_trans, M): ``c_j = sum f[m, n] exp(-i (kx_j m' + ky_j n'))`` per transform.
+        """
         n_trans = f.shape[0]
         xp = get_xp(f)
         f = xp.ascontiguousarray(f, dtype=self.dtype)
@@ -306,6 +529,18 @@ class NufftPair2D:
         return out.reshape(n_trans, self.n_points)
 
     def type1(self, c):
+        """Type-1 transform of a batch (the exact adjoint of :meth:`type2`): values at the points -> uniform modes.
+
+        Parameters
+        ----------
+        c : array_like
+            NumPy (CPU plan) or CuPy (GPU plan) array of shape (n_trans, M), cast to the pair's dtype.
+
+        Returns
+        -------
+        numpy.ndarray or cupy.ndarray
+            Array of shape (n_trans, n1, n2).
+        """
         n_trans = c.shape[0]
         xp = get_xp(c)
         c = xp.ascontiguousarray(c, dtype=self.dtype)
@@ -334,6 +569,21 @@ def host_memory_available(meminfo: str = "/proc/meminfo", cgroup_root: str = "/s
     The smaller of the kernel's ``MemAvailable`` (``/proc/meminfo``) and the room left under the
     process's cgroup limit (v2: ``memory.max - memory.current``; v1: ``memory/memory.limit_in_bytes -
     memory/memory.usage_in_bytes``); (None, "unknown") where neither can be read (not Linux).
+
+    Parameters
+    ----------
+    meminfo : str, optional
+        Path of the kernel's meminfo file. Default ``/proc/meminfo``.
+    cgroup_root : str, optional
+        Directory of the process's cgroup files (v2 files directly in it, v1 under ``memory/``).
+        Default ``/sys/fs/cgroup``.
+
+    Returns
+    -------
+    bytes : int or None
+        The bytes available, None when unknown.
+    source : str
+        "host RAM available", "left under the cgroup memory limit" or "unknown".
     """
     found: list[tuple[int, str]] = []
     try:
@@ -357,8 +607,17 @@ def host_memory_available(meminfo: str = "/proc/meminfo", cgroup_root: str = "/s
 
 
 def gpu_memory_available() -> tuple[int | None, str]:
-    """Free bytes on the current CUDA device (``cudaMemGetInfo``) plus what CuPy's pool holds unused, and
-    a description; (None, "unknown") without CuPy or a device."""
+    """Free bytes on the current CUDA device plus what CuPy's pool holds unused, and a description.
+
+    The free bytes are ``cudaMemGetInfo``'s; (None, "unknown") without CuPy or a device.
+
+    Returns
+    -------
+    bytes : int or None
+        Free device bytes plus the memory pool's free bytes; None when unknown.
+    source : str
+        ``"free on GPU <id>"``, or "unknown".
+    """
     cp = _cupy()
     if cp is None:
         return None, "unknown"

@@ -20,7 +20,8 @@ from .errors import BackendUnavailable, InputError
 def build_parser() -> argparse.ArgumentParser:
     """The ``hpc-pt`` parser: one-line usage errors, and every option's help with its real default
     (:mod:`hpc_pt.cli_parser`; the simulate flags are :class:`~hpc_pt.simulate.SimulationConfig`'s fields)."""
-    from .pipeline import DEFAULT_MODEL, ReconConfig
+    from .pipeline import DEFAULT_MODEL, ReconConfig, methods
+    from .solvers.registry import all_specs
     from .simulate import SimulationConfig
 
     p = ArgumentParser(prog="hpc-pt", description="Joint ptycho-tomography reconstruction.")
@@ -47,29 +48,22 @@ def build_parser() -> argparse.ArgumentParser:
                            help="also estimate the rotation centre from the frames (reads every frame and runs "
                                 "about 15 short reconstructions; what `reconstruct --rotation-centre auto` does)")
 
-    r = sub.add_parser("reconstruct", help="reconstruct a volume from a CXI file")
+    r = sub.add_parser("reconstruct", help="reconstruct a volume from a CXI file", epilog=_method_options_help(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("data", help="CXI file or directory")
     r.add_argument("--config", help="YAML or TOML file with the same settings (flags override it; default: "
                                     "none)")
-    r.add_argument("--method", default=None, help="reconstruction method (docs/solvers.md)")
-    r.add_argument("--iterations", type=int, default=None)
-    r.add_argument("--noise", choices=["gaussian", "poisson"], default=None,
-                   help="data metric: gaussian amplitude (pAGM) or poisson intensity (pIPM)")
-    r.add_argument("--prior", default=None, help="tv, none, or a registered denoiser (admm)")
-    r.add_argument("--prior-weight", type=float, default=None,
-                   help=f"relative prior strength (default: {_method_defaults('prior_weight')})")
-    r.add_argument("--penalty", type=float, default=None,
-                   help=f"data penalty, dimensionless: APT r2, ADMM rho_rel (default: {_method_defaults('penalty')})")
-    r.add_argument("--probe-refine", action="store_true", default=None,
-                   help="refine the probe (default: off; on for apt, apts and two-step when the input has no probe "
-                        "and it is estimated from the data)")
-    r.add_argument("--init", default=None, help="constant, zeros, or a .npy / Zarr volume")
+    flags = {a.dest: a for a in add_model_flags(r, ReconConfig, exclude=("options",))}  # the generic settings
+    flags["method"].choices = methods()
+    flags["method"].help += ": " + "; ".join(f"{name}: {spec.summary}" for name, spec in all_specs().items())
+    flags["rotation_centre"].type = str  # "auto" or a column, checked by _parse_centre
+    flags["prior_weight"].help += f" (default: {_method_defaults('prior_weight')})"
+    flags["penalty"].help += f" (default: {_method_defaults('penalty')})"
     by_model = {}
     for method, model in DEFAULT_MODEL.items():
         by_model.setdefault(model or "the input's", []).append(method)
-    r.add_argument("--model", default=None, help="forward model (default: by method, unless the input records "
-                   "one: " + "; ".join(f"{m} for {', '.join(ms)}" for m, ms in by_model.items()) + ")")
-    r.add_argument("--device", default=None, help="where the arrays live")
+    flags["model"].help += (" (default: by method, unless the input records one: "
+                            + "; ".join(f"{m} for {', '.join(ms)}" for m, ms in by_model.items()) + ")")
     r.add_argument("--backend", choices=["serial", "mpi", "dask"], default="serial",
                    help="serial (one process); mpi: run under `mpiexec -n P hpc-pt reconstruct ... "
                         "--backend mpi`; dask: one rank per Dask worker (--workers or --scheduler). Each rank "
@@ -80,20 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--scheduler", default=None, metavar="tcp://HOST:PORT",
                    help="--backend dask: run on the workers of this Dask scheduler (default: none, a local "
                         "cluster of --workers processes)")
-    r.add_argument("--volume-size", type=int, default=None,
-                   help="edge N of the reconstructed volume (default: simulated sample size or field width)")
-    r.add_argument("--rotation-centre", default=None, metavar="PX|auto",
-                   help="object-field column of the rotation axis (pixel-centre coordinate), or auto to "
-                        "estimate it from the frames (default: the input's, else (W - 1) / 2)")
-    r.add_argument("--frame-batch", type=int, default=None, metavar="N",
-                   help="frames per far-field batch: caps the solvers' far-field temporaries at N frames "
-                        "(default: 16 MiB of complex far field); lower it when the frames do not fit in memory")
-    r.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
-                   help="reduce every sum in a fixed global order (per volume row, per angle), so 1, 2, 3, ... "
-                        "MPI ranks or Dask workers give bitwise identical volumes when each rank holds whole "
-                        "angles (apt, apts, gd, admm); --no-deterministic saves its few %% per iteration "
-                        "(docs/parallel.md) (default: on for apt, apts and gd; off for admm, where it costs "
-                        "6-15 %%, and two-step, which does not implement it)")
     r.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method-specific option, e.g. --option cg_max_iter=20 (repeatable; default: none, "
                         "the method's own defaults, docs/solvers.md)")
@@ -178,6 +158,27 @@ def _explain(parser, models: dict) -> None:
     whose field defaults stand behind a subcommand's None-default flags); see :mod:`hpc_pt.cli_parser`."""
     for name, sub in subparsers(parser).items():
         explain_defaults(sub, models.get(name))
+
+
+def _method_options_help(width: int = 100) -> str:
+    """The epilog of ``reconstruct --help``: every method's ``--option`` names with their defaults and
+    descriptions, generated from the methods' options models (:mod:`hpc_pt.solvers.registry`)."""
+    import textwrap
+
+    from .solvers.registry import all_specs
+
+    out = ["method options (--option KEY=VALUE; the generic flags above set some of them):"]
+    for name, spec in all_specs().items():
+        takes = ", ".join(f"--{g.replace('_', '-')} -> {o}" for g, o in spec.generic.items()
+                          if g not in ("iterations", "support_width"))
+        out.append(f"  {name}" + (f"  ({takes})" if takes else ""))
+        for key, fld in spec.options.model_fields.items():
+            if key in spec.fixed:
+                continue
+            default = fld.default_factory() if fld.default_factory is not None else fld.default
+            line = f"{key} = {show_value(default)}: {fld.description or ''}"
+            out += textwrap.wrap(line, width, initial_indent="      ", subsequent_indent="          ")
+    return "\n".join(out)
 
 
 def _method_defaults(setting: str) -> str:
@@ -385,10 +386,8 @@ def _parse_option(text: str):
 def _reconstruct(args) -> int:
     from .pipeline import ReconConfig, reconstruct
 
-    flags = {k: getattr(args, k) for k in ("method", "iterations", "noise", "prior", "prior_weight", "penalty",
-                                           "probe_refine", "init", "model", "device", "volume_size",
-                                           "frame_batch", "deterministic")
-             if getattr(args, k) is not None}
+    flags = {k: getattr(args, k) for k in ReconConfig.model_fields
+             if k not in ("options", "rotation_centre") and getattr(args, k) is not None}
     if args.rotation_centre is not None:
         flags["rotation_centre"] = _parse_centre(args.rotation_centre)
     if args.option:

@@ -99,6 +99,18 @@ def _flag_type(annotation):
 def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel], exclude=()) -> list:
     """Add one ``--field-name`` flag per field of ``model`` (except ``exclude``), default None.
 
+    A ``bool`` field becomes a ``--name`` / ``--no-name`` switch (``bool | None`` too); a field's
+    ``json_schema_extra={"metavar": ...}`` names its value in the usage line.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        Where the flags go.
+    model : type
+        The pydantic settings model.
+    exclude : iterable of str
+        Fields without a flag.
+
     Returns
     -------
     list
@@ -108,10 +120,17 @@ def add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel], exc
     for name, info in model.model_fields.items():
         if name in exclude:
             continue
-        kind, choices = _flag_type(info.annotation)
+        flag = "--" + name.replace("_", "-")
         help_text = (info.description or name.replace("_", " ")).replace("%", "%%")
-        added.append(parser.add_argument("--" + name.replace("_", "-"), type=kind, choices=choices, default=None,
-                                         help=help_text))
+        args = [a for a in typing.get_args(info.annotation) if a is not type(None)] or [info.annotation]
+        if args == [bool]:
+            added.append(parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                             help=help_text))
+            continue
+        kind, choices = _flag_type(info.annotation)
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        added.append(parser.add_argument(flag, type=kind, choices=choices, default=None, help=help_text,
+                                         metavar=extra.get("metavar")))
     return added
 
 

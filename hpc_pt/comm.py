@@ -44,22 +44,52 @@ class CommStats:
         self.phase_seconds: dict[str, float] = {}
 
     def add(self, kind: str, nbytes: int, seconds: float) -> None:
+        """Count one collective call of ``kind``.
+
+        Parameters
+        ----------
+        kind : str
+            The collective ("allreduce", "scalar", "alltoallv", "bcast").
+        nbytes : int
+            Bytes this rank sent to other ranks in the call.
+        seconds : float
+            Wall time of the call.
+        """
         self.bytes[kind] = self.bytes.get(kind, 0) + int(nbytes)
         self.calls[kind] = self.calls.get(kind, 0) + 1
         self.seconds[kind] = self.seconds.get(kind, 0.0) + float(seconds)
 
     def add_phase(self, name: str, seconds: float) -> None:
+        """Add ``seconds`` to the compute phase ``name``.
+
+        Parameters
+        ----------
+        name : str
+            The phase label (e.g. "ptycho", "project", "cg", "prox").
+        seconds : float
+            Wall time spent in it.
+        """
         self.phase_seconds[name] = self.phase_seconds.get(name, 0.0) + float(seconds)
 
     @property
     def bytes_sent(self) -> int:
+        """Bytes sent to other ranks, over every collective kind."""
         return int(sum(self.bytes.values()))
 
     @property
     def comm_seconds(self) -> float:
+        """Seconds spent in collectives, over every kind."""
         return float(sum(self.seconds.values()))
 
     def snapshot(self) -> dict:
+        """The counters as a flat dict (differences of two snapshots give one iteration's share).
+
+        Returns
+        -------
+        dict
+            ``comm_bytes`` (:attr:`bytes_sent`), ``comm_time_s`` (:attr:`comm_seconds`), ``comm_bytes_<kind>`` per
+            collective kind and ``phase_time_<name>_s`` per compute phase.
+        """
         out = {"comm_bytes": self.bytes_sent, "comm_time_s": self.comm_seconds}
         for k, v in self.bytes.items():
             out[f"comm_bytes_{k}"] = v
@@ -90,17 +120,60 @@ class Comm:
         self.deterministic = bool(deterministic)
 
     def allreduce_sum(self, x):
-        """Sum ``x`` (an array of identical shape on every rank) over ranks; every rank gets the sum."""
+        """Sum ``x`` (an array of identical shape on every rank) over ranks; every rank gets the sum.
+
+        Parameters
+        ----------
+        x : array_like
+            NumPy or CuPy array (or NumPy scalar) of the same shape and dtype on every rank.
+
+        Returns
+        -------
+        numpy.ndarray or cupy.ndarray
+            The sum, on the backend of ``x``.
+        """
         raise NotImplementedError
 
     def sum_scalar(self, v: float) -> float:
-        """Sum a Python float over ranks."""
+        """Sum a Python float over ranks.
+
+        Parameters
+        ----------
+        v : float
+            This rank's value.
+
+        Returns
+        -------
+        float
+            The sum, on every rank.
+        """
         raise NotImplementedError
 
     def bcast(self, x, root: int = 0):
-        """Root's ``x`` on every rank. Arrays (NumPy or CuPy) must have the same shape and dtype on every
-        rank; Python / NumPy scalars (bool, int, float, complex) are sent as one-element buffers. Carried
-        by the implementation's :meth:`_bcast_buffer`."""
+        """Root's ``x`` on every rank.
+
+        Arrays (NumPy or CuPy) must have the same shape and dtype on every rank; Python / NumPy scalars (bool, int,
+        float, complex) are sent as one-element buffers. Carried by the implementation's :meth:`_bcast_buffer`.
+
+        Parameters
+        ----------
+        x : bool, int, float, complex, numpy scalar, numpy.ndarray or cupy.ndarray
+            The value; only root's contents matter, the other ranks pass a placeholder of the same type (and, for
+            arrays, the same shape and dtype).
+        root : int, optional
+            The rank whose value is sent. Default 0.
+
+        Returns
+        -------
+        object
+            Root's value: a Python scalar of the type of ``x`` (a NumPy scalar for NumPy scalar input), or a new
+            C-contiguous array on the backend of ``x``.
+
+        Raises
+        ------
+        TypeError
+            When ``x`` is neither an array nor a scalar.
+        """
         if isinstance(x, (bool, int, float, complex, np.generic)):
             buf = np.array([x])
             if self.size > 1:
@@ -130,21 +203,57 @@ class Comm:
         raise NotImplementedError
 
     def alltoallv(self, send: list, recv_counts: list[int]) -> list:
-        """Personalised all-to-all. ``send[s]``: 1-D C-contiguous NumPy array for rank ``s`` (one dtype
-        for the whole call, any length including 0); ``recv_counts[s]``: the number of elements rank ``s``
-        sends to this rank. Returns the list of received 1-D arrays, by source rank."""
+        """Personalised all-to-all.
+
+        Parameters
+        ----------
+        send : list of numpy.ndarray
+            ``send[s]``: 1-D C-contiguous NumPy array for rank ``s`` (one dtype for the whole call, any length
+            including 0); one entry per rank.
+        recv_counts : list of int
+            ``recv_counts[s]``: the number of elements rank ``s`` sends to this rank.
+
+        Returns
+        -------
+        list of numpy.ndarray
+            The received 1-D arrays, by source rank.
+        """
         raise NotImplementedError
 
     def barrier(self) -> None:
         """Wait for every rank."""
 
     def abort(self, code: int = 2) -> None:
-        """Stop every rank of the job (what a rank that failed alone must do)."""
+        """Stop every rank of the job (what a rank that failed alone must do).
+
+        Parameters
+        ----------
+        code : int, optional
+            Exit status. Default 2.
+
+        Raises
+        ------
+        SystemExit
+            With ``code`` (this base implementation).
+        """
         raise SystemExit(code)
 
     @contextmanager
     def phase(self, name: str):
-        """Label a stretch of compute (time per label in :attr:`stats`)."""
+        """Label a stretch of compute (time per label in :attr:`stats`).
+
+        Use as ``with comm.phase("cg"): ...``.
+
+        Parameters
+        ----------
+        name : str
+            The label ("ptycho", "project", "cg", "prox", ...).
+
+        Yields
+        ------
+        None
+            The time until the ``with`` block ends is added to ``stats.phase_seconds[name]``.
+        """
         t0 = time.perf_counter()
         try:
             yield
@@ -152,7 +261,18 @@ class Comm:
             self.stats.add_phase(name, time.perf_counter() - t0)
 
     def volume_dot(self, a, b) -> float:
-        """Re <a, b> of two slab-distributed volumes (local dot product, summed over ranks)."""
+        """Re <a, b> of two slab-distributed volumes (local dot product, summed over ranks).
+
+        Parameters
+        ----------
+        a, b : array_like
+            NumPy or CuPy arrays of one shape: this rank's slabs of the two volumes.
+
+        Returns
+        -------
+        float
+            ``Re sum conj(a) b`` over the global volumes, on every rank.
+        """
         from .backend import get_xp
 
         return self.sum_scalar(float(get_xp(a).vdot(a, b).real))
@@ -162,9 +282,12 @@ class Comm:
 
         Parameters
         ----------
-        values : 1-D float array, this rank's partial sums (may be empty).
-        index : 1-D int array of the same length, their global indices in ``[0, n)``.
-        n : int, the number of global indices.
+        values : array_like
+            1-D float array (NumPy or CuPy), this rank's partial sums (may be empty).
+        index : array_like
+            1-D int array of the same length, their global indices in ``[0, n)``.
+        n : int
+            The number of global indices.
 
         Returns
         -------
@@ -201,33 +324,131 @@ class SerialComm(Comm):
     name = "serial"
 
     def allreduce_sum(self, x):
+        """The sum over one rank: ``x`` itself.
+
+        Parameters
+        ----------
+        x : array_like
+            Any array.
+
+        Returns
+        -------
+        array_like
+            ``x`` (the same object, not a copy).
+        """
         return x
 
     def sum_scalar(self, v: float) -> float:
+        """The sum over one rank: ``v`` as a float.
+
+        Parameters
+        ----------
+        v : float
+            The value.
+
+        Returns
+        -------
+        float
+            ``float(v)``.
+        """
         return float(v)
 
     def bcast(self, x, root: int = 0):
+        """Broadcast from the only rank: ``x`` itself.
+
+        Parameters
+        ----------
+        x : object
+            The value.
+        root : int, optional
+            Ignored (there is one rank). Default 0.
+
+        Returns
+        -------
+        object
+            ``x`` (the same object, not a copy).
+        """
         return x
 
     def alltoallv(self, send: list, recv_counts: list[int]) -> list:
+        """All-to-all on one rank: the one buffer, sent to itself.
+
+        Parameters
+        ----------
+        send : list of numpy.ndarray
+            One 1-D array.
+        recv_counts : list of int
+            One count, the length of ``send[0]``.
+
+        Returns
+        -------
+        list of numpy.ndarray
+            ``[send[0]]``.
+
+        Raises
+        ------
+        ValueError
+            When ``send`` does not hold exactly one buffer of ``recv_counts[0]`` elements.
+        """
         if len(send) != 1 or send[0].size != recv_counts[0]:
             raise ValueError("serial alltoallv: one buffer, sent to itself")
         return [send[0]]
 
     def volume_dot(self, a, b) -> float:
+        """Re <a, b> of two whole volumes (one rank holds them).
+
+        Parameters
+        ----------
+        a, b : array_like
+            NumPy or CuPy arrays of one shape.
+
+        Returns
+        -------
+        float
+            ``Re sum conj(a) b``.
+        """
         from .backend import get_xp
 
         return float(get_xp(a).vdot(a, b).real)
 
 
 def split_evenly(n: int, parts: int, index: int) -> tuple[int, int]:
-    """[start, stop) of part ``index`` when ``n`` items are split into ``parts`` nearly equal blocks."""
+    """[start, stop) of part ``index`` when ``n`` items are split into ``parts`` nearly equal blocks.
+
+    The first ``n % parts`` blocks hold one item more than the others.
+
+    Parameters
+    ----------
+    n : int
+        Number of items.
+    parts : int
+        Number of blocks.
+    index : int
+        Which block, in ``[0, parts)``.
+
+    Returns
+    -------
+    start, stop : int
+        The block's bounds.
+    """
     base, extra = divmod(int(n), int(parts))
     start = index * base + min(index, extra)
     return start, start + base + (1 if index < extra else 0)
 
 
 def nbytes_of(arrays) -> int:
+    """Total bytes of some arrays.
+
+    Parameters
+    ----------
+    arrays : iterable of array_like
+        The arrays (each taken through :func:`numpy.asarray`).
+
+    Returns
+    -------
+    int
+        The sum of their ``nbytes``.
+    """
     return int(sum(int(np.asarray(a).nbytes) for a in arrays))
 
 

@@ -51,8 +51,29 @@ def align(recon, truth, max_shift=None):
     ``||u_T|| = ||u||`` for circular shifts, so T* maximises ``|<u_T, u_g>|`` = |cross-correlation|.
     ``max_shift`` (int, or one per axis) limits the search to ``|T_i| <= max_shift_i``; 0 disables it.
 
-    Returns ``(zeta, T, aligned)`` with ``T`` a tuple of ints and ``aligned = zeta * u(. + T)``
-    (i.e. ``zeta * np.roll(u, -T)``), in complex128.
+    Parameters
+    ----------
+    recon : array_like
+        The reconstruction u (real or complex, any dimension).
+    truth : array_like
+        The ground truth u_g, of the same shape.
+    max_shift : int or sequence of int, optional
+        Largest ``|T_i|`` searched, one for all axes or one per axis; 0 on every axis: no translation.
+        Default None: every shift.
+
+    Returns
+    -------
+    zeta : complex
+        The optimal scale (0 when ``recon`` is zero).
+    T : tuple of int
+        The optimal translation, one entry per axis.
+    aligned : numpy.ndarray
+        ``zeta * u(. + T)`` (i.e. ``zeta * np.roll(u, -T)``), in complex128.
+
+    Raises
+    ------
+    InputError
+        When ``recon`` and ``truth`` differ in shape.
     """
     u = np.asarray(recon, dtype=np.complex128)
     g = np.asarray(truth, dtype=np.complex128)
@@ -94,6 +115,27 @@ def snr_db(recon, truth, max_shift=None, denominator: str = "truth") -> float:
     reconstruction degrades (it is infinite for u = 0, which the truth-referenced form scores 0 dB), and
     it depends on the reconstruction. The truth-referenced form is the standard one (-20 log10 of the
     aligned NRMSE), so it is the default. Returns +inf for an exact match.
+
+    Parameters
+    ----------
+    recon : array_like
+        The reconstruction u.
+    truth : array_like
+        The ground truth u_g, of the same shape.
+    max_shift : int or sequence of int, optional
+        Limit of the translation search (:func:`align`). Default None: every shift.
+    denominator : {"truth", "paper"}, optional
+        ``||u_g||^2`` (default) or the seed's printed ``||zeta* u^k||^2``.
+
+    Returns
+    -------
+    float
+        The SNR in dB; +inf for an exact match, -inf when the denominator is 0 (and the residual is not).
+
+    Raises
+    ------
+    InputError
+        When the shapes differ or ``denominator`` is neither "truth" nor "paper".
     """
     g = np.asarray(truth, dtype=np.complex128)
     zeta, T, a = align(recon, g, max_shift)
@@ -128,6 +170,23 @@ def r_factor(model_amplitudes, measured_intensities) -> float:
     amplitudes |D_j|; ``measured_intensities`` are the frames f_j. Either an array of frames or a list of
     arrays (e.g. one per angle, ragged) with matching shapes. Negative measured values (background
     subtraction) are clipped to 0 before the square root.
+
+    Parameters
+    ----------
+    model_amplitudes : array_like or list of array_like
+        D_j or |D_j|: one array of frames, or a list (tuple) of arrays.
+    measured_intensities : array_like or list of array_like
+        The measured frames f_j, with the same structure and shapes.
+
+    Returns
+    -------
+    float
+        The R-factor; +inf when every measured value is 0.
+
+    Raises
+    ------
+    InputError
+        When the lists differ in length or an array pair differs in shape.
     """
     A = _flat_list(model_amplitudes)
     F = _flat_list(measured_intensities)
@@ -149,7 +208,25 @@ def r_factor(model_amplitudes, measured_intensities) -> float:
 # --------------------------------------------------------------------------------------------------
 
 def nrmse(recon, truth) -> float:
-    """||recon - truth||_2 / ||truth||_2 (no alignment; complex allowed)."""
+    """||recon - truth||_2 / ||truth||_2 (no alignment; complex allowed).
+
+    Parameters
+    ----------
+    recon : array_like
+        The reconstruction.
+    truth : array_like
+        The ground truth, of the same shape.
+
+    Returns
+    -------
+    float
+        The relative error; for a zero truth 0.0 when ``recon`` is zero too, else +inf.
+
+    Raises
+    ------
+    InputError
+        When the shapes differ.
+    """
     r = np.asarray(recon, dtype=np.complex128)
     g = np.asarray(truth, dtype=np.complex128)
     _same_shape(r, g, "nrmse")
@@ -170,7 +247,26 @@ def _data_range(t: np.ndarray) -> float:
 
 
 def psnr_db(recon, truth, data_range=None) -> float:
-    """10 log10(R^2 / MSE), MSE = mean |recon - truth|^2, R = range of truth (of |truth| if complex)."""
+    """10 log10(R^2 / MSE), MSE = mean |recon - truth|^2, R = range of truth (of |truth| if complex).
+
+    Parameters
+    ----------
+    recon, truth : array_like
+        As for :func:`nrmse`.
+    data_range : float, optional
+        R; default max - min of the truth (of ``|truth|`` when complex), or max ``|truth|`` (then 1) for a
+        constant truth.
+
+    Returns
+    -------
+    float
+        The PSNR in dB; +inf when MSE is 0.
+
+    Raises
+    ------
+    InputError
+        When the shapes differ.
+    """
     r = np.asarray(recon)
     g = np.asarray(truth)
     _same_shape(r, g, "psnr_db")
@@ -217,6 +313,26 @@ def ssim(recon, truth, data_range=None):
     Real input: a float. Complex input: ``{"real": ..., "imag": ..., "mean": ...}``, SSIM of the real parts
     and of the imaginary parts separately (each with its own data range from the truth), and their mean.
     ``data_range`` defaults to max - min of the truth (part).
+
+    Parameters
+    ----------
+    recon : array_like
+        The reconstruction (real or complex).
+    truth : array_like
+        The ground truth, of the same shape.
+    data_range : float, optional
+        The dynamic range R of the SSIM constants; default max - min of the truth (part).
+
+    Returns
+    -------
+    float or dict
+        The mean SSIM for real input; for complex input (either array) a dict with keys "real", "imag" and
+        "mean".
+
+    Raises
+    ------
+    InputError
+        When ``recon`` and ``truth`` have different shapes.
     """
     r = np.asarray(recon)
     g = np.asarray(truth)
@@ -234,7 +350,25 @@ def ssim(recon, truth, data_range=None):
 
 
 def centre_crop(x, shape):
-    """Central ``shape`` block of ``x`` (start (n - m) // 2 on each axis)."""
+    """Central ``shape`` block of ``x`` (start (n - m) // 2 on each axis).
+
+    Parameters
+    ----------
+    x : array_like
+        The array to crop.
+    shape : sequence of int
+        The block's shape, one entry per axis of ``x``, each at most ``x``'s.
+
+    Returns
+    -------
+    numpy.ndarray
+        A view of the central block.
+
+    Raises
+    ------
+    InputError
+        When ``shape`` has another number of axes than ``x`` or is larger along some axis.
+    """
     x = np.asarray(x)
     if x.ndim != len(shape) or any(n < m for n, m in zip(x.shape, shape)):
         raise InputError(f"reconstruction shape {x.shape} is smaller than (or not the rank of) the truth "
@@ -252,6 +386,25 @@ def evaluate(recon, truth, max_shift=None) -> dict:
     Keys: ``snr_db`` (seed 001, aligned; see :func:`snr_db`), ``snr_db_paper`` (its printed denominator),
     ``shift`` (T*), ``zeta_abs`` / ``zeta_phase_rad`` (zeta*), ``nrmse``, ``psnr_db`` and ``ssim``
     (unaligned), plus ``ssim_real`` / ``ssim_imag`` for complex input (``ssim`` is then their mean).
+
+    Parameters
+    ----------
+    recon : array_like
+        The reconstruction, at least as large as ``truth`` on every axis.
+    truth : array_like
+        The ground truth.
+    max_shift : int or sequence of int, optional
+        Limit of the translation search (:func:`align`). Default None: every shift.
+
+    Returns
+    -------
+    dict
+        The keys above: floats, and ``shift`` a list of ints.
+
+    Raises
+    ------
+    InputError
+        When ``recon`` is smaller than ``truth`` or has another number of axes.
     """
     g = np.asarray(truth)
     r = centre_crop(recon, g.shape)

@@ -7,25 +7,59 @@ the convergence curves next to it. The CLI's ``reconstruct`` and ``demo`` delega
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import conventions as cv
 from .data import Dataset
 from .errors import InputError, plain_message
 
-METHODS = ("apt", "apts", "admm", "gd", "two-step")
+class _SpecView(Mapping):
+    """A read-only, always current table ``method -> value`` over the solver registry
+    (:mod:`hpc_pt.solvers.registry`): one field of every registered :class:`SolverSpec`."""
+
+    def __init__(self, get):
+        self._get = get
+
+    def _specs(self):
+        from .solvers.registry import all_specs
+
+        return all_specs()
+
+    def __getitem__(self, method):
+        return self._get(self._specs()[method])
+
+    def __iter__(self):
+        return iter(self._specs())
+
+    def __len__(self):
+        return len(self._specs())
+
+
 #: each method's forward model when neither ``--model`` nor the input file names one (None: the method has no
 #: preferred model; it follows the file, else ``FALLBACK_MODEL``)
-DEFAULT_MODEL = {"apt": "linear", "apts": "linear", "admm": "exp", "gd": "exp", "two-step": None}
+DEFAULT_MODEL = _SpecView(lambda spec: spec.default_model)
 FALLBACK_MODEL = "linear"
 #: the forward models each method reconstructs with (docs/solvers.md "Forward models")
-SUPPORTED_MODELS = {"apt": ("linear",), "apts": ("linear",), "admm": ("linear", "exp"), "gd": ("linear", "exp"),
-                    "two-step": ("linear", "exp")}
+SUPPORTED_MODELS = _SpecView(lambda spec: spec.models)
+
+
+def methods() -> tuple[str, ...]:
+    """The registered reconstruction methods (``--method``), built-ins first."""
+    from .solvers.registry import available_solvers
+
+    return available_solvers()
+
+
+def _spec(method: str):
+    from .solvers.registry import solver_spec
+
+    return solver_spec(method)
 
 
 class ReconConfig(BaseModel):
@@ -33,29 +67,46 @@ class ReconConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    method: Literal["apt", "apts", "admm", "gd", "two-step"] = "apt"
+    method: str = Field("apt", description="reconstruction method (docs/solvers.md)")
     iterations: int = Field(100, ge=1, description="outer iterations (two-step: of its 2D stage)")
-    noise: Literal["gaussian", "poisson"] = Field("gaussian", description="pAGM or pIPM data metric")
-    prior: str = Field("tv", description="tv, none, or a registered denoiser")
+    noise: Literal["gaussian", "poisson"] = Field("gaussian", description="data metric: gaussian amplitude (pAGM) "
+                                                  "or poisson intensity (pIPM)")
+    prior: str = Field("tv", description="tv, none, or a registered denoiser (admm)")
     prior_weight: float | None = Field(None, ge=0, allow_inf_nan=False,
-                                       description="relative prior strength (None: default)")
-    penalty: float | None = Field(None, gt=0, allow_inf_nan=False, description="ADMM data penalty, dimensionless (APT r2, ADMM rho_rel)")
-    probe_refine: bool = False
+                                       description="the prior's threshold over its coupling penalty, in units of "
+                                                   "the volume's scale (APT tv_rel, ADMM prior_weight)")
+    penalty: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                  description="data penalty, dimensionless: APT r2, ADMM rho_rel")
+    probe_refine: bool = Field(False, description="refine the probe (default: off; on for apt, apts and two-step "
+                               "when the input has no probe and it is estimated from the data)")
     init: str = Field("constant", description="constant, zeros, or a .npy / Zarr volume")
-    model: Literal["linear", "exp"] | None = Field(None, description="forward model (default: by method)")
+    model: Literal["linear", "exp"] | None = Field(None, description="forward model")
     volume_size: int | None = Field(None, ge=4, description="edge N of the reconstructed (nz, N, N) volume "
                                     "(default: the simulated sample size, else the object-field width)")
-    device: Literal["cpu", "gpu"] = "cpu"
-    frame_batch: int | None = Field(None, ge=1, description="frames per far-field batch: bounds the solvers' "
-                                    "far-field temporaries (default: 16 MiB of complex64 far field)")
+    device: Literal["cpu", "gpu"] = Field("cpu", description="where the arrays live")
+    frame_batch: int | None = Field(None, ge=1, description="frames per far-field batch: caps the solvers' "
+                                    "far-field temporaries at N frames (default: 16 MiB of complex far field); "
+                                    "lower it when the frames do not fit in memory",
+                                    json_schema_extra={"metavar": "N"})
     rotation_centre: float | Literal["auto"] | None = Field(
-        None, description="object-field column of the rotation axis (pixel-centre coordinate), or 'auto' "
-                          "to estimate it from the data (default: the input's, else (W - 1) / 2)")
+        None, description="object-field column of the rotation axis (pixel-centre coordinate), or auto "
+                          "to estimate it from the frames (default: the input's, else (W - 1) / 2)",
+        json_schema_extra={"metavar": "PX|auto"})
     options: dict = Field(default_factory=dict, description="method-specific options, by name")
-    deterministic: bool | None = Field(None, description="reduce in a fixed global order (per row / per angle), "
-                                       "so 1, 2, 3, ... ranks give bitwise identical volumes (docs/parallel.md); "
-                                       "None: on for apt, apts and gd, off for admm (where it costs more) and two-step (not "
-                                       "implemented)")
+    deterministic: bool | None = Field(None, description="reduce every sum in a fixed global order (per volume "
+                                       "row, per angle), so 1, 2, 3, ... MPI ranks or Dask workers give bitwise "
+                                       "identical volumes when each rank holds whole angles; --no-deterministic "
+                                       "saves its few % per iteration (docs/parallel.md) (default: on for apt, "
+                                       "apts and gd; off for admm, where it costs 6-15 %, and two-step, which "
+                                       "does not implement it)")
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        known = methods()
+        if v not in known:
+            raise ValueError(f"unknown method {v!r}; use one of {', '.join(known)}")
+        return v
 
     @classmethod
     def build(cls, values: dict | None = None, source: str = "options") -> "ReconConfig":
@@ -149,11 +200,6 @@ def build_shard(ds: Dataset, model: str, device: str = "cpu", volume_size: int |
     space = make_space(ds, [[(a, 0, len(e.positions)) for a, e in enumerate(ds.angles)]], comm, device,
                        volume_size, centre)
     return Shard(fm, f, np.arange(len(ds.angles)), mask=mask, space=space)
-
-
-#: methods whose per-angle variables (object fields psi, multipliers, per-angle step sizes and
-#: illumination) need all frames of an angle on one rank
-WHOLE_ANGLES = ("two-step", "admm")
 
 
 def build_rank_shard(meta, plan, comm, model: str, device: str = "cpu", volume_size: int | None = None,
@@ -256,39 +302,32 @@ def read_input(path, reader: dict | None = None, progress=None, **kwargs) -> Dat
         return read_cxi(path, **flags)
 
 
-#: methods whose every reduction follows the communicator's deterministic mode (docs/parallel.md)
-DETERMINISTIC_METHODS = ("apt", "apts", "gd", "admm")
-#: ... and those where it is on by default: its measured cost per outer iteration is under 10 % there (ADMM's
-#: per-row TV-prox norms cost it 6-15 %; benchmarks/results/determinism.json)
-DETERMINISTIC_BY_DEFAULT = ("apt", "apts", "gd")
-
-#: methods that refine the probe; for them an estimated probe (no probe in the file) turns probe_refine on
-PROBE_REFINERS = ("apt", "apts", "two-step")
+#: methods whose every reduction follows the communicator's deterministic mode (docs/parallel.md), from the
+#: specs: ``deterministic`` "default" (on unless turned off: its measured cost per outer iteration is under 10 %,
+#: benchmarks/results/determinism.json) or "optional" (ADMM, whose per-row TV-prox norms cost it 6-15 %)
+DETERMINISTIC = _SpecView(lambda spec: spec.deterministic)
 
 
 def refine_estimated_probe(cfg: ReconConfig, attrs: dict) -> ReconConfig:
     """``cfg`` with ``probe_refine`` on when the probe was estimated from the frames
     (``attrs["probe_source"] == "estimated"``, :func:`hpc_pt.io.cxi.ensure_probe`) and the method refines
     probes, unless ``probe_refine`` was set explicitly; otherwise ``cfg`` unchanged."""
-    if (attrs.get("probe_source") == "estimated" and cfg.method in PROBE_REFINERS
+    if (attrs.get("probe_source") == "estimated" and _spec(cfg.method).refines_probe
             and "probe_refine" not in cfg.model_fields_set):
         return cfg.model_copy(update={"probe_refine": True})
     return cfg
 
 
-#: generic settings each method uses (setting any other one explicitly is an error, not silently ignored)
-USES = {"apt": {"noise", "prior", "prior_weight", "penalty", "probe_refine", "init"},
-        "apts": {"noise", "prior", "penalty", "probe_refine", "init"},
-        "gd": {"noise", "init"},
-        "admm": {"noise", "prior", "prior_weight", "penalty", "init"},
-        "two-step": {"noise", "probe_refine"}}
+#: generic settings a method may take (setting one the method does not take explicitly is an error, not
+#: silently ignored); each spec's ``generic`` says which it takes and which of its options each one sets
 GENERIC = {"noise", "prior", "prior_weight", "penalty", "probe_refine", "init"}
 
 
 def check_settings(cfg: ReconConfig, model: str) -> None:
     """Reject settings the chosen method would ignore, and model/method mismatches, before any work."""
-    unused = sorted((cfg.model_fields_set & GENERIC) - USES[cfg.method])
-    if cfg.method == "apts" and cfg.prior != "none" and "prior" in cfg.model_fields_set:
+    spec = _spec(cfg.method)
+    unused = sorted((cfg.model_fields_set & GENERIC) - set(spec.generic))
+    if "prior" in spec.fixed and cfg.prior != spec.fixed["prior"] and "prior" in cfg.model_fields_set:
         unused.append("prior")
     if unused:
         flags = ", ".join("--" + u.replace("_", "-") for u in unused)
@@ -310,22 +349,8 @@ def check_settings(cfg: ReconConfig, model: str) -> None:
 
 
 def _options_class(method: str):
-    """The solver options dataclass of ``method`` (what ``--option KEY=VALUE`` names)."""
-    if method in ("apt", "apts"):
-        from .solvers.apt import APTOptions
-
-        return APTOptions
-    if method == "gd":
-        from .solvers.gd import GDOptions
-
-        return GDOptions
-    if method == "admm":
-        from .solvers.admm import ADMMOptions
-
-        return ADMMOptions
-    from .solvers.twostep import TwoStepOptions
-
-    return TwoStepOptions
+    """The solver options model of ``method`` (what ``--option KEY=VALUE`` names)."""
+    return _spec(method).options
 
 
 def _check_names(cfg: ReconConfig) -> None:
@@ -464,7 +489,7 @@ def _coerce(cls, values: dict) -> dict:
 
 def _refuse_unknown_options(cls, cfg: ReconConfig) -> set:
     """The field names of the options dataclass ``cls``; an ``--option`` key outside them is refused."""
-    names = {f.name for f in fields(cls)}
+    names = set(cls.model_fields)
     unknown = sorted(set(cfg.options) - names)
     if unknown:
         raise InputError(f"unknown option(s) {unknown} for method {cfg.method!r}; known: {sorted(names)}")
@@ -472,66 +497,72 @@ def _refuse_unknown_options(cls, cfg: ReconConfig) -> set:
 
 
 def _options(cls, cfg: ReconConfig, mapped: dict):
-    """Instantiate a solver's options dataclass from the generic settings plus ``cfg.options``."""
+    """Instantiate a solver's options model from option values ``mapped`` plus ``cfg.options``."""
     names = _refuse_unknown_options(cls, cfg)
-    extra = dict(cfg.options)
     values = {k: v for k, v in mapped.items() if k in names and v is not None}
-    values.update(_coerce(cls, extra))
+    values.update(_coerce(cls, dict(cfg.options)))
     return cls(**values)
 
 
-def _start(cfg: ReconConfig) -> str | None:
-    """GD / ADMM's ``init`` option: "zeros" or "constant" when given, else None (the solver's "auto": zeros
-    for the exponential model, the energy-matched constant for the linear one); a volume file goes as u0."""
-    return cfg.init if "init" in cfg.model_fields_set and cfg.init in ("zeros", "constant") else None
+def _generic_values(cfg: ReconConfig, support=None) -> dict:
+    """The generic settings a run passes to its method's options (before the spec translates them): the
+    given ones, ``init`` only when it was set to "zeros" or "constant" (a volume file goes as u0, and unset
+    each method keeps its own start), and the 2-step's simulated sample width."""
+    out = {"iterations": cfg.iterations, "noise": cfg.noise, "prior": cfg.prior, "prior_weight": cfg.prior_weight,
+           "penalty": cfg.penalty, "probe_refine": cfg.probe_refine, "support_width": support}
+    if "init" in cfg.model_fields_set and cfg.init in ("zeros", "constant"):
+        out["init"] = cfg.init
+    return out
+
+
+def method_options(cfg: ReconConfig, support=None, values: dict | None = None):
+    """The options model instance a run of ``cfg`` hands its solver.
+
+    Parameters
+    ----------
+    cfg : ReconConfig
+        The settings.
+    support : float, optional
+        The simulated sample width (the 2-step method's free-space band).
+    values : dict, optional
+        Option values already translated (a spec's ``prepare`` result); default: from ``cfg``.
+
+    Returns
+    -------
+    BaseModel
+        The validated options (``cfg.options`` override the generic settings; the spec's pinned options win).
+    """
+    spec = _spec(cfg.method)
+    if values is None:
+        values = _translated(spec, cfg, support)
+    opts = _options(spec.options, cfg, values)
+    return spec.build_options(opts.model_dump(exclude_unset=True)) if spec.fixed else opts
+
+
+def _translated(spec, cfg: ReconConfig, support=None) -> dict:
+    return {spec.generic[k]: v for k, v in _generic_values(cfg, support).items() if k in spec.generic}
 
 
 def _run_method(cfg: ReconConfig, shard, comm, callback, u0, support=None, checkpoints=None,
                 noise_free: bool = False):
+    """Build ``cfg``'s method's options (with the spec's data-dependent defaults) and run it."""
     from .solvers.base import NO_CHECKPOINTS
 
-    ck = {"checkpoints": checkpoints or NO_CHECKPOINTS}
-    if cfg.method in ("apt", "apts"):
-        from .solvers.apt import APTOptions, run_apt
-
-        tv = cfg.method == "apt" and cfg.prior == "tv"
-        r2, why = cfg.penalty, None
-        if r2 is None and "r2" not in cfg.options:  # the data penalty from the data's noise level
-            from .solvers.apt import choose_r2
-
-            r2, why = choose_r2(shard.intensities, shard.mask, comm, noise_free=noise_free)
-        opts = _options(APTOptions, cfg, {"iterations": cfg.iterations, "metric": cfg.noise, "tv": tv,
-                                          "tv_rel": cfg.prior_weight, "r2": r2,
-                                          "probe_refine": cfg.probe_refine, "init": cfg.init})
-        if why is not None:  # after the options passed their checks: a refused run prints only its error
-            _tell(comm, f"{cfg.method}: penalty {r2:g} chosen from the data ({why}); override with --penalty")
-        res = run_apt(shard, comm, opts, callback=callback, u0=u0, **ck)
-        if why is not None:
-            res.state["r2_chosen_from"] = why
-        return res
-    if cfg.method == "gd":
-        from .solvers.gd import GDOptions, run_gd
-
-        opts = _options(GDOptions, cfg, {"iterations": cfg.iterations, "metric": cfg.noise,
-                                         "probe_refine": cfg.probe_refine, "init": _start(cfg)})
-        return run_gd(shard, comm, opts, callback=callback, u0=u0, **ck)
-    if cfg.method == "admm":
-        from .solvers.admm import ADMMOptions, run_admm
-
-        opts = _options(ADMMOptions, cfg, {"iterations": cfg.iterations, "metric": cfg.noise, "prior": cfg.prior,
-                                           "prior_weight": cfg.prior_weight, "rho_rel": cfg.penalty,
-                                           "probe_refine": cfg.probe_refine, "init": _start(cfg)})
-        return run_admm(shard, comm, opts, callback=callback, u0=u0, **ck)
-    from .solvers.twostep import run_twostep
-
-    return run_twostep(shard, comm, _twostep_options(cfg, support), callback=callback, **ck)
-
-
-def _twostep_options(cfg: ReconConfig, support=None):
-    from .solvers.twostep import TwoStepOptions
-
-    return _options(TwoStepOptions, cfg, {"iterations": cfg.iterations, "noise": cfg.noise,
-                                          "probe_refine": cfg.probe_refine, "support_width": support})
+    spec = _spec(cfg.method)
+    values = _translated(spec, cfg, support)
+    note = None
+    if spec.prepare is not None:
+        opt_values = {**values, **_coerce(spec.options, {k: v for k, v in cfg.options.items()
+                                                          if k in spec.options.model_fields})}
+        values, note = spec.prepare(shard, comm, opt_values, noise_free)
+    opts = method_options(cfg, support, values)
+    if note is not None:  # after the options passed their checks: a refused run prints only its error
+        _tell(comm, f"{cfg.method}: {note}")
+    res = spec.run(shard, comm, opts, callback=callback, u0=u0 if spec.takes_u0 else None,
+                   checkpoints=checkpoints or NO_CHECKPOINTS)
+    if note is not None:
+        res.state["r2_chosen_from"] = note
+    return res
 
 
 def progress_stages(cfg: ReconConfig, support=None) -> list[dict]:
@@ -540,7 +571,7 @@ def progress_stages(cfg: ReconConfig, support=None) -> list[dict]:
     if cfg.method == "two-step":
         from .solvers.twostep import progress_stages as twostep_stages
 
-        return twostep_stages(_twostep_options(cfg, support))
+        return twostep_stages(method_options(cfg, support))
     return [{"stage": None, "label": cfg.method, "total": cfg.iterations}]
 
 
@@ -764,11 +795,12 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
             cfg = config if not settings else ReconConfig.build({**config.model_dump(), **settings})
         else:
             cfg = ReconConfig.build({**(config or {}), **settings})
-        if cfg.deterministic and cfg.method not in DETERMINISTIC_METHODS:
-            raise InputError(f"deterministic mode is implemented for {', '.join(DETERMINISTIC_METHODS)}, "
+        det_methods = [m for m, d in DETERMINISTIC.items() if d != "no"]
+        if cfg.deterministic and DETERMINISTIC[cfg.method] == "no":
+            raise InputError(f"deterministic mode is implemented for {', '.join(det_methods)}, "
                              f"not {cfg.method}; run {cfg.method} without --deterministic")
         # the reduction mode of every collective sum below
-        comm.deterministic = (cfg.method in DETERMINISTIC_BY_DEFAULT if cfg.deterministic is None
+        comm.deterministic = (DETERMINISTIC[cfg.method] == "default" if cfg.deterministic is None
                               else bool(cfg.deterministic))
         if isinstance(data, Dataset):
             meta = data
@@ -802,7 +834,7 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
         except ValueError as e:
             raise InputError(f"{e} (the input has {int(counts.sum())} frames)") from None
         split = split_angles(plan)
-        if split and cfg.method in WHOLE_ANGLES:
+        if split and _spec(cfg.method).whole_angles:
             raise InputError(f"{cfg.method} needs whole angles on every rank, but {size} ranks for "
                              f"{len(counts)} angles split angle(s) {split}; run with at most {len(counts)} "
                              "ranks (mpiexec -n ...)")

@@ -12,16 +12,13 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "examples")
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "reconstruct_*.toml"))))
 def test_reconstruct_examples_parse(path):
-    from dataclasses import fields
-
     from hpc_pt.pipeline import DEFAULT_MODEL, _options, check_settings
-    from hpc_pt.solvers import admm, apt, gd, twostep
+    from hpc_pt.solvers.registry import solver_spec
 
     cfg = ReconConfig.from_file(path)
     assert os.path.basename(path) == f"reconstruct_{cfg.method}.toml"
-    cls = {"apt": apt.APTOptions, "apts": apt.APTOptions, "gd": gd.GDOptions, "admm": admm.ADMMOptions,
-           "two-step": twostep.TwoStepOptions}[cfg.method]
-    assert set(cfg.options) <= {f.name for f in fields(cls)}
+    cls = solver_spec(cfg.method).options
+    assert set(cfg.options) <= set(cls.model_fields)
     check_settings(cfg, DEFAULT_MODEL[cfg.method] or "linear")  # no setting the method would ignore
     opts = _options(cls, cfg, {})  # values of the right types
     for k, v in cfg.options.items():

@@ -19,8 +19,8 @@ from hpc_pt.simulate import SimulationConfig, simulate_dataset
 from hpc_pt.solvers.admm import ADMMOptions, run_admm
 from hpc_pt.solvers.base import Shard
 from hpc_pt.solvers.gd import (
-    ExpJointModel,
     GDOptions,
+    JointModel,
     data_residual,
     loss_and_gradient,
     run_gd,
@@ -92,7 +92,7 @@ def noisy():
 def test_gd_gradient_matches_central_differences(metric):
     ds = simulate(n=8, angles=6, probe=6, fwhm=4, step=2, pad=3)
     sh = make_shard(ds, dtype=np.complex128)
-    model = ExpJointModel(sh)
+    model = JointModel(sh)
     comm = SerialComm()
     rng = np.random.default_rng(3)
     truth = ds.truth["volume"].astype(np.complex128)

@@ -279,7 +279,7 @@ def test_deterministic_other_methods_refused(data):
     from hpc_pt.errors import InputError
 
     d, _ = data
-    with pytest.raises(InputError, match="deterministic mode is implemented for apt, apts, gd, admm, not two-step"):
+    with pytest.raises(InputError, match="deterministic mode is implemented for apt, apts, admm, gd, not two-step"):
         reconstruct(str(d / "a4.cxi"), method="two-step", iterations=1, deterministic=True)
     # unset: on where implemented, off (not refused) for two-step; --no-deterministic turns it off for apt
     with warnings.catch_warnings():

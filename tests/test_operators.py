@@ -59,15 +59,11 @@ def test_forward_model_linear_part_dot(dtype, rng):
     positions = [np.array([[0, 0], [4, 6.5], [10, 12]]), np.array([[2, 3]]), np.array([[5, 5], [0, 12]]),
                  np.array([[1.25, 0.5]])]
     M = ForwardModel((10, 20, 20), angles, probe, positions, (18, 20), model="linear", dtype=dtype)
-
-    class Chain:
-        shape_in = (10, 20, 20)
-        shape_out = M.ptycho.shape_out
-        fwd = staticmethod(M.farfield)
-        adj = staticmethod(lambda y: M.projector.adj(M.pad.adj(M.ptycho.adj(y))))
-
-    Chain.dtype = np.dtype(dtype)
-    assert dot_test(Chain, seed=5) <= TOL[dtype]
+    chain = M.ptycho @ M.pad @ M.projector
+    assert (chain.shape_in, chain.shape_out, chain.dtype) == ((10, 20, 20), M.ptycho.shape_out, np.dtype(dtype))
+    u = crand(rng, chain.shape_in, dtype)
+    assert np.array_equal(chain.fwd(u), M.farfield(u))
+    assert dot_test(chain, seed=5) <= TOL[dtype]
 
 
 # ---------------------------------------------------------------- slow references

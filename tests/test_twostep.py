@@ -224,7 +224,7 @@ def test_tomo_cg_communicates_only_scalars():
 
 def test_tomo_cg_on_a_serial_slab_space_and_resume():
     """tomo_cg with a (one-rank) SlabSpace equals the standalone call; a run resumed from the state handed to
-    ``checkpoint`` after iteration 3 ends bitwise-equal to the uninterrupted one."""
+    the checkpointer after iteration 3 ends bitwise-equal to the uninterrupted one."""
     n, nz, A = 16, 3, 12
     ang = np.arange(A) * np.pi / A
     sp = SlabSpace(SerialComm(), ang, [list(range(A))], (nz, n, n), n_det=n, dtype=np.complex128)
@@ -234,13 +234,14 @@ def test_tomo_cg_on_a_serial_slab_space_and_resume():
     ref, _ = tomo_cg(Projector(n, nz, ang, dtype=np.complex128), p, **kw)
     saved = {}
 
-    def keep(k, state):
-        saved[k] = copy.deepcopy({key: (np.array(v) if hasattr(v, "shape") else v) for key, v in state.items()})
+    def keep(state):
+        saved[state["iteration"]] = copy.deepcopy({key: (np.array(v) if hasattr(v, "shape") else v)
+                                                   for key, v in state.items()})
 
-    x, hist = tomo_cg(sp.P, p, SerialComm(), space=sp, checkpoint=keep, **kw)
+    x, hist = tomo_cg(sp.P, p, SerialComm(), space=sp, checkpoints=Checkpointer(1, keep), **kw)
     assert np.allclose(x, ref, rtol=0, atol=1e-12 * np.abs(ref).max())
     assert sorted(saved) == list(range(1, 7))
-    x2, hist2 = tomo_cg(sp.P, p, SerialComm(), space=sp, resume=saved[3], **kw)
+    x2, hist2 = tomo_cg(sp.P, p, SerialComm(), space=sp, checkpoints=Checkpointer(resume=saved[3]), **kw)
     assert np.array_equal(x2, x) and len(hist2) == 6
     assert hist2.column("objective")[-1] == hist.column("objective")[-1]
 

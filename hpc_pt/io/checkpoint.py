@@ -152,6 +152,35 @@ class CheckpointStore:
 
     # -- writing ------------------------------------------------------------------------------------------
     def save(self, state: dict, comm) -> str:
+        """Write this rank's part of checkpoint ``iter-K`` (collective: every rank calls it).
+
+        Arrays go to ``rank-NNNNN.npz``, the other values to ``rank-NNNNN.json``, in ``iter-K.partial/``; once every
+        rank's files are complete, rank 0 writes the manifest, renames the folder to ``iter-K``, points ``LATEST``
+        at it and removes older checkpoints except the one this run saved (or resumed from) last (see the module
+        docstring).
+
+        Parameters
+        ----------
+        state : dict
+            The solver's state: ``iteration`` (int, K) and any arrays (NumPy or CuPy, stored as NumPy) and
+            JSON-serialisable values (the history among them).
+        comm : hpc_pt.comm.Comm
+            The communicator of the ranks that save together.
+
+        Returns
+        -------
+        str
+            The path of the checkpoint folder ``<where>/iter-K``.
+
+        Raises
+        ------
+        InputError
+            When a rank could not write its files or rank 0 could not commit the checkpoint, every rank raises
+            (the partial folder is removed): a full disk or quota as one line with the bytes needed, and on the
+            ranks that did not fail a ``secondary`` error pointing at the others' messages.
+        Exception
+            The failing rank's own error when it is not a full disk.
+        """
         from ..backend import to_numpy
 
         from .safety import agree_on_failure, remove_path
@@ -218,8 +247,16 @@ class CheckpointStore:
 
     # -- reading -------------------------------------------------------------------------------------------
     def candidates(self) -> list[str]:
-        """The checkpoints here, newest first: the one ``LATEST`` names, then every other complete
-        ``iter-K`` by decreasing K (the ones a damaged newer checkpoint falls back to)."""
+        """The checkpoints here, newest first.
+
+        The one ``LATEST`` names, then every other complete ``iter-K`` by decreasing K (the ones a damaged newer
+        checkpoint falls back to).
+
+        Returns
+        -------
+        list of str
+            Folder names (``iter-K``); empty when the directory cannot be listed.
+        """
         try:
             names = os.listdir(self.where)
         except OSError:
@@ -294,11 +331,24 @@ class CheckpointStore:
         return state
 
     def precheck(self, check=None) -> None:
-        """The checks of :meth:`resume` that need neither the input nor the other ranks (no collective), on
-        the newest checkpoint with a readable manifest: raises :class:`InputError` when there is no
+        """The checks of :meth:`resume` that need neither the input nor the other ranks (no collective).
+
+        Made on the newest checkpoint with a readable manifest: raises :class:`InputError` when there is no
         checkpoint, or when it was made with other settings, ranks or data layout or ``check`` refuses it.
         Run before the frames are read; the input's fingerprint and the rank files are checked by
-        :meth:`resume`."""
+        :meth:`resume`.
+
+        Parameters
+        ----------
+        check : callable, optional
+            ``check(manifest) -> str | None``: a further reason why this run cannot continue it (as in
+            :meth:`resume`).
+
+        Raises
+        ------
+        InputError
+            No checkpoint, other settings, ranks or data layout, or ``check``'s reason.
+        """
         names = self.candidates()
         if not names:
             raise InputError(f"no checkpoint in {self.where}; run without --resume (or with --checkpoint-every)")
@@ -322,15 +372,19 @@ class CheckpointStore:
         Parameters
         ----------
         comm : :class:`hpc_pt.parallel.Comm`
+            The communicator of the ranks that resume together.
         check : callable, optional
             ``check(manifest) -> str | None``: a further reason (one line) why this run cannot continue
             a checkpoint with that manifest (e.g. one past the run's iterations).
 
         Returns
         -------
-        (state, manifest, skipped)
-            This rank's state (arrays as NumPy arrays, scalars, the history rows), the checkpoint's
-            manifest, and ``(name, reason)`` of each newer checkpoint skipped as damaged.
+        state : dict
+            This rank's state (arrays as NumPy arrays, scalars, the history rows).
+        manifest : dict
+            The checkpoint's manifest.
+        skipped : list of tuple
+            ``(name, reason)`` of each newer checkpoint skipped as damaged.
 
         Raises
         ------

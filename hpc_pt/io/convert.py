@@ -72,6 +72,26 @@ def unit_factor(unit, kind: str, what: str) -> float:
     """SI-ish factor of ``unit`` (metres, eV or degrees per unit) for a ``kind`` in length/energy/angle.
 
     Raises :class:`InputError` naming ``what`` and the accepted units when ``unit`` is unknown.
+
+    Parameters
+    ----------
+    unit : str or bytes
+        The unit's name (:data:`LENGTH_UNITS`, :data:`ENERGY_UNITS`, :data:`ANGLE_UNITS`), matched as given,
+        then in lower case.
+    kind : {"length", "energy", "angle"}
+        Which table.
+    what : str
+        What the unit belongs to, for the message.
+
+    Returns
+    -------
+    float
+        Metres, eV or degrees per ``unit``.
+
+    Raises
+    ------
+    InputError
+        When ``unit`` is not in the table.
     """
     table = _KINDS[kind]
     u = (unit.decode() if isinstance(unit, bytes) else str(unit)).strip()
@@ -85,6 +105,25 @@ def parse_quantity(value, kind: str, what: str) -> float:
     """A quantity written ``"VALUE UNIT"`` (e.g. ``"8 keV"``, ``"75 um"``) in metres, eV or degrees.
 
     A bare number is refused: every physical quantity needs its unit.
+
+    Parameters
+    ----------
+    value : str
+        ``"VALUE UNIT"``.
+    kind : {"length", "energy", "angle"}
+        The quantity's kind (:func:`unit_factor`).
+    what : str
+        The setting's name, for the message.
+
+    Returns
+    -------
+    float
+        The value in metres, eV or degrees.
+
+    Raises
+    ------
+    InputError
+        For a bare number, text that is not ``VALUE UNIT``, a value that is not a number, or an unknown unit.
     """
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         units = ", ".join(sorted(set(_KINDS[kind])))
@@ -111,6 +150,15 @@ class NumpySpec(BaseModel):
     table (one header line allowed), a list of such files (one per angle) or a glob (sorted, one file per
     angle); relative paths are relative to the description file. ``angles`` may also be an inline list.
     With ``nexus`` every key is optional and overrides or completes what the files hold.
+
+    Parameters
+    ----------
+    **fields
+        The keys below, by keyword; docs/your-data.md ("The description file") says what each means and
+        which are required. Physical quantities (``energy``, ``detector_distance``, ``detector_pixel``,
+        ``sample_width``) are ``"VALUE UNIT"`` strings (:func:`parse_quantity`). Unknown keys are refused
+        (pydantic ``ValidationError``; :func:`load_spec` turns it into one :class:`InputError` line); the
+        model is frozen.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -141,6 +189,26 @@ def load_spec(path=None, overrides: dict | None = None) -> tuple[NumpySpec, str]
     """Read a description file (YAML / TOML; none: empty) and apply ``overrides`` (CLI flags).
 
     Returns (spec, base directory for its relative paths).
+
+    Parameters
+    ----------
+    path : str or path-like, optional
+        The description file; keys flat or under ``convert``, ``-`` or ``_`` in names. None: only
+        ``overrides``, relative paths relative to the working directory.
+    overrides : dict, optional
+        Keys that replace the file's (None values are skipped).
+
+    Returns
+    -------
+    spec : NumpySpec
+        The validated description.
+    base : str
+        The directory relative array paths are resolved in (the file's, else the working directory).
+
+    Raises
+    ------
+    InputError
+        When the file does not exist or cannot be parsed, or a key is unknown or has a bad value.
     """
     data: dict = {}
     base = os.getcwd()
@@ -178,7 +246,31 @@ def _resolve(ref: str, base: str) -> str:
 
 
 def load_array(ref: str, base: str, what: str, mmap: bool = False) -> np.ndarray:
-    """Load one array reference (see :class:`NumpySpec`); ``mmap`` memory-maps ``.npy`` files."""
+    """Load one array reference (see :class:`NumpySpec`); ``mmap`` memory-maps ``.npy`` files.
+
+    Parameters
+    ----------
+    ref : str
+        ``file.npy``, ``file.npz:KEY`` (or a one-array ``.npz``), ``file.csv``, ``file.txt`` or ``file.dat``
+        (one header line allowed).
+    base : str
+        Directory of relative paths.
+    what : str
+        The key being loaded, for the message.
+    mmap : bool, optional
+        Memory-map ``.npy`` files read-only. Default False.
+
+    Returns
+    -------
+    numpy.ndarray
+        The array (a read-only memory map for ``.npy`` with ``mmap``); tables at least 1-D.
+
+    Raises
+    ------
+    InputError
+        When the file does not exist, cannot be read, has an unknown suffix, or the ``.npz`` key is missing
+        or ambiguous.
+    """
     path, key = ref, None
     m = re.fullmatch(r"(.+\.npz):(.+)", ref)
     if m:
@@ -235,7 +327,20 @@ def _file_list(ref, base: str, what: str) -> list[str] | None:
 
 @dataclass(frozen=True)
 class FrameLayout:
-    """How recorded frames become hpc-pt frames: transpose, DC position, crop window (rows, cols)."""
+    """How recorded frames become hpc-pt frames: transpose, DC position, crop window (rows, cols).
+
+    Built by :func:`make_layout`; :meth:`centred` applies it to an array.
+
+    Parameters
+    ----------
+    transpose : bool
+        Swap the two frame axes first.
+    dc_corner : bool
+        The recorded frames have DC at ``[0, 0]`` (``frames_dc = "corner"``); they are fftshifted to the
+        centre.
+    rows, cols : tuple of int
+        Window ``[r0, r1)`` and ``[c0, c1)`` in the recorded (DC-centred, transposed) layout.
+    """
 
     transpose: bool
     dc_corner: bool
@@ -244,10 +349,22 @@ class FrameLayout:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """(rows, cols) of the converted frames."""
         return self.rows[1] - self.rows[0], self.cols[1] - self.cols[0]
 
     def centred(self, arr: np.ndarray) -> np.ndarray:
-        """Recorded array (..., h, w) -> transposed, DC-centred, cropped (still DC at the centre)."""
+        """Recorded array (..., h, w) -> transposed, DC-centred, cropped (still DC at the centre).
+
+        Parameters
+        ----------
+        arr : array_like
+            Recorded frames, probe or mask, (..., h, w).
+
+        Returns
+        -------
+        numpy.ndarray
+            The window, (..., rows, cols) (a view where no shift was needed).
+        """
         a = np.asarray(arr)
         if self.transpose:
             a = np.swapaxes(a, -1, -2)
@@ -279,6 +396,29 @@ def make_layout(raw_shape, spec: NumpySpec, beam_centre=None, square: bool = Tru
 
     ``beam_centre`` (row, col) in the recorded frames (before transposing) is ``spec.beam_centre`` or a
     value from the file; ``square`` makes the automatic crop square (square detector pixels).
+
+    Parameters
+    ----------
+    raw_shape : tuple of int
+        (h, w) of the recorded frames.
+    spec : NumpySpec
+        ``transpose_frames``, ``frames_dc``, ``beam_centre`` and ``crop`` are used.
+    beam_centre : sequence of float, optional
+        (row, col) of the direct beam from the file, used when the spec gives none.
+    square : bool, optional
+        Make the automatic crop square. Default True.
+
+    Returns
+    -------
+    FrameLayout
+        No crop when neither ``crop`` nor an off-centre beam asks for one; else the crop (``crop`` pixels, or
+        the largest even window) centred on the beam.
+
+    Raises
+    ------
+    InputError
+        For a beam centre that is not two finite numbers, given with ``frames_dc = "corner"`` or outside the
+        frames, a crop below 2 pixels, or a window that does not fit.
     """
     h, w = (int(v) for v in raw_shape)
     transpose = bool(spec.transpose_frames)
@@ -316,6 +456,19 @@ class LazyFrames:
 
     ``shape`` is known up front; ``__array__`` loads the recorded frames, applies the
     :class:`FrameLayout`, zeroes masked pixels, moves DC to index 0 and checks the values.
+
+    Parameters
+    ----------
+    load : callable
+        ``load() -> array``: the recorded frames, (F, h, w) or one (h, w) frame.
+    n_frames : int
+        F.
+    layout : FrameLayout
+        The conversion of the frames.
+    valid : numpy.ndarray or None
+        bool (m1, m2) valid-pixel mask, DC-centred, in the converted layout; None: every pixel valid.
+    label : str
+        The angle, for error messages.
     """
 
     ndim = 3
@@ -328,6 +481,7 @@ class LazyFrames:
         self.shape = (int(n_frames),) + layout.shape
 
     def __array__(self, dtype=None, copy=None):
+        """Load and convert the frames (float32 unless ``dtype``); InputError on NaN or negative values."""
         raw = np.asarray(self._load())
         if raw.ndim == 2:
             raw = raw[None]
@@ -436,7 +590,21 @@ def _dataset(angles: list[_Angle], layout: FrameLayout, energy_ev: float, distan
 
 
 def scan_step_px(positions) -> float:
-    """Median nearest-neighbour distance of the scan positions (pixels) over the angles; nan for none."""
+    """Median nearest-neighbour distance of the scan positions (pixels) over the angles; nan for none.
+
+    Per angle the median of the nearest-neighbour distances (for more than 2048 positions the median distance
+    to the next position in scan order), then the median over the angles.
+
+    Parameters
+    ----------
+    positions : iterable of array_like
+        One (F, 2) array of positions per angle.
+
+    Returns
+    -------
+    float
+        The step in pixels; nan when no angle has two positions.
+    """
     steps = []
     for pos in positions:
         p = np.asarray(pos, dtype=float)
@@ -452,8 +620,20 @@ def scan_step_px(positions) -> float:
 
 
 def check_scan_step(positions, frame_shape, pixel_m: float) -> None:
-    """Warn (one line) when the converted scan's step is implausible for a ptychographic scan: below a tenth
-    of a sample-plane pixel or wider than the frame, the usual signature of a positions unit off by 10^3."""
+    """Warn (one line) when the converted scan's step is implausible for a ptychographic scan.
+
+    Implausible: below a tenth of a sample-plane pixel or wider than the frame, the usual signature of a
+    positions unit off by 10^3.
+
+    Parameters
+    ----------
+    positions : iterable of array_like
+        One (F, 2) array of positions (pixels) per angle.
+    frame_shape : tuple of int
+        (m1, m2) of the converted frames.
+    pixel_m : float
+        Sample-plane pixel size in metres (for the message).
+    """
     import warnings
 
     step = scan_step_px(positions)
@@ -469,8 +649,30 @@ def check_scan_step(positions, frame_shape, pixel_m: float) -> None:
 
 
 def sample_width_px(value, pixel_m: float, field: tuple[int, int]) -> int:
-    """The sample's width (``"VALUE UNIT"``, ``px`` or a length) in whole sample-plane pixels, checked
-    against the object field: it becomes the default edge of the reconstructed volume."""
+    """The sample's width in whole sample-plane pixels, checked against the object field.
+
+    ``value`` is ``"VALUE UNIT"`` in ``px`` or a length; it becomes the default edge of the reconstructed
+    volume.
+
+    Parameters
+    ----------
+    value : str
+        The width, e.g. ``"40 px"`` or ``"2.4 um"``.
+    pixel_m : float
+        Sample-plane pixel size in metres.
+    field : tuple of int
+        (H, W) of the object field.
+
+    Returns
+    -------
+    int
+        The width in pixels, rounded.
+
+    Raises
+    ------
+    InputError
+        When the width is not between 4 pixels and the field's width, or cannot be parsed.
+    """
     m = re.fullmatch(r"\s*([-+0-9.eE]+)\s*(px|pixels?)\s*", str(value))
     px = float(m.group(1)) if m else parse_quantity(value, "length", "sample_width") / pixel_m
     n = int(round(px))
@@ -524,14 +726,27 @@ def convert_numpy(spec_path=None, out=None, overwrite: bool = False, overrides: 
 
     Parameters
     ----------
-    spec_path : path of the description file (None: ``overrides`` only, paths relative to the cwd).
-    out : output CXI file; None returns the (lazily read) :class:`~hpc_pt.data.Dataset` instead.
-    overwrite : replace an existing ``out``.
-    overrides : spec keys (CLI flags) applied over the file's.
+    spec_path : str or path-like, optional
+        Path of the description file (None: ``overrides`` only, paths relative to the cwd).
+    out : str or path-like, optional
+        Output CXI file; None returns the (lazily read) :class:`~hpc_pt.data.Dataset` instead.
+    overwrite : bool, optional
+        Replace an existing ``out``.
+    overrides : dict, optional
+        Spec keys (CLI flags) applied over the file's.
+    command : list of str or str, optional
+        The command line recorded in the file's provenance.
 
     Returns
     -------
-    The absolute output path, or the Dataset when ``out`` is None.
+    str or hpc_pt.data.Dataset
+        The absolute output path, or the Dataset when ``out`` is None.
+
+    Raises
+    ------
+    InputError
+        One line for a missing key, a bad unit or value, arrays whose shapes or counts do not match, a
+        non-square sample-plane pixel, or an output that cannot be written.
     """
     spec, base = load_spec(spec_path, overrides)
     for key in ("frames", "angles", "angles_unit", "positions", "positions_unit", "energy", "detector_distance",
@@ -777,6 +992,32 @@ def convert_nexus(path, out=None, overwrite: bool = False, spec_path=None, overr
     ``sample_1/transformations``), optional ``detector_1/pixel_mask`` (NeXus: 0 = good pixel) and
     ``beam_center_x`` / ``beam_center_y`` (@units pixel or a length). The description file (``spec_path``,
     keys of :class:`NumpySpec`) and ``overrides`` fill in or override any of these.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A NeXus file, or a directory of them (files sorted by name, entries by number).
+    out : str or path-like, optional
+        Output CXI file; None returns the (lazily read) :class:`~hpc_pt.data.Dataset` instead.
+    overwrite : bool, optional
+        Replace an existing ``out``. Default False.
+    spec_path : str or path-like, optional
+        A description file that fills in or overrides what the files hold.
+    overrides : dict, optional
+        Description keys (CLI flags) applied over the file's.
+    command : list of str or str, optional
+        As for :func:`convert_numpy`.
+
+    Returns
+    -------
+    str or hpc_pt.data.Dataset
+        As for :func:`convert_numpy`.
+
+    Raises
+    ------
+    InputError
+        One line for a missing dataset or unit, shapes or geometry that disagree between entries, a missing
+        rotation angle, duplicate angles, or an output that cannot be written.
     """
     spec, base = load_spec(spec_path, overrides)
     entries = _nx_entries(os.fspath(path))
@@ -918,7 +1159,23 @@ def convert_nexus(path, out=None, overwrite: bool = False, spec_path=None, overr
 
 
 def detect_format(source) -> str:
-    """"numpy" for a .toml / .yaml / .yml description, "nexus" for an HDF5 file or a directory of them."""
+    """"numpy" for a .toml / .yaml / .yml description, "nexus" for an HDF5 file or a directory of them.
+
+    Parameters
+    ----------
+    source : str or path-like
+        The input path (only its name, and whether it is a directory, are looked at).
+
+    Returns
+    -------
+    str
+        "numpy" or "nexus".
+
+    Raises
+    ------
+    InputError
+        When the name fits neither (pass ``--format``).
+    """
     s = os.fspath(source)
     if s.lower().endswith((".toml", ".yaml", ".yml")):
         return "numpy"
@@ -929,9 +1186,33 @@ def detect_format(source) -> str:
 
 
 def source_paths(source, fmt: str, config=None, overrides: dict | None = None) -> dict:
-    """{label: path} of every file a conversion reads: the source (description file, NeXus file or
-    folder), the NeXus ``config`` and each array file the description (with ``overrides``) names (lists and
-    globs expanded, ``file.npz:key`` as its file). ``convert`` refuses an ``--out`` that touches any of them."""
+    """{label: path} of every file a conversion reads.
+
+    The source (description file, NeXus file or folder), the NeXus ``config`` and each array file the
+    description (with ``overrides``) names (lists and globs expanded, ``file.npz:key`` as its file).
+    ``convert`` refuses an ``--out`` that touches any of them.
+
+    Parameters
+    ----------
+    source : str or path-like
+        The conversion's source.
+    fmt : {"numpy", "nexus"}
+        The source's format (the description is ``source`` for "numpy", ``config`` for "nexus").
+    config : str or path-like, optional
+        The description file of a NeXus source.
+    overrides : dict, optional
+        Description keys from the command line.
+
+    Returns
+    -------
+    dict
+        ``{label: path}`` (labels such as "the source", "--config", "the frames file 2").
+
+    Raises
+    ------
+    InputError
+        When the description cannot be read (:func:`load_spec`).
+    """
     paths = {"the source": os.fspath(source)}
     if config is not None:
         paths["--config"] = os.fspath(config)
@@ -956,6 +1237,34 @@ def convert(source, out, fmt: str = "auto", overwrite: bool = False, config=None
 
     ``fmt`` is "auto" (by the source's name), "numpy" or "nexus"; ``config`` an optional description file
     for a NeXus source; ``overrides`` description keys from the command line. Returns the output path.
+
+    Parameters
+    ----------
+    source : str or path-like
+        A description file (numpy) or a NeXus file or directory.
+    out : str or path-like
+        The CXI file to write; refused when it is, contains or lies inside an input.
+    fmt : {"auto", "numpy", "nexus"}, optional
+        The source's format. Default "auto".
+    overwrite : bool, optional
+        Replace an existing ``out``. Default False.
+    config : str or path-like, optional
+        Description file for a NeXus source.
+    overrides : dict, optional
+        Description keys from the command line.
+    command : list of str or str, optional
+        The command line recorded in the file's provenance.
+
+    Returns
+    -------
+    str
+        The absolute output path.
+
+    Raises
+    ------
+    InputError
+        For an unknown ``fmt``, ``config`` with a numpy source, an output that touches an input, or any
+        problem :func:`convert_numpy` / :func:`convert_nexus` finds.
     """
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")

@@ -67,6 +67,19 @@ class atomic_output:
     On any exception the temporary file is removed and ``path`` is untouched (a full disk or quota
     becomes a one-line :class:`InputError`, :func:`hpc_pt.io.safety.write_failure`). Refuses an existing
     ``path`` unless ``overwrite``.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file to write (made absolute).
+    overwrite : bool, optional
+        Replace an existing ``path``. Default False.
+
+    Raises
+    ------
+    InputError
+        On entering: ``path`` is a directory, exists without ``overwrite``, or no temporary file can be
+        created next to it. On leaving: the rename fails, or the write failed for lack of space.
     """
 
     def __init__(self, path, overwrite: bool = False):
@@ -75,6 +88,7 @@ class atomic_output:
         self.tmp = None
 
     def __enter__(self) -> str:
+        """Create the temporary file (permissions as the umask allows) and return its path."""
         p = self.path
         if os.path.isdir(p):
             raise InputError(f"cannot write {p}: it is a directory; choose a file name for --out")
@@ -93,6 +107,7 @@ class atomic_output:
         return tmp
 
     def __exit__(self, exc_type, exc, tb):
+        """Rename the temporary file onto ``path`` on success, remove it on an exception."""
         if exc_type is None:
             try:
                 os.replace(self.tmp, self.path)
@@ -116,9 +131,24 @@ class atomic_output:
 
 
 def check_output_path(path, overwrite: bool = False) -> None:
-    """Fail early (before hours of work) if ``path`` cannot be written: same checks as the real write,
-    including creating and removing a temporary file in the target directory. An existing directory (a Zarr
-    store) is accepted when ``overwrite`` is set: writers replace it only once the new one is complete."""
+    """Fail early (before hours of work) if ``path`` cannot be written.
+
+    Same checks as the real write, including creating and removing a temporary file in the target directory.
+    An existing directory (a Zarr store) is accepted when ``overwrite`` is set: writers replace it only once
+    the new one is complete.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The output file (or Zarr directory).
+    overwrite : bool, optional
+        An existing ``path`` may be replaced. Default False.
+
+    Raises
+    ------
+    InputError
+        When ``path`` exists without ``overwrite``, or no file can be created in its directory.
+    """
     p = os.path.abspath(os.fspath(path))
     if os.path.isdir(p):
         if not overwrite:
@@ -141,8 +171,20 @@ def _unlink(p):
 # --------------------------------------------------------------------------------------------------
 
 def cxi_bytes(dataset: Dataset) -> int:
-    """Upper estimate of the bytes :func:`write_cxi` writes (frames, positions, probe, mask, truth, no
-    compression) plus 1 MiB of HDF5 metadata."""
+    """Upper estimate of the bytes :func:`write_cxi` writes, plus 1 MiB of HDF5 metadata.
+
+    Counts frames, positions, probe, mask and truth, without compression.
+
+    Parameters
+    ----------
+    dataset : hpc_pt.data.Dataset
+        The dataset to write (frames may be lazy: only their shapes and dtypes are read).
+
+    Returns
+    -------
+    int
+        Bytes.
+    """
     m1, m2 = dataset.frame_shape
     total = 1 << 20
     for a in dataset.angles:
@@ -158,8 +200,22 @@ def cxi_bytes(dataset: Dataset) -> int:
 
 
 def check_room_for(path, needed: int) -> None:
-    """Refuse in one line, before any byte is written, a file the disk has no room for: HDF5 can crash
-    the process (not raise) when the disk fills in the middle of a write."""
+    """Refuse in one line, before any byte is written, a file the disk has no room for.
+
+    HDF5 can crash the process (not raise) when the disk fills in the middle of a write.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file to write.
+    needed : int
+        Bytes it needs (e.g. :func:`cxi_bytes`).
+
+    Raises
+    ------
+    InputError
+        When the free space there (:func:`hpc_pt.io.safety.free_bytes`) is known and smaller than ``needed``.
+    """
     from .safety import _size, free_bytes
 
     free = free_bytes(path)
@@ -174,6 +230,30 @@ def write_cxi(dataset: Dataset, path, overwrite: bool = False, command=None) -> 
 
     Atomic: the file is written to a temporary name in the same directory and renamed into place, so a
     failure leaves nothing behind and never damages an existing file. Returns the absolute path.
+
+    Parameters
+    ----------
+    dataset : hpc_pt.data.Dataset
+        The data (frames with DC at index 0; they are stored fftshifted). ``attrs`` become the ``config``
+        attribute (``attrs["model"]`` also the ``hpc_pt_model`` attribute), ``truth`` the ``/hpc_pt_truth`` group.
+    path : str or path-like
+        The output file.
+    overwrite : bool, optional
+        Replace an existing file. Default False.
+    command : list of str or str, optional
+        The command line recorded in the provenance (:func:`hpc_pt.io.provenance.provenance`).
+
+    Returns
+    -------
+    str
+        The absolute path of the file written.
+
+    Raises
+    ------
+    InputError
+        When the dataset has no angles, an invalid or implausible geometry, a probe with NaN/infinite values
+        or none non-zero, a ``pixel_m`` that disagrees with lambda z / (m dx), frames or positions of the wrong
+        shape; when the disk has no room for it, or ``path`` cannot be written (:class:`atomic_output`).
     """
     g = dataset.geometry
     m1, m2 = dataset.frame_shape
@@ -258,7 +338,23 @@ def _write_truth(grp, truth: dict):
 
 
 def read_truth(path) -> dict | None:
-    """The ground-truth group of an hpc-pt CXI file (the first file of a directory), or None."""
+    """The ground-truth group of an hpc-pt CXI file (the first file of a directory), or None.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A CXI file or a directory of them.
+
+    Returns
+    -------
+    dict or None
+        Datasets of ``/hpc_pt_truth`` as arrays and its attributes JSON-decoded; None without that group.
+
+    Raises
+    ------
+    InputError
+        When the path does not exist or the file cannot be read as HDF5.
+    """
     files = _cxi_files(os.fspath(path))
     with _open(files[0]) as f:
         if TRUTH_GROUP not in f:
@@ -276,7 +372,25 @@ def read_truth(path) -> dict | None:
 
 @dataclass
 class CxiEntry:
-    """Metadata of one angle: where its frames live, how many, and their positions."""
+    """Metadata of one angle: where its frames live, how many, and their positions.
+
+    Parameters
+    ----------
+    file : str
+        The file that holds the entry.
+    name : str
+        The entry's group ("entry_3").
+    label : str
+        "entry_3" or "scan_007.cxi:entry_1" (directory form), used in error messages.
+    angle_deg : float
+        Rotation angle in degrees.
+    n_frames : int
+        Number of frames.
+    translations : numpy.ndarray or None
+        (F, 3) probe translations in metres, layout normalised, flip applied.
+    positions : numpy.ndarray, optional
+        (F, 2) top-left (row, col) positions in pixels in the object field.
+    """
 
     file: str
     name: str  # "entry_3"
@@ -289,7 +403,40 @@ class CxiEntry:
 
 @dataclass
 class CxiIndex:
-    """Everything about a CXI file or directory except the frames (see :func:`scan_cxi`)."""
+    """Everything about a CXI file or directory except the frames (see :func:`scan_cxi`).
+
+    Parameters
+    ----------
+    path : str
+        Absolute path of the file or directory.
+    entries : list of CxiEntry
+        One per angle, in file and entry order.
+    frame_shape : tuple of int
+        (m1, m2) of the frames.
+    frame_dtype : str
+        The stored frames' dtype.
+    energy_ev : float
+        Photon energy in eV.
+    detector_distance_m : float
+        Sample-detector distance in metres.
+    detector_pixel_m : tuple of float
+        (x, y) detector pixel sizes in metres.
+    pixel_m : float
+        Sample-plane pixel size in metres.
+    field_shape : tuple of int
+        (H, W) of the object field.
+    probe : numpy.ndarray or None
+        (m1, m2) complex64 probe; None: the file holds none (:func:`ensure_probe` estimates one from the
+        frames).
+    mask : numpy.ndarray or None
+        (m1, m2) bool, True = valid, DC at index 0 (like the frames in memory).
+    attrs : dict, optional
+        The file's ``config`` attribute (and ``model``).
+    rotation_centre : float, optional
+        Field column of the rotation axis from the file (None: (W-1)/2).
+    fftshift : bool, optional
+        The file's frames have DC at index 0 already (``--fftshift``): no shift on read.
+    """
 
     path: str
     entries: list[CxiEntry]
@@ -308,18 +455,22 @@ class CxiIndex:
 
     @property
     def n_angles(self) -> int:
+        """Number of angles (entries)."""
         return len(self.entries)
 
     @property
     def angles_deg(self) -> list[float]:
+        """Rotation angle of every entry, in degrees."""
         return [e.angle_deg for e in self.entries]
 
     @property
     def n_frames(self) -> np.ndarray:
+        """Frames per entry, int64 array (A,)."""
         return np.array([e.n_frames for e in self.entries], dtype=np.int64)
 
     @property
     def geometry(self) -> Geometry:
+        """The :class:`~hpc_pt.data.Geometry` of the index."""
         return Geometry(energy_ev=self.energy_ev, detector_distance_m=self.detector_distance_m,
                         detector_pixel_m=self.detector_pixel_m, pixel_m=self.pixel_m,
                         field_shape=self.field_shape, rotation_centre=self.rotation_centre)
@@ -405,8 +556,22 @@ def _check_plausible(energy_j, distance, pix, label):
 
 
 def check_probe(probe, label: str) -> None:
-    """Refuse a probe (illumination) with NaN or infinite values, or one that is zero everywhere: either
-    makes every far field NaN or zero, and the run ends with a meaningless R-factor of nan or 1."""
+    """Refuse a probe (illumination) with NaN or infinite values, or one that is zero everywhere.
+
+    Either makes every far field NaN or zero, and the run ends with a meaningless R-factor of nan or 1.
+
+    Parameters
+    ----------
+    probe : array_like
+        The probe.
+    label : str
+        Where it comes from, for the message.
+
+    Raises
+    ------
+    InputError
+        When the probe holds NaN or infinite values or is zero everywhere.
+    """
     p = np.asarray(probe)
     bad = int(np.count_nonzero(~np.isfinite(p)))
     if bad:
@@ -488,6 +653,32 @@ def scan_cxi(path, flip_translations: bool = False, translation_layout: str = "a
     ``fftshift``: the file stores frames (and mask) with DC at index 0, not at the centre; they are then
     used as stored. ``check_dc``: read up to 32 frames and refuse the file when their diffraction peak sits
     in the corners instead of the centre (frames stored without the fftshift; :func:`dc_position_check`).
+
+    Parameters
+    ----------
+    path : str or path-like
+        A CXI file, or a directory of CXI files (sorted by name; each may hold several entries).
+    flip_translations : bool, optional
+        Negate the stored translations (sample-stage instead of probe positions). Default False.
+    translation_layout : {"auto", "frames,3", "3,frames"}, optional
+        Layout of the translation datasets (see :func:`read_cxi`). Default "auto".
+    field_shape : tuple of int, optional
+        (H, W) object field override.
+    fftshift : bool, optional
+        Frames stored with DC at index 0. Default False.
+    check_dc : bool, optional
+        Run :func:`dc_position_check`. Default True.
+
+    Returns
+    -------
+    CxiIndex
+        The metadata; entries' ``translations`` and ``positions`` filled.
+
+    Raises
+    ------
+    InputError
+        One line for any problem: missing paths or datasets, wrong shapes or dtypes, invalid or inconsistent
+        geometry, duplicate angles, positions outside the field, a misplaced diffraction peak.
     """
     path = os.fspath(path)
     files = _cxi_files(path)
@@ -655,10 +846,22 @@ DC_CORNER_RATIO = 4.0
 
 
 def dc_mass(frames) -> tuple[float, float]:
-    """(centre, corners): the mass of the frames' sum in the central (h/2 x w/2) box and in the four
-    (h/4 x w/4) corner boxes (together the same area) of frames laid out as stored (DC expected at the
-    centre; in the corners when they were stored without the fftshift).
-    Non-finite and negative values count as 0."""
+    """(centre, corners): the mass of the frames' sum in the central box and in the four corner boxes.
+
+    The central box is (h/2 x w/2), the corner boxes (h/4 x w/4) each (together the same area), of frames
+    laid out as stored (DC expected at the centre; in the corners when they were stored without the
+    fftshift). Non-finite and negative values count as 0.
+
+    Parameters
+    ----------
+    frames : array_like
+        (..., h, w) frames, as stored.
+
+    Returns
+    -------
+    centre, corners : float
+        The two masses.
+    """
     f = np.asarray(frames, dtype=np.float64)
     f = np.where(np.isfinite(f) & (f > 0), f, 0.0).reshape(-1, *f.shape[-2:]).sum(axis=0)
     h, w = f.shape
@@ -678,6 +881,23 @@ def dc_position_check(index: CxiIndex, n_sample: int = DC_SAMPLE_FRAMES) -> dict
     :class:`InputError` when the corners hold more than ``DC_CORNER_RATIO`` times the centre's mass: the
     frames were stored without the fftshift (pass ``--fftshift``) or are shifted twice (drop it).
     Returns {"centre": ..., "corners": ..., "frames": n read}.
+
+    Parameters
+    ----------
+    index : CxiIndex
+        The file's index.
+    n_sample : int, optional
+        Frames to read in all. Default :data:`DC_SAMPLE_FRAMES`.
+
+    Returns
+    -------
+    dict
+        ``centre`` and ``corners`` (summed masses) and ``frames`` (the number read).
+
+    Raises
+    ------
+    InputError
+        When the peak sits in the corners (the message says whether to pass or drop ``--fftshift``).
     """
     A = index.n_angles
     n_angles = min(DC_SAMPLE_ANGLES, A)
@@ -718,6 +938,28 @@ def read_frames(path_or_index, angle_idx: int, start: int = 0, stop: int | None 
     """Frames ``start:stop`` of angle ``angle_idx`` as float32 (n, h, w) with DC at index 0.
 
     Reads only that slice from disk. Raises InputError on NaN or negative intensities in the slice.
+
+    Parameters
+    ----------
+    path_or_index : CxiIndex or str or path-like
+        The index, or a path to scan (:func:`scan_cxi` with its defaults).
+    angle_idx : int
+        The angle, in entry order (negative values count from the end).
+    start : int, optional
+        First frame. Default 0.
+    stop : int, optional
+        One past the last frame; default the angle's frame count. Python slice rules apply.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 array (n, h, w), DC at index 0.
+
+    Raises
+    ------
+    InputError
+        When ``angle_idx`` is out of range, the file cannot be read, or the slice holds NaN, infinite or
+        negative intensities.
     """
     index = path_or_index if isinstance(path_or_index, CxiIndex) else scan_cxi(path_or_index)
     if not -index.n_angles <= angle_idx < index.n_angles:
@@ -745,8 +987,22 @@ READ_BATCH_BYTES = 256 << 20
 
 
 def frames_per_read(frame_shape, batch_bytes: int = READ_BATCH_BYTES) -> int:
-    """Frames of ``frame_shape`` (float32) per read when scanning every frame: at most ``batch_bytes``,
-    at least one frame."""
+    """Frames of ``frame_shape`` (float32) per read when scanning every frame.
+
+    At most ``batch_bytes``, at least one frame.
+
+    Parameters
+    ----------
+    frame_shape : tuple of int
+        (h, w) of a frame.
+    batch_bytes : int, optional
+        Bytes one read may hold. Default :data:`READ_BATCH_BYTES`.
+
+    Returns
+    -------
+    int
+        Frames per read, at least 1.
+    """
     return max(1, int(batch_bytes) // max(1, int(np.prod(frame_shape)) * 4))
 
 
@@ -761,6 +1017,24 @@ def ensure_probe(index: CxiIndex, max_frames: int = PROBE_ESTIMATE_FRAMES) -> Cx
     the same on every rank of a distributed run) and fits the Gaussian beam of
     :func:`hpc_pt.simulate.probe_init.estimate_probe` to the mean pattern. Sets ``index.probe`` and
     ``index.attrs["probe_source"] = "estimated"``; an index that has a probe is returned unchanged.
+
+    Parameters
+    ----------
+    index : CxiIndex
+        The file's index; modified in place.
+    max_frames : int, optional
+        Most frames averaged. Default :data:`PROBE_ESTIMATE_FRAMES`.
+
+    Returns
+    -------
+    CxiIndex
+        ``index`` itself.
+
+    Raises
+    ------
+    InputError
+        When there are no frames to estimate from, the estimate fails, or a frame read fails
+        (:func:`read_frames`).
     """
     if index.probe is not None:
         return index
@@ -804,18 +1078,40 @@ def read_cxi(path, flip_translations: bool = False, translation_layout: str = "a
              check_dc: bool = True) -> Dataset:
     """Read a CXI file, or a directory of CXI files (sorted by name; each may hold several entries).
 
+    A file without a probe gets one estimated from its frames (:func:`ensure_probe`).
+
     Parameters
     ----------
-    flip_translations : negate the stored translations (files that record the sample-stage position
-        instead of the probe position).
-    translation_layout : "auto" (decide by shape; an ambiguous 3x3 entry follows the input's other
-        entries, else the layout whose z (3rd column / 3rd row) is all zero, else (frames, 3)),
-        "frames,3" or "3,frames".
-    select_angles : indices (in entry order) of the angles to read; default all.
-    frames_slice : a ``slice`` (or ``(start, stop[, step])``) applied to every angle's frames.
-    field_shape : (H, W) object field override (see :func:`scan_cxi`); positions are validated in it.
-    load_truth : also load the ``/hpc_pt_truth`` group into ``Dataset.truth`` (ignored otherwise).
-    fftshift, check_dc : see :func:`scan_cxi` (frames stored with DC at index 0; the DC-position check).
+    path : str or path-like
+        The CXI file or directory.
+    flip_translations : bool, optional
+        Negate the stored translations (files that record the sample-stage position instead of the probe
+        position).
+    translation_layout : {"auto", "frames,3", "3,frames"}, optional
+        "auto" (decide by shape; an ambiguous 3x3 entry follows the input's other entries, else the layout
+        whose z (3rd column / 3rd row) is all zero, else (frames, 3)), "frames,3" or "3,frames".
+    select_angles : sequence of int, optional
+        Indices (in entry order) of the angles to read; default all.
+    frames_slice : slice or tuple of int, optional
+        A ``slice`` (or ``(start, stop[, step])``) applied to every angle's frames.
+    field_shape : tuple of int, optional
+        (H, W) object field override (see :func:`scan_cxi`); positions are validated in it.
+    load_truth : bool, optional
+        Also load the ``/hpc_pt_truth`` group into ``Dataset.truth`` (ignored otherwise).
+    fftshift, check_dc : bool, optional
+        See :func:`scan_cxi` (frames stored with DC at index 0; the DC-position check).
+
+    Returns
+    -------
+    hpc_pt.data.Dataset
+        Frames float32 with DC at index 0, positions, probe, geometry, mask, ``attrs`` from the file, and
+        ``truth`` when ``load_truth``.
+
+    Raises
+    ------
+    InputError
+        For an index in ``select_angles`` out of range, or any problem :func:`scan_cxi`, :func:`ensure_probe`
+        or :func:`read_frames` finds.
     """
     index = scan_cxi(path, flip_translations, translation_layout, field_shape, fftshift=fftshift,
                      check_dc=check_dc)

@@ -16,11 +16,30 @@ BLOCK = 1 << 20  # 1 MiB
 
 
 def file_checksum(path, algorithm: str = "sha256", block: int = BLOCK) -> str:
-    """Hex digest of a file, streamed in ``block``-byte reads (never loads the file).
+    r"""Hex digest of a file, streamed in ``block``-byte reads (never loads the file).
 
     For a directory (the one-CXI-file-per-angle form) the digest is taken over the lines
-    ``"<name> <sha256 of file>\\n"`` of its regular files in sorted name order, so it changes when any
+    ``"<name> <sha256 of file>\n"`` of its regular files in sorted name order, so it changes when any
     file's content or name changes.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A file or a directory.
+    algorithm : str, optional
+        A :func:`hashlib.new` name (also used for the per-file digests of a directory). Default "sha256".
+    block : int, optional
+        Bytes per read. Default 1 MiB.
+
+    Returns
+    -------
+    str
+        The hex digest.
+
+    Raises
+    ------
+    OSError
+        When the file cannot be read.
     """
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -41,7 +60,21 @@ def file_checksum(path, algorithm: str = "sha256", block: int = BLOCK) -> str:
 
 
 def jsonable(obj):
-    """Convert numpy scalars / arrays, tuples, paths and sets into plain JSON types (recursively)."""
+    """Convert numpy scalars / arrays, tuples, paths and sets into plain JSON types (recursively).
+
+    Dict keys become strings, complex numbers ``[real, imag]``, non-finite floats their ``str`` ("nan",
+    "inf"), and any other object its ``str``.
+
+    Parameters
+    ----------
+    obj : object
+        The value to convert.
+
+    Returns
+    -------
+    object
+        A dict, list, str, int, float, bool or None that :func:`json.dumps` accepts.
+    """
     if isinstance(obj, dict):
         return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, set)):
@@ -62,6 +95,18 @@ def jsonable(obj):
 
 
 def to_json(obj) -> str:
+    """``obj`` as a JSON string (through :func:`jsonable`, keys sorted).
+
+    Parameters
+    ----------
+    obj : object
+        The value: anything :func:`jsonable` accepts.
+
+    Returns
+    -------
+    str
+        The JSON text.
+    """
     return json.dumps(jsonable(obj), sort_keys=True)
 
 
@@ -70,6 +115,21 @@ def provenance(command=None, config=None, input_path=None) -> dict:
 
     ``command`` defaults to the shlex-joined ``sys.argv``; ``input_path`` (file or directory) adds
     ``input_path`` and ``input_sha256`` (see :func:`file_checksum`).
+
+    Parameters
+    ----------
+    command : str or sequence of str, optional
+        The command line; a sequence is shlex-joined. Default ``sys.argv``.
+    config : object, optional
+        The settings, recorded through :func:`jsonable`.
+    input_path : str or path-like, optional
+        The input file or directory whose checksum is recorded.
+
+    Returns
+    -------
+    dict
+        ``hpc_pt_version``, ``command``, ``config``, ``timestamp_utc``, ``hostname``, ``python_version``,
+        ``numpy_version`` and, with ``input_path``, ``input_path`` (absolute) and ``input_sha256``.
     """
     from .. import __version__
 

@@ -58,11 +58,25 @@ def _ancestors(path) -> list[tuple[int, int]]:
 
 
 def overlap(output, input_path) -> str | None:
-    """How writing ``output`` would touch ``input_path``: ``"is"`` (the same file or folder, also through a
-    link), ``"contains"`` (``output`` is a folder holding the input), ``"lies inside"`` (the input is a
-    folder holding ``output``), or None. Compared as resolved paths (also for paths that do not exist yet,
-    such as a checkpoint folder) and, for existing ones, by device and inode, so other spellings of a path,
-    symbolic links, hard links and bind mounts are all seen."""
+    """How writing ``output`` would touch ``input_path``.
+
+    ``"is"`` (the same file or folder, also through a link), ``"contains"`` (``output`` is a folder holding
+    the input), ``"lies inside"`` (the input is a folder holding ``output``), or None. Compared as resolved
+    paths (also for paths that do not exist yet, such as a checkpoint folder) and, for existing ones, by
+    device and inode, so other spellings of a path, symbolic links, hard links and bind mounts are all seen.
+
+    Parameters
+    ----------
+    output : str or path-like
+        The output path (it need not exist).
+    input_path : str or path-like
+        The input path.
+
+    Returns
+    -------
+    str or None
+        "is", "contains", "lies inside", or None when they do not touch.
+    """
     ro, ri = os.path.realpath(os.fspath(output)), os.path.realpath(os.fspath(input_path))
     if ro == ri:
         return "is"
@@ -85,10 +99,27 @@ def overlap(output, input_path) -> str | None:
 
 def refuse_overlap(outputs: dict, inputs: dict, relations=("is", "contains", "lies inside"),
                    what: str = "the input") -> None:
-    """Raise :class:`InputError` when an output (``{label: path}``, e.g. ``{"--out": "r.zarr"}``) is,
-    contains or lies inside (``relations``, see :func:`overlap`) an input (``{label: path}``); None paths
-    are skipped. Called before any work, and whatever ``--force`` says: the output's writer would replace,
-    remove or fill the input. ``what`` names the inputs in the message."""
+    """Raise :class:`InputError` when an output is, contains or lies inside an input.
+
+    Called before any work, and whatever ``--force`` says: the output's writer would replace, remove or fill
+    the input. None paths are skipped.
+
+    Parameters
+    ----------
+    outputs : dict
+        ``{label: path}``, e.g. ``{"--out": "r.zarr"}``.
+    inputs : dict
+        ``{label: path}`` of the inputs.
+    relations : tuple of str, optional
+        The relations (:func:`overlap`) refused. Default all three.
+    what : str, optional
+        Names the inputs in the message. Default "the input".
+
+    Raises
+    ------
+    InputError
+        For the first output and input in one of ``relations``, naming both.
+    """
     for olabel, opath in outputs.items():
         if opath is None:
             continue
@@ -107,7 +138,18 @@ def refuse_overlap(outputs: dict, inputs: dict, relations=("is", "contains", "li
 # --------------------------------------------------------------------------------------------------
 
 def is_disk_full(exc: BaseException) -> bool:
-    """True when ``exc`` (or an exception it was raised from) is an :class:`OSError` with ENOSPC or EDQUOT."""
+    """True when ``exc`` (or an exception it was raised from) is an :class:`OSError` with ENOSPC or EDQUOT.
+
+    Parameters
+    ----------
+    exc : BaseException
+        The exception; its ``__cause__`` / ``__context__`` chain is followed.
+
+    Returns
+    -------
+    bool
+        Whether a full disk or quota is in the chain.
+    """
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
@@ -126,8 +168,20 @@ def _errno_of(exc: BaseException) -> int | None:
 
 
 def free_bytes(path) -> int | None:
-    """Bytes an unprivileged writer may still use on the file system of ``path`` (its nearest existing
-    folder), or None when that cannot be asked."""
+    """Bytes an unprivileged writer may still use on the file system of ``path`` (its nearest existing folder).
+
+    None when that cannot be asked.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A path; it need not exist.
+
+    Returns
+    -------
+    int or None
+        ``f_bavail * f_frsize`` of :func:`os.statvfs`, or None.
+    """
     p = os.path.abspath(os.fspath(path))
     while not os.path.isdir(p):
         parent = os.path.dirname(p)
@@ -150,9 +204,29 @@ def _size(n: int) -> str:
 
 def write_failure(exc: BaseException, what, needed: int | None, fix: str = "choose another --out",
                   at_least: bool = False) -> InputError | None:
-    """The one-line error for a full disk or quota while writing ``what`` (None when ``exc`` is another
-    failure): the bytes ``needed`` (an upper estimate, see the callers; with ``at_least``, the bytes written
-    when the disk filled, a lower bound) and the bytes free now, after the temporaries were removed."""
+    """The one-line error for a full disk or quota while writing ``what`` (None when ``exc`` is another failure).
+
+    The message gives the bytes ``needed`` (an upper estimate, see the callers; with ``at_least``, the bytes
+    written when the disk filled, a lower bound) and the bytes free now, after the temporaries were removed.
+
+    Parameters
+    ----------
+    exc : BaseException
+        The failure (its cause / context chain is searched for ENOSPC or EDQUOT).
+    what : str or path-like
+        The output being written.
+    needed : int or None
+        Bytes the output needs (or, with ``at_least``, bytes written); None leaves them out.
+    fix : str, optional
+        The alternative fix the message offers. Default "choose another --out".
+    at_least : bool, optional
+        ``needed`` is a lower bound (bytes written when the disk filled). Default False.
+
+    Returns
+    -------
+    InputError or None
+        The error to raise, or None when ``exc`` is not a full disk or quota.
+    """
     code = _errno_of(exc)
     if code is None:
         return None
@@ -171,13 +245,37 @@ def write_failure(exc: BaseException, what, needed: int | None, fix: str = "choo
 
 def agree_on_failure(comm, err: BaseException | None, what, needed: int | None = None, cleanup=None,
                      fix: str = "choose another --out") -> None:
-    """After a write step every rank took part in: raise on every rank if any rank failed (a collective
-    when ``comm`` has several ranks; nothing happens when none failed).
+    """Raise on every rank if any rank failed the write step every rank took part in.
+
+    A collective when ``comm`` has several ranks; nothing happens when none failed.
 
     Rank 0 first runs ``cleanup()`` (remove the temporaries; every rank is past its writes by then). The
     failing rank raises its own error, a full disk or quota as :func:`write_failure`'s line with the
     ``needed`` bytes (this rank's share, summed over the ranks; None on every rank or on none); the others
-    raise an :class:`InputError` marked ``secondary`` (its reason is the failing rank's message)."""
+    raise an :class:`InputError` marked ``secondary`` (its reason is the failing rank's message).
+
+    Parameters
+    ----------
+    comm : hpc_pt.comm.Comm
+        The communicator (``size`` and ``rank`` default to 1 and 0 when it lacks them).
+    err : BaseException or None
+        This rank's failure, or None.
+    what : str or path-like
+        The output written.
+    needed : int, optional
+        This rank's share of the bytes the output needs.
+    cleanup : callable, optional
+        Called (no arguments) on rank 0 before raising.
+    fix : str, optional
+        The alternative fix of a full-disk message. Default "choose another --out".
+
+    Raises
+    ------
+    InputError
+        The full-disk line, or on the ranks that did not fail the ``secondary`` one.
+    BaseException
+        The failing rank's own ``err`` when it is not a full disk.
+    """
     size = int(getattr(comm, "size", 1))
     failed = comm.sum_scalar(1.0 if err is not None else 0.0) if size > 1 else float(err is not None)
     if not failed:
@@ -206,13 +304,27 @@ def agree_on_failure(comm, err: BaseException | None, what, needed: int | None =
 # --------------------------------------------------------------------------------------------------
 
 def write_file(path, data: bytes) -> None:
-    """Write ``data`` to a new file ``path`` (a temporary name the caller moves into place)."""
+    """Write ``data`` to a new file ``path`` (a temporary name the caller moves into place).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file (replaced if it exists).
+    data : bytes
+        The content.
+    """
     with open(path, "wb") as fh:
         fh.write(data)
 
 
 def remove_path(path) -> None:
-    """Remove a file, link or folder tree; a missing path is fine, other failures are ignored."""
+    """Remove a file, link or folder tree; a missing path is fine, other failures are ignored.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The path; a link is removed, not what it points to.
+    """
     p = os.fspath(path)
     try:
         if os.path.isdir(p) and not os.path.islink(p):
@@ -224,11 +336,25 @@ def remove_path(path) -> None:
 
 
 def commit(moves, token: str) -> None:
-    """Move every ``(tmp, final)`` of ``moves`` into place, in order. An existing ``final`` is set aside as
-    ``final.old-<token>`` first and removed once every move is done; the last move is one atomic
-    ``os.replace`` when its ``final`` is a file. If a move fails, the moves done so far are undone (each
-    new part back to its temporary name, each old part restored) and the error is raised; the caller
-    removes the temporaries."""
+    """Move every ``(tmp, final)`` of ``moves`` into place, in order.
+
+    An existing ``final`` is set aside as ``final.old-<token>`` first and removed once every move is done; the
+    last move is one atomic ``os.replace`` when its ``final`` is a file. If a move fails, the moves done so
+    far are undone (each new part back to its temporary name, each old part restored) and the error is raised;
+    the caller removes the temporaries.
+
+    Parameters
+    ----------
+    moves : sequence of tuple
+        ``(tmp, final)`` path pairs.
+    token : str
+        Suffix of the set-aside names (the run's token).
+
+    Raises
+    ------
+    OSError
+        When a move fails (after the moves done so far were undone).
+    """
     done = []  # (tmp, final, backup or None)
     try:
         for k, (tmp, final) in enumerate(moves):
@@ -260,9 +386,23 @@ def commit(moves, token: str) -> None:
 
 
 def stale_temporaries(out, figure=None) -> list[str]:
-    """Temporaries an earlier (killed) run writing ``out`` and ``figure`` may have left: ``OUT.tmp-*`` (a
-    store being written), ``OUT.old-*`` (a result being replaced), ``.OUT.probe*`` (the writable-path
-    probe) and ``.FIGURE.tmp-*`` (a figure being written)."""
+    """Temporaries an earlier (killed) run writing ``out`` and ``figure`` may have left.
+
+    ``OUT.tmp-*`` (a store being written), ``OUT.old-*`` (a result being replaced), ``.OUT.probe*`` (the
+    writable-path probe) and ``.FIGURE.tmp-*`` (a figure being written).
+
+    Parameters
+    ----------
+    out : str or path-like or None
+        The output path.
+    figure : str or path-like, optional
+        The figure path.
+
+    Returns
+    -------
+    list of str
+        The matching absolute paths, sorted.
+    """
     found = []
     for path in (out, figure):
         if path is None:
@@ -277,8 +417,20 @@ def stale_temporaries(out, figure=None) -> list[str]:
 
 
 def stale_checkpoint_parts(where) -> list[str]:
-    """Unfinished parts of checkpoints in the folder ``where``: ``iter-K.partial`` folders and
-    ``LATEST.tmp`` (a complete checkpoint is an ``iter-K`` folder named by ``LATEST``)."""
+    """Unfinished parts of checkpoints in the folder ``where``: ``iter-K.partial`` folders and ``LATEST.tmp``.
+
+    A complete checkpoint is an ``iter-K`` folder named by ``LATEST``.
+
+    Parameters
+    ----------
+    where : str or path-like or None
+        The checkpoint folder.
+
+    Returns
+    -------
+    list of str
+        The paths found, sorted; empty when ``where`` is None or not a folder.
+    """
     if where is None or not os.path.isdir(where):
         return []
     d = glob.escape(os.path.abspath(os.fspath(where)))
@@ -286,8 +438,22 @@ def stale_checkpoint_parts(where) -> list[str]:
 
 
 def sweep(paths, inputs: dict | None = None) -> list[str]:
-    """Remove ``paths`` (from :func:`stale_temporaries`, :func:`stale_checkpoint_parts`), except any that is,
-    contains or lies inside one of ``inputs`` ({label: path}). Returns the removed paths."""
+    """Remove ``paths`` except any that is, contains or lies inside one of ``inputs``.
+
+    ``paths`` come from :func:`stale_temporaries` or :func:`stale_checkpoint_parts`.
+
+    Parameters
+    ----------
+    paths : iterable of str
+        The paths to remove (:func:`remove_path`).
+    inputs : dict, optional
+        ``{label: path}`` of the inputs to keep clear of.
+
+    Returns
+    -------
+    list of str
+        The removed paths.
+    """
     removed = []
     for p in paths:
         if any(ip is not None and overlap(p, ip) for ip in (inputs or {}).values()):

@@ -29,7 +29,23 @@ DEFAULT_BATCH_BYTES = 16 << 20
 
 
 def memory_estimate(n_frames_total: int, frame_shape, field_shape) -> dict:
-    """Bytes for the main arrays of a reconstruction (float32 data, complex64 z / multiplier / volume)."""
+    """Bytes for the main arrays of a reconstruction (float32 data, complex64 z / multiplier / volume).
+
+    Parameters
+    ----------
+    n_frames_total : int
+        Frames over all angles.
+    frame_shape : tuple of int
+        (h, w) of a detector frame.
+    field_shape : tuple of int
+        (nz, n): the volume is (nz, n, n) (the object field's (H, W) as :func:`describe` passes it).
+
+    Returns
+    -------
+    dict
+        ``data`` (float32 frames), ``admm_z_and_multiplier`` (two complex64 arrays per frame), ``volume``
+        (complex64) and ``total``, in bytes.
+    """
     h, w = frame_shape
     nz, n = field_shape
     data = int(n_frames_total) * h * w * 4
@@ -81,7 +97,18 @@ def rank_memory_estimate(n_frames: int, frame_shape, n_angles: int, field_shape,
 
 
 def format_bytes(n: float) -> str:
-    """``1.5 GiB``: a byte count in binary units."""
+    """``1.5 GiB``: a byte count in binary units.
+
+    Parameters
+    ----------
+    n : float
+        Bytes.
+
+    Returns
+    -------
+    str
+        ``"<n> B"`` below 1 KiB, else one decimal in KiB, MiB, GiB or TiB.
+    """
     return _bytes(n)
 
 
@@ -89,8 +116,30 @@ def describe(path_or_index, **scan_kwargs) -> dict:
     """Summary of a CXI file / directory (metadata only; no frame is read). See :func:`format_description`.
 
     ``overlap_ratio`` = 1 - (median nearest-neighbour probe-centre distance) / (probe FWHM), where the FWHM
-    is estimated from the illumination amplitude (:func:`hpc_pt.operators.scan.probe_diameter_px`); None when no angle has two frames.
-    ``probe`` says where the probe comes from; a file without one has ``probe_fwhm_px`` NaN and no overlap.
+    is estimated from the illumination amplitude (:func:`hpc_pt.operators.scan.probe_diameter_px`); None when
+    no angle has two frames. ``probe`` says where the probe comes from; a file without one has
+    ``probe_fwhm_px`` NaN and no overlap.
+
+    Parameters
+    ----------
+    path_or_index : CxiIndex or str or path-like
+        An index, or a path to scan.
+    **scan_kwargs
+        Options of :func:`hpc_pt.io.cxi.scan_cxi` (used only when a path is given).
+
+    Returns
+    -------
+    dict
+        ``path``, ``n_angles``, ``angles_deg``, ``frames_per_angle``, ``frames_total``, ``detector_shape``,
+        ``frame_dtype``, ``energy_ev``, ``wavelength_m``, ``detector_distance_m``, ``detector_pixel_m``,
+        ``sample_pixel_m``, ``field_shape``, ``rotation_centre`` and ``rotation_centre_source`` ("default"
+        or "file"), ``has_mask``, ``probe``, ``probe_fwhm_px``, ``median_step_px``, ``overlap_ratio`` and
+        ``memory`` (:func:`memory_estimate`).
+
+    Raises
+    ------
+    InputError
+        When a path is given and :func:`~hpc_pt.io.cxi.scan_cxi` refuses it.
     """
     idx = path_or_index if isinstance(path_or_index, CxiIndex) else scan_cxi(path_or_index, **scan_kwargs)
     nf = [int(v) for v in idx.n_frames]
@@ -148,7 +197,18 @@ def _angles_text(a) -> str:
 
 
 def format_description(d: dict) -> str:
-    """Human-readable two-column table of :func:`describe`'s output."""
+    """Human-readable two-column table of :func:`describe`'s output.
+
+    Parameters
+    ----------
+    d : dict
+        :func:`describe`'s output (an optional ``rotation_centre_estimate`` is shown too).
+
+    Returns
+    -------
+    str
+        One line per row, labels left-aligned.
+    """
     nf = d["frames_per_angle"]
     rows = [
         ("input", d["path"]),

@@ -37,7 +37,22 @@ AXES = ("z", "y", "x")  # volume axes; z is the vertical rotation axis
 
 
 def default_chunks_z(shape, itemsize: int = 8, target_bytes: int = CHUNK_BYTES) -> int:
-    """Slices per chunk so one (cz, n, n) chunk is at most ``target_bytes`` (at least 1 slice)."""
+    """Slices per chunk so one (cz, n, n) chunk is at most ``target_bytes`` (at least 1 slice).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        The volume's shape (nz, ...).
+    itemsize : int, optional
+        Bytes per element. Default 8 (complex64).
+    target_bytes : int, optional
+        Largest chunk in bytes. Default :data:`CHUNK_BYTES` (16 MiB).
+
+    Returns
+    -------
+    int
+        Slices per chunk, between 1 and nz.
+    """
     nz = int(shape[0])
     per_slice = int(np.prod(shape[1:])) * itemsize
     return max(1, min(nz, target_bytes // max(per_slice, 1)))
@@ -47,6 +62,18 @@ def downsample2(x: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]:
     """2x block mean along every axis longer than 1 (an odd trailing element is dropped).
 
     Returns the array and the per-axis factors (2, or 1 where the axis was left alone).
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        The array, any dimension.
+
+    Returns
+    -------
+    numpy.ndarray
+        The block means.
+    tuple of int
+        The factor of each axis.
     """
     factors = []
     for ax in range(x.ndim):
@@ -68,7 +95,22 @@ def _unit_for(voxel_m: float) -> tuple[str, float]:
 
 
 def ome_multiscales(voxel_size_m: float, factors1=(2, 2, 2), name: str = "delta") -> dict:
-    """The ``attrs["ome"]`` dict (NGFF 0.5) for levels "0" (full) and "1" (``factors1`` downsampled)."""
+    """The ``attrs["ome"]`` dict (NGFF 0.5) for levels "0" (full) and "1" (``factors1`` downsampled).
+
+    Parameters
+    ----------
+    voxel_size_m : float
+        Voxel size in metres (the unit is nanometres below 1 um voxels, micrometres otherwise).
+    factors1 : tuple of int, optional
+        Downsampling factor of level "1" per axis (z, y, x). Default (2, 2, 2).
+    name : str, optional
+        The multiscale's name. Default "delta".
+
+    Returns
+    -------
+    dict
+        ``{"version": "0.5", "multiscales": [...]}`` with the axes, scales and translations.
+    """
     unit, k = _unit_for(voxel_size_m)
     s = voxel_size_m * k
     scale1 = [s * f for f in factors1]
@@ -97,6 +139,21 @@ def quantities(model: str | None = None, voxel_size_m: float | None = None,
     model's dimensionless sample, not a refractive index) or None (unknown: both readings given).
     With ``voxel_size_m`` and ``energy_ev``, ``k_dz_rad`` = 2 pi dz / wavelength is included: the phase
     (radians) one voxel of delta = 1 adds for the exponential model.
+
+    Parameters
+    ----------
+    model : {"exp", "linear"} or None, optional
+        The forward model of the reconstruction; anything else counts as unknown.
+    voxel_size_m : float, optional
+        Voxel size in metres.
+    energy_ev : float, optional
+        Photon energy in eV (positive and finite for ``k_dz_rad``).
+
+    Returns
+    -------
+    dict
+        ``forward_model``, ``u``, ``model_meaning``, ``delta``, ``beta``, ``axes`` (descriptions) and,
+        when computable, ``k_dz_rad``.
     """
     from .. import conventions as cv
 
@@ -134,9 +191,47 @@ def _level1_factors(shape) -> tuple[int, ...]:
 def begin_volume(path, shape, voxel_size_m: float, attrs: dict | None = None, overwrite: bool = False,
                  chunks_z: int | None = None, command=None, config=None, input_path=None,
                  tables: dict | None = None, arrays: dict | None = None, token: str | None = None) -> str:
-    """First step of a (possibly parallel) volume write: create ``<path>.tmp-<token>`` with every array
-    (empty), the tables, extra arrays and attributes. Returns the temporary path; every writer then fills
-    its rows with :func:`write_volume_rows` and one process calls :func:`finish_volume`."""
+    """First step of a (possibly parallel) volume write: create ``<path>.tmp-<token>`` with every array empty.
+
+    The store also gets the tables, extra arrays and attributes. Returns the temporary path; every writer then
+    fills its rows with :func:`write_volume_rows` and one process calls :func:`finish_volume`.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The final store path.
+    shape : tuple of int
+        (nz, n, n) of the volume.
+    voxel_size_m : float
+        Voxel size in metres, positive and finite.
+    attrs : dict, optional
+        Extra group attributes (``model`` and ``energy_ev`` among them feed :func:`quantities`).
+    overwrite : bool, optional
+        An existing ``path`` may be replaced (by :func:`finish_volume`). Default False.
+    chunks_z : int, optional
+        Slices per chunk; default :func:`default_chunks_z`.
+    command, config, input_path : optional
+        Recorded in the ``provenance`` attribute (:func:`hpc_pt.io.provenance.provenance`).
+    tables : dict, optional
+        ``{group: {column: 1D array}}``: groups of float64 columns.
+    arrays : dict, optional
+        ``{name: array}``: further arrays (e.g. the refined ``probe``).
+    token : str, optional
+        Suffix of the temporary store; default the process id.
+
+    Returns
+    -------
+    str
+        The temporary store's path.
+
+    Raises
+    ------
+    InputError
+        When ``shape`` is not 3D, the voxel size is not positive and finite, ``path`` exists without
+        ``overwrite``, or the temporary folder cannot be created.
+    OSError
+        For a full disk or quota (ENOSPC, EDQUOT), left to the caller, whose message says the bytes needed.
+    """
     path = os.path.abspath(os.fspath(path))
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3:
@@ -205,10 +300,23 @@ def begin_volume(path, shape, voxel_size_m: float, attrs: dict | None = None, ov
 
 
 def write_volume_rows(tmp, z0: int, rows, next_row=None) -> None:
-    """Write rows ``z0 .. z0 + len(rows)`` of the volume (and of its real / imaginary parts, and the
-    level-1 block means whose first row is in this range) into a store begun by :func:`begin_volume`.
-    ``next_row``: the volume's row ``z0 + len(rows)`` when this range ends inside a 2-row block (the
-    following writer's first row). Writers whose row ranges start on chunk boundaries never share a chunk."""
+    """Write rows ``z0 .. z0 + len(rows)`` of the volume into a store begun by :func:`begin_volume`.
+
+    Also writes the rows of its real / imaginary parts, and the level-1 block means whose first row is in this
+    range. ``next_row``: the volume's row ``z0 + len(rows)`` when this range ends inside a 2-row block (the
+    following writer's first row). Writers whose row ranges start on chunk boundaries never share a chunk.
+
+    Parameters
+    ----------
+    tmp : str
+        The temporary store (:func:`begin_volume`).
+    z0 : int
+        Global index of the first row.
+    rows : array_like
+        (rows, n, n) volume rows (cast to complex64).
+    next_row : array_like, optional
+        (n, n): the row after the range, when it ends inside a 2-row block.
+    """
     g = zarr.open_group(tmp, mode="r+")
     rows = np.asarray(rows).astype(np.complex64, copy=False)
     z1 = z0 + rows.shape[0]
@@ -232,17 +340,45 @@ def write_volume_rows(tmp, z0: int, rows, next_row=None) -> None:
 
 
 def consolidate_volume(tmp) -> None:
-    """Consolidate the metadata of a store begun by :func:`begin_volume` whose rows are all written (the
-    last write into it before it is moved into place)."""
+    """Consolidate the metadata of a store begun by :func:`begin_volume` whose rows are all written.
+
+    It is the last write into it before it is moved into place.
+
+    Parameters
+    ----------
+    tmp : str
+        The temporary store.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "consolidated metadata is not part of the v3 spec"
         zarr.consolidate_metadata(tmp)
 
 
 def finish_volume(tmp, path, overwrite: bool = False) -> str:
-    """Consolidate the metadata once and move the finished store into place (an existing ``path`` is
-    replaced only now, with ``overwrite``; see :func:`hpc_pt.io.safety.commit`). On any failure the
-    temporary store is removed and an existing ``path`` is left as it was."""
+    """Consolidate the metadata once and move the finished store into place.
+
+    An existing ``path`` is replaced only now, with ``overwrite`` (see :func:`hpc_pt.io.safety.commit`). On any
+    failure the temporary store is removed and an existing ``path`` is left as it was.
+
+    Parameters
+    ----------
+    tmp : str
+        The temporary store, every row written.
+    path : str or path-like
+        The final store path.
+    overwrite : bool, optional
+        Replace an existing ``path``. Default False.
+
+    Returns
+    -------
+    str
+        The absolute ``path`` of the finished store.
+
+    Raises
+    ------
+    InputError
+        When ``path`` exists without ``overwrite``.
+    """
     from .safety import commit
 
     path = os.path.abspath(os.fspath(path))
@@ -259,10 +395,28 @@ def finish_volume(tmp, path, overwrite: bool = False) -> str:
 
 def estimate_volume_bytes(shape, chunks_z: int | None = None, tables: dict | None = None,
                           arrays: dict | None = None, attrs: dict | None = None, block: int = 4096) -> int:
-    """Upper estimate of the disk space a store of :func:`begin_volume`'s layout takes: every chunk at its
-    uncompressed size (the default compression usually does better) rounded up to ``block`` bytes, one block
-    per metadata file and per folder, and the attributes' JSON twice (the group's own and the consolidated
-    copy). The one-line disk-full errors quote it."""
+    """Upper estimate of the disk space a store of :func:`begin_volume`'s layout takes.
+
+    Every chunk at its uncompressed size (the default compression usually does better) rounded up to
+    ``block`` bytes, one block per metadata file and per folder, and the attributes' JSON twice (the group's
+    own and the consolidated copy). The one-line disk-full errors quote it.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        (nz, n, n) of the volume.
+    chunks_z : int, optional
+        Slices per chunk; default :func:`default_chunks_z`.
+    tables, arrays, attrs : dict, optional
+        As :func:`begin_volume`.
+    block : int, optional
+        File-system block size in bytes. Default 4096.
+
+    Returns
+    -------
+    int
+        Bytes.
+    """
     shape = tuple(int(s) for s in shape)
     cz = default_chunks_z(shape) if chunks_z is None else max(1, min(int(chunks_z), shape[0]))
 
@@ -304,6 +458,38 @@ def write_volume(path, volume, voxel_size_m: float, attrs: dict | None = None, o
     float64 columns (the solver history goes to ``history/<column>``); ``arrays`` = {name: array} adds
     further arrays (e.g. the refined ``probe``). Returns the absolute path. (Parallel writers use
     :func:`begin_volume`, :func:`write_volume_rows` and :func:`finish_volume` directly.)
+
+    Parameters
+    ----------
+    path : str or path-like
+        The store to write.
+    volume : array_like
+        (nz, n, n) complex volume.
+    voxel_size_m : float
+        Voxel size in metres.
+    attrs : dict, optional
+        Extra group attributes.
+    overwrite : bool, optional
+        Replace an existing store. Default False.
+    chunks_z : int, optional
+        Slices per chunk; default :func:`default_chunks_z`.
+    command, config, input_path : optional
+        Recorded in the ``provenance`` attribute.
+    tables : dict, optional
+        ``{group: {column: 1D array}}``.
+    arrays : dict, optional
+        ``{name: array}``.
+
+    Returns
+    -------
+    str
+        The absolute path of the store.
+
+    Raises
+    ------
+    InputError
+        When the volume is not 3D, the voxel size is invalid, ``path`` exists without ``overwrite``, it cannot
+        be written, or the disk or quota is full.
     """
     vol = np.asarray(volume)
     if vol.ndim != 3:
@@ -327,7 +513,25 @@ def write_volume(path, volume, voxel_size_m: float, attrs: dict | None = None, o
 
 
 def read_volume(path) -> tuple[np.ndarray, dict]:
-    """(volume complex64 (nz, n, n), group attrs dict) of a store written by :func:`write_volume`."""
+    """(volume complex64 (nz, n, n), group attrs dict) of a store written by :func:`write_volume`.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The store.
+
+    Returns
+    -------
+    volume : numpy.ndarray
+        complex64 array (nz, n, n).
+    attrs : dict
+        The group's attributes.
+
+    Raises
+    ------
+    InputError
+        When the store does not exist or holds no ``volume`` array.
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(f"{path}: no such Zarr store; check the path")
@@ -341,7 +545,20 @@ def read_volume(path) -> tuple[np.ndarray, dict]:
 
 
 def read_table(path, name: str = "history") -> dict:
-    """{column: float64 array} of a table group written by :func:`write_volume` (empty if absent)."""
+    """{column: float64 array} of a table group written by :func:`write_volume` (empty if absent).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The store.
+    name : str, optional
+        The table group. Default "history".
+
+    Returns
+    -------
+    dict
+        ``{column: numpy.ndarray}``, columns sorted by name; empty when the group is absent.
+    """
     g = zarr.open_group(os.fspath(path), mode="r")
     if name not in g:
         return {}

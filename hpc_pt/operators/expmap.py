@@ -12,22 +12,70 @@ from ..backend import get_xp
 
 
 class ExpMap:
-    """psi = exp(i c x) with Jacobian-vector (``jvp``) and vector-Jacobian (``vjp``) products."""
+    """psi = exp(i c x) with Jacobian-vector (``jvp``) and vector-Jacobian (``vjp``) products.
+
+    Parameters
+    ----------
+    c : float
+        k dz = 2 pi dz / wavelength.
+    """
 
     def __init__(self, c: float):
         self.c = float(c)
 
     def fwd(self, x):
+        """psi = exp(i c x), element-wise.
+
+        Parameters
+        ----------
+        x : complex array
+            P u (delta + i beta projected), any shape.
+
+        Returns
+        -------
+        complex array
+            psi, of the shape and dtype of ``x``.
+        """
         xp = get_xp(x)
         return xp.exp(1j * self.c * x).astype(x.dtype, copy=False)
 
     def jvp(self, x, dx, psi=None):
-        """J dx = i c psi dx (directional derivative of psi along dx)."""
+        """J dx = i c psi dx (directional derivative of psi along dx).
+
+        Parameters
+        ----------
+        x : complex array
+            The point of linearisation.
+        dx : complex array
+            The direction, of the shape of ``x``.
+        psi : complex array, optional
+            ``fwd(x)`` when already computed.
+
+        Returns
+        -------
+        complex array
+            J dx, of the shape of ``x``.
+        """
         psi = self.fwd(x) if psi is None else psi
         return (1j * self.c) * psi * dx
 
     def vjp(self, x, g, psi=None):
-        """J^H g = conj(i c psi) g."""
+        """J^H g = conj(i c psi) g.
+
+        Parameters
+        ----------
+        x : complex array
+            As for :meth:`jvp`.
+        g : complex array
+            The vector (a gradient with respect to psi), of the shape of ``x``.
+        psi : complex array, optional
+            As for :meth:`jvp`.
+
+        Returns
+        -------
+        complex array
+            J^H g, of the shape of ``x``.
+        """
         xp = get_xp(x)
         psi = self.fwd(x) if psi is None else psi
         return (-1j * self.c) * xp.conj(psi) * g

@@ -13,7 +13,18 @@ from .base import LinearOperator, check_shape
 
 
 def gradient(u):
-    """(3, nz, ny, nx) forward differences of ``u`` along z, y, x (seed 001: p = grad u)."""
+    """(3, nz, ny, nx) forward differences of ``u`` along z, y, x (seed 001: p = grad u).
+
+    Parameters
+    ----------
+    u : array (nz, ny, nx)
+        The volume (NumPy or CuPy array).
+
+    Returns
+    -------
+    array (3, nz, ny, nx)
+        g[0], g[1], g[2]: the differences along z, y, x, zero across the last sample of each axis.
+    """
     xp = get_xp(u)
     g = xp.zeros((3,) + u.shape, dtype=u.dtype)
     g[0, :-1] = u[1:] - u[:-1]
@@ -23,7 +34,16 @@ def gradient(u):
 
 
 def divergence(g):
-    """Negative adjoint of :func:`gradient`: div g with div = -grad^H."""
+    """Negative adjoint of :func:`gradient`: div g with div = -grad^H.
+
+    Parameters
+    ----------
+    g : array (3, nz, ny, nx)
+
+    Returns
+    -------
+    array (nz, ny, nx)
+    """
     xp = get_xp(g)
     d = xp.zeros(g.shape[1:], dtype=g.dtype)
     gz, gy, gx = g[0], g[1], g[2]
@@ -37,19 +57,45 @@ def divergence(g):
 
 
 def laplacian(u):
-    """Delta u = div(grad u) (seed 001 Eq. 6 uses -r1 Delta u)."""
+    """Delta u = div(grad u) (seed 001 Eq. 6 uses -r1 Delta u).
+
+    Parameters
+    ----------
+    u : array (nz, ny, nx)
+
+    Returns
+    -------
+    array (nz, ny, nx)
+    """
     return divergence(gradient(u))
 
 
 def tv_value(u) -> float:
-    """Isotropic TV(u) = || sqrt(|grad_x u|^2 + |grad_y u|^2 + |grad_z u|^2) ||_1 (seed 001 Eq. 3)."""
+    """Isotropic TV(u) = || sqrt(|grad_x u|^2 + |grad_y u|^2 + |grad_z u|^2) ||_1 (seed 001 Eq. 3).
+
+    Parameters
+    ----------
+    u : array (nz, ny, nx)
+
+    Returns
+    -------
+    float
+    """
     xp = get_xp(u)
     g = gradient(u)
     return float(xp.sqrt((xp.abs(g) ** 2).sum(axis=0)).sum())
 
 
 class Gradient(LinearOperator):
-    """Linear-operator form of :func:`gradient`: (nz, ny, nx) -> (3, nz, ny, nx)."""
+    """Linear-operator form of :func:`gradient`: (nz, ny, nx) -> (3, nz, ny, nx).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        (nz, ny, nx).
+    dtype : dtype, optional
+        Complex dtype (default complex64).
+    """
 
     def __init__(self, shape, dtype=np.complex64):
         self.shape_in = tuple(int(s) for s in shape)
@@ -57,9 +103,31 @@ class Gradient(LinearOperator):
         self.dtype = np.dtype(dtype)
 
     def fwd(self, u):
+        """grad u.
+
+        Parameters
+        ----------
+        u : array of shape ``shape_in``, (nz, ny, nx)
+
+        Returns
+        -------
+        array (3, nz, ny, nx)
+            ``gradient(u)``, after a check of the shape of ``u``.
+        """
         check_shape(u, self.shape_in, "Gradient.fwd")
         return gradient(u)
 
     def adj(self, g):
+        """grad^H g = -div g.
+
+        Parameters
+        ----------
+        g : array (3, nz, ny, nx)
+            A vector field, like :meth:`fwd`'s output.
+
+        Returns
+        -------
+        array (nz, ny, nx)
+        """
         check_shape(g, self.shape_out, "Gradient.adj")
         return -divergence(g)

@@ -26,10 +26,17 @@ class ForwardModel:
     angles : radians, shape (A,).
     probe : (m1, m2) complex.
     positions : list of A arrays (F_a, 2) of top-left (row, col) positions in the field (ragged allowed).
-    field_shape : (H, W) per angle; the volume's nz rows sit at row ``row_offset``; the rotation axis is
-        at column ``center`` (default (W-1)/2).
+    field_shape : (H, W) per angle; the volume's nz rows sit at row ``row_offset`` (default (H - nz) // 2);
+        the rotation axis is at column ``center`` (default (W-1)/2).
     model : "linear" or "exp"; c : k dz for the exp model.
+    dtype : complex64 or complex128.
+    gpu : build cufinufft projector plans (inputs CuPy; a CuPy probe puts the far field on the GPU too).
     frame_batch : frames per far-field batch of :class:`Ptychography` (None: its default).
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``model``, non-square slices or a number of position sets other than of angles.
     """
 
     def __init__(self, volume_shape, angles, probe, positions, field_shape, row_offset=None, center=None,
@@ -59,20 +66,61 @@ class ForwardModel:
         self.expmap = ExpMap(c) if model == "exp" else None
 
     def projections(self, u):
-        """P u on the field rows: (A, H, W) (zero outside the volume's rows)."""
+        """P u on the field rows: (A, H, W) (zero outside the volume's rows).
+
+        Parameters
+        ----------
+        u : array (nz, n, n)
+            The volume (delta + i beta).
+
+        Returns
+        -------
+        array (A, H, W)
+            ``pad.fwd(projector.fwd(u))``.
+        """
         return self.pad.fwd(self.projector.fwd(u))
 
     def exit_wave(self, u):
-        """psi for every angle: (A, H, W)."""
+        """psi for every angle: (A, H, W).
+
+        Parameters
+        ----------
+        u : array (nz, n, n)
+            The volume.
+
+        Returns
+        -------
+        array (A, H, W)
+            Pad(P u) (linear model) or exp(i c Pad(P u)) (exp model).
+        """
         x = self.projections(u)
         return x if self.expmap is None else self.expmap.fwd(x)
 
     def farfield(self, u):
-        """D(w, u) for every frame of every angle, concatenated by angle: (sum F_a, m1, m2)."""
+        """D(w, u) for every frame of every angle, concatenated by angle: (sum F_a, m1, m2).
+
+        Parameters
+        ----------
+        u : array (nz, n, n), the volume
+
+        Returns
+        -------
+        complex array (sum F_a, m1, m2)
+        """
         return self.ptycho.fwd(self.exit_wave(u))
 
     def intensity(self, u):
-        """|D(w, u)|^2: (sum F_a, m1, m2), real."""
+        """|D(w, u)|^2: (sum F_a, m1, m2), real.
+
+        Parameters
+        ----------
+        u : array (nz, n, n)
+
+        Returns
+        -------
+        real array (sum F_a, m1, m2)
+            float32 for complex64 models, float64 otherwise; computed one frame batch at a time.
+        """
         psi = self.exit_wave(u)
         xp = get_xp(psi)
         pt = self.ptycho
@@ -83,6 +131,16 @@ class ForwardModel:
         return out
 
     def split(self, frames):
-        """Split a (sum F_a, ...) array into the per-angle list."""
+        """Split a (sum F_a, ...) array into the per-angle list.
+
+        Parameters
+        ----------
+        frames : array (sum F_a, ...)
+
+        Returns
+        -------
+        list of arrays
+            One (F_a, ...) array (a view) per angle.
+        """
         cuts = np.cumsum(self.counts)[:-1].tolist()  # Python ints: both namespaces take them
         return get_xp(frames).split(frames, cuts) if len(self.counts) > 1 else [frames]

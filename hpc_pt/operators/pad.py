@@ -6,7 +6,24 @@ from .base import LinearOperator, check_shape
 
 
 class Pad(LinearOperator):
-    """(..., h, w) -> (..., H, W): the input is placed with its top-left corner at ``offset`` = (row, col)."""
+    """(..., h, w) -> (..., H, W): the input is placed with its top-left corner at ``offset`` = (row, col).
+
+    Parameters
+    ----------
+    shape_in : tuple of int
+        (..., h, w).
+    field_hw : (int, int)
+        (H, W), the field the input is placed in.
+    offset : (int, int)
+        (row, col) of the input's top-left corner in the field.
+    dtype : dtype
+        Complex dtype.
+
+    Raises
+    ------
+    ValueError
+        If the input does not fit the field at ``offset``.
+    """
 
     def __init__(self, shape_in, field_hw, offset, dtype):
         import numpy as np
@@ -23,6 +40,17 @@ class Pad(LinearOperator):
         self._sl = (Ellipsis, slice(r, r + h), slice(c, c + w))
 
     def fwd(self, x):
+        """Zero field with ``x`` placed at ``offset``.
+
+        Parameters
+        ----------
+        x : array (..., h, w)
+
+        Returns
+        -------
+        array (..., H, W)
+            Zero outside the placed ``x``; of ``x``'s dtype.
+        """
         check_shape(x, self.shape_in, "Pad.fwd")
         xp = get_xp(x)
         out = xp.zeros(self.shape_out, dtype=x.dtype)
@@ -30,5 +58,16 @@ class Pad(LinearOperator):
         return out
 
     def adj(self, y):
+        """The crop of ``y`` at ``offset`` (a contiguous copy).
+
+        Parameters
+        ----------
+        y : array (..., H, W)
+            A field, like :meth:`fwd`'s output.
+
+        Returns
+        -------
+        array (..., h, w)
+        """
         check_shape(y, self.shape_out, "Pad.adj")
         return get_xp(y).ascontiguousarray(y[self._sl])

@@ -47,6 +47,8 @@ class Projector(LinearOperator):
     center : detector coordinate of the rotation axis (default (n_det - 1) / 2).
     dtype : complex64 or complex128. eps : NUFFT tolerance (default 1e-6 / 1e-12).
     gpu : build cufinufft plans (inputs must then be CuPy arrays).
+    oversample : oversampling factor of the Fourier samples, M = ceil(oversample * max(n, n_det)) + 1 made odd
+        (default: the fewest that keep the periodic copies off the detector, ``_min_samples``).
     deterministic : NUFFT plans whose per-slice results do not depend on how many slices one call holds
         (:class:`~hpc_pt.backend.NufftPair2D`), so a slab's projections equal the whole volume's rows
         bitwise.
@@ -102,7 +104,16 @@ class Projector(LinearOperator):
         return self._ramp_host, self._ramp_adj_host
 
     def fwd(self, u):
-        """Projections of ``u`` (nz, n, n) at every angle -> (n_angles, nz, n_det)."""
+        """Projections of ``u`` (nz, n, n) at every angle -> (n_angles, nz, n_det).
+
+        Parameters
+        ----------
+        u : array of shape ``shape_in`` (nz, n, n)
+
+        Returns
+        -------
+        array of shape ``shape_out`` (n_angles, nz, n_det), of ``dtype``
+        """
         check_shape(u, self.shape_in, "Projector.fwd")
         xp = get_xp(u)
         A, M = len(self.angles), self.M
@@ -112,7 +123,17 @@ class Projector(LinearOperator):
         return xp.ascontiguousarray(p.transpose(1, 0, 2)).astype(self.dtype, copy=False)
 
     def adj(self, p):
-        """Back-projection (exact adjoint of :meth:`fwd`): (n_angles, nz, n_det) -> (nz, n, n)."""
+        """Back-projection (exact adjoint of :meth:`fwd`): (n_angles, nz, n_det) -> (nz, n, n).
+
+        Parameters
+        ----------
+        p : array (n_angles, nz, n_det)
+            Projections, like :meth:`fwd`'s output.
+
+        Returns
+        -------
+        array (nz, n, n) of ``dtype``
+        """
         check_shape(p, self.shape_out, "Projector.adj")
         xp = get_xp(p)
         A, M = len(self.angles), self.M

@@ -28,7 +28,22 @@ from .base import LinearOperator, check_shape
 
 
 def validate_positions(positions, probe_shape, field_shape) -> None:
-    """Raise ValueError if any window (with its interpolation margin) leaves the object field."""
+    """Raise ValueError if any window (with its interpolation margin) leaves the object field.
+
+    Parameters
+    ----------
+    positions : array (F, 2)
+        Top-left (row, col) of each window, pixels, float.
+    probe_shape : (int, int)
+        (m1, m2).
+    field_shape : tuple of int
+        (H, W) or (A, H, W); only the last two entries are used.
+
+    Raises
+    ------
+    ValueError
+        If ``positions`` is not (F, 2), holds NaN or infinite values, or puts a window outside the field.
+    """
     pos = np.asarray(positions, dtype=np.float64)
     H, W = field_shape[-2:]
     m1, m2 = probe_shape
@@ -54,7 +69,18 @@ FRAME_BATCH_BYTES = 1 << 24
 
 
 def frame_slices(n_frames: int, batch: int) -> list:
-    """Consecutive slices of at most ``batch`` frames covering 0..n_frames (one empty slice for none)."""
+    """Consecutive slices of at most ``batch`` frames covering 0..n_frames (one empty slice for none).
+
+    Parameters
+    ----------
+    n_frames : int
+    batch : int
+        Most frames per slice (values below 1 count as 1).
+
+    Returns
+    -------
+    list of slice
+    """
     batch = max(int(batch), 1)
     if n_frames <= 0:
         return [slice(0, 0)]
@@ -70,7 +96,16 @@ class Ptychography(LinearOperator):
     positions : (F, 2) top-left (row, col) of each window, pixels, float.
     field_shape : (H, W) for one angle or (A, H, W) for a stack of angles.
     angle_index : (F,) int, the angle (first field axis) of each frame; required when A is given.
+    dtype : complex64 or complex128.
     frame_batch : frames per batch (module docstring); None: as many as fit in ``FRAME_BATCH_BYTES``.
+
+    The operator runs on the probe's backend: a CuPy probe takes CuPy fields.
+
+    Raises
+    ------
+    ValueError
+        For windows outside the field (:func:`validate_positions`), a missing or inconsistent
+        ``angle_index``, or ``frame_batch`` < 1.
     """
 
     def __init__(self, probe, positions, field_shape, angle_index=None, dtype=np.complex64, frame_batch=None):
@@ -124,6 +159,7 @@ class Ptychography(LinearOperator):
 
     @property
     def probe(self):
+        """The probe w (m1, m2) of ``dtype``; assigning a new one casts it to ``dtype``."""
         return self._probe
 
     @probe.setter
@@ -132,10 +168,16 @@ class Ptychography(LinearOperator):
 
     @property
     def n_frames(self) -> int:
+        """F, the number of frames of every angle together."""
         return self.shape_out[0]
 
     def batches(self) -> list:
-        """The frame batches (slices) that ``frames=`` accepts, in order, covering every frame."""
+        """The frame batches (slices) that ``frames=`` accepts, in order, covering every frame.
+
+        Returns
+        -------
+        list of slice
+        """
         return frame_slices(self.n_frames, self.frame_batch)
 
     def _frames(self, frames) -> slice:
@@ -184,7 +226,19 @@ class Ptychography(LinearOperator):
 
     # -- window extraction S_j and its adjoint -------------------------------------------------------
     def patches(self, psi, frames=None):
-        """S_j psi for every frame (F, m1, m2), or for the frames of one batch (``frames``)."""
+        """S_j psi for every frame (F, m1, m2), or for the frames of one batch (``frames``).
+
+        Parameters
+        ----------
+        psi : array of shape ``shape_in``
+        frames : slice, optional
+            A contiguous range of frames (one of :meth:`batches`); None: all.
+
+        Returns
+        -------
+        array (F_b, m1, m2)
+            The (interpolated) windows of the frames.
+        """
         sl = self._frames(frames)
         g = psi.reshape(-1)[self._idx[sl]] if is_cupy(psi) else self._windows(psi, sl)
         if not self.fractional:
@@ -203,7 +257,23 @@ class Ptychography(LinearOperator):
 
         Without ``frames`` ``patches`` holds every frame and the sum runs batch by batch; with ``frames``
         (one of :meth:`batches`) it holds that batch's frames. ``keep=False``: a one-off adjoint, which
-        does not keep the CPU scatter matrices it has to build."""
+        does not keep the CPU scatter matrices it has to build.
+
+        Parameters
+        ----------
+        patches : array (F_b, m1, m2)
+        frames : slice, optional
+            The frames ``patches`` holds (None: all).
+        out : array of shape ``shape_in``, optional
+            C-contiguous field of ``dtype`` to add into.
+        keep : bool
+            Keep the CPU scatter matrices built here.
+
+        Returns
+        -------
+        array of shape ``shape_in``
+            The field (``out`` when given).
+        """
         xp = get_xp(patches)
         if out is not None and not (out.flags.c_contiguous and out.dtype == self.dtype):
             raise ValueError(f"out must be a C-contiguous {self.dtype} field to accumulate into")
@@ -246,7 +316,18 @@ class Ptychography(LinearOperator):
         return (sl.stop - sl.start,) + self.shape_out[1:]
 
     def fwd(self, psi, frames=None):
-        """Far field F(w o S_j psi) of every frame (F, m1, m2), or of one batch's frames (``frames``)."""
+        """Far field F(w o S_j psi) of every frame (F, m1, m2), or of one batch's frames (``frames``).
+
+        Parameters
+        ----------
+        psi : array of shape ``shape_in``
+        frames : slice, optional
+            One of :meth:`batches` (None: all frames).
+
+        Returns
+        -------
+        array (F_b, m1, m2) of ``dtype``
+        """
         check_shape(psi, self.shape_in, "Ptychography.fwd")
         w = self.patches(psi, frames).astype(self.dtype, copy=False)
         w *= self.probe
@@ -254,7 +335,21 @@ class Ptychography(LinearOperator):
 
     def adj(self, y, frames=None, out=None):
         """Sum_j S_j^T (conj(w) o F^H y_j): (F, m1, m2) -> field; with ``frames`` y holds one batch's
-        frames, and with ``out`` the result is added to that field (returned)."""
+        frames, and with ``out`` the result is added to that field (returned).
+
+        Parameters
+        ----------
+        y : array (F_b, m1, m2)
+            Far fields of all frames, or of the frames of ``frames``.
+        frames : slice, optional
+            One of :meth:`batches` (None: all frames).
+        out : array of shape ``shape_in``, optional
+            C-contiguous field of ``dtype`` to add into.
+
+        Returns
+        -------
+        array of shape ``shape_in``
+        """
         check_shape(y, self._batch_shape(frames), "Ptychography.adj")
         if frames is None and len(self.batches()) > 1:  # one batch of temporaries at a time
             xp = self._xp
@@ -267,12 +362,26 @@ class Ptychography(LinearOperator):
         return self.patches_adj(t, frames, out)
 
     def illumination(self):
-        """W = sum_j S_j^T |w|^2, the probe intensity summed over the scan (seed 001 Algorithm 1)."""
+        """W = sum_j S_j^T |w|^2, the probe intensity summed over the scan (seed 001 Algorithm 1).
+
+        Returns
+        -------
+        real array of shape ``shape_in``
+        """
         return self.normal_apply(None).real
 
     def normal_apply(self, field):
         """N field = sum_j S_j^T |w|^2 S_j field, batch by batch (``field`` None: a field of ones, so N 1 is
-        the illumination)."""
+        the illumination).
+
+        Parameters
+        ----------
+        field : array of shape ``shape_in``, or None
+
+        Returns
+        -------
+        array of shape ``shape_in`` of ``dtype``
+        """
         xp = self._xp
         w2 = xp.abs(self.probe) ** 2
         out = xp.zeros(self.field_shape, dtype=self.dtype)
@@ -293,6 +402,11 @@ class Ptychography(LinearOperator):
         d ordered as ``STENCIL_OFFSETS``; for integer positions only the centre map (the illumination)
         is non-zero. Computed exactly by probing N with nine combs of spacing 3: for every q exactly one
         comb point lies within +-1 of q, so (N comb)[q] is one matrix entry N[q, q + d].
+
+        Returns
+        -------
+        real array (9, A, H, W)
+            ``maps[k]``: the coupling of every pixel q to q + STENCIL_OFFSETS[k].
         """
         xp = self._xp
         A, (H, W) = self._A, self._HW
@@ -321,7 +435,19 @@ def apply_stencil(maps, x, below=None, above=None):
 
     ``below`` / ``above`` (A, W): the field rows just before / after x's rows (zeros when None: the field's
     edge); columns outside [0, W) are zero. With only the centre map (``maps`` of length 1) this is a
-    pixel-wise product and the halos are not needed."""
+    pixel-wise product and the halos are not needed.
+
+    Parameters
+    ----------
+    maps : array (9, A, R, W) or (1, A, R, W)
+        Rows of :meth:`Ptychography.normal_stencil` matching x's rows.
+    x : array (A, R, W)
+    below, above : array (A, W), optional
+
+    Returns
+    -------
+    array (A, R, W)
+    """
     xp = get_xp(x)
     if maps.shape[0] == 1:
         return maps[0] * x
@@ -355,6 +481,15 @@ def _scatter_matrix(idx, size, dtype):
 
 
 def intensity(farfield):
-    """|D psi|^2 per detector pixel."""
+    """|D psi|^2 per detector pixel.
+
+    Parameters
+    ----------
+    farfield : complex array
+
+    Returns
+    -------
+    real array of the same shape
+    """
     xp = get_xp(farfield)
     return xp.abs(farfield) ** 2

@@ -10,7 +10,17 @@ from ..backend import to_numpy
 
 def probe_diameter_px(probe) -> float:
     """Beam diameter of a probe array: the diameter of the disc whose area equals the area where
-    |w| >= max|w| / 2 (the amplitude FWHM for a Gaussian, the diameter for a disc); NaN for a zero probe."""
+    |w| >= max|w| / 2 (the amplitude FWHM for a Gaussian, the diameter for a disc); NaN for a zero probe.
+
+    Parameters
+    ----------
+    probe : array (m1, m2), NumPy or CuPy
+
+    Returns
+    -------
+    float
+        The diameter in pixels.
+    """
     a = np.abs(to_numpy(probe))
     peak = float(a.max()) if a.size else 0.0
     if peak <= 0:
@@ -19,7 +29,16 @@ def probe_diameter_px(probe) -> float:
 
 
 def nearest_neighbour_distances(positions) -> np.ndarray:
-    """Distance from each position to its nearest other position (pixels); empty for < 2 positions."""
+    """Distance from each position to its nearest other position (pixels); empty for < 2 positions.
+
+    Parameters
+    ----------
+    positions : array (F, 2)
+
+    Returns
+    -------
+    numpy.ndarray (F,) or (0,)
+    """
     from scipy.spatial import cKDTree
 
     pos = np.asarray(positions, dtype=np.float64).reshape(-1, 2)
@@ -36,6 +55,22 @@ def overlap_ratio(positions_per_angle, beam_diameter_px: float, reduce: str = "m
     ``positions_per_angle`` is one (F, 2) array or a list of them. ``reduce="median"`` pools every angle's
     distances; ``"min"`` returns the worst angle's overlap. Negative values mean gaps between beams (seed
     001's 32-px step with a 14-px FWHM gives 1 - 32/14 = -1.29); NaN when no angle has two positions.
+
+    Parameters
+    ----------
+    positions_per_angle : array (F, 2) or list of such arrays
+    beam_diameter_px : float
+        D, positive (:func:`probe_diameter_px`).
+    reduce : {"median", "min"}
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        If ``beam_diameter_px`` is not positive.
     """
     if not beam_diameter_px > 0:
         raise ValueError(f"beam diameter must be positive, got {beam_diameter_px}")

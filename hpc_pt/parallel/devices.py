@@ -17,7 +17,21 @@ LOCAL_RANK_VARS = ("SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANK
 
 
 def local_rank(comm=None, environ=None) -> int:
-    """This process's rank on its node (launcher variables), else its global rank, else 0."""
+    """This process's rank on its node (launcher variables), else its global rank, else 0.
+
+    Parameters
+    ----------
+    comm : object, optional
+        A communicator; its ``rank`` is the fallback.
+    environ : mapping, optional
+        The environment to read (default ``os.environ``); the first of :data:`LOCAL_RANK_VARS` holding an
+        integer wins.
+
+    Returns
+    -------
+    int
+        The node-local rank.
+    """
     env = os.environ if environ is None else environ
     for var in LOCAL_RANK_VARS:
         v = env.get(var)
@@ -27,6 +41,25 @@ def local_rank(comm=None, environ=None) -> int:
 
 
 def gpu_index(local: int, n_visible: int) -> int:
+    """The visible device a rank uses: ``local % n_visible``.
+
+    Parameters
+    ----------
+    local : int
+        The rank's node-local rank (:func:`local_rank`).
+    n_visible : int
+        Number of visible CUDA devices.
+
+    Returns
+    -------
+    int
+        The device index among the visible ones.
+
+    Raises
+    ------
+    InputError
+        When no device is visible (``n_visible`` < 1).
+    """
     if n_visible < 1:
         raise InputError("--device gpu, but no CUDA device is visible (check CUDA_VISIBLE_DEVICES and the "
                          "job's GPU request, e.g. --gres=gpu:N); or run with --device cpu")
@@ -34,7 +67,23 @@ def gpu_index(local: int, n_visible: int) -> int:
 
 
 def select_gpu(comm=None) -> int:
-    """Make this rank's GPU current for CuPy; returns its index among the visible devices."""
+    """Make this rank's GPU current for CuPy; returns its index among the visible devices.
+
+    Parameters
+    ----------
+    comm : object, optional
+        The communicator (its ``rank`` when no launcher variable gives the local rank).
+
+    Returns
+    -------
+    int
+        The device index made current.
+
+    Raises
+    ------
+    BackendUnavailable
+        Without CuPy or a visible CUDA device (:func:`hpc_pt.backend.require_gpu`).
+    """
     from ..backend import require_gpu
 
     cp = require_gpu()

@@ -91,7 +91,22 @@ class ErrorAgreement:
         self.rank = int(self.comm.Get_rank())
 
     def all_failed(self, timeout_s: float = 2.0, poll_s: float = 0.01) -> bool:
-        """True when every rank has called this within ``timeout_s`` seconds of this rank's call."""
+        """True when every rank has called this within ``timeout_s`` seconds of this rank's call.
+
+        A non-blocking barrier on the duplicated communicator, polled every ``poll_s`` seconds.
+
+        Parameters
+        ----------
+        timeout_s : float, optional
+            Seconds to wait for the other ranks. Default 2.
+        poll_s : float, optional
+            Seconds between two polls. Default 0.01.
+
+        Returns
+        -------
+        bool
+            True when every rank failed (always for one rank); False when some rank is still working.
+        """
         if self.size == 1:
             return True
         req = self.comm.Ibarrier()
@@ -103,7 +118,20 @@ class ErrorAgreement:
         return True
 
     def gather(self, item):
-        """Every rank's ``item`` (small, picklable), in rank order, on every rank."""
+        """Every rank's ``item`` (small, picklable), in rank order, on every rank.
+
+        Collective: call it on every rank once :meth:`all_failed` returned True.
+
+        Parameters
+        ----------
+        item : object
+            This rank's contribution (e.g. its error message).
+
+        Returns
+        -------
+        list
+            The items of ranks 0, 1, ...
+        """
         return self.comm.allgather(item)
 
 

@@ -27,7 +27,18 @@ INSTALL_HINT = 'pip install ".[mpi]" from the hpc-pt checkout'
 
 
 def load_mpi():
-    """``mpi4py.MPI``, imported on first use, with a one-line error naming the install command."""
+    """``mpi4py.MPI``, imported on first use, with a one-line error naming the install command.
+
+    Returns
+    -------
+    module
+        ``mpi4py.MPI``.
+
+    Raises
+    ------
+    BackendUnavailable
+        When mpi4py is missing or its MPI library cannot be loaded.
+    """
     try:
         from mpi4py import MPI
     except ImportError as e:  # mpi4py missing, or its MPI library cannot be loaded
@@ -37,8 +48,21 @@ def load_mpi():
 
 
 def cuda_aware_mpi(MPI) -> bool:
-    """Whether device buffers may go to MPI directly: ``HPC_PT_CUDA_AWARE_MPI`` (1/0) decides when set,
-    else the library's own answer where mpi4py exposes one (``MPI.Query_cuda_support``), else False."""
+    """Whether device buffers may go to MPI directly.
+
+    ``HPC_PT_CUDA_AWARE_MPI`` (1/0) decides when set, else the library's own answer where mpi4py exposes one
+    (``MPI.Query_cuda_support``), else False.
+
+    Parameters
+    ----------
+    MPI : module
+        ``mpi4py.MPI``.
+
+    Returns
+    -------
+    bool
+        True for a CUDA-aware MPI.
+    """
     import os
 
     env = os.environ.get("HPC_PT_CUDA_AWARE_MPI")
@@ -59,6 +83,21 @@ class MPIComm(Comm):
     untouched, like :class:`~hpc_pt.parallel.base.SerialComm` (one host copy of the array per call).
     ``deterministic``: the reduction mode of :class:`~hpc_pt.parallel.base.Comm` (rank-count-independent
     sums of per-row / per-angle partials).
+
+    Parameters
+    ----------
+    comm : mpi4py communicator, optional
+        The ranks; default ``MPI.COMM_WORLD``.
+    cuda_aware : bool, optional
+        Hand CuPy buffers of the slab transposes straight to MPI (``device_buffers``); default
+        :func:`cuda_aware_mpi`.
+    deterministic : bool, optional
+        The reduction mode of :class:`~hpc_pt.parallel.base.Comm`. Default False.
+
+    Raises
+    ------
+    BackendUnavailable
+        When mpi4py cannot be imported (:func:`load_mpi`).
     """
 
     name = "mpi"
@@ -75,6 +114,18 @@ class MPIComm(Comm):
 
     # -- arrays --------------------------------------------------------------------------------------
     def allreduce_sum(self, x):
+        """Sum ``x`` over ranks with ``Allreduce(IN_PLACE, SUM)`` on a host copy; every rank gets the sum.
+
+        Parameters
+        ----------
+        x : array_like
+            NumPy or CuPy array (or scalar) of the same shape and dtype on every rank; left untouched.
+
+        Returns
+        -------
+        numpy.ndarray or cupy.ndarray
+            A new array (CuPy for CuPy input), or a NumPy scalar for a scalar ``x``.
+        """
         gpu = _is_cupy(x)
         if gpu:
             import cupy
@@ -93,6 +144,18 @@ class MPIComm(Comm):
         return buf if isinstance(x, np.ndarray) else buf[()]
 
     def sum_scalar(self, v: float) -> float:
+        """Sum a float over ranks (one-element float64 ``Allreduce``).
+
+        Parameters
+        ----------
+        v : float
+            This rank's value, as for :meth:`Comm.sum_scalar <hpc_pt.comm.Comm.sum_scalar>`.
+
+        Returns
+        -------
+        float
+            The sum, on every rank.
+        """
         buf = np.array([float(v)], dtype=np.float64)
         if self.size > 1:
             t0 = time.perf_counter()
@@ -101,8 +164,29 @@ class MPIComm(Comm):
         return float(buf[0])
 
     def alltoallv(self, send: list, recv_counts: list[int]) -> list:
-        """One ``Alltoallv`` on contiguous byte buffers (counts and displacements in bytes, so any dtype
-        travels; each rank pair's message must stay below 2 GiB, MPI's int counts)."""
+        """One ``Alltoallv`` on contiguous byte buffers.
+
+        Counts and displacements are in bytes, so any dtype travels; each rank pair's message must stay below
+        2 GiB, MPI's int counts. CuPy buffers go to MPI directly (the slab layer sends them only with
+        ``device_buffers``, a CUDA-aware MPI).
+
+        Parameters
+        ----------
+        send : list of array_like
+            ``send[s]``: 1-D array for rank ``s``, one per rank (NumPy, or CuPy for a CUDA-aware MPI).
+        recv_counts : list of int
+            ``recv_counts[s]``: elements rank ``s`` sends to this rank.
+
+        Returns
+        -------
+        list of array_like
+            The received 1-D arrays by source rank (views into one receive buffer, NumPy or CuPy like ``send``).
+
+        Raises
+        ------
+        ValueError
+            When ``send`` or ``recv_counts`` does not have one entry per rank, or a message reaches 2 GiB.
+        """
         if len(send) != self.size or len(recv_counts) != self.size:
             raise ValueError(f"alltoallv needs one buffer and one count per rank ({self.size})")
         if any(_is_cupy(b) for b in send):
@@ -151,11 +235,19 @@ class MPIComm(Comm):
         self.comm.Bcast(buf, root=root)
 
     def barrier(self) -> None:
+        """Wait for every rank (``MPI_Barrier``)."""
         self.comm.Barrier()
 
     def abort(self, code: int = 2) -> None:
-        """Stop every rank of the job (``MPI_Abort``): what a rank that failed alone must do, since the
-        others would wait in the next collective forever."""
+        """Stop every rank of the job (``MPI_Abort``).
+
+        What a rank that failed alone must do, since the others would wait in the next collective forever.
+
+        Parameters
+        ----------
+        code : int, optional
+            The error code handed to ``MPI_Abort``. Default 2.
+        """
         self.comm.Abort(code)
 
 

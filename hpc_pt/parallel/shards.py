@@ -23,6 +23,23 @@ def plan_shards(n_frames_per_angle, size: int) -> list[list[Piece]]:
       blocks over them, so every rank holds frames. Angles without frames ride along, whole, on rank 0.
 
     Raises ValueError when there are fewer frames than ranks in the second case (some rank would be empty).
+
+    Parameters
+    ----------
+    n_frames_per_angle : array_like of int
+        Frames of every angle, in file order.
+    size : int
+        Number of ranks, at least 1.
+
+    Returns
+    -------
+    list of list of Piece
+        For every rank, its ``(angle_index, start, stop)`` pieces, sorted.
+
+    Raises
+    ------
+    ValueError
+        For ``size`` < 1, a negative count, no angles, or fewer frames than ranks when ranks outnumber angles.
     """
     counts = np.asarray(n_frames_per_angle, dtype=np.int64).reshape(-1)
     size = int(size)
@@ -66,7 +83,18 @@ def plan_shards(n_frames_per_angle, size: int) -> list[list[Piece]]:
 
 
 def split_angles(plan: list[list[Piece]]) -> list[int]:
-    """Angles whose frames are spread over more than one rank."""
+    """Angles whose frames are spread over more than one rank.
+
+    Parameters
+    ----------
+    plan : list of list of Piece
+        A plan of :func:`plan_shards`.
+
+    Returns
+    -------
+    list of int
+        The angle indices, sorted.
+    """
     seen: dict[int, int] = {}
     for pieces in plan:
         for a in {p[0] for p in pieces}:

@@ -31,7 +31,18 @@ def _transport(comm, x):
 
 
 def pinned_copy(x) -> np.ndarray:
-    """Host copy of a CuPy array in page-locked memory (fast device-to-host transfer)."""
+    """Host copy of a CuPy array in page-locked memory (fast device-to-host transfer).
+
+    Parameters
+    ----------
+    x : cupy.ndarray
+        The device array.
+
+    Returns
+    -------
+    numpy.ndarray
+        A host array of the same shape and dtype, backed by pinned memory.
+    """
     import cupy
 
     mem = cupy.cuda.alloc_pinned_memory(max(int(x.nbytes), 1))
@@ -41,8 +52,29 @@ def pinned_copy(x) -> np.ndarray:
 
 
 def slab_bounds(nz: int, size: int, align: int = 1) -> list[tuple[int, int]]:
-    """[z0, z1) of every rank: ``nz`` rows in blocks of ``align`` rows (the Zarr chunk height, so no two
-    ranks write one chunk), the blocks split as evenly as possible. Every rank gets at least one block."""
+    """[z0, z1) of every rank: ``nz`` rows in blocks of ``align`` rows, the blocks split as evenly as possible.
+
+    ``align`` is the Zarr chunk height, so no two ranks write one chunk. Every rank gets at least one block.
+
+    Parameters
+    ----------
+    nz : int
+        Rows of the volume.
+    size : int
+        Number of ranks.
+    align : int, optional
+        Rows per block (values below 1 count as 1). Default 1.
+
+    Returns
+    -------
+    list of tuple of int
+        ``(z0, z1)`` per rank, contiguous and covering ``[0, nz)``.
+
+    Raises
+    ------
+    ValueError
+        When there are fewer blocks than ranks.
+    """
     nz, size, align = int(nz), int(size), max(1, int(align))
     nblocks = -(-nz // align)
     if nblocks < size:
@@ -58,8 +90,28 @@ def slab_bounds(nz: int, size: int, align: int = 1) -> list[tuple[int, int]]:
 
 
 def chunk_rows(nz: int, n: int, size: int, itemsize: int = 8, max_chunk_bytes: int = 64 << 20) -> int:
-    """Zarr chunk height (rows) for a (nz, n, n) volume on ``size`` ranks: an equal share of rows per rank,
-    divided until one chunk holds at most ``max_chunk_bytes``."""
+    """Zarr chunk height (rows) for a (nz, n, n) volume on ``size`` ranks.
+
+    An equal share of rows per rank, divided until one chunk holds at most ``max_chunk_bytes``.
+
+    Parameters
+    ----------
+    nz : int
+        Rows of the volume.
+    n : int
+        Edge of a row (n x n).
+    size : int
+        Number of ranks.
+    itemsize : int, optional
+        Bytes per element. Default 8 (complex64).
+    max_chunk_bytes : int, optional
+        Largest chunk in bytes. Default 64 MiB.
+
+    Returns
+    -------
+    int
+        Rows per chunk, at least 1.
+    """
     k = 1
     while True:
         rows = max(1, -(-int(nz) // (int(size) * k)))
@@ -70,15 +122,48 @@ def chunk_rows(nz: int, n: int, size: int, itemsize: int = 8, max_chunk_bytes: i
 
 def transpose_bytes(rank_angles: list[list[int]], bounds: list[tuple[int, int]], row_len: int,
                     itemsize: int = 8) -> int:
-    """Bytes one transpose (either direction) sends between ranks: rank r's angles' rows outside its own
-    slab, summed over ranks (the module docstring's formula)."""
+    """Bytes one transpose (either direction) sends between ranks.
+
+    Rank r's angles' rows outside its own slab, summed over ranks (the module docstring's formula).
+
+    Parameters
+    ----------
+    rank_angles : list of list of int
+        For every rank, the angles its shard holds.
+    bounds : list of tuple of int
+        ``(z0, z1)`` of every rank's slab (:func:`slab_bounds`).
+    row_len : int
+        Elements of one projection row (the detector width W).
+    itemsize : int, optional
+        Bytes per element. Default 8 (complex64).
+
+    Returns
+    -------
+    int
+        Bytes.
+    """
     nz = bounds[-1][1]
     return int(sum(len(a) * (nz - (z1 - z0)) * row_len * itemsize
                    for a, (z0, z1) in zip(rank_angles, bounds)))
 
 
 def halo_bytes(bounds: list[tuple[int, int]], row_elems: int, itemsize: int = 8) -> int:
-    """Bytes of one halo exchange: every interior slab boundary moves one row each way."""
+    """Bytes of one halo exchange: every interior slab boundary moves one row each way.
+
+    Parameters
+    ----------
+    bounds : list of tuple of int
+        ``(z0, z1)`` of every rank's slab.
+    row_elems : int
+        Elements of one row.
+    itemsize : int, optional
+        As for :func:`transpose_bytes`.
+
+    Returns
+    -------
+    int
+        Bytes.
+    """
     return int(2 * (len(bounds) - 1) * row_elems * itemsize)
 
 
@@ -87,13 +172,30 @@ class SlabSpace:
 
     Parameters
     ----------
-    comm : a :class:`~hpc_pt.parallel.Comm`.
-    angles : every angle of the dataset (radians), in global order.
-    rank_angles : for every rank, the global indices of the angles its shard holds, in the order of its
-        shard's projections (an angle split over ranks appears in several lists).
-    volume_shape : global (nz, n, n).
-    n_det, center : detector width and rotation-axis position of the projections (the object field).
-    align : slab boundaries are multiples of ``align`` rows.
+    comm : Comm
+        A :class:`~hpc_pt.parallel.Comm`.
+    angles : array_like
+        Every angle of the dataset (radians), in global order.
+    rank_angles : list of list of int
+        For every rank, the global indices of the angles its shard holds, in the order of its shard's
+        projections (an angle split over ranks appears in several lists).
+    volume_shape : tuple of int
+        Global (nz, n, n).
+    n_det : int
+        Detector width of the projections (the object field).
+    center : float, optional
+        Rotation-axis position of the projections (the object field); default (n_det - 1) / 2.
+    dtype : dtype_like, optional
+        Complex dtype of the projector. Default complex64.
+    gpu : bool, optional
+        Build the projector's cufinufft plans (CuPy inputs). Default False.
+    align : int, optional
+        Slab boundaries are multiples of ``align`` rows. Default 1.
+
+    Raises
+    ------
+    ValueError
+        When ``rank_angles`` does not have one list per rank, or the volume has too few rows for the ranks.
     """
 
     def __init__(self, comm, angles, rank_angles, volume_shape, n_det, center=None, dtype=np.complex64,
@@ -119,6 +221,7 @@ class SlabSpace:
     # -- layout helpers --------------------------------------------------------------------------------
     @property
     def n_angles(self) -> int:
+        """Number of angles of the dataset (all ranks together)."""
         return len(self.angles)
 
     @property
@@ -132,17 +235,55 @@ class SlabSpace:
         return (self.n_angles, self.shape[0], self.n_det)
 
     def zeros(self, dtype=None, like=None):
+        """A zero slab of this rank's shape (rows, n, n).
+
+        Parameters
+        ----------
+        dtype : dtype_like, optional
+            Default the space's dtype.
+        like : array_like, optional
+            An array whose backend (NumPy or CuPy) the slab takes; default NumPy.
+
+        Returns
+        -------
+        numpy.ndarray or cupy.ndarray
+            Zeros of shape ``self.shape``.
+        """
         xp = get_xp(like) if like is not None else np
         return xp.zeros(self.shape, dtype=dtype or self.dtype)
 
     def local(self, full):
-        """This rank's slab of a global volume (a copy)."""
+        """This rank's slab of a global volume (a copy).
+
+        Parameters
+        ----------
+        full : array_like
+            The global volume (nz, n, n), NumPy or CuPy.
+
+        Returns
+        -------
+        array_like
+            ``full[z0:z1]``, copied.
+        """
         return full[self.z0:self.z1].copy()
 
     # -- transposes --------------------------------------------------------------------------------------
     def to_slabs(self, x):
-        """Per-angle (A_r, N_z, W) -> per-slab (A, rows_r, W); parts of an angle held by several ranks are
-        summed. One ``alltoallv``."""
+        """Per-angle (A_r, N_z, W) -> per-slab (A, rows_r, W); parts of an angle held by several ranks are summed.
+
+        One ``alltoallv``.
+
+        Parameters
+        ----------
+        x : array_like
+            This rank's projections in the per-angle layout (:attr:`angle_shape`), NumPy or CuPy.
+
+        Returns
+        -------
+        array_like
+            This slab's rows of every angle (:attr:`slab_proj_shape`), on the backend of ``x`` (``x`` itself on
+            one rank holding every angle).
+        """
         comm = self.comm
         if comm.size == 1:
             if list(self.my_angles) == list(range(self.n_angles)):
@@ -163,7 +304,20 @@ class SlabSpace:
 
     def to_angles(self, q):
         """Per-slab (A, rows_r, W) -> per-angle (A_r, N_z, W), every holder of an angle getting all of it.
-        One ``alltoallv``."""
+
+        One ``alltoallv``.
+
+        Parameters
+        ----------
+        q : array_like
+            This slab's rows of every angle (:attr:`slab_proj_shape`), NumPy or CuPy.
+
+        Returns
+        -------
+        array_like
+            This rank's projections (:attr:`angle_shape`), on the backend of ``q`` (``q`` itself on one rank
+            holding every angle).
+        """
         comm = self.comm
         if comm.size == 1 and list(self.my_angles) == list(range(self.n_angles)):
             return q
@@ -182,18 +336,55 @@ class SlabSpace:
 
     # -- tomography ---------------------------------------------------------------------------------------
     def project(self, u):
-        """P u at this rank's angles, per-angle layout (A_r, N_z, W): local projection + one transpose."""
+        """P u at this rank's angles, per-angle layout (A_r, N_z, W): local projection + one transpose.
+
+        Parameters
+        ----------
+        u : array_like
+            This rank's slab of the volume.
+
+        Returns
+        -------
+        array_like
+            The projections of the global volume at this rank's angles.
+        """
         return self.to_angles(self.P.fwd(u))
 
     def backproject(self, y):
-        """P^T y summed over every rank's angles, on this rank's slab: one transpose + local adjoint."""
+        """P^T y summed over every rank's angles, on this rank's slab: one transpose + local adjoint.
+
+        Parameters
+        ----------
+        y : array_like
+            This rank's projections, per-angle layout (A_r, N_z, W).
+
+        Returns
+        -------
+        array_like
+            This rank's slab (rows, n, n) of the adjoint applied to every rank's projections.
+        """
         return self.P.adj(self.to_slabs(y))
 
     # -- halos and finite differences -------------------------------------------------------------------
     def halo(self, x, axis: int = 0):
-        """(row before the slab, row after it) of the global array that ``x`` is this rank's slab of, along
-        ``axis`` (the rows axis: 0 for volumes, 1 for slab-layout projections); zeros at the volume's ends.
-        One ``alltoallv`` moving one row to each neighbour."""
+        """(row before the slab, row after it) of the global array that ``x`` is this rank's slab of.
+
+        Along ``axis`` (the rows axis: 0 for volumes, 1 for slab-layout projections); zeros at the volume's ends.
+        One ``alltoallv`` moving one row to each neighbour.
+
+        Parameters
+        ----------
+        x : array_like
+            This rank's slab, NumPy or CuPy.
+        axis : int, optional
+            The rows axis. Default 0.
+
+        Returns
+        -------
+        lo, hi : array_like
+            The previous slab's last row and the next slab's first row (``x`` without ``axis``), on the backend
+            of ``x``.
+        """
         xp = get_xp(x)
         comm = self.comm
         first = _transport(comm, xp.ascontiguousarray(xp.take(x, 0, axis=axis)))
@@ -219,10 +410,26 @@ class SlabSpace:
         return xp.asarray(lo), xp.asarray(hi)
 
     def with_halo(self, x, halo: int | None):
-        """This rank's slab ``x`` of the global volume extended by up to ``halo`` rows of the neighbouring
-        slabs on each side (whatever ranks hold them; None: every row, the whole volume). Returns (block, lo),
+        """This rank's slab ``x`` of the global volume extended by up to ``halo`` rows of the neighbouring slabs.
+
+        On each side, whatever ranks hold them; None: every row, the whole volume. Returns (block, lo),
         ``block[lo:lo + rows]`` being ``x``. One ``alltoallv`` when there is more than one rank and halo != 0
-        (the same on every rank, so the collective is SPMD)."""
+        (the same on every rank, so the collective is SPMD).
+
+        Parameters
+        ----------
+        x : array_like
+            This rank's slab (rows, ...), NumPy or CuPy.
+        halo : int or None
+            Rows wanted on each side (fewer at the volume's ends); None: the whole volume.
+
+        Returns
+        -------
+        block : array_like
+            The extended block, on the backend of ``x`` (``x`` itself on one rank or with ``halo`` 0).
+        lo : int
+            Index of ``x``'s first row in ``block``.
+        """
         from ..backend import is_cupy, to_numpy
 
         space, comm = self, self.comm
@@ -258,9 +465,21 @@ class SlabSpace:
         return (xp.asarray(block) if gpu else block), lo
 
     def gradient(self, u):
-        """Forward differences (3, rows, n, n) of the global volume on this slab (Neumann at the volume's
-        ends, as :func:`hpc_pt.operators.gradient`); the z difference of the last row uses the next slab's
-        first row (halo)."""
+        """Forward differences (3, rows, n, n) of the global volume on this slab.
+
+        Neumann at the volume's ends, as :func:`hpc_pt.operators.gradient`; the z difference of the last row uses
+        the next slab's first row (halo). Collective.
+
+        Parameters
+        ----------
+        u : array_like
+            This rank's slab (rows, n, n).
+
+        Returns
+        -------
+        array_like
+            The gradient (3, rows, n, n), z component first.
+        """
         from ..operators import gradient
 
         g = gradient(u)
@@ -272,7 +491,20 @@ class SlabSpace:
         return g
 
     def divergence(self, g):
-        """-grad^H of the global gradient field, on this slab (halo: the previous slab's last z row)."""
+        """-grad^H of the global gradient field, on this slab (halo: the previous slab's last z row).
+
+        Collective.
+
+        Parameters
+        ----------
+        g : array_like
+            This rank's slab of a gradient field, (3, rows, n, n).
+
+        Returns
+        -------
+        array_like
+            The divergence (rows, n, n), bitwise the serial result's rows on any slab split.
+        """
         from ..operators import divergence
 
         gz = g[0]
@@ -297,11 +529,35 @@ class SlabSpace:
         return d[(0 if first else 1):(None if last else -1)]
 
     def laplacian(self, u):
+        """div grad u of the global volume, on this slab (collective).
+
+        Parameters
+        ----------
+        u : array_like
+            As for :meth:`gradient`.
+
+        Returns
+        -------
+        array_like
+            ``self.divergence(self.gradient(u))``.
+        """
         return self.divergence(self.gradient(u))
 
     def tv_value(self, u) -> float:
-        """Isotropic TV of the global volume (seed 001 Eq. 3), summed over slabs (per row in the
-        communicator's deterministic mode)."""
+        """Isotropic TV of the global volume (seed 001 Eq. 3), summed over slabs.
+
+        Per row in the communicator's deterministic mode. Collective.
+
+        Parameters
+        ----------
+        u : array_like
+            This rank's slab, as for :meth:`gradient`.
+
+        Returns
+        -------
+        float
+            sum_voxels |grad u| over the global volume, on every rank.
+        """
         xp = get_xp(u)
         g = self.gradient(u)
         tv = xp.sqrt((xp.abs(g) ** 2).sum(axis=0))
@@ -310,18 +566,42 @@ class SlabSpace:
         return self.comm.sum_scalar(float(tv.sum()))
 
     def sum_rows(self, x) -> float:
-        """Sum over the global volume of ``x``, a real array whose first axis is this slab's rows, in the
-        communicator's mode: deterministic, one float64 partial per global row combined by
+        """Sum over the global volume of ``x``, a real array whose first axis is this slab's rows.
+
+        In the communicator's mode: deterministic, one float64 partial per global row combined by
         :meth:`Comm.sum_partials` (the same bits on any number of ranks); otherwise the slab's sum through
-        ``sum_scalar``. Collective."""
+        ``sum_scalar``. Collective.
+
+        Parameters
+        ----------
+        x : array_like
+            Real array (rows, ...), NumPy or CuPy.
+
+        Returns
+        -------
+        float
+            The global sum, on every rank.
+        """
         if not getattr(self.comm, "deterministic", False):
             return self.comm.sum_scalar(float(x.sum()))
         return self.comm.sum_partials(leading_sums(x), np.arange(self.z0, self.z1), self.global_shape[0])
 
     def dot(self, a, b) -> float:
-        """Re <a, b> of two slab volumes over the global volume (a collective). Deterministic mode: per-row
-        float64 partials (:meth:`sum_rows`), so the value does not depend on the slab split; otherwise the
-        communicator's :meth:`~hpc_pt.parallel.Comm.volume_dot`."""
+        """Re <a, b> of two slab volumes over the global volume (a collective).
+
+        Deterministic mode: per-row float64 partials (:meth:`sum_rows`), so the value does not depend on the slab
+        split; otherwise the communicator's :meth:`~hpc_pt.parallel.Comm.volume_dot`.
+
+        Parameters
+        ----------
+        a, b : array_like
+            This rank's slabs of the two volumes, one shape.
+
+        Returns
+        -------
+        float
+            The dot product, on every rank.
+        """
         if not getattr(self.comm, "deterministic", False):
             return self.comm.volume_dot(a, b)
         xp = get_xp(a)
@@ -329,7 +609,18 @@ class SlabSpace:
 
     # -- whole volumes ----------------------------------------------------------------------------------
     def allgather(self, u):
-        """The global volume on every rank (for small volumes: results returned by the Python API)."""
+        """The global volume on every rank (for small volumes: results returned by the Python API).
+
+        Parameters
+        ----------
+        u : array_like
+            This rank's slab (rows, n, n), NumPy or CuPy.
+
+        Returns
+        -------
+        numpy.ndarray
+            The global volume (nz, n, n), on the host.
+        """
         h = to_numpy(u)
         if self.comm.size == 1:
             return h
@@ -340,7 +631,22 @@ class SlabSpace:
         return np.concatenate([b.reshape(-1, *self.global_shape[1:]) for b in recv], axis=0)
 
     def gather_rows(self, u, rows) -> np.ndarray:
-        """Global rows ``rows`` (any order) of the volume, on every rank: small, for figures."""
+        """Global rows ``rows`` (any order) of the volume, on every rank: small, for figures.
+
+        Collective on several ranks.
+
+        Parameters
+        ----------
+        u : array_like
+            This rank's slab (rows, n, n).
+        rows : iterable of int
+            Global row indices.
+
+        Returns
+        -------
+        numpy.ndarray
+            (len(rows), n, n), on the host.
+        """
         h = to_numpy(u)
         rows = [int(z) for z in rows]
         out = np.zeros((len(rows),) + self.global_shape[1:], dtype=h.dtype)
@@ -350,7 +656,24 @@ class SlabSpace:
         return self.comm.allreduce_sum(out) if self.comm.size > 1 else out
 
     def gather_plane(self, u, axis: int, index: int) -> np.ndarray:
-        """A central plane through the global volume (axis 1 or 2 cuts every slab), on every rank."""
+        """A central plane through the global volume (axis 1 or 2 cuts every slab), on every rank.
+
+        Collective on several ranks.
+
+        Parameters
+        ----------
+        u : array_like
+            This rank's slab (rows, n, n).
+        axis : int
+            1 or 2: the axis the plane is perpendicular to.
+        index : int
+            The plane's index along ``axis``.
+
+        Returns
+        -------
+        numpy.ndarray
+            (nz, n) plane, on the host.
+        """
         h = to_numpy(u)
         out = np.zeros((self.global_shape[0],) + tuple(s for i, s in enumerate(self.global_shape[1:], 1)
                                                         if i != axis), dtype=h.dtype)

@@ -52,25 +52,76 @@ class Denoiser:
     halo: int | None = None
 
     def denoise(self, x, strength: float):  # pragma: no cover - abstract
+        """prox_{strength R}(x) = argmin_v strength R(v) + 1/2 ||v - x||^2 (subclasses implement it).
+
+        Parameters
+        ----------
+        x : array_like
+            The input volume (NumPy or CuPy).
+        strength : float
+            The prox weight, in the units of ``x``; 0 is the identity.
+
+        Returns
+        -------
+        array_like
+            The denoised volume, of the shape of ``x``.
+        """
         raise NotImplementedError
 
     def prox(self, v, lam: float):
-        """prox_{lam R}(v): the proximal name for :meth:`denoise`."""
+        """prox_{lam R}(v): the proximal name for :meth:`denoise`.
+
+        Parameters
+        ----------
+        v : array_like
+            The input volume.
+        lam : float
+            The prox weight.
+
+        Returns
+        -------
+        array_like
+            ``self.denoise(v, lam)``.
+        """
         return self.denoise(v, lam)
 
     def value(self, x) -> float:
-        """R(x); NaN when the prior has no explicit functional."""
+        """R(x); NaN when the prior has no explicit functional.
+
+        Parameters
+        ----------
+        x : array_like
+            The volume.
+
+        Returns
+        -------
+        float
+            R(x); this base implementation returns NaN.
+        """
         return math.nan
 
     def __call__(self, x, strength: float):
+        """Same as :meth:`denoise`."""
         return self.denoise(x, strength)
 
     def state(self) -> dict:
-        """Arrays the denoiser carries from one call to the next (warm starts), for checkpoints."""
+        """Arrays the denoiser carries from one call to the next (warm starts), for checkpoints.
+
+        Returns
+        -------
+        dict
+            Name -> array; empty for a stateless denoiser (this base implementation).
+        """
         return {}
 
     def load_state(self, state: dict) -> None:
-        """Restore what :meth:`state` returned (arrays already on the right device)."""
+        """Restore what :meth:`state` returned (arrays already on the right device).
+
+        Parameters
+        ----------
+        state : dict
+            A dict :meth:`state` returned.
+        """
 
 
 class NoPrior(Denoiser):
@@ -80,9 +131,39 @@ class NoPrior(Denoiser):
     slab_aware = True
 
     def denoise(self, x, strength: float, space=None):
+        """The identity: a copy of ``x``.
+
+        Parameters
+        ----------
+        x : array_like
+            The volume (or this rank's slab of it).
+        strength : float
+            Ignored.
+        space : SlabSpace, optional
+            Ignored (the identity is exact on slabs).
+
+        Returns
+        -------
+        array_like
+            ``x.copy()``.
+        """
         return x.copy()
 
     def value(self, x, space=None) -> float:
+        """R = 0.
+
+        Parameters
+        ----------
+        x : array_like
+            Ignored.
+        space : SlabSpace, optional
+            Ignored.
+
+        Returns
+        -------
+        float
+            0.0.
+        """
         return 0.0
 
 
@@ -97,6 +178,25 @@ def register_denoiser(name: str, factory: Callable[..., Denoiser], overwrite: bo
     Names are case-insensitive; re-registering an existing name raises ValueError unless ``overwrite``.
     ``halo``: for a denoiser that is not slab-aware, its receptive field along z in rows (module
     docstring); the built object gets it as its ``halo`` attribute unless it has its own.
+
+    Parameters
+    ----------
+    name : str
+        The name (stripped, lower-cased).
+    factory : callable
+        ``factory(**kw)`` builds the denoiser (a class, or a function).
+    overwrite : bool, optional
+        Replace an existing registration. Default False.
+    halo : int, optional
+        Rows >= 0 of the denoiser's receptive field along z; None: unknown (the whole volume is gathered).
+
+    Raises
+    ------
+    ValueError
+        For an empty name, a name already registered without ``overwrite``, or a ``halo`` that is not a whole
+        number >= 0.
+    TypeError
+        When ``factory`` is not callable.
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"denoiser name must be a non-empty string, got {name!r}")
@@ -114,7 +214,13 @@ def register_denoiser(name: str, factory: Callable[..., Denoiser], overwrite: bo
 
 
 def available_denoisers() -> list[str]:
-    """Registered names, sorted."""
+    """Registered names, sorted.
+
+    Returns
+    -------
+    list of str
+        The names ``get_denoiser`` accepts.
+    """
     return sorted(_REGISTRY)
 
 
@@ -122,6 +228,23 @@ def get_denoiser(name, **kwargs) -> Denoiser:
     """Build the denoiser registered as ``name`` with ``kwargs``; an object with ``denoise`` passes through.
 
     Raises ValueError naming the known denoisers for an unknown name.
+
+    Parameters
+    ----------
+    name : str or Denoiser
+        A registered name (case-insensitive), or an object with a ``denoise`` method (returned as is).
+    **kwargs
+        Options of the factory (not allowed with an object).
+
+    Returns
+    -------
+    Denoiser
+        The denoiser; it gets the registered ``halo`` when it has none of its own.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, options given with an object, or a factory that built no ``denoise`` method.
     """
     if hasattr(name, "denoise"):
         if kwargs:
@@ -148,13 +271,43 @@ def get_denoiser(name, **kwargs) -> Denoiser:
 # ---------------------------------------------------------------------------------------------------
 
 def is_slab_aware(den) -> bool:
+    """Whether ``den`` acts on slab-distributed volumes itself (class attribute ``slab_aware``).
+
+    Parameters
+    ----------
+    den : object
+        A denoiser.
+
+    Returns
+    -------
+    bool
+        ``den.slab_aware``, False when absent.
+    """
     return bool(getattr(den, "slab_aware", False))
 
 
 def slab_with_halo(space, x, halo: int | None):
-    """This rank's slab ``x`` of the global volume extended by up to ``halo`` rows of the neighbouring
-    slabs on each side (None: the whole volume): :meth:`SlabSpace.with_halo
-    <hpc_pt.parallel.SlabSpace.with_halo>`, the one place halos are exchanged. Returns (block, lo)."""
+    """This rank's slab ``x`` of the global volume extended by up to ``halo`` rows on each side.
+
+    The rows come from the neighbouring slabs (None: the whole volume): :meth:`SlabSpace.with_halo
+    <hpc_pt.parallel.SlabSpace.with_halo>`, the one place halos are exchanged. Returns (block, lo).
+
+    Parameters
+    ----------
+    space : SlabSpace
+        The slab decomposition (collective when it has several ranks).
+    x : array_like
+        This rank's slab, (rows, n, n).
+    halo : int or None
+        Rows wanted on each side; None: every row.
+
+    Returns
+    -------
+    block : array_like
+        The extended block, on the backend of ``x``.
+    lo : int
+        ``block[lo:lo + rows]`` is ``x``.
+    """
     return space.with_halo(x, halo)
 
 
@@ -163,7 +316,24 @@ def denoise(den, x, strength: float, space=None):
 
     ``space=None``: ``x`` is the whole volume, plain ``den.denoise(x, strength)``. Otherwise every rank
     must call it (collectives): slab-aware priors get ``space``, others a block of ``x`` with ``halo``
-    neighbouring rows on each side (exact within their receptive field)."""
+    neighbouring rows on each side (exact within their receptive field).
+
+    Parameters
+    ----------
+    den : Denoiser
+        The prior (anything with ``denoise(x, strength)``).
+    x : array_like
+        The whole volume, or this rank's slab of it.
+    strength : float
+        The prox weight; 0 returns a copy without any exchange.
+    space : SlabSpace, optional
+        The slab decomposition of the global volume.
+
+    Returns
+    -------
+    array_like
+        The denoised volume (or this rank's slab of it), of the shape of ``x``.
+    """
     if space is None:
         return den.denoise(x, strength)
     if is_slab_aware(den):
@@ -179,7 +349,22 @@ def prior_value(den, x, space=None) -> float:
     """R of the global volume whose slab is ``x`` (every rank gets it; collective when ``space`` is given).
 
     Slab-aware priors sum their slabs' parts; for others the whole volume is gathered (NaN without any
-    exchange when the class keeps the base :meth:`Denoiser.value`)."""
+    exchange when the class keeps the base :meth:`Denoiser.value`).
+
+    Parameters
+    ----------
+    den : Denoiser
+        The prior.
+    x : array_like
+        The whole volume, or this rank's slab of it.
+    space : SlabSpace, optional
+        The slab decomposition of the global volume.
+
+    Returns
+    -------
+    float
+        R of the global volume; NaN when the prior has no explicit functional.
+    """
     if space is None:
         return float(den.value(x)) if hasattr(den, "value") else math.nan
     if is_slab_aware(den):

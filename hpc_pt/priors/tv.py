@@ -49,8 +49,21 @@ GRAD_NORM2 = 12.0
 class TVDenoiser(Denoiser):
     """prox of ``strength * TV`` (isotropic 3D), see the module docstring.
 
-    Parameters: n_iter (max FGP iterations), tol (relative dual change to stop), mode ("joint" or
-    "separate"), warm_start (reuse the last dual for a same-shaped input).
+    Parameters
+    ----------
+    n_iter : int, optional
+        Max FGP iterations per call, at least 1. Default 50.
+    tol : float, optional
+        Relative dual change to stop: stop when ``||p_new - p|| / ||p_new||`` is at most this. Default 1e-4.
+    mode : {"joint", "separate"}, optional
+        One ball for the real and imaginary parts, or two independent problems. Default "joint".
+    warm_start : bool, optional
+        Reuse the last dual for a same-shaped input (and the same dtype). Default True.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``mode`` or ``n_iter`` < 1.
     """
 
     name = "tv"
@@ -79,7 +92,20 @@ class TVDenoiser(Denoiser):
         return (re / mr + 1j * (im / mi)).astype(p.dtype, copy=False)
 
     def value(self, x, space=None) -> float:
-        """TV of ``x`` (the global volume whose slab ``x`` is, summed over ranks, when ``space`` is given)."""
+        """TV of ``x`` (the global volume whose slab ``x`` is, summed over ranks, when ``space`` is given).
+
+        Parameters
+        ----------
+        x : array_like
+            A 3D volume (NumPy or CuPy), or this rank's slab of it.
+        space : SlabSpace, optional
+            The slab decomposition (collective: every rank must call it).
+
+        Returns
+        -------
+        float
+            sum_voxels |grad x| (per ``mode``), over the global volume.
+        """
         xp = get_xp(x)
         g = gradient(x) if space is None else space.gradient(x)
         if xp.iscomplexobj(x) and self.mode == "separate":
@@ -93,12 +119,50 @@ class TVDenoiser(Denoiser):
         return space.comm.sum_scalar(float(tv.sum()))
 
     def state(self) -> dict:
+        """The warm-start dual, for checkpoints.
+
+        Returns
+        -------
+        dict
+            ``{"p": dual}`` (shape (3,) + the input's), or empty before the first call.
+        """
         return {} if self._p is None else {"p": self._p}
 
     def load_state(self, state: dict) -> None:
+        """Restore the warm-start dual that :meth:`state` returned.
+
+        Parameters
+        ----------
+        state : dict
+            ``{"p": dual}``, or empty (no warm start).
+        """
         self._p = state.get("p")
 
     def denoise(self, x, strength: float, space=None):
+        """argmin_v 1/2 ||v - x||^2 + strength TV(v), by FGP on the dual (module docstring).
+
+        Sets ``last_iterations``; keeps the dual for the next call with ``warm_start``.
+
+        Parameters
+        ----------
+        x : array_like
+            A 3D (z, y, x) volume, real or complex, NumPy or CuPy; or this rank's slab of it.
+        strength : float
+            The TV weight s, finite and >= 0; 0 returns a copy.
+        space : SlabSpace, optional
+            The slab decomposition: ``x`` is then this rank's slab (of shape ``space.shape``) and every rank must
+            call it.
+
+        Returns
+        -------
+        array_like
+            v, of the shape and dtype of ``x``.
+
+        Raises
+        ------
+        ValueError
+            For a negative or non-finite ``strength``, a non-3D ``x``, or a slab whose shape is not the space's.
+        """
         s = float(strength)
         if not math.isfinite(s) or s < 0:
             raise ValueError(f"TV strength must be a finite number >= 0, got {strength}")

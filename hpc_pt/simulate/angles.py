@@ -20,6 +20,25 @@ def make_angles(count: int, kind: str = "uniform", range_deg: int = 180) -> np.n
 
     ``uniform``: theta_i = i * range / count. ``golden``: theta_i = (i * range * (sqrt(5) - 1) / 2) mod
     range (111.25 deg steps for a 180 deg range, 222.49 deg for 360), all distinct.
+
+    Parameters
+    ----------
+    count : int
+        Number of angles, at least 1.
+    kind : {"uniform", "golden"}, optional
+        Angle spacing. Default "uniform".
+    range_deg : {180, 360}, optional
+        The angular range in degrees. Default 180.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 array of shape (count,), in acquisition order.
+
+    Raises
+    ------
+    ValueError
+        When ``count`` < 1, or ``kind`` or ``range_deg`` is not one of the accepted values.
     """
     count = int(count)
     if count < 1:

@@ -71,7 +71,18 @@ def scaled_defaults(size: int, whole_geometry: bool = True) -> dict:
 
 
 class SimulationConfig(BaseModel):
-    """Everything :func:`hpc_pt.simulate.simulate_dataset` needs; immutable once validated."""
+    """Everything :func:`hpc_pt.simulate.simulate_dataset` needs; immutable once validated.
+
+    Parameters
+    ----------
+    **fields
+        The settings, by keyword: every field below, each documented by its ``Field(description=...)``
+        (``hpc-pt simulate --help`` lists them). Unknown keys are refused; ``probe_size``, ``probe_fwhm``,
+        ``step`` (and, when no scan-geometry key is given, ``field_pad`` and ``per_angle_offset``) default to
+        :func:`scaled_defaults` of ``size``. Constructing it directly raises pydantic's ``ValidationError``;
+        :meth:`from_mapping`, :meth:`build` and :meth:`from_file` turn that into a one-line
+        :class:`~hpc_pt.errors.InputError`.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -180,14 +191,22 @@ class SimulationConfig(BaseModel):
 
     @property
     def energy_ev(self) -> float:
+        """Photon energy in eV (``energy_kev`` x 1000)."""
         return self.energy_kev * 1000.0
 
     @property
     def voxel_m(self) -> float:
+        """Voxel size in metres (``voxel_nm`` x 1e-9)."""
         return self.voxel_nm * 1e-9
 
     def to_dict(self) -> dict:
-        """Plain JSON-compatible dict (paths as strings); ``SimulationConfig(**d)`` rebuilds it."""
+        """Plain JSON-compatible dict (paths as strings); ``SimulationConfig(**d)`` rebuilds it.
+
+        Returns
+        -------
+        dict
+            Every field by name (pydantic's ``model_dump(mode="json")``).
+        """
         return self.model_dump(mode="json")
 
     @classmethod
@@ -206,6 +225,17 @@ class SimulationConfig(BaseModel):
         scaled : list, optional
             Receives the names of the size-dependent settings filled from ``size`` because ``data`` did
             not give them (see :func:`scaled_defaults`).
+
+        Returns
+        -------
+        SimulationConfig
+            The validated settings.
+
+        Raises
+        ------
+        InputError
+            One line naming every bad key or value (unknown keys with the allowed ones), or ``data`` (or its
+            ``simulate`` entry) not being a table.
         """
         if not isinstance(data, dict):
             raise InputError(f"{source}: expected a table of settings, got {type(data).__name__}; "
@@ -224,15 +254,57 @@ class SimulationConfig(BaseModel):
     @classmethod
     def build(cls, overrides: dict | None = None, source: str = "command-line options", names: str = "keys",
               scaled: list | None = None) -> SimulationConfig:
-        """Defaults updated by ``overrides`` (e.g. command-line flags), raising :class:`InputError`
-        (``names``, ``scaled``: see :meth:`from_mapping`)."""
+        """Defaults updated by ``overrides`` (e.g. command-line flags), raising :class:`InputError`.
+
+        Parameters
+        ----------
+        overrides : dict, optional
+            Settings that replace the defaults (keys may use ``-`` or ``_``).
+        source : str, optional
+            Where they came from, for the error message. Default "command-line options".
+        names : {"keys", "flags"}, optional
+            See :meth:`from_mapping`.
+        scaled : list, optional
+            See :meth:`from_mapping`.
+
+        Returns
+        -------
+        SimulationConfig
+            The validated settings (:meth:`from_mapping` of the updated defaults).
+
+        Raises
+        ------
+        InputError
+            As :meth:`from_mapping`.
+        """
         return cls.from_mapping(dict(overrides or {}), source, names=names, scaled=scaled)
 
     @classmethod
     def from_file(cls, path, overrides: dict | None = None, scaled: list | None = None) -> SimulationConfig:
-        """Read a YAML (.yaml/.yml) or TOML (.toml) file (see the module docstring for the layout), then
-        apply ``overrides`` (e.g. command-line flags) on top; problems raise :class:`InputError`
-        (``scaled``: see :meth:`from_mapping`)."""
+        """Read a YAML (.yaml/.yml) or TOML (.toml) file, then apply ``overrides`` on top.
+
+        See the module docstring for the layout; ``overrides`` are e.g. command-line flags.
+
+        Parameters
+        ----------
+        path : str or path-like
+            The configuration file.
+        overrides : dict, optional
+            Settings that replace the file's (keys may use ``-`` or ``_``).
+        scaled : list, optional
+            See :meth:`from_mapping`.
+
+        Returns
+        -------
+        SimulationConfig
+            The validated settings of the file and ``overrides``.
+
+        Raises
+        ------
+        InputError
+            One line for a missing or unreadable file, a syntax error, or any bad key or value
+            (:meth:`from_mapping`).
+        """
         from ..configfile import load_settings
 
         p = Path(path)

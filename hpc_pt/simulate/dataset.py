@@ -32,7 +32,22 @@ MAX_FRAMES_PER_BATCH = 4096
 
 
 def make_phantom(cfg: SimulationConfig) -> np.ndarray:
-    """The configured phantom u, complex64 (N, N, N)."""
+    """The configured phantom u, complex64 (N, N, N).
+
+    ``phantom`` picks :func:`shepp_logan_3d`, :func:`wire_phantom` or :func:`random_ellipsoids`; with
+    ``phase_object_rad`` set, u = exp(i phi Re s) (seed 001's pure-phase sample).
+
+    Parameters
+    ----------
+    cfg : SimulationConfig
+        The settings (``phantom``, ``size``, ``seed``, ``ellipsoids``, ``energy_kev``, ``voxel_nm``,
+        ``phase_object_rad``).
+
+    Returns
+    -------
+    numpy.ndarray
+        complex64 array of shape (N, N, N), N = ``cfg.size``.
+    """
     n = cfg.size
     if cfg.phantom == "shepp-logan":
         vol = shepp_logan_3d(n)
@@ -46,7 +61,24 @@ def make_phantom(cfg: SimulationConfig) -> np.ndarray:
 
 
 def make_probe(cfg: SimulationConfig) -> np.ndarray:
-    """The configured (unscaled) probe w, complex64."""
+    """The configured (unscaled) probe w, complex64.
+
+    Parameters
+    ----------
+    cfg : SimulationConfig
+        The settings (``probe_kind``, ``probe_size``, ``probe_fwhm``, ``probe_file``, ``size``, ``field_pad``).
+
+    Returns
+    -------
+    numpy.ndarray
+        complex64 array: (M, M) with M = ``cfg.probe_size`` for the built-in shapes, the file's (m1, m2) for
+        ``probe_kind = "file"``.
+
+    Raises
+    ------
+    InputError
+        When a probe file cannot be read (:func:`load_probe`) or its probe exceeds the object field.
+    """
     if cfg.probe_kind == "gaussian":
         return gaussian_probe(cfg.probe_size, cfg.probe_fwhm)
     if cfg.probe_kind == "airy":
@@ -62,13 +94,43 @@ def make_probe(cfg: SimulationConfig) -> np.ndarray:
 
 
 def make_positions(cfg: SimulationConfig, probe_shape, field_hw) -> list[np.ndarray]:
-    """Per-angle top-left scan positions in the object field (seed 002's per-angle start shift applied)."""
+    """Per-angle top-left scan positions in the object field (seed 002's per-angle start shift applied).
+
+    Parameters
+    ----------
+    cfg : SimulationConfig
+        The settings (``scan``, ``step``, ``angles``, ``per_angle_offset``).
+    probe_shape : tuple of int
+        (m1, m2) of the probe window.
+    field_hw : tuple of int
+        (H, W) of the object field.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        One (F_a, 2) float64 array of (row, col) positions per angle (:func:`scan_for_angle`).
+    """
     return [scan_for_angle(cfg.scan, field_hw, probe_shape, cfg.step, a, cfg.per_angle_offset)
             for a in range(cfg.angles)]
 
 
 def angle_batches(counts, max_frames: int) -> list[tuple[int, int]]:
-    """Split angles into consecutive [start, stop) ranges of at most ``max_frames`` frames (>= 1 angle)."""
+    """Split angles into consecutive [start, stop) ranges of at most ``max_frames`` frames (>= 1 angle).
+
+    A single angle with more than ``max_frames`` frames forms a range of its own.
+
+    Parameters
+    ----------
+    counts : sequence of int
+        Frames per angle.
+    max_frames : int
+        Largest number of frames in one range (unless one angle alone exceeds it).
+
+    Returns
+    -------
+    list of tuple of int
+        The ``(start, stop)`` angle ranges, covering every angle in order.
+    """
     out, start, acc = [], 0, 0
     for a, c in enumerate(counts):
         if a > start and acc + c > max_frames:
@@ -86,6 +148,35 @@ def iter_intensities(volume, probe, angles, positions, field_hw, model: str = "l
     All exit waves come from one :class:`ForwardModel` call (one NUFFT for all angles, (A, H, W) complex);
     the far fields are then computed one batch of angles at a time with :class:`Ptychography`.
     ``center``: field column of the rotation axis (default (W - 1) / 2).
+
+    Parameters
+    ----------
+    volume : array_like
+        The phantom u, (nz, n, n) (cast to complex64).
+    probe : array_like
+        The probe w, complex (m1, m2).
+    angles : array_like
+        Rotation angles in radians, shape (A,).
+    positions : list of array_like
+        One (F_a, 2) array of top-left (row, col) positions per angle.
+    field_hw : tuple of int
+        (H, W) of the object field.
+    model : {"linear", "exp"}, optional
+        The forward model. Default "linear".
+    c : float, optional
+        k dz, the exponent's scale of the ``exp`` model. Default 1.0.
+    max_frames_per_batch : int, optional
+        Frames per batch of angles (:func:`angle_batches`). Default :data:`MAX_FRAMES_PER_BATCH`.
+    center : float, optional
+        Field column of the rotation axis; default (W - 1) / 2.
+
+    Yields
+    ------
+    angle_start, angle_stop : int
+        The batch's angles ``[angle_start, angle_stop)``.
+    frames : numpy.ndarray
+        float32 array (sum of F_a over the batch, m1, m2): the noise-free far-field intensities, DC at index 0,
+        angle after angle.
     """
     vol = np.asarray(volume, dtype=np.complex64)
     fm = ForwardModel(vol.shape, angles, probe, positions, field_hw, center=center, model=model, c=c,
@@ -109,9 +200,27 @@ def simulate_dataset(cfg: SimulationConfig, progress: Callable[[int, int], None]
     exp(i k dz P u) (exp) in batches of angles; scales by eta and draws Poisson counts when asked.
     ``progress(done_angles, total_angles)`` is called after every batch.
 
-    Returns a :class:`hpc_pt.data.Dataset` whose probe is sqrt(eta) w (see the module docstring), with
-    ``truth`` = {volume, probe (unscaled), model, k_dz, field_pad, snr_intensity_db} and ``attrs`` = the
-    configuration plus ``overlap``, ``probe_shape`` and ``snr_intensity_db`` (None without noise).
+    Parameters
+    ----------
+    cfg : SimulationConfig
+        The settings.
+    progress : callable, optional
+        ``progress(done_angles, total_angles)``, called after every batch of angles.
+    max_frames_per_batch : int, optional
+        Complex frames computed at once. Default :data:`MAX_FRAMES_PER_BATCH`.
+
+    Returns
+    -------
+    hpc_pt.data.Dataset
+        A :class:`hpc_pt.data.Dataset` whose probe is sqrt(eta) w (see the module docstring), with
+        ``truth`` = {volume, probe (unscaled), model, k_dz, field_pad, snr_intensity_db} and ``attrs`` = the
+        configuration plus ``overlap``, ``probe_shape`` and ``snr_intensity_db`` (None without noise).
+
+    Raises
+    ------
+    InputError
+        When the geometry is implausible for a real experiment (checked before the work), the far fields
+        overflow (NaN or infinite values), or the probe file cannot be used.
     """
     volume = make_phantom(cfg)
     probe = make_probe(cfg)
@@ -169,8 +278,25 @@ def simulate_dataset(cfg: SimulationConfig, progress: Callable[[int, int], None]
 
 
 def make_geometry(cfg: SimulationConfig, probe_shape, field_hw) -> Geometry:
-    """Geometry whose sample-plane pixel equals the voxel: z = voxel m2 det_x / lambda, and the detector's
-    y pixel set so that rows give the same sample pixel (det_y = det_x m2 / m1; equal for square frames)."""
+    """Geometry whose sample-plane pixel equals the voxel.
+
+    z = voxel m2 det_x / lambda, and the detector's y pixel set so that rows give the same sample pixel
+    (det_y = det_x m2 / m1; equal for square frames).
+
+    Parameters
+    ----------
+    cfg : SimulationConfig
+        The settings (``energy_kev``, ``voxel_nm``, ``detector_pixel_um``, ``rotation_centre``).
+    probe_shape : tuple of int
+        (m1, m2) of the frames.
+    field_hw : tuple of int
+        (H, W) of the object field.
+
+    Returns
+    -------
+    hpc_pt.data.Geometry
+        Energy, detector distance z, detector pixel sizes (x, y), pixel size, field shape and rotation centre.
+    """
     m1, m2 = probe_shape
     det_x = cfg.detector_pixel_um * 1e-6
     dist = detector_distance_for(cfg.energy_ev, cfg.voxel_m, det_x, m2)

@@ -17,7 +17,17 @@ from ..errors import InputError
 
 @dataclass(frozen=True)
 class Material:
-    """A material of the wire phantom: chemical formula and mass density in g/cm^3."""
+    """A material of the wire phantom: chemical formula and mass density in g/cm^3.
+
+    Parameters
+    ----------
+    name : str
+        Its name ("gold", ...).
+    formula : str
+        Chemical formula, as ``periodictable`` reads it ("Au", "TiO2").
+    density_g_cm3 : float
+        Mass density in g/cm^3.
+    """
 
     name: str
     formula: str
@@ -37,6 +47,25 @@ def refractive_index(formula: str, density: float, energy_ev: float) -> tuple[fl
     """(delta, beta) of ``formula`` at ``density`` g/cm^3 and photon energy ``energy_ev`` eV.
 
     Uses the Henke tables via ``periodictable.xsf.index_of_refraction`` (n = 1 - delta - i beta).
+
+    Parameters
+    ----------
+    formula : str
+        Chemical formula ("Au", "ZnO").
+    density : float
+        Mass density in g/cm^3, positive.
+    energy_ev : float
+        Photon energy in eV, positive (the Henke tables span 30 eV to 30 keV).
+
+    Returns
+    -------
+    delta, beta : float
+        ``1 - Re n`` and ``-Im n``.
+
+    Raises
+    ------
+    InputError
+        For a non-positive energy or density, an unknown formula or an energy outside the tables.
     """
     if not energy_ev > 0:
         raise InputError(f"photon energy must be positive, got {energy_ev} eV; give the energy in eV")

@@ -27,6 +27,17 @@ class Ellipsoid:
 
     ``rotation`` maps world offsets (z, y, x) - ``center`` to the ellipsoid's own frame, whose semi-axes
     along (z', y', x') are ``semi_axes``; ``value`` is added to every point inside.
+
+    Parameters
+    ----------
+    center : tuple of float
+        (z, y, x) of its centre, normalised coordinates (the module docstring).
+    semi_axes : tuple of float
+        Semi-axes along (z', y', x').
+    rotation : numpy.ndarray
+        (3, 3) rotation from world offsets (z, y, x) to the ellipsoid's frame.
+    value : complex
+        delta + i beta added inside.
     """
 
     center: tuple[float, float, float]
@@ -36,7 +47,22 @@ class Ellipsoid:
 
 
 def euler_rotation(phi_deg: float, theta_deg: float = 0.0, psi_deg: float = 0.0) -> np.ndarray:
-    """Schabel's z-x-z Euler matrix acting on (x, y, z) vectors (MATLAB ``phantom3d``, tomopy ``shepp3d``)."""
+    """Schabel's z-x-z Euler matrix acting on (x, y, z) vectors (MATLAB ``phantom3d``, tomopy ``shepp3d``).
+
+    Parameters
+    ----------
+    phi_deg : float
+        First rotation, about z, in degrees.
+    theta_deg : float, optional
+        Second rotation, about x, in degrees. Default 0.
+    psi_deg : float, optional
+        Third rotation, about z, in degrees. Default 0.
+
+    Returns
+    -------
+    numpy.ndarray
+        (3, 3) float64 rotation matrix.
+    """
     p, t, s = (math.radians(v) for v in (phi_deg, theta_deg, psi_deg))
     cp, sp, ct, st, cs, ss = math.cos(p), math.sin(p), math.cos(t), math.sin(t), math.cos(s), math.sin(s)
     return np.array([
@@ -72,6 +98,11 @@ def shepp_logan_ellipsoids() -> list[Ellipsoid]:
 
     As in ``phantom3d``, a point r = (x, y, z) is inside when |diag(1/(a,b,c)) (alpha r - r0)| <= 1, i.e.
     the centre r0 is given in the rotated frame (world centre alpha^T r0).
+
+    Returns
+    -------
+    list of Ellipsoid
+        The rows of :data:`MODIFIED_SHEPP_LOGAN` in (z, y, x) coordinates, values A (real).
     """
     out = []
     for A, a, b, c, x0, y0, z0, phi, theta, psi in MODIFIED_SHEPP_LOGAN:
@@ -100,6 +131,22 @@ def rasterize_ellipsoids(ellipsoids, n: int, nz: int | None = None, dtype=np.com
     """Sum of ``value`` x (fraction of each voxel inside the ellipsoid) over ``ellipsoids``: (nz, n, n).
 
     Each ellipsoid is evaluated only on the voxels of its bounding box (2 x 2 x 2 sub-samples each).
+
+    Parameters
+    ----------
+    ellipsoids : iterable of Ellipsoid
+        The ellipsoids, in normalised coordinates.
+    n : int
+        Voxels along y and x (the normalising scale).
+    nz : int, optional
+        Slices along z; default ``n``.
+    dtype : dtype_like, optional
+        Dtype of the volume. Default complex64.
+
+    Returns
+    -------
+    numpy.ndarray
+        Array of shape (nz, n, n).
     """
     nz = n if nz is None else int(nz)
     vol = np.zeros((nz, n, n), dtype=dtype)
@@ -137,6 +184,25 @@ def shepp_logan_3d(n: int, nz: int | None = None, dtype=np.complex64) -> np.ndar
     The ten ellipsoids of :data:`MODIFIED_SHEPP_LOGAN` (Kak-Slaney geometry, Toft's intensities): the real
     part (delta-like) lies in [0, 1], the imaginary part is 0. Seed 001 uses n = 128 (its Fig. 1(a) shows
     slice 64, the central one, which here shows the classic modified Shepp-Logan section).
+
+    Parameters
+    ----------
+    n : int
+        Voxels along y and x, at least 2.
+    nz : int, optional
+        Slices along z; default ``n`` (fewer cut the central slab, more pad with empty slices).
+    dtype : dtype_like, optional
+        Complex dtype of the volume. Default complex64.
+
+    Returns
+    -------
+    numpy.ndarray
+        Array of shape (nz, n, n).
+
+    Raises
+    ------
+    ValueError
+        When ``n`` < 2.
     """
     if n < 2:
         raise ValueError(f"phantom size must be at least 2, got {n}")
@@ -150,8 +216,19 @@ def shepp_logan_3d(n: int, nz: int | None = None, dtype=np.complex64) -> np.ndar
 
 @dataclass(frozen=True)
 class Wire:
-    """A straight cylindrical wire: material index into :data:`MATERIALS`, a point on its axis (z, y, x),
-    its direction (z, y, x) and its radius, in normalised coordinates."""
+    """A straight cylindrical wire, in normalised coordinates.
+
+    Parameters
+    ----------
+    material : int
+        Index into :data:`MATERIALS`.
+    point : tuple of float
+        A point on its axis, (z, y, x).
+    direction : tuple of float
+        Its direction (z, y, x) (unit length as :func:`wire_layout` builds it).
+    radius : float
+        Its radius.
+    """
 
     material: int
     point: tuple[float, float, float]
@@ -166,6 +243,16 @@ def wire_layout(seed: int = 0) -> list[Wire]:
     and along y passing between them at different heights, and two tilted wires through the centre.
     ``seed`` jitters positions (by up to 0.04) and tilts reproducibly; seed 0 is the reference layout.
     Wires are drawn in order, later ones over earlier ones where they cross.
+
+    Parameters
+    ----------
+    seed : int, optional
+        Jitter seed; 0 (default) is the reference layout.
+
+    Returns
+    -------
+    list of Wire
+        Ten wires of radius 0.1.
     """
     rng = np.random.default_rng(seed)
     r = 0.1
@@ -212,6 +299,31 @@ def wire_phantom(n: int = 64, energy_ev: float = 5000.0, voxel_m: float = 10e-9,
     the seed's "9.32" for gold is a typo for 19.32) and vacuum (0) elsewhere, area-weighted at edges.
     The layout (:func:`wire_layout`) is defined in fractions of the box, so ``voxel_m`` only sets the
     physical scale (wire diameter 0.1 n voxels: 64 nm at the seed's 64 x 10 nm).
+
+    Parameters
+    ----------
+    n : int, optional
+        Box edge in voxels, at least 2. Default 64.
+    energy_ev : float, optional
+        Photon energy in eV, for the refractive indices. Default 5000.
+    voxel_m : float, optional
+        Voxel size in metres, positive. Default 10e-9.
+    seed : int, optional
+        Layout jitter (:func:`wire_layout`). Default 0.
+    dtype : dtype_like, optional
+        As for :func:`shepp_logan_3d`.
+
+    Returns
+    -------
+    numpy.ndarray
+        Array of shape (n, n, n).
+
+    Raises
+    ------
+    ValueError
+        When ``n`` < 2 or ``voxel_m`` is not positive.
+    InputError
+        When the refractive index cannot be computed at ``energy_ev`` (:func:`refractive_index`).
     """
     if n < 2:
         raise ValueError(f"phantom size must be at least 2, got {n}")
@@ -240,6 +352,29 @@ def random_ellipsoids(n: int, count: int = 12, seed: int = 0, nz: int | None = N
 
     Each ellipsoid adds delta ~ U(0.2, 1) and beta = delta x U(0.05, 0.5), so both parts are
     non-negative; every ellipsoid lies inside the sphere of radius 0.9 (inside the rotation cylinder).
+
+    Parameters
+    ----------
+    n : int
+        Voxels along y and x.
+    count : int, optional
+        Number of ellipsoids, at least 1. Default 12.
+    seed : int, optional
+        Random seed. Default 0.
+    nz : int, optional
+        Slices along z; default ``n``.
+    dtype : dtype_like, optional
+        As for :func:`shepp_logan_3d`.
+
+    Returns
+    -------
+    numpy.ndarray
+        Array of shape (nz, n, n), real and imaginary parts non-negative.
+
+    Raises
+    ------
+    ValueError
+        When fewer than one ellipsoid is asked for (``count`` < 1).
     """
     if count < 1:
         raise ValueError(f"need at least one ellipsoid, got {count}")

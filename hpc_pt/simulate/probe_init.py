@@ -40,6 +40,11 @@ FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 class ProbeFit:
     """Result of :func:`fit_far_field`.
 
+    Parameters
+    ----------
+    fwhm_px, power, lobe_pixels
+        The attributes below, in this order.
+
     Attributes
     ----------
     fwhm_px : float
@@ -78,11 +83,13 @@ def fit_far_field(mean_pattern, mask=None, lobe_fraction: float = LOBE_FRACTION)
     Returns
     -------
     ProbeFit
+        The fitted FWHM, the power and the number of pixels fitted.
 
     Raises
     ------
     ValueError
-        When the pattern is not finite, holds no positive intensity, or has no central peak to fit.
+        When the pattern is not 2D, the mask's shape differs, the pattern is not finite, holds no positive
+        intensity, or has no central peak to fit.
     """
     from scipy import ndimage
 
@@ -129,8 +136,30 @@ def fit_far_field(mean_pattern, mask=None, lobe_fraction: float = LOBE_FRACTION)
 
 
 def gaussian_window(shape, fwhm_px: float, power: float) -> np.ndarray:
-    """Flat-phase Gaussian of amplitude FWHM ``fwhm_px`` centred at index ((m1 - 1)/2, (m2 - 1)/2) of an
-    (m1, m2) window (hpc-pt's probe centre), scaled to ``sum |w|^2 = power``. complex64."""
+    """Flat-phase Gaussian probe scaled to a given power.
+
+    Amplitude FWHM ``fwhm_px``, centred at index ((m1 - 1)/2, (m2 - 1)/2) of an (m1, m2) window (hpc-pt's
+    probe centre), scaled to ``sum |w|^2 = power``. complex64.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        (m1, m2) of the window.
+    fwhm_px : float
+        Amplitude FWHM in pixels, positive.
+    power : float
+        ``sum |w|^2`` of the result.
+
+    Returns
+    -------
+    numpy.ndarray
+        complex64 array of shape ``shape`` = (m1, m2), with ``sum |w|^2 = power``.
+
+    Raises
+    ------
+    ValueError
+        When ``fwhm_px`` is not positive.
+    """
     m1, m2 = (int(v) for v in shape)
     if not fwhm_px > 0:
         raise ValueError(f"probe FWHM must be positive, got {fwhm_px}")
@@ -143,8 +172,23 @@ def gaussian_window(shape, fwhm_px: float, power: float) -> np.ndarray:
 
 
 def estimate_probe(mean_pattern, mask=None, lobe_fraction: float = LOBE_FRACTION) -> np.ndarray:
-    """Initial probe from a mean diffraction pattern (DC at index 0): the Gaussian of
-    :func:`fit_far_field`, sampled like the frames (same (m1, m2)), complex64.
+    """Initial probe from a mean diffraction pattern (DC at index 0).
+
+    The Gaussian of :func:`fit_far_field`, sampled like the frames (same (m1, m2)), complex64.
+
+    Parameters
+    ----------
+    mean_pattern : array_like, (m1, m2)
+        Mean of the measured frames, DC at index ``[0, 0]``.
+    mask : array_like of bool, (m1, m2), optional
+        True for valid detector pixels.
+    lobe_fraction : float, optional
+        As :func:`fit_far_field`. Default :data:`LOBE_FRACTION`.
+
+    Returns
+    -------
+    numpy.ndarray
+        complex64 array of shape (m1, m2) (:func:`gaussian_window`).
 
     Raises
     ------

@@ -30,16 +30,38 @@ def _centred_coords(m: int) -> np.ndarray:
     return np.arange(m, dtype=np.float64) - (m - 1) / 2.0
 
 
-def gaussian_probe(m: int, fwhm_px: float) -> np.ndarray:
-    """Gaussian probe: amplitude exp(-4 ln2 r^2 / fwhm^2) (amplitude FWHM ``fwhm_px``, peak 1), flat phase.
-
-    Seed 001 uses m = 64, fwhm = 14. Shape (m, m), complex64.
-    """
+def _checked_coords(m, fwhm_px) -> np.ndarray:
+    """:func:`_centred_coords` of ``int(m)`` after the checks of :func:`gaussian_probe` and :func:`airy_probe`."""
     if int(m) < 1:
         raise ValueError(f"probe size must be positive, got {m}")
     if not fwhm_px > 0:
         raise ValueError(f"probe FWHM must be positive, got {fwhm_px} px")
-    c = _centred_coords(int(m))
+    return _centred_coords(int(m))
+
+
+def gaussian_probe(m: int, fwhm_px: float) -> np.ndarray:
+    """Gaussian probe: amplitude exp(-4 ln2 r^2 / fwhm^2) (amplitude FWHM ``fwhm_px``, peak 1), flat phase.
+
+    Seed 001 uses m = 64, fwhm = 14. Shape (m, m), complex64.
+
+    Parameters
+    ----------
+    m : int
+        Window edge in pixels, positive.
+    fwhm_px : float
+        Amplitude FWHM in pixels, positive.
+
+    Returns
+    -------
+    numpy.ndarray
+        complex64 array of shape (m, m), centred at index ((m - 1)/2, (m - 1)/2).
+
+    Raises
+    ------
+    ValueError
+        When ``m`` or ``fwhm_px`` is not positive.
+    """
+    c = _checked_coords(m, fwhm_px)
     r2 = c[:, None] ** 2 + c[None, :] ** 2
     return np.exp(-4.0 * math.log(2.0) * r2 / float(fwhm_px) ** 2).astype(np.complex64)
 
@@ -56,22 +78,54 @@ def airy_probe(m: int, fwhm_px: float) -> np.ndarray:
     (1.73 fwhm / 2) and its rings decay as (k r)^(-3/2), so the beam lights the whole m x m window weakly
     (seed 001: m = 64, fwhm = 14 gives 5% of the peak amplitude, 0.25% intensity, at 32 px). Shape (m, m),
     complex64; the sign changes between rings are kept (the real amplitude of the Airy function).
+
+    Parameters
+    ----------
+    m : int
+        As for :func:`gaussian_probe`.
+    fwhm_px : float
+        As for :func:`gaussian_probe`.
+
+    Returns
+    -------
+    numpy.ndarray
+        complex64 array of shape (m, m), real-valued, centred at index ((m - 1)/2, (m - 1)/2).
+
+    Raises
+    ------
+    ValueError
+        As for :func:`gaussian_probe`.
     """
     from scipy.special import j1
 
-    if int(m) < 1:
-        raise ValueError(f"probe size must be positive, got {m}")
-    if not fwhm_px > 0:
-        raise ValueError(f"probe FWHM must be positive, got {fwhm_px} px")
-    c = _centred_coords(int(m))
+    c = _checked_coords(m, fwhm_px)
     x = (2.0 * AIRY_HALF_AMPLITUDE_X / float(fwhm_px)) * np.hypot(c[:, None], c[None, :])
     safe = np.where(x > 0, x, 1.0)
     return np.where(x > 0, 2.0 * j1(safe) / safe, 1.0).astype(np.complex64)
 
 
 def disc_probe(m: int, diameter_px: float) -> np.ndarray:
-    """Circular probe of constant amplitude 1 and constant phase inside ``diameter_px`` (seed 002: 15 px in
-    a 63 x 63 frame); each edge pixel holds the fraction of its area inside the disc (8 x 8 sub-samples).
+    """Circular probe of constant amplitude 1 and constant phase inside ``diameter_px``.
+
+    Seed 002: 15 px in a 63 x 63 frame; each edge pixel holds the fraction of its area inside the disc
+    (8 x 8 sub-samples).
+
+    Parameters
+    ----------
+    m : int
+        Window edge in pixels, positive.
+    diameter_px : float
+        Disc diameter in pixels, positive.
+
+    Returns
+    -------
+    numpy.ndarray
+        complex64 array of shape (m, m), values in [0, 1], centred at index ((m - 1)/2, (m - 1)/2).
+
+    Raises
+    ------
+    ValueError
+        When ``m`` or ``diameter_px`` is not positive.
     """
     m = int(m)
     if m < 1:
@@ -86,7 +140,23 @@ def disc_probe(m: int, diameter_px: float) -> np.ndarray:
 
 
 def probe_diameter_px(probe) -> float:
-    """Beam diameter of a probe (see :func:`hpc_pt.operators.scan.probe_diameter_px`); ValueError if zero."""
+    """Beam diameter of a probe (see :func:`hpc_pt.operators.scan.probe_diameter_px`); ValueError if zero.
+
+    Parameters
+    ----------
+    probe : array_like
+        The probe, (m1, m2), NumPy or CuPy.
+
+    Returns
+    -------
+    float
+        The diameter in pixels of the disc whose area is that where ``|w| >= max|w| / 2``.
+
+    Raises
+    ------
+    ValueError
+        When the probe is zero everywhere.
+    """
     d = _shared_diameter(probe)
     if not math.isfinite(d):
         raise ValueError("the probe is zero everywhere; cannot estimate its diameter")
@@ -114,7 +184,24 @@ def load_probe(path) -> np.ndarray:
     ``/entry_1/instrument_1/source_1/illumination`` (CXI). Returns complex64 (m1, m2).
 
     Raises :class:`hpc_pt.errors.InputError` naming the problem and the fix when the file is missing,
-    unreadable or holds no usable 2D probe.
+    unreadable or holds no usable 2D probe. HDF5 datasets are searched in the order of
+    :data:`PROBE_DATASETS` (``entry_1/probe`` last); a (1, m1, m2) array counts as one 2D probe.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The ``.npy`` file, or any other suffix for an HDF5 / CXI file.
+
+    Returns
+    -------
+    numpy.ndarray
+        complex64 array of shape (m1, m2).
+
+    Raises
+    ------
+    InputError
+        When the file is missing or unreadable, holds no probe dataset, or its probe is not 2D, not numeric,
+        not finite or zero everywhere.
     """
     p = Path(path)
     if not p.is_file():

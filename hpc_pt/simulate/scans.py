@@ -47,6 +47,27 @@ def raster_scan(field_hw, probe_shape, step: float, offset=(0.0, 0.0)) -> np.nda
     L - m appended when the last one falls short, so the windows reach the far edge of the field.
     E.g. field 128, probe 64: step 32 -> 0, 32, 64 (9 frames); step 4 -> 17 x 17 = 289 frames.
     The first ``offset`` pixels of each axis are not covered when ``offset`` > 0.
+
+    Parameters
+    ----------
+    field_hw : tuple of int
+        (H, W) of the object field.
+    probe_shape : tuple of int
+        (m1, m2) of the probe window.
+    step : float or tuple of float
+        Step in pixels, positive: one for both axes or (row step, column step).
+    offset : float or tuple of float, optional
+        Start in pixels, non-negative: one for both axes or (row, column). Default (0, 0).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 array (F, 2) of (row, col) top-left positions, rows varying slowest.
+
+    Raises
+    ------
+    ValueError
+        When the probe does not fit the field, or ``step`` is not positive or ``offset`` negative.
     """
     H, W = (int(s) for s in field_hw)
     m1, m2 = (int(s) for s in probe_shape)
@@ -61,12 +82,32 @@ def raster_scan(field_hw, probe_shape, step: float, offset=(0.0, 0.0)) -> np.nda
 
 
 def fermat_scan(field_hw, probe_shape, step: float, shift=(0.0, 0.0)) -> np.ndarray:
-    """Golden-angle Fermat spiral of probe centres around the field centre (plus ``shift``), keeping only
-    windows inside the field: (F, 2) float64 top-left positions.
+    """Golden-angle Fermat spiral of probe centres around the field centre (plus ``shift``).
+
+    Only windows inside the field are kept: (F, 2) float64 top-left positions.
 
     Centres c_i = centre + a sqrt(i) (cos(i g), sin(i g)), g the golden angle, with a = step / FERMAT_NN so
     that the median nearest-neighbour distance is ``step`` (a ~ 0.95 step / sqrt(pi): each point covers
     an area ~ step^2).
+
+    Parameters
+    ----------
+    field_hw, probe_shape : tuple of int
+        As for :func:`raster_scan`.
+    step : float
+        Median nearest-neighbour distance in pixels, positive.
+    shift : tuple of float, optional
+        (row, col) offset of the spiral centre from the field centre (H/2, W/2). Default (0, 0).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 array (F, 2) of (row, col) top-left positions, in spiral order.
+
+    Raises
+    ------
+    ValueError
+        When the probe does not fit the field or ``step`` is not positive.
     """
     H, W = (int(s) for s in field_hw)
     m1, m2 = (int(s) for s in probe_shape)
@@ -89,9 +130,35 @@ def fermat_scan(field_hw, probe_shape, step: float, shift=(0.0, 0.0)) -> np.ndar
 
 def scan_for_angle(kind: str, field_hw, probe_shape, step: float, angle_index: int,
                    per_angle_offset: float = 0.0) -> np.ndarray:
-    """The scan of angle ``angle_index``: its start shifted by o = (angle_index x per_angle_offset) mod step
-    along both axes (seed 002 shifts the start by 1 pixel per angle to get a spiral pattern over angles).
-    Raster: the grid starts at (o, o). Fermat: the spiral centre moves by (o, o).
+    """The scan of angle ``angle_index``, its start shifted by o = (angle_index x per_angle_offset) mod step.
+
+    The shift applies along both axes (seed 002 shifts the start by 1 pixel per angle to get a spiral pattern
+    over angles). Raster: the grid starts at (o, o). Fermat: the spiral centre moves by (o, o).
+
+    Parameters
+    ----------
+    kind : {"raster", "fermat"}
+        The scan pattern.
+    field_hw : tuple of int
+        (H, W) of the object field.
+    probe_shape : tuple of int
+        (m1, m2) of the probe window.
+    step : float
+        Scan step in pixels (:func:`raster_scan`, :func:`fermat_scan`).
+    angle_index : int
+        Index of the angle in acquisition order.
+    per_angle_offset : float, optional
+        Start shift per angle in pixels. Default 0.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 array (F, 2) of (row, col) top-left positions.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``kind``, or as :func:`raster_scan` / :func:`fermat_scan`.
     """
     o = math.fmod(angle_index * float(per_angle_offset), float(step)) if per_angle_offset else 0.0
     if kind == "raster":
@@ -102,8 +169,28 @@ def scan_for_angle(kind: str, field_hw, probe_shape, step: float, angle_index: i
 
 
 def overlap_ratio(positions, beam_diameter_px: float) -> float:
-    """Linear overlap 1 - d_nn / D of one scan (:func:`hpc_pt.operators.scan.overlap_ratio`); 0.0 for
-    fewer than two positions. Seed 002 labels its 4- and 10-pixel steps with a 15-pixel beam "30% and 70%
-    of overlap"; under this (Bunk et al.) definition they are 73% and 33%, so the labels appear swapped."""
+    """Linear overlap 1 - d_nn / D of one scan (:func:`hpc_pt.operators.scan.overlap_ratio`).
+
+    0.0 for fewer than two positions. Seed 002 labels its 4- and 10-pixel steps with a 15-pixel beam "30%
+    and 70% of overlap"; under this (Bunk et al.) definition they are 73% and 33%, so the labels appear
+    swapped.
+
+    Parameters
+    ----------
+    positions : array_like
+        (F, 2) positions of one angle (or a list of such arrays, pooled as the shared function does).
+    beam_diameter_px : float
+        The beam diameter D in pixels, positive (:func:`probe_diameter_px`).
+
+    Returns
+    -------
+    float
+        The overlap; negative values mean gaps between the beams.
+
+    Raises
+    ------
+    ValueError
+        When ``beam_diameter_px`` is not positive.
+    """
     value = _shared_overlap(positions, beam_diameter_px)
     return 0.0 if math.isnan(value) else value

@@ -91,51 +91,61 @@ iter_time_s.
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import Field
 
 import numpy as np
 
 from ..backend import asarray_on, get_xp, to_numpy
 from .base import (
-    NO_CHECKPOINTS,
-    Checkpointer,
     History,
+    IterativeSolver,
     Shard,
+    SolverOptions,
     SolverResult,
     angle_sum,
     conjugate_gradient,
     frame_sum,
     per_frame_total,
     power_lipschitz,
+    restore_state,
+    solver_runner,
+    state_dict,
 )
 from .farfield import farfield_pass
 from .gd import INITS, IdentityMap, JointModel, resolve_init
 from .prox import METRICS
+from .registry import SolverSpec
 
 BALANCE_MODES = ("normalized", "relative")
 
 
-@dataclass
-class ADMMOptions:
-    iterations: int = 50
-    metric: str = "gaussian"  # "gaussian" (amplitude) or "poisson"
-    prior: object = "tv"  # "tv", "none", a registered name, or an object with denoise(x, strength)
-    prior_options: dict = field(default_factory=dict)  # keyword options for get_denoiser
-    prior_weight: float = 0.02  # denoiser strength in units of the volume scale s_u (module docstring)
-    rho_rel: float = 0.5  # rho_0 / mean illumination
-    tau_rel: float = 0.02  # tau_0 / (rho_0 c^2 ||Pad P||^2)
-    ptycho_iterations: int = 4
-    tomo_cg_iterations: int = 4
-    tomo_gn_steps: int = 1
-    balance: bool = True  # residual balancing (Boyd 3.4.1)
-    balance_ratio: float = 10.0
-    balance_factor: float = 2.0
-    balance_every: int = 1
-    balance_mode: str = "normalized"  # "normalized" (penalties in units of their start) or "relative"
-    max_backtracks: int = 8  # psi-step halvings (Poisson guard)
-    init: str = "auto"  # "auto": zeros (free space) for "exp", the energy-matched constant for "linear"
+class ADMMOptions(SolverOptions):
+    """Three-way ADMM options (seed 000; the module docstring explains the scale-free penalties)."""
 
+    iterations: int = Field(50, ge=0, description="outer ADMM iterations")
+    metric: str = Field("gaussian", description="gaussian (amplitude) or poisson")
+    prior: Any = Field("tv", description="tv, none, a registered denoiser's name, or an object with "
+                       "denoise(x, strength)")
+    prior_options: dict = Field(default_factory=dict, description="keyword options for the denoiser")
+    prior_weight: float = Field(0.02, description="the denoiser's strength alpha / tau_0, in units of the "
+                                "volume scale s_u")
+    rho_rel: float = Field(0.5, description="rho_0 / mean illumination")
+    tau_rel: float = Field(0.02, description="tau_0 / (rho_0 c^2 ||Pad P||^2)")
+    ptycho_iterations: int = Field(4, description="psi-step gradient steps per iteration")
+    tomo_cg_iterations: int = Field(4, description="CG iterations per Gauss-Newton step")
+    tomo_gn_steps: int = Field(1, description="Gauss-Newton relinearisations per u-step")
+    balance: bool = Field(True, description="residual balancing (Boyd 3.4.1)")
+    balance_ratio: float = Field(10.0, description="balance when one residual exceeds this x the other")
+    balance_factor: float = Field(2.0, description="the penalty's factor when balancing")
+    balance_every: int = Field(1, description="balance every K iterations")
+    balance_mode: str = Field("normalized", description="normalized (penalties in units of their start) or "
+                              "relative")
+    max_backtracks: int = Field(8, ge=0, description="psi-step halvings (the Poisson guard)")
+    init: str = Field("auto", description="auto: zeros (free space) for exp, the energy-matched constant for "
+                      "linear; zeros; constant")
 
 
 def _rel(a: float, b: float) -> float:
@@ -213,107 +223,173 @@ def distributed_percentile(x, q: float, comm) -> float:
     return v0 + frac * (v1 - v0)
 
 
-def run_admm(shard: Shard, comm, opts: ADMMOptions | None = None, callback=None, u0=None,
-             checkpoints: Checkpointer = NO_CHECKPOINTS) -> SolverResult:
-    """Three-way ADMM (module docstring) on this rank's shard and slab; ``u0`` (this rank's slab)
-    warm-starts instead of zeros.
+@dataclass
+class ADMMState:
+    """ADMM's loop state (the checkpoint's keys, besides the denoiser's warm start ``prior_*``): the volume
+    slab ``u``, the per-angle fields ``psi`` and their multiplier ``lam`` (lambda), the prior's splitting
+    ``v`` and multiplier ``mu`` (slabs), the penalties ``rho`` and ``tau``, the prior weight ``alpha`` and
+    the volume scale ``s_u`` (None until the first u-update fixes them), and ||Pad P||^2
+    (``projector_norm2``, a power-iteration estimate behind tau_0)."""
 
-    ``callback(row, u)`` is called after every iteration with the history row and the volume slab;
-    ``checkpoints`` hands the loop state out every K iterations and back on resume (bitwise continuation).
+    u: object
+    psi: object
+    lam: object
+    v: object
+    mu: object
+    rho: float
+    tau: float
+    alpha: float | None
+    s_u: float | None
+    projector_norm2: float
+
+
+class ADMM(IterativeSolver):
+    """Three-way ADMM (seed 000; module docstring) on this rank's shard and slab.
+
+    One step is seed 000's sub-problems in order: (a) :meth:`psi_update`, (b) :meth:`u_update`, (c)
+    :meth:`prior_update`, (d) :meth:`dual_update`, then the residuals and (e) :meth:`balance`.
+
+    Parameters
+    ----------
+    shard : Shard
+        This rank's frames (whole angles), forward model ("exp" or "linear") and slab space.
+    comm : Comm
+        The communicator.
+    opts : ADMMOptions, optional
+        The options (defaults: :class:`ADMMOptions`).
+    u0 : array, optional
+        The initial volume slab (instead of ``opts.init``).
+
+    Raises
+    ------
+    ValueError
+        For invalid options or a start the model cannot use.
     """
-    from ..priors import denoise, prior_value
 
-    opts = ADMMOptions() if opts is None else opts
-    _check(opts)
-    denoiser, no_prior = _get_prior(opts)
-    m = shard.model
-    linear = m.expmap is None
-    init = resolve_init(opts.init, linear, "admm") if u0 is None else "given"
-    sp = shard.space
-    P, pad, pt = sp.P, m.pad, m.ptycho
-    expmap = IdentityMap() if linear else m.expmap
-    c = expmap.c
-    xp = get_xp(shard.intensities)
-    dtype = m.dtype
-    shape = shard.volume_shape
-    f, sqrt_f, mask = shard.intensities, shard.amplitudes, shard.mask
-    st = checkpoints.resume
+    State = ADMMState
 
-    def transmission(q):
+    def __init__(self, shard: Shard, comm, opts: ADMMOptions | None = None, u0=None):
+        self.opts = opts = ADMMOptions() if opts is None else opts
+        _check(opts)
+        self.denoiser, self.no_prior = _get_prior(opts)
+        m = shard.model
+        self.shard, self.comm, self.u0 = shard, comm, u0
+        self.linear = m.expmap is None
+        self.init = resolve_init(opts.init, self.linear, "admm") if u0 is None else "given"
+        self.sp, self.pad, self.pt = shard.space, m.pad, m.ptycho
+        self.expmap = IdentityMap() if self.linear else m.expmap
+        self.c = self.expmap.c
+        self.xp = get_xp(shard.intensities)
+        # rho_0 from the mean illumination over lit field pixels (module docstring)
+        self.W = W = self.pt.illumination()
+        lit = W > 0
+        n_lit = comm.sum_scalar(float(lit.sum()))  # a count: exact in any order
+        w_mean = angle_sum(comm, shard, W * lit) / max(n_lit, 1.0)
+        self.rho0 = opts.rho_rel * w_mean if w_mean > 0 else opts.rho_rel
+        self.n_angles = len(m.counts)
+        self.frame_angle = asarray_on(np.repeat(np.arange(self.n_angles), m.counts), shard.intensities)
+        self.sum_sqrt_f = frame_sum(comm, shard, shard.amplitudes, shard.mask)
+
+    # -- the model pieces -------------------------------------------------------------------------------
+    def transmission(self, q):
         """T(u) = exp(i c Pad(P u)) on the field (A_r, H, W) from P u in the slab layout (one to_angles)."""
-        return expmap.fwd(pad.fwd(sp.to_angles(q)))
+        return self.expmap.fwd(self.pad.fwd(self.sp.to_angles(q)))
 
-    # --- scale-free penalties (module docstring)
-    W = pt.illumination()
-    lit = W > 0
-    n_lit = comm.sum_scalar(float(lit.sum()))  # a count: exact in any order
-    w_mean = angle_sum(comm, shard, W * lit) / max(n_lit, 1.0)
-    rho0 = opts.rho_rel * w_mean if w_mean > 0 else opts.rho_rel
-    if st is None:
-        with comm.phase("project"):
-            lip_p = power_lipschitz(lambda x: P.adj(P.fwd(x)), sp.global_shape, comm, dtype, like=f,
-                                    rows=(sp.z0, sp.z1), dot=sp.dot)
-    else:
-        lip_p = float(st["projector_norm2"])
-    tau0 = 0.0 if no_prior else opts.tau_rel * rho0 * c * c * lip_p
+    def project(self, u):
+        """(P u on the slab, T(u) on the field): one transpose."""
+        with self.comm.phase("project"):
+            q = self.sp.P.fwd(u)
+            return q, self.transmission(q)
 
-    if st is None:
-        rho, tau = rho0, tau0
-        alpha, s_u = None, None  # fixed after the first u-update
-        if init == "constant":  # linear model: s 1 with ||D(s 1)||^2 = sum f
-            with comm.phase("project"):
-                s1, _ = JointModel(shard).energy_matched_constant(shape, comm, f, mask, dtype)
-            u = xp.full(shape, s1, dtype=dtype)
-        else:
-            u = xp.zeros(shape, dtype=dtype) if u0 is None else xp.asarray(u0, dtype=dtype).copy()
-        with comm.phase("project"):
-            q = P.fwd(u)
-            Tu = transmission(q)
-        psi = Tu.copy()
-        lam = xp.zeros_like(psi)
-        v = u.copy()
-        mu = xp.zeros_like(u)
-    else:
-        rho, tau = float(st["rho"]), float(st["tau"])
-        alpha = float(st["alpha"]) if st["alpha_set"] else None
-        s_u = float(st["s_u"]) if st["alpha_set"] else None
-        u, psi, lam, v, mu = (xp.asarray(st[k]) for k in ("u", "psi", "lambda", "v", "mu"))
-        saved = {k[len("prior_"):]: xp.asarray(a) for k, a in st.items() if k.startswith("prior_")}
-        if hasattr(denoiser, "load_state"):
-            denoiser.load_state(saved)
-        with comm.phase("project"):
-            q = P.fwd(u)
-            Tu = transmission(q)
-    sum_sqrt_f = frame_sum(comm, shard, sqrt_f, shard.mask)
-
-    n_angles = len(m.counts)
-    frame_angle = asarray_on(np.repeat(np.arange(n_angles), m.counts), f)
-
-    def evaluate(p, grad):
+    def evaluate(self, p, grad: bool):
         """Per-frame data terms and (``grad``) Ptycho^H r(D p), one frame batch at a time."""
-        return farfield_pass(pt, p, f, sqrt_f, opts.metric, mask, grad)
+        sh = self.shard
+        return farfield_pass(self.pt, p, sh.intensities, sh.amplitudes, self.opts.metric, sh.mask, grad)
 
-    def sub_obj(p, ev, t, r):
+    def sub_objective(self, p, ev, t, r):
         """Per-angle values of F(psi) + r/2 ||psi - t||^2, shape (A,)."""
-        data_a = xp.bincount(frame_angle, weights=ev.per_frame, minlength=n_angles)
+        xp = self.xp
+        data_a = xp.bincount(self.frame_angle, weights=ev.per_frame, minlength=self.n_angles)
         return data_a + 0.5 * r * (xp.abs(p - t) ** 2).sum(axis=(1, 2))
 
-    def psi_step(psi, t, r):
-        """(a): preconditioned gradient steps on F(psi) + r/2 ||psi - t||^2, every angle with its own
-        backtracking step (so the result does not depend on how angles are spread over ranks). Each trial
-        is one pass over the frames that also forms the next step's gradient (all but the last step)."""
+    # -- set-up -----------------------------------------------------------------------------------------
+    def start(self) -> ADMMState:
+        """u_0 (zeros, the energy-matched constant or ``u0``), ||P||^2 by power iteration, psi = T(u_0),
+        zero multipliers, v = u_0, rho = rho_0, tau = tau_0."""
+        sh, comm, sp, xp = self.shard, self.comm, self.sp, self.xp
+        dtype, shape, P = sh.model.dtype, sh.volume_shape, sp.P
+        with comm.phase("project"):
+            lip_p = power_lipschitz(lambda x: P.adj(P.fwd(x)), sp.global_shape, comm, dtype, like=sh.intensities,
+                                    rows=(sp.z0, sp.z1), dot=sp.dot)
+        if self.init == "constant":  # linear model: s 1 with ||D(s 1)||^2 = sum f
+            with comm.phase("project"):
+                s1, _ = JointModel(sh).energy_matched_constant(shape, comm, sh.intensities, sh.mask, dtype)
+            u = xp.full(shape, s1, dtype=dtype)
+        else:
+            u = xp.zeros(shape, dtype=dtype) if self.u0 is None else xp.asarray(self.u0, dtype=dtype).copy()
+        self.q, self.Tu = self.project(u)
+        psi = self.Tu.copy()
+        return ADMMState(u=u, psi=psi, lam=xp.zeros_like(psi), v=u.copy(), mu=xp.zeros_like(u), rho=self.rho0,
+                         tau=self.tau0_for(lip_p), alpha=None, s_u=None, projector_norm2=lip_p)
+
+    def tau0_for(self, lip_p: float) -> float:
+        """tau_0 = tau_rel rho_0 c^2 ||Pad P||^2 (0 without a prior)."""
+        return 0.0 if self.no_prior else self.opts.tau_rel * self.rho0 * self.c * self.c * lip_p
+
+    def ready(self, resumed: bool) -> None:
+        """tau_0 from the state's ||P||^2; on resume P u and T(u) from u (the same code as in the loop)."""
+        self.tau0 = self.tau0_for(self.state.projector_norm2)
+        if resumed:
+            self.q, self.Tu = self.project(self.state.u)
+
+    def save_state(self) -> dict:
+        out = state_dict(self.state)
+        if hasattr(self.denoiser, "state"):  # the denoiser's warm start (TV's dual)
+            out.update({"prior_" + key: a for key, a in self.denoiser.state().items()})
+        return out
+
+    def load_state(self, saved: dict) -> ADMMState:
+        st = restore_state(ADMMState, saved, self.xp)
+        prior = {k[len("prior_"):]: self.xp.asarray(a) for k, a in saved.items() if k.startswith("prior_")}
+        if hasattr(self.denoiser, "load_state"):
+            self.denoiser.load_state(prior)
+        return st
+
+    # -- seed 000's sub-problems ----------------------------------------------------------------------
+    def psi_update(self, psi, t, r):
+        """(a) psi <- argmin_psi F(psi) + r/2 ||psi - t||^2 (seed 000, the ptychography sub-problem), t =
+        T(u) - lambda / rho, by ``ptycho_iterations`` preconditioned gradient steps psi <- psi - (grad) /
+        (W + r), every angle with its own backtracking step (so the result does not depend on how angles
+        are spread over ranks). Each trial is one pass over the frames that also forms the next step's
+        gradient (all but the last step).
+
+        Parameters
+        ----------
+        psi : array
+            The current fields (A_r, H, W).
+        t : array
+            The target T(u) - lambda / rho.
+        r : float
+            The penalty rho.
+
+        Returns
+        -------
+        array
+            The new fields.
+        """
+        xp, opts, n_angles = self.xp, self.opts, self.n_angles
         n_steps = opts.ptycho_iterations
-        ev = evaluate(psi, n_steps > 0)
-        phi = sub_obj(psi, ev, t, r)
-        inv = (1.0 / (W + r)).astype(psi.real.dtype)
+        ev = self.evaluate(psi, n_steps > 0)
+        phi = self.sub_objective(psi, ev, t, r)
+        inv = (1.0 / (self.W + r)).astype(psi.real.dtype)
         for it in range(n_steps):
             grad_next = it < n_steps - 1
             d = -(ev.field + r * (psi - t)) * inv
             a = xp.ones(n_angles, dtype=inv.dtype)
             for _bt in range(opts.max_backtracks + 1):
                 p_new = psi + a[:, None, None] * d
-                ev_new = evaluate(p_new, grad_next)
-                phi_new = sub_obj(p_new, ev_new, t, r)
+                ev_new = self.evaluate(p_new, grad_next)
+                phi_new = self.sub_objective(p_new, ev_new, t, r)
                 bad = phi_new > phi
                 if not bool(bad.any()):
                     break
@@ -323,18 +399,40 @@ def run_admm(shard: Shard, comm, opts: ADMMOptions | None = None, callback=None,
                 if not bool((a > 0).any()):
                     break
                 p_new = psi + a[:, None, None] * d
-                ev_new = evaluate(p_new, grad_next)
-                phi_new = xp.where(bad, phi, sub_obj(p_new, ev_new, t, r))
+                ev_new = self.evaluate(p_new, grad_next)
+                phi_new = xp.where(bad, phi, self.sub_objective(p_new, ev_new, t, r))
             psi, ev, phi = p_new, ev_new, phi_new
         return psi
 
-    def u_step(u, q, y, b, r, t_):
-        """(b): Gauss-Newton steps on the linearised exponential, each solved by CG, all in the slab
-        layout: y's volume rows move to the slabs once; T_k = exp(i c P u_k) on the slab's rows (local)."""
+    def u_update(self, u, q, y, b, r, t_):
+        """(b) min_u r/2 ||T(u) - y||^2 + t_/2 ||u - b||^2 (seed 000, the tomography sub-problem; y = psi +
+        lambda / rho, b = v - mu / tau) by Gauss-Newton steps on the linearised exponential, each solved by
+        CG on [r c^2 (Pad P)^H |T_k|^2 (Pad P) + t_] du = r (Pad P)^H conj(i c T_k)(y - T_k) + t_ (b - u_k),
+        all in the slab layout: y's volume rows move to the slabs once; T_k = exp(i c P u_k) on the slab's
+        rows (local).
+
+        Parameters
+        ----------
+        u, q : array
+            The current slab and P u on it.
+        y : array
+            The per-angle target (A_r, H, W).
+        b : array or None
+            The prior's target (None without a prior).
+        r, t_ : float
+            rho and tau.
+
+        Returns
+        -------
+        tuple
+            (u, CG iterations in all, CG's last relative residual).
+        """
+        sp, comm, xp, P, expmap, c = self.sp, self.comm, self.xp, self.sp.P, self.expmap, self.c
+        linear, dtype = self.linear, self.shard.model.dtype
         with comm.phase("project"):
-            y_s = sp.to_slabs(pad.adj(y))  # (A, rows, W): the one transpose to the slabs
+            y_s = sp.to_slabs(self.pad.adj(y))  # (A, rows, W): the one transpose to the slabs
         cg_it, cg_res = 0, 0.0
-        for gn in range(opts.tomo_gn_steps):
+        for gn in range(self.opts.tomo_gn_steps):
             with comm.phase("cg"):
                 if gn > 0:
                     q = P.fwd(u)
@@ -355,99 +453,141 @@ def run_admm(shard: Shard, comm, opts: ADMMOptions | None = None, callback=None,
                 if t_ > 0:
                     rhs += t_ * (b - u)
             du, info = conjugate_gradient(normal, rhs.astype(dtype, copy=False), xp.zeros_like(u),
-                                          sp.dot, tol=1e-6, max_iter=opts.tomo_cg_iterations)
+                                          sp.dot, tol=1e-6, max_iter=self.opts.tomo_cg_iterations)
             u = u + du
             cg_it += info.iterations
             cg_res = info.residual
         return u, cg_it, cg_res
 
-    hist = History(st["history"] if st is not None else None)
-    for k in range(len(hist), opts.iterations):
-        t0 = time.perf_counter()
-        # (a) ptychography
-        with comm.phase("ptycho"):
-            psi = psi_step(psi, Tu - lam / rho, rho)
-        # (b) tomography (linearised exponential, no log)
-        u_old, T_old = u, Tu
-        b = v - mu / tau if tau > 0 else None
-        u, cg_it, cg_res = u_step(u, q, psi + lam / rho, b, rho, tau)
-        with comm.phase("project"):
-            q = P.fwd(u)
-            Tu = transmission(q)  # the one transpose back to the angles
-        # (c) prior
-        if no_prior:
-            v_old = v = u
+    def prior_update(self, u, mu, tau):
+        """(c) v <- denoise(u + mu / tau, alpha / tau) (seed 000's plug-and-play prior step); the first call
+        fixes alpha = ``prior_weight`` tau_0 s_u, s_u the 99th percentile of |u| (module docstring).
+
+        Returns
+        -------
+        tuple
+            (v, the strength alpha / tau).
+        """
+        from ..priors import denoise
+
+        st = self.state
+        if st.alpha is None:
+            st.s_u = distributed_percentile(u, 99, self.comm)
+            st.alpha = self.opts.prior_weight * self.tau0 * st.s_u
+        strength = st.alpha / tau
+        with self.comm.phase("prox"):
+            return denoise(self.denoiser, u + mu / tau, strength, space=self.sp), strength
+
+    def dual_update(self):
+        """(d) lambda += rho (psi - T(u)) and, with a prior, mu += tau (u - v) (unscaled multipliers)."""
+        st = self.state
+        st.lam += st.rho * (st.psi - self.Tu)
+        if not self.no_prior:
+            st.mu += st.tau * (st.u - st.v)
+
+    def balance(self, res: dict) -> None:
+        """(e) residual balancing (Boyd et al. 2011, section 3.4.1) of rho and tau on the normalised (default)
+        or relative residuals of ``res`` (the row's residual columns); see :func:`balance_penalty`."""
+        st, opts = self.state, self.opts
+        if opts.balance_mode == "relative":
+            st.rho = balance_penalty(st.rho, res["primal_residual_rel"], res["dual_residual_rel"], opts)
+            if not self.no_prior:
+                st.tau = balance_penalty(st.tau, res["primal_residual_prior_rel"], res["dual_residual_prior_rel"],
+                                         opts)
+        else:
+            st.rho = balance_penalty(st.rho, res["primal_residual"], res["dual_residual"] / self.rho0, opts)
+            if not self.no_prior:
+                st.tau = balance_penalty(st.tau, res["primal_residual_prior"],
+                                         res["dual_residual_prior"] / self.tau0, opts)
+
+    # -- one iteration ----------------------------------------------------------------------------------
+    def residuals(self, T_old, v_old) -> dict:
+        """Boyd's absolute primal / dual residuals of both constraints and Wohlberg's relative ones."""
+        st, sh, comm, sp, xp = self.state, self.shard, self.comm, self.sp, self.xp
+        Tu = self.Tu
+        r_psi = np.sqrt(angle_sum(comm, sh, xp.abs(st.psi - Tu) ** 2))
+        s_psi = st.rho * np.sqrt(angle_sum(comm, sh, xp.abs(Tu - T_old) ** 2))
+        n_psi = np.sqrt(angle_sum(comm, sh, xp.abs(st.psi) ** 2))
+        n_T = np.sqrt(angle_sum(comm, sh, xp.abs(Tu) ** 2))
+        n_lam = np.sqrt(angle_sum(comm, sh, xp.abs(st.lam) ** 2))
+        r_v = s_v = r_v_rel = s_v_rel = 0.0
+        if not self.no_prior:
+            u, v = st.u, st.v
+            r_v = np.sqrt(sp.dot(u - v, u - v))
+            s_v = st.tau * np.sqrt(sp.dot(v - v_old, v - v_old))
+            r_v_rel = _rel(r_v, max(np.sqrt(sp.dot(u, u)), np.sqrt(sp.dot(v, v))))
+            s_v_rel = _rel(s_v, np.sqrt(sp.dot(st.mu, st.mu)))
+        return dict(primal_residual=r_psi, dual_residual=s_psi, primal_residual_prior=r_v,
+                    dual_residual_prior=s_v, primal_residual_rel=_rel(r_psi, max(n_psi, n_T)),
+                    dual_residual_rel=_rel(s_psi, n_lam), primal_residual_prior_rel=r_v_rel,
+                    dual_residual_prior_rel=s_v_rel)
+
+    def step(self, k: int) -> dict:
+        from ..priors import prior_value
+
+        st, sh, comm, sp = self.state, self.shard, self.comm, self.sp
+        rho, tau = st.rho, st.tau
+        with comm.phase("ptycho"):  # (a)
+            st.psi = self.psi_update(st.psi, self.Tu - st.lam / rho, rho)
+        u_old, T_old = st.u, self.Tu  # (b)
+        b = st.v - st.mu / tau if tau > 0 else None
+        st.u, cg_it, cg_res = self.u_update(st.u, self.q, st.psi + st.lam / rho, b, rho, tau)
+        self.q, self.Tu = self.project(st.u)  # the one transpose back to the angles
+        v_old = st.v  # (c)
+        if self.no_prior:
+            st.v = v_old = st.u
             strength = 0.0
         else:
-            if alpha is None:
-                s_u = distributed_percentile(u, 99, comm)
-                alpha = opts.prior_weight * tau0 * s_u
-            strength = alpha / tau
-            v_old = v
-            with comm.phase("prox"):
-                v = denoise(denoiser, u + mu / tau, strength, space=sp)
-        # (d) duals
-        lam += rho * (psi - Tu)
-        # residuals (absolute, Boyd) and relative (for balancing)
-        r_psi = np.sqrt(angle_sum(comm, shard, xp.abs(psi - Tu) ** 2))
-        s_psi = rho * np.sqrt(angle_sum(comm, shard, xp.abs(Tu - T_old) ** 2))
-        n_psi = np.sqrt(angle_sum(comm, shard, xp.abs(psi) ** 2))
-        n_T = np.sqrt(angle_sum(comm, shard, xp.abs(Tu) ** 2))
-        n_lam = np.sqrt(angle_sum(comm, shard, xp.abs(lam) ** 2))
-        r_psi_rel = _rel(r_psi, max(n_psi, n_T))
-        s_psi_rel = _rel(s_psi, n_lam)
-        s_psi_hat = s_psi / rho0  # dual residual of the problem normalised to rho_0 = 1
-        r_v = s_v = r_v_rel = s_v_rel = s_v_hat = 0.0
-        if not no_prior:
-            mu += tau * (u - v)
-            r_v = np.sqrt(sp.dot(u - v, u - v))
-            s_v = tau * np.sqrt(sp.dot(v - v_old, v - v_old))
-            r_v_rel = _rel(r_v, max(np.sqrt(sp.dot(u, u)), np.sqrt(sp.dot(v, v))))
-            s_v_rel = _rel(s_v, np.sqrt(sp.dot(mu, mu)))
-            s_v_hat = s_v / tau0
-        # objective at the consistent point psi = T(u), v = u
-        with comm.phase("ptycho"):
-            ev = evaluate(Tu, False)
-        dobj = per_frame_total(comm, shard, ev.per_frame)
-        pval = 0.0 if no_prior else prior_value(denoiser, u, space=sp)
-        obj = dobj + (alpha * pval if alpha else 0.0)
-        rf = per_frame_total(comm, shard, ev.misfit_per_frame) / sum_sqrt_f
-        du = u - u_old
-        change = np.sqrt(sp.dot(du, du) / max(sp.dot(u, u), 1e-300))
-        row = hist.append(iteration=k + 1, objective=obj, data_objective=dobj, prior_value=pval,
-                          r_factor=rf, primal_residual=r_psi, dual_residual=s_psi,
-                          primal_residual_prior=r_v, dual_residual_prior=s_v,
-                          primal_residual_rel=r_psi_rel, dual_residual_rel=s_psi_rel,
-                          primal_residual_prior_rel=r_v_rel, dual_residual_prior_rel=s_v_rel,
-                          rho=rho, tau=tau, strength=strength, cg_iterations=cg_it, cg_residual=cg_res,
-                          rel_change=change, iter_time_s=time.perf_counter() - t0)
-        if callback is not None:
-            callback(row, u)
-        # (e) residual balancing (multipliers are unscaled, so they need no rescaling)
-        if opts.balance and (k + 1) % opts.balance_every == 0:
-            if opts.balance_mode == "relative":
-                rho = _balance(rho, r_psi_rel, s_psi_rel, opts)
-                if not no_prior:
-                    tau = _balance(tau, r_v_rel, s_v_rel, opts)
-            else:
-                rho = _balance(rho, r_psi, s_psi_hat, opts)
-                if not no_prior:
-                    tau = _balance(tau, r_v, s_v_hat, opts)
-        if checkpoints.due(k + 1):
-            state = {"iteration": k + 1, "u": u, "psi": psi, "lambda": lam, "v": v, "mu": mu, "rho": rho,
-                     "tau": tau, "rho0": rho0, "tau0": tau0, "projector_norm2": lip_p,
-                     "alpha_set": alpha is not None, "alpha": alpha or 0.0, "s_u": s_u or 0.0,
-                     "probe": pt.probe, "history": hist.rows}
-            if hasattr(denoiser, "state"):  # the denoiser's warm start (TV's dual)
-                state.update({"prior_" + key: a for key, a in denoiser.state().items()})
-            checkpoints.save(state)
-    state = {"rho": rho, "tau": tau, "rho0": rho0, "tau0": tau0, "alpha": alpha or 0.0, "s_u": s_u or 0.0,
-             "c": c, "model": "linear" if linear else "exp", "psi": psi, "lambda": lam, "v": v, "mu": mu}
-    return SolverResult(volume=u, probe=pt.probe, history=hist, state=state)
+            st.v, strength = self.prior_update(st.u, st.mu, tau)
+        self.dual_update()  # (d) (the residuals below use the new multipliers)
+        res = self.residuals(T_old, v_old)
+        with comm.phase("ptycho"):  # objective at the consistent point psi = T(u), v = u
+            ev = self.evaluate(self.Tu, False)
+        dobj = per_frame_total(comm, sh, ev.per_frame)
+        pval = 0.0 if self.no_prior else prior_value(self.denoiser, st.u, space=sp)
+        obj = dobj + (st.alpha * pval if st.alpha else 0.0)
+        rf = per_frame_total(comm, sh, ev.misfit_per_frame) / self.sum_sqrt_f
+        du = st.u - u_old
+        change = np.sqrt(sp.dot(du, du) / max(sp.dot(st.u, st.u), 1e-300))
+        row = dict(objective=obj, data_objective=dobj, prior_value=pval, r_factor=rf, **res, rho=rho, tau=tau,
+                   strength=strength, cg_iterations=cg_it, cg_residual=cg_res, rel_change=change)
+        if self.opts.balance and (k + 1) % self.opts.balance_every == 0:  # (e), for the next iteration
+            self.balance(res)
+        return row
+
+    def iterate(self):
+        return self.state.u
+
+    def result(self, history: History) -> SolverResult:
+        st = self.state
+        state = {"rho": st.rho, "tau": st.tau, "rho0": self.rho0, "tau0": self.tau0, "alpha": st.alpha or 0.0,
+                 "s_u": st.s_u or 0.0, "c": self.c, "model": "linear" if self.linear else "exp", "psi": st.psi,
+                 "lambda": st.lam, "v": st.v, "mu": st.mu}
+        return SolverResult(volume=st.u, probe=self.pt.probe, history=history, state=state)
 
 
-def _balance(pen: float, r: float, s: float, opts: ADMMOptions) -> float:
-    """Boyd et al. (2011) section 3.4.1 on relative residuals."""
+run_admm = solver_runner(ADMM, ADMMOptions, "Three-way ADMM (:class:`ADMM`, module docstring) on this rank's shard and slab.")
+
+
+def balance_penalty(pen: float, r: float, s: float, opts: ADMMOptions) -> float:
+    """Residual balancing (Boyd et al. 2011, section 3.4.1): the penalty times ``balance_factor`` when the
+    primal residual ``r`` exceeds ``balance_ratio`` x the dual ``s``, divided by it in the opposite case,
+    else unchanged (also when either is not finite).
+
+    Parameters
+    ----------
+    pen : float
+        The penalty (rho or tau).
+    r, s : float
+        The primal and dual residuals, in comparable units (normalised or relative).
+    opts : ADMMOptions
+        ``balance_ratio`` and ``balance_factor``.
+
+    Returns
+    -------
+    float
+        The next penalty.
+    """
     if not (np.isfinite(r) and np.isfinite(s)):
         return pen
     if r > opts.balance_ratio * s:
@@ -455,3 +595,10 @@ def _balance(pen: float, r: float, s: float, opts: ADMMOptions) -> float:
     if s > opts.balance_ratio * r:
         return pen / opts.balance_factor
     return pen
+
+
+SPEC = SolverSpec(name="admm", options=ADMMOptions, run=run_admm, models=("exp", "linear"), default_model="exp",
+                  generic={"iterations": "iterations", "noise": "metric", "prior": "prior",
+                           "prior_weight": "prior_weight", "penalty": "rho_rel", "init": "init"},
+                  whole_angles=True, deterministic="optional",
+                  summary="seed 000's three-way ADMM with a plug-in denoiser, either forward model")

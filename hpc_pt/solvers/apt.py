@@ -43,31 +43,44 @@ Poisson). 4 CG iterations per outer iteration give the same quality as 12 at a t
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import Field
 
 import numpy as np
 
 from ..backend import get_xp
 from ..operators import apply_stencil
-from .base import (NO_CHECKPOINTS, Checkpointer, History, Shard, SolverResult, conjugate_gradient, frame_sum,
-                   frames_array_sum, power_lipschitz)
+from .base import (History, IterativeSolver, Shard, SolverOptions, SolverResult, conjugate_gradient, frame_sum,
+                   frames_array_sum, power_lipschitz, solver_runner)
 from .prox import frame_objective, prox_amplitude, prox_poisson, prox_tv
+from .registry import SolverSpec
 
 
-@dataclass
-class APTOptions:
-    iterations: int = 100
-    metric: str = "gaussian"  # "gaussian" (pAGM) or "poisson" (pIPM)
-    tv: bool = True  # False: APTs
-    tv_rel: float = 0.5  # soft threshold lambda / r1 in units of the volume scale c
-    r1_rel: float = 0.05  # r1 relative to ||sum D^H D|| / 12
-    r2: float | None = None  # None: chosen from the data (choose_r2)
-    cg_tol: float = 1e-2
-    cg_max_iter: int = 4
-    probe_refine: bool = False
-    probe_refine_start: int = 5
-    init: str = "constant"  # "constant" (energy-matched, seed 001's u0 = 1) or "zeros"
+class APTOptions(SolverOptions):
+    """APT / APTs options (seed 001 Algorithm 1; the module docstring explains the scale-free defaults)."""
+
+    iterations: int = Field(100, ge=0, description="outer ADMM iterations")
+    metric: Literal["gaussian", "poisson"] = Field("gaussian", description="data metric: pAGM (amplitude) "
+                                                   "or pIPM (Poisson)")
+    prior: Literal["tv", "none"] = Field("tv", description="tv: APT (isotropic TV splitting p = grad u); "
+                                         "none: APTs")
+    tv_rel: float = Field(0.5, ge=0, description="TV threshold lambda / r1, in units of the volume scale c")
+    r1_rel: float = Field(0.05, gt=0, description="r1 relative to r2 ||sum D^H D|| / 12")
+    r2: float | None = Field(None, gt=0, description="data penalty r2 (None: chosen from the data's noise "
+                             "level, choose_r2)")
+    cg_tol: float = Field(1e-2, gt=0, description="CG stop, relative to the warm start's residual")
+    cg_max_iter: int = Field(4, ge=1, description="CG iterations per outer iteration (at most)")
+    probe_refine: bool = Field(False, description="refine the probe (seed 001 section 2.2.2)")
+    probe_refine_start: int = Field(5, ge=0, description="first iteration (0-based) with a probe update")
+    init: Literal["constant", "zeros"] = Field("constant", description="constant: energy-matched, seed "
+                                               "001's u0 = 1; zeros")
+
+    @property
+    def tv(self) -> bool:
+        """Whether the TV term is on (APT) or off (APTs)."""
+        return self.prior == "tv"
 
 
 #: r2 for Poisson-limited counts, for noise-free data, and when the noise level is unknown (module docstring)
@@ -145,114 +158,216 @@ class LinearJointOperator:
         return P.adj(apply_stencil(self.maps, q, lo, hi))
 
 
-def run_apt(shard: Shard, comm, opts: APTOptions | None = None, callback=None, u0=None,
-            checkpoints: Checkpointer = NO_CHECKPOINTS) -> SolverResult:
-    """Seed 001 Algorithm 1 (APT, or APTs with ``opts.tv = False``) on this rank's shard and slab.
+@dataclass
+class APTState:
+    """APT's loop state (the checkpoint's keys): the volume slab ``u``, the far-field splitting ``z`` and
+    its multiplier ``lambda2`` (per frame), the gradient splitting ``p`` and its multiplier ``lambda1``
+    (per voxel; zeros for APTs), the probe, and two set-up values that are not bitwise reproducible:
+    the volume scale c (``scale``) and ||sum_j D_j^H D_j|| (``normal_norm``)."""
 
-    ``u0``: initial volume slab (overrides ``opts.init``); ``callback(row, u)`` runs after every iteration;
-    ``checkpoints`` hands the loop state out every K iterations and back on resume (bitwise continuation).
+    u: object
+    z: object
+    lambda2: object
+    p: object
+    lambda1: object
+    probe: object
+    scale: float
+    normal_norm: float
+
+
+class APT(IterativeSolver):
+    """Seed 001 Algorithm 1 (APT, or APTs with ``opts.prior = "none"``) on this rank's shard and slab.
+
+    Each step is Step 1 (:meth:`u_update`), Step 2 (:meth:`z_update`, :meth:`p_update`), Step 3
+    (:meth:`multiplier_update`) and, when refined, the probe (:meth:`probe_update`); see the module
+    docstring for the equations and the scale-free defaults.
+
+    Parameters
+    ----------
+    shard : Shard
+        This rank's frames, forward model (linear model only) and slab space.
+    comm : Comm
+        The communicator (collectives over ranks).
+    opts : APTOptions, optional
+        The options (defaults: :class:`APTOptions`).
+    u0 : array, optional
+        The initial volume slab (overrides ``opts.init``).
+
+    Raises
+    ------
+    ValueError
+        For an unknown noise metric or a shard set up with the exponential model.
     """
-    opts = opts or APTOptions()
-    if opts.metric not in ("gaussian", "poisson"):
-        raise ValueError(f"unknown noise metric {opts.metric!r}; use 'gaussian' or 'poisson'")
-    sp = shard.space
-    xp = get_xp(shard.intensities)
-    f, sqrt_f, mask = shard.intensities, shard.amplitudes, shard.mask
-    dtype = shard.model.dtype
-    shape = shard.volume_shape
-    st = checkpoints.resume
-    if st is not None:
-        shard.model.ptycho.probe = xp.asarray(st["probe"])
-    D = LinearJointOperator(shard, comm)
 
-    def normal(u):
-        with comm.phase("cg"):
-            return D.normal(u)
+    State = APTState
 
-    # --- scale-free defaults (module docstring)
-    ones = xp.ones(shape, dtype=dtype)
-    if st is None:
-        d1 = D.fwd(ones)
-        energy_model = frame_sum(comm, shard, xp.abs(d1) ** 2, mask)
-        energy_data = frame_sum(comm, shard, f, mask)
+    def __init__(self, shard: Shard, comm, opts: APTOptions | None = None, u0=None):
+        self.opts = opts = opts or APTOptions()
+        if opts.metric not in ("gaussian", "poisson"):
+            raise ValueError(f"unknown noise metric {opts.metric!r}; use 'gaussian' or 'poisson'")
+        self.shard, self.comm, self.u0 = shard, comm, u0
+        self.sp = shard.space
+        self.xp = get_xp(shard.intensities)
+        self.D = LinearJointOperator(shard, comm)
+        self.r2 = opts.r2 if opts.r2 is not None else choose_r2(shard.intensities, shard.mask, comm)[0]
+        self.prox = prox_amplitude if opts.metric == "gaussian" else prox_poisson
+        self.data = shard.amplitudes if opts.metric == "gaussian" else shard.intensities
+        self.sum_sqrt_f = frame_sum(comm, shard, shard.amplitudes, shard.mask)
+
+    def normal(self, u):
+        """sum_j D_j^H D_j u on the slab (the CG phase)."""
+        with self.comm.phase("cg"):
+            return self.D.normal(u)
+
+    def start(self) -> APTState:
+        """The scale-free start: c from the data energy, ||sum D^H D|| by power iteration, u = c 1 (or
+        zeros, or ``u0``), z = D u, zero multipliers."""
+        sh, comm, sp, xp, opts = self.shard, self.comm, self.sp, self.xp, self.opts
+        dtype, shape = sh.model.dtype, sh.volume_shape
+        ones = xp.ones(shape, dtype=dtype)
+        energy_model = frame_sum(comm, sh, xp.abs(self.D.fwd(ones)) ** 2, sh.mask)
+        energy_data = frame_sum(comm, sh, sh.intensities, sh.mask)
         c = float(np.sqrt(energy_data / energy_model)) if energy_model > 0 else 1.0
-        nrm = power_lipschitz(normal, sp.global_shape, comm, dtype, like=shard.intensities,
+        nrm = power_lipschitz(self.normal, sp.global_shape, comm, dtype, like=sh.intensities,
                               rows=(sp.z0, sp.z1), dot=sp.dot)
-    else:
-        c, nrm = float(st["scale"]), float(st["normal_norm"])
-    r2 = opts.r2 if opts.r2 is not None else choose_r2(f, mask, comm)[0]
-    r1 = opts.r1_rel * r2 * nrm / 12.0 if opts.tv else 0.0
-    thresh = opts.tv_rel * c
-    lam = thresh * r1
-
-    if st is not None:
-        u, z, lam2 = (xp.asarray(st[k]) for k in ("u", "z", "lambda2"))
-        p, lam1 = (xp.asarray(st[k]) for k in ("p", "lambda1"))
-    else:
-        if u0 is not None:
-            u = xp.asarray(u0, dtype=dtype).copy()
+        if self.u0 is not None:
+            u = xp.asarray(self.u0, dtype=dtype).copy()
         else:
             u = (c * ones) if opts.init == "constant" else xp.zeros(shape, dtype=dtype)
-        z = D.fwd(u)
-        lam2 = xp.zeros_like(z)
+        z = self.D.fwd(u)
         p = xp.zeros((3,) + shape, dtype=dtype)
-        lam1 = xp.zeros_like(p)
-    prox = prox_amplitude if opts.metric == "gaussian" else prox_poisson
-    data = sqrt_f if opts.metric == "gaussian" else f
+        return APTState(u=u, z=z, lambda2=xp.zeros_like(z), p=p, lambda1=xp.zeros_like(p), probe=self.D.pt.probe,
+                        scale=c, normal_norm=nrm)
 
-    def apply_l(x):
-        out = r2 * normal(x)
-        if opts.tv:
-            out -= r1 * sp.laplacian(x)
+    def ready(self, resumed: bool) -> None:
+        """The penalties from the state's scale and norm: r1 = r1_rel r2 ||sum D^H D|| / 12 (0 for APTs),
+        the TV threshold lambda / r1 = tv_rel c; a resumed probe is put back into the operator."""
+        st, opts = self.state, self.opts
+        if resumed:
+            self.D.pt.probe = self.xp.asarray(st.probe)
+            self.D.refresh()
+        self.r1 = opts.r1_rel * self.r2 * st.normal_norm / 12.0 if opts.tv else 0.0
+        self.thresh = opts.tv_rel * st.scale
+        self.lam = self.thresh * self.r1
+
+    def apply_l(self, x):
+        """L x = r2 sum_j D_j^H D_j x - r1 Laplacian x (seed 001 Eq. 6's system matrix)."""
+        out = self.r2 * self.normal(x)
+        if self.opts.tv:
+            out -= self.r1 * self.sp.laplacian(x)
         return out
 
-    hist = History(st["history"] if st is not None else None)
-    sum_sqrt_f = frame_sum(comm, shard, sqrt_f, mask)
-    for k in range(len(hist), opts.iterations):
-        t0 = time.perf_counter()
-        # Step 1: u-update by CG
+    def u_update(self):
+        """Step 1 (seed 001 Eqs. 5-6): u <- CG solve of L u = r2 sum_j D_j^H (z_j + Lambda2_j) -
+        r1 div(p + Lambda1), warm-started at the current u (``cg_max_iter`` iterations at most).
+
+        Returns
+        -------
+        CGInfo
+            CG's iterations and final relative residual.
+        """
+        st, sp, comm = self.state, self.sp, self.comm
         with comm.phase("project"):
-            rhs = r2 * D.adj(z + lam2)
-        if opts.tv:
-            rhs -= r1 * sp.divergence(p + lam1)
-        u_old = u
-        u, cg = conjugate_gradient(apply_l, rhs, u, sp.dot, tol=opts.cg_tol, max_iter=opts.cg_max_iter)
+            rhs = self.r2 * self.D.adj(st.z + st.lambda2)
+        if self.opts.tv:
+            rhs -= self.r1 * sp.divergence(st.p + st.lambda1)
+        st.u, cg = conjugate_gradient(self.apply_l, rhs, st.u, sp.dot, tol=self.opts.cg_tol,
+                                      max_iter=self.opts.cg_max_iter)
+        return cg
+
+    def z_update(self, du):
+        """Step 2, far field (seed 001 Eqs. 7-8): z_j <- prox_{G, r2}(D_j u - Lambda2_j), the closed-form
+        amplitude (pAGM) or Poisson (pIPM) proximal map, per detector pixel.
+
+        Parameters
+        ----------
+        du : array
+            D u, the far fields of the new volume (F_local, m1, m2).
+        """
+        st = self.state
+        with self.comm.phase("prox"):
+            st.z = self.prox(du - st.lambda2, self.data, self.r2, self.shard.mask)
+
+    def p_update(self, gu):
+        """Step 2, TV (seed 001 Eq. 9): p <- soft_threshold(grad u - Lambda1, lambda / r1), isotropic.
+
+        Parameters
+        ----------
+        gu : array
+            grad u (3, rows, n, n).
+        """
+        st = self.state
+        with self.comm.phase("prox"):
+            st.p = prox_tv(gu - st.lambda1, self.thresh)
+
+    def multiplier_update(self, du, gu=None):
+        """Step 3 (seed 001 Eq. 10): Lambda2_j += z_j - D_j u and (APT) Lambda1 += p - grad u.
+
+        Parameters
+        ----------
+        du : array
+            D u.
+        gu : array, optional
+            grad u (APT only).
+        """
+        st = self.state
+        with self.comm.phase("prox"):
+            st.lambda2 += st.z - du
+            if gu is not None:
+                st.lambda1 += st.p - gu
+
+    def probe_update(self, psi):
+        """w <- sum_j conj(S_j psi) F^H(z_j + Lambda2_j) / sum_j |S_j psi|^2 (seed 001 section 2.2.2), then
+        the slab stencil of the normal operator is rebuilt for the new probe.
+
+        Parameters
+        ----------
+        psi : array
+            Pad(P u), the per-angle fields (A_local, H, W).
+        """
+        with self.comm.phase("ptycho"):
+            _update_probe(self.D, psi, self.state.z + self.state.lambda2, self.comm, self.shard)
+        self.state.probe = self.D.pt.probe
+        self.D.refresh()
+
+    def step(self, k: int) -> dict:
+        st, sh, comm, sp, xp, opts = self.state, self.shard, self.comm, self.sp, self.xp, self.opts
+        f, sqrt_f, mask = sh.intensities, sh.amplitudes, sh.mask
+        u_old = st.u
+        cg = self.u_update()
+        u = st.u
         with comm.phase("project"):
-            psi = D.psi(u)
+            psi = self.D.psi(u)
         with comm.phase("ptycho"):
-            du = D.pt.fwd(psi)
-        # Step 2: z and p proxes
-        with comm.phase("prox"):
-            z = prox(du - lam2, data, r2, mask)
-            # Step 3: multipliers
-            lam2 += z - du
-        primal = frame_sum(comm, shard, xp.abs(z - du) ** 2)
+            du = self.D.pt.fwd(psi)
+        self.z_update(du)
+        gu = sp.gradient(u) if opts.tv else None
         if opts.tv:
-            gu = sp.gradient(u)
-            with comm.phase("prox"):
-                p = prox_tv(gu - lam1, thresh)
-                lam1 += p - gu
-            primal += sp.sum_rows((xp.abs(p - gu) ** 2).sum(axis=0))
+            self.p_update(gu)
+        self.multiplier_update(du, gu)
+        primal = frame_sum(comm, sh, xp.abs(st.z - du) ** 2)
+        if opts.tv:
+            primal += sp.sum_rows((xp.abs(st.p - gu) ** 2).sum(axis=0))
         if opts.probe_refine and k >= opts.probe_refine_start:
-            with comm.phase("ptycho"):
-                _update_probe(D, psi, z + lam2, comm, shard)
-            D.refresh()
+            self.probe_update(psi)
         mag = xp.abs(du)
-        obj = frame_sum(comm, shard, frame_objective(mag, f, sqrt_f, opts.metric, mask))
+        obj = frame_sum(comm, sh, frame_objective(mag, f, sqrt_f, opts.metric, mask))
         if opts.tv:
-            obj += lam * sp.tv_value(u)
-        rf = frame_sum(comm, shard, xp.abs(mag - sqrt_f), mask) / sum_sqrt_f
+            obj += self.lam * sp.tv_value(u)
+        rf = frame_sum(comm, sh, xp.abs(mag - sqrt_f), mask) / self.sum_sqrt_f
         change = np.sqrt(sp.dot(u - u_old, u - u_old) / max(sp.dot(u, u), 1e-300))
-        row = hist.append(iteration=k + 1, objective=obj, r_factor=rf, primal_residual=np.sqrt(primal),
-                          rel_change=change, cg_iterations=cg.iterations, cg_residual=cg.residual,
-                          iter_time_s=time.perf_counter() - t0)
-        if callback is not None:
-            callback(row, u)
-        if checkpoints.due(k + 1):
-            checkpoints.save({"iteration": k + 1, "u": u, "z": z, "lambda2": lam2, "p": p, "lambda1": lam1,
-                              "probe": D.pt.probe, "scale": c, "normal_norm": nrm, "history": hist.rows})
-    return SolverResult(volume=u, probe=D.pt.probe, history=hist,
-                        state={"r1": r1, "r2": r2, "lambda": lam, "scale": c})
+        return dict(objective=obj, r_factor=rf, primal_residual=np.sqrt(primal), rel_change=change,
+                    cg_iterations=cg.iterations, cg_residual=cg.residual)
+
+    def iterate(self):
+        return self.state.u
+
+    def result(self, history: History) -> SolverResult:
+        return SolverResult(volume=self.state.u, probe=self.D.pt.probe, history=history,
+                            state={"r1": self.r1, "r2": self.r2, "lambda": self.lam, "scale": self.state.scale})
+
+
+run_apt = solver_runner(APT, APTOptions, "Seed 001 Algorithm 1 (:class:`APT`; APTs with ``opts.prior = \"none\"``) on this rank's shard and slab.")
 
 
 def _update_probe(D: LinearJointOperator, psi, target, comm, shard: Shard):
@@ -265,3 +380,27 @@ def _update_probe(D: LinearJointOperator, psi, target, comm, shard: Shard):
     den = frames_array_sum(comm, shard, xp.abs(patches) ** 2)
     eps = 1e-6 * float(den.max()) if den.size else 0.0
     D.pt.probe = (num / (den + eps)).astype(D.pt.dtype)
+
+
+def _prepare(shard: Shard, comm, values: dict, noise_free: bool = False):
+    """The data penalty r2 from the data's noise level when neither ``penalty`` nor ``r2`` is given
+    (:func:`choose_r2`); returns the option values and the line that tells the user (None when given)."""
+    if values.get("r2") is not None:
+        return values, None
+    r2, why = choose_r2(shard.intensities, shard.mask, comm, noise_free=noise_free)
+    return {**values, "r2": r2}, f"penalty {r2:g} chosen from the data ({why}); override with --penalty"
+
+
+def _spec(name: str, tv: bool) -> SolverSpec:
+    generic = {"iterations": "iterations", "noise": "metric", "penalty": "r2", "probe_refine": "probe_refine",
+               "init": "init"}
+    if tv:
+        generic.update(prior="prior", prior_weight="tv_rel")
+    return SolverSpec(name=name, options=APTOptions, run=run_apt, models=("linear",), default_model="linear",
+                      generic=generic, fixed={} if tv else {"prior": "none"}, deterministic="default",
+                      refines_probe=True, prepare=_prepare,
+                      summary="seed 001's ADMM for the linear model" + (" with TV (APT)" if tv else ", no prior (APTs)"))
+
+
+APT_SPEC = _spec("apt", True)
+APTS_SPEC = _spec("apts", False)

@@ -1,4 +1,5 @@
-"""What every solver shares: the local data shard, the iteration history, conjugate gradient.
+"""What every solver shares: the local data shard, the iteration history, conjugate gradient, and the one
+iterative-solver shape (:class:`IterativeSolver` + :func:`run`).
 
 Solvers take a :class:`Shard` (operators + this rank's measured frames) and a communicator, a
 :class:`hpc_pt.comm.Comm` (the serial one, :class:`~hpc_pt.comm.SerialComm`, when none is given; the MPI
@@ -8,12 +9,23 @@ or devices).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import ClassVar
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from ..backend import asarray_on, get_xp
 from ..operators import ForwardModel
+
+
+class SolverOptions(BaseModel):
+    """Base of every solver's options model: unknown names and non-finite numbers are refused, values are
+    converted to the fields' types (``"3"`` -> 3), and each field's description is what ``hpc-pt
+    reconstruct --help`` and docs/solvers.md show."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, arbitrary_types_allowed=True,
+                              validate_assignment=True)
 
 
 @dataclass
@@ -265,3 +277,275 @@ class Checkpointer:
 
 
 NO_CHECKPOINTS = Checkpointer()
+
+
+# ----------------------------------------------------------------------------------------------------
+# the one iterative-solver shape
+# ----------------------------------------------------------------------------------------------------
+
+class IterativeSolver:
+    """The shape every iterative solver has: set-up, a loop state, one step, a result.
+
+    A solver class declares its loop state once, as a dataclass ``State`` whose field names are the
+    checkpoint's keys: every array and scalar the loop carries from one iteration to the next, and any
+    set-up value that is not bitwise reproducible (a power-iteration norm, a data-matched scale). The
+    constructor does the set-up that does not depend on the state (operators, options, data statistics);
+    :func:`run` owns everything around the iterations: the loop, the :class:`History`, callbacks, the
+    stopping rule, and checkpoint save / resume.
+
+    Subclasses implement :meth:`start`, :meth:`step`, :meth:`iterate` and :meth:`result`, and may override
+    :meth:`ready`, :meth:`converged`, :meth:`save_state` / :meth:`load_state` (for state that is not a
+    dataclass field, such as a denoiser's warm start).
+
+    Attributes
+    ----------
+    State : type
+        The loop-state dataclass (class attribute).
+    state : State
+        The current loop state (set by :func:`run`).
+    xp : module
+        The array namespace (NumPy or CuPy) arrays are restored on.
+    """
+
+    State: ClassVar[type]
+    state: object = None
+    xp = np
+
+    def start(self):
+        """The initial loop state (a ``State``); may run collectives.
+
+        Returns
+        -------
+        State
+            The state before the first iteration.
+        """
+        raise NotImplementedError
+
+    def ready(self, resumed: bool) -> None:
+        """Derive what the iterations need from ``self.state`` (after :meth:`start` or :meth:`load_state`).
+
+        Parameters
+        ----------
+        resumed : bool
+            True when the state came from a checkpoint.
+        """
+
+    def step(self, k: int) -> dict | None:
+        """One iteration: update ``self.state`` and return the history row's values.
+
+        Parameters
+        ----------
+        k : int
+            The iteration's 0-based index (the row gets ``iteration = k + 1``).
+
+        Returns
+        -------
+        dict or None
+            The row's values (without ``iteration`` and the times, which :func:`run` adds), or None to stop
+            without a row (a breakdown of the iteration, such as a non-positive curvature).
+        """
+        raise NotImplementedError
+
+    def converged(self) -> bool:
+        """The stopping rule, tested before every iteration (default: never; run the iterations asked for).
+
+        Returns
+        -------
+        bool
+            True to stop before the next iteration.
+        """
+        return False
+
+    def iterate(self):
+        """What callbacks receive after every iteration (the volume slab, the object field, ...)."""
+        raise NotImplementedError
+
+    def result(self, history: History):
+        """The solver's output once the loop ends.
+
+        Parameters
+        ----------
+        history : History
+            Every row so far (those of a resumed run included).
+        """
+        raise NotImplementedError
+
+    def save_state(self) -> dict:
+        """The loop state as a flat dict for a checkpoint (arrays, Python scalars, None, small dicts).
+
+        Returns
+        -------
+        dict
+            ``State``'s fields by name.
+        """
+        return state_dict(self.state)
+
+    def load_state(self, saved: dict):
+        """The loop state from a checkpoint's dict (:meth:`save_state`'s keys).
+
+        Parameters
+        ----------
+        saved : dict
+            The checkpoint's values (arrays as NumPy arrays).
+
+        Returns
+        -------
+        State
+            The state, with arrays copied onto ``self.xp``'s backend (``saved`` is left untouched).
+        """
+        return restore_state(self.State, saved, self.xp)
+
+
+def state_dict(state) -> dict:
+    """A state dataclass as a flat dict (field name -> value, no copies).
+
+    Parameters
+    ----------
+    state : dataclass instance
+        A solver's loop state.
+
+    Returns
+    -------
+    dict
+        One entry per field.
+    """
+    return {f.name: getattr(state, f.name) for f in fields(state)}
+
+
+def restore_state(cls, saved: dict, xp=np):
+    """A ``cls`` state dataclass from a checkpoint dict: arrays copied onto ``xp``, other values as saved.
+
+    Parameters
+    ----------
+    cls : type
+        The state dataclass.
+    saved : dict
+        The checkpoint's values; it must have every field of ``cls`` (extra keys are ignored).
+    xp : module
+        NumPy or CuPy: where arrays go.
+
+    Returns
+    -------
+    cls
+        The restored state.
+
+    Raises
+    ------
+    KeyError
+        When ``saved`` lacks a field (a checkpoint of another solver or version).
+    """
+    missing = [f.name for f in fields(cls) if f.name not in saved]
+    if missing:
+        raise KeyError(f"the checkpoint has no {', '.join(missing)} for {cls.__name__}")
+    vals = {}
+    for f in fields(cls):
+        v = saved[f.name]
+        vals[f.name] = xp.array(v, copy=True) if hasattr(v, "shape") and hasattr(v, "dtype") else v
+    return cls(**vals)
+
+
+def run(solver: IterativeSolver, iterations: int, callback=None, checkpoints: Checkpointer = NO_CHECKPOINTS):
+    """Run ``solver`` for ``iterations`` iterations: the one loop every iterative solver shares.
+
+    Starts from :meth:`IterativeSolver.start` or, when ``checkpoints.resume`` holds a saved state, from that
+    state and its history (continuing at its iteration, so that the end result is bitwise-equal to an
+    uninterrupted run on the CPU). Before every iteration the solver's stopping rule
+    (:meth:`~IterativeSolver.converged`) may end the loop; after it the row gets ``iteration`` (1-based),
+    ``iter_time_s`` and ``time_s`` (the run's wall time, resumed runs included), ``callback(row, iterate)``
+    runs, and the state is checkpointed when ``checkpoints.due(k)``.
+
+    Parameters
+    ----------
+    solver : IterativeSolver
+        The set-up solver.
+    iterations : int
+        The total number of iterations (a resumed run does the remaining ones).
+    callback : callable, optional
+        ``callback(row, iterate)`` after every iteration.
+    checkpoints : Checkpointer
+        Where the state goes every K iterations and where a resumed state comes from.
+
+    Returns
+    -------
+    object
+        The solver's :meth:`~IterativeSolver.result`.
+    """
+    saved = checkpoints.resume
+    if saved is None:
+        solver.state = solver.start()
+        hist = History()
+    else:
+        solver.state = solver.load_state(saved)
+        hist = History(saved["history"])
+    solver.ready(resumed=saved is not None)
+    for k in range(len(hist), int(iterations)):
+        if solver.converged():
+            break
+        t0 = time.perf_counter()
+        values = solver.step(k)
+        if values is None:
+            break
+        row = hist.append(iteration=k + 1, **values, iter_time_s=time.perf_counter() - t0)
+        if callback is not None:
+            callback(row, solver.iterate())
+        if checkpoints.due(k + 1):
+            checkpoints.save({"iteration": k + 1, **solver.save_state(), "history": hist.rows})
+    return solver.result(hist)
+
+
+def run_solver(cls, shard: Shard, comm, opts, callback=None, u0=None, checkpoints: Checkpointer = NO_CHECKPOINTS):
+    """Set up the joint solver class ``cls`` on this rank's shard and :func:`run` it for ``opts.iterations``:
+    what ``run_apt``, ``run_gd`` and ``run_admm`` do (the registry's ``run`` signature).
+
+    Parameters
+    ----------
+    cls : type
+        An :class:`IterativeSolver` taking ``(shard, comm, opts, u0)``.
+    shard : Shard
+        This rank's part of the problem.
+    comm : Comm
+        The communicator.
+    opts : SolverOptions
+        The solver's options (``iterations`` among them).
+    callback : callable, optional
+        ``callback(row, u)`` after every iteration with the history row and the volume slab.
+    u0 : array, optional
+        The initial volume slab (instead of ``opts.init``).
+    checkpoints : Checkpointer
+        Hands the loop state (``cls.State``) out every K iterations and back on resume (bitwise continuation).
+
+    Returns
+    -------
+    SolverResult
+        The solver's result.
+    """
+    return run(cls(shard, comm, opts, u0), opts.iterations, callback, checkpoints)
+
+
+def solver_runner(cls, options_cls, summary: str):
+    """The ``run_<method>(shard, comm, opts=None, callback=None, u0=None, checkpoints=NO_CHECKPOINTS)``
+    function of a joint solver class: :func:`run_solver` with ``options_cls()`` as the default options.
+
+    Parameters
+    ----------
+    cls : type
+        The :class:`IterativeSolver`.
+    options_cls : type
+        Its options model.
+    summary : str
+        The first line of the function's docstring.
+
+    Returns
+    -------
+    callable
+        The runner (its docstring names ``cls``, its state and options).
+    """
+    def runner(shard: Shard, comm, opts=None, callback=None, u0=None, checkpoints: Checkpointer = NO_CHECKPOINTS):
+        return run_solver(cls, shard, comm, options_cls() if opts is None else opts, callback, u0, checkpoints)
+
+    runner.__doc__ = (f"{summary}\n\n    Parameters\n    ----------\n    shard, comm, opts, callback, u0, checkpoints\n"
+                      f"        As for :func:`~hpc_pt.solvers.base.run_solver` (``opts``: :class:`{options_cls.__name__}`"
+                      f", default ``{options_cls.__name__}()``; the loop state: :class:`{cls.State.__name__}`).\n")
+    runner.__qualname__ = runner.__name__ = f"run_{cls.__name__.lower()}"
+    runner.__module__ = cls.__module__
+    return runner

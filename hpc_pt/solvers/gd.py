@@ -60,43 +60,49 @@ the current and initial steps and Lip, so a resumed run continues bitwise.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+
+from pydantic import Field
 
 import numpy as np
 
 from ..backend import get_xp, leading_sums
 from .base import (
-    NO_CHECKPOINTS,
-    Checkpointer,
     History,
+    IterativeSolver,
     Shard,
+    SolverOptions,
     SolverResult,
     frame_sum,
     per_frame_total,
     power_lipschitz,
+    solver_runner,
 )
 from .farfield import FarfieldPass, farfield_pass
 from .prox import METRICS, data_residual, pixel_sum  # noqa: F401 (data_residual re-exported)
+from .registry import SolverSpec
 
 SCHEDULES = ("time", "constant")
 INITS = ("auto", "zeros", "constant")
 
 
-@dataclass
-class GDOptions:
-    iterations: int = 100
-    step: float | None = None  # absolute alpha_0; None: step_rel / Lip (scale-free, module docstring)
-    step_rel: float = 1.0
-    schedule: str = "time"  # "time": alpha_{n+1} = alpha_n / (1 + eps n) (seed 002); "constant"
-    eps: float = 1e-6
-    line_search: bool = True
-    armijo_c1: float = 1e-4
-    growth: float = 1.5  # with line search: next trial = growth x accepted step
-    max_backtracks: int = 30
-    metric: str = "gaussian"  # "gaussian" (amplitude, seed 002) or "poisson"
-    init: str = "auto"  # "auto": zeros (free space) for "exp", the energy-matched constant for "linear"
-    power_iterations: int = 15
+class GDOptions(SolverOptions):
+    """Full-gradient descent options (seed 002 Algorithm 1; the module docstring explains the step size)."""
+
+    iterations: int = Field(100, ge=0, description="gradient iterations")
+    step: float | None = Field(None, description="absolute first step alpha_0 (None: step_rel / Lip, "
+                               "scale-free)")
+    step_rel: float = Field(1.0, description="first step in units of 1 / Lip")
+    schedule: str = Field("time", description="time: alpha_{n+1} = alpha_n / (1 + eps n) (seed 002); constant")
+    eps: float = Field(1e-6, ge=0, description="the time schedule's decay")
+    line_search: bool = Field(True, description="backtracking Armijo line search")
+    armijo_c1: float = Field(1e-4, gt=0, lt=1, description="Armijo's sufficient-decrease constant")
+    growth: float = Field(1.5, gt=0, description="with line search: next trial = growth x the accepted step")
+    max_backtracks: int = Field(30, ge=0, description="halvings of a trial step at most")
+    metric: str = Field("gaussian", description="gaussian (amplitude, seed 002) or poisson")
+    init: str = Field("auto", description="auto: zeros (free space) for exp, the energy-matched constant for "
+                      "linear; zeros; constant")
+    power_iterations: int = Field(15, ge=1, description="power iterations for Lip")
 
 
 class IdentityMap:
@@ -162,17 +168,6 @@ class JointModel:
         """:meth:`evaluate` at psi = T(Pad(P u)), P u in the per-angle layout: no communication."""
         return self.evaluate(self.exp.fwd(self.pad.fwd(pu)), f, sqrt_f, metric, mask, grad)
 
-    def jtj(self, v, psi):
-        """J^H J v for the linearisation at psi: c^2 (Pad P)^H [conj(psi) Pt^H Pt (psi Pad P v)] ("exp"; for
-        "linear" (Pad P)^H Pt^H Pt Pad P v) (two transposes; :func:`linearised_normal` is the
-        communication-free slab-layout version)."""
-        xp = get_xp(v)
-        pt = self.pt
-        w2 = xp.abs(pt.probe) ** 2
-        t = self.x(v) if self.linear else psi * self.x(v)
-        t = pt.patches_adj(w2 * pt.patches(t))
-        return self.xadj(t) if self.linear else (self.c ** 2) * self.xadj(xp.conj(psi) * t)
-
     def energy_matched_constant(self, u_shape, comm, f, mask=None, dtype=np.complex64):
         """The constant s with ||D(T(Pad P (s 1)))||^2 = sum f, for the linear model (where D T Pad P is
         linear, so s = sqrt(sum f / ||D Pad P 1||^2)); one transpose and one pass over the frames.
@@ -189,10 +184,6 @@ class JointModel:
         data = frame_sum(comm, self.shard, f, mask)
         s = float(np.sqrt(data / energy)) if energy > 0 else 1.0
         return s, pu1 * pu1.real.dtype.type(s)  # a NumPy scalar: CuPy refuses a 0-d NumPy array operand
-
-
-#: the name before the linear model was supported (kept for callers)
-ExpJointModel = JointModel
 
 
 def linearised_normal(model: JointModel, u, comm):
@@ -262,49 +253,131 @@ def resolve_init(init: str, linear: bool, method: str = "gd") -> str:
     return init
 
 
-def loss_and_gradient(model: JointModel, shard: Shard, comm, u, metric: str = "gaussian"):
-    """(L(u), g_u): the global loss and the volume gradient on this rank's slab (collectives over ``comm``;
-    two transposes; the far fields are formed one frame batch at a time)."""
-    ev = model.evaluate(model.psi(u), shard.intensities, shard.amplitudes, metric, shard.mask, grad=True)
-    return per_frame_total(comm, shard, ev.per_frame), model.xadj(ev.field)
+def loss_at(model: JointModel, shard: Shard, comm, pu, metric: str = "gaussian", grad: bool = True):
+    """The global loss and the per-frame pass at P u (per-angle layout), GD's evaluation of a point.
 
+    Parameters
+    ----------
+    model : JointModel
+        The shard's joint model.
+    shard : Shard
+        This rank's frames.
+    comm : Comm
+        The communicator (the loss is a sum over ranks).
+    pu : array
+        P u on the shard's angles (A_r, N_z, W).
+    metric : str
+        "gaussian" (amplitude) or "poisson".
+    grad : bool
+        Also form the per-angle gradient field ExpMap^H Ptycho^H r(z).
 
-def run_gd(shard: Shard, comm, opts: GDOptions | None = None, callback=None, u0=None,
-           checkpoints: Checkpointer = NO_CHECKPOINTS) -> SolverResult:
-    """Seed 002 Algorithm 1 on this rank's shard and slab (module docstring), with the shard's forward
-    model ("exp" or "linear"); ``u0`` (this rank's slab) warm-starts instead of ``opts.init``.
-
-    ``callback(row, u)`` is called after every iteration with the history row and the volume slab;
-    ``checkpoints`` hands the loop state out every K iterations and back on resume (bitwise continuation).
+    Returns
+    -------
+    tuple
+        (L, :class:`~.farfield.FarfieldPass`).
     """
-    opts = GDOptions() if opts is None else opts
-    _check(opts)
-    model = JointModel(shard)
-    init = resolve_init(opts.init, model.linear) if u0 is None else "given"
-    sp = shard.space
-    xp = get_xp(shard.intensities)
-    dtype = shard.model.dtype
-    shape = shard.volume_shape
-    f, sqrt_f, mask = shard.intensities, shard.amplitudes, shard.mask
-    st = checkpoints.resume
+    ev = model.evaluate_at(pu, shard.intensities, shard.amplitudes, metric, shard.mask, grad)
+    return per_frame_total(comm, shard, ev.per_frame), ev
 
-    def evaluate_at(pu, grad=True):
-        """The loss and R-factor terms at P u and, with ``grad``, the per-angle gradient field (local)."""
-        with comm.phase("ptycho"):
-            ev = model.evaluate_at(pu, f, sqrt_f, opts.metric, mask, grad)
-        return per_frame_total(comm, shard, ev.per_frame), ev
 
-    def gradient(ev):
+def loss_and_gradient(model: JointModel, shard: Shard, comm, u, metric: str = "gaussian"):
+    """(L(u), g_u): the global loss and the volume gradient (seed 002 Eqs. 4-5) on this rank's slab, by the
+    same two pieces GD iterates with (:func:`loss_at`, then one transpose back to the slabs).
+
+    Parameters
+    ----------
+    model, shard, comm, metric
+        As for :func:`loss_at` (here the collectives are two transposes and the loss's sum).
+    u : array
+        The volume slab.
+
+    Returns
+    -------
+    tuple
+        (L, g_u) with g_u on this rank's slab.
+    """
+    loss, ev = loss_at(model, shard, comm, model.space.project(u), metric)
+    return loss, model.xadj(ev.field)
+
+
+@dataclass
+class GDState:
+    """GD's loop state (the checkpoint's keys): the volume slab ``u``, P u as carried in the per-angle
+    layout ``pu`` (not recomputed: bitwise), the gradient ``g``, the ``loss`` at u, the next trial ``step``,
+    the first step ``step0`` and ``lipschitz`` (the power-iteration estimate behind the default step)."""
+
+    u: object
+    pu: object
+    g: object
+    loss: float
+    step: float
+    step0: float
+    lipschitz: float
+
+
+class GD(IterativeSolver):
+    """Seed 002 Algorithm 1 on this rank's shard and slab (module docstring), with the shard's forward
+    model ("exp" or "linear").
+
+    Each step is :meth:`line_search` (or the plain seed-002 step) along -g, :meth:`gradient_update` at the
+    accepted point and the step schedule (:meth:`next_step`).
+
+    Parameters
+    ----------
+    shard, comm, u0
+        This rank's frames, forward model ("exp" or "linear") and slab space; the communicator; the initial
+        volume slab (overrides ``opts.init``), as for :class:`~hpc_pt.solvers.apt.APT`.
+    opts : GDOptions, optional
+        The options (defaults: :class:`GDOptions`).
+
+    Raises
+    ------
+    ValueError
+        For invalid options, or a start the model cannot use (:func:`resolve_init`).
+    """
+
+    State = GDState
+
+    def __init__(self, shard: Shard, comm, opts: GDOptions | None = None, u0=None):
+        self.opts = opts = GDOptions() if opts is None else opts
+        _check(opts)
+        self.model = JointModel(shard)
+        self.init = resolve_init(opts.init, self.model.linear) if u0 is None else "given"
+        self.shard, self.comm, self.u0 = shard, comm, u0
+        self.sp = shard.space
+        self.xp = get_xp(shard.intensities)
+        self.sum_sqrt_f = frame_sum(comm, shard, shard.amplitudes, shard.mask)
+
+    def evaluate_at(self, pu, grad: bool = True):
+        """(L, FarfieldPass) at P u (per-angle layout): the loss, the R-factor terms and, with ``grad``,
+        the per-angle gradient field (no communication but the loss's sum)."""
+        with self.comm.phase("ptycho"):
+            return loss_at(self.model, self.shard, self.comm, pu, self.opts.metric, grad)
+
+    def gradient_update(self, ev):
+        """g_u = P^H Pad^H T.vjp(Ptycho^H(z - sqrt(f) z / |z|)) (seed 002 Eq. 5) from the per-angle field
+        of ``ev`` (one transpose: angles -> slabs).
+
+        Returns
+        -------
+        array
+            The gradient on this rank's slab.
+        """
+        with self.comm.phase("project"):
+            return self.model.xadj(ev.field)
+
+    def start(self) -> GDState:
+        """u_0 (zeros, the energy-matched constant or ``u0``), Lip = ||J||^2 by power iteration on the
+        linearised normal operator, alpha_0 = ``step_rel`` / Lip (or ``step``), the loss and gradient at
+        u_0."""
+        sh, comm, sp, xp, opts, model = self.shard, self.comm, self.sp, self.xp, self.opts, self.model
+        dtype, shape = sh.model.dtype, sh.volume_shape
         with comm.phase("project"):
-            return model.xadj(ev.field)  # one transpose: angles -> slabs
-
-    if st is None:
-        with comm.phase("project"):
-            if init == "constant":  # linear model: s 1 with ||D(s 1)||^2 = sum f (P(s 1) from the same transpose)
-                s, pu = model.energy_matched_constant(shape, comm, f, mask, dtype)
+            if self.init == "constant":  # linear model: s 1 with ||D(s 1)||^2 = sum f (P(s 1) from the same transpose)
+                s, pu = model.energy_matched_constant(shape, comm, sh.intensities, sh.mask, dtype)
                 u = xp.full(shape, s, dtype=dtype)
             else:
-                u = xp.zeros(shape, dtype=dtype) if u0 is None else xp.asarray(u0, dtype=dtype).copy()
+                u = xp.zeros(shape, dtype=dtype) if self.u0 is None else xp.asarray(self.u0, dtype=dtype).copy()
                 pu = sp.project(u)  # P u, per-angle layout (A_r, N_z, W): one transpose
             normal = linearised_normal(model, u, comm)
             lip = power_lipschitz(normal, sp.global_shape, comm, dtype, opts.power_iterations, like=u,
@@ -313,58 +386,89 @@ def run_gd(shard: Shard, comm, opts: GDOptions | None = None, callback=None, u0=
             alpha = float(opts.step)
         else:
             alpha = opts.step_rel / lip if lip > 0 else 1.0
-        alpha0 = alpha
-        loss, ev = evaluate_at(pu)
-        g = gradient(ev)
-    else:  # the whole loop state: u, P u as carried (not recomputed: bitwise), the gradient, the steps
-        u, pu, g = (xp.asarray(st[k]) for k in ("u", "pu", "g"))
-        lip, alpha, alpha0, loss = (float(st[k]) for k in ("lipschitz", "step", "step0", "loss"))
-        _, ev = evaluate_at(pu, grad=False)  # the R-factor terms at the current point
+        loss, self.ev = self.evaluate_at(pu)
+        g = self.gradient_update(self.ev)
+        return GDState(u=u, pu=pu, g=g, loss=loss, step=alpha, step0=alpha, lipschitz=lip)
 
-    sum_sqrt_f = frame_sum(comm, shard, sqrt_f, shard.mask)
-    hist = History(st["history"] if st is not None else None)
-    for n in range(len(hist), opts.iterations):
-        t0 = time.perf_counter()
-        gg = sp.dot(g, g)
+    def ready(self, resumed: bool) -> None:
+        """On resume: the R-factor terms at the saved point (the loss and gradient are in the state)."""
+        if resumed:
+            _, self.ev = self.evaluate_at(self.state.pu, grad=False)
+
+    def line_search(self, pg, gg):
+        """Backtracking Armijo along -g from the trial step (halving, at most ``max_backtracks`` times):
+        accepts t when L(u - t g) <= L(u) - c1 t ||g||^2. Trial points are P u - t P g (no projection).
+
+        Parameters
+        ----------
+        pg : array
+            P g in the per-angle layout.
+        gg : float
+            ||g||^2.
+
+        Returns
+        -------
+        tuple
+            (t, P(u - t g), L there, its FarfieldPass, backtracks, moved): ``moved`` is False when even the
+            smallest trial did not decrease L (the point then stays).
+        """
+        st, opts = self.state, self.opts
+        trial, backtracks = st.step, 0
+        while True:
+            pu_new = st.pu - trial * pg
+            new_loss, ev_new = self.evaluate_at(pu_new)  # with the gradient field: used if accepted
+            if new_loss <= st.loss - opts.armijo_c1 * trial * gg or backtracks >= opts.max_backtracks:
+                break
+            trial *= 0.5
+            backtracks += 1
+        return trial, pu_new, new_loss, ev_new, backtracks, new_loss <= st.loss
+
+    def next_step(self, step_used: float, n: int) -> float:
+        """alpha_{n+1} = base / (1 + eps n) (seed 002's time-based decay; ``schedule="constant"``: base),
+        base = ``growth`` x the accepted step with line search, else the current alpha_n."""
+        opts = self.opts
+        base = step_used * opts.growth if opts.line_search else self.state.step
+        return base / (1.0 + opts.eps * n) if opts.schedule == "time" else base
+
+    def step(self, n: int) -> dict:
+        st, sp, comm, opts = self.state, self.sp, self.comm, self.opts
+        gg = sp.dot(st.g, st.g)
         with comm.phase("project"):
-            pg = sp.project(g)  # P g at this rank's angles: one transpose; trial points P u - t P g
+            pg = sp.project(st.g)  # P g at this rank's angles: one transpose; trial points P u - t P g
         backtracks = 0
         moved = True
         if opts.line_search:
-            trial = alpha
-            while True:
-                pu_new = pu - trial * pg
-                new_loss, ev_new = evaluate_at(pu_new)  # with the gradient field: used if accepted
-                if new_loss <= loss - opts.armijo_c1 * trial * gg or backtracks >= opts.max_backtracks:
-                    break
-                trial *= 0.5
-                backtracks += 1
-            moved = new_loss <= loss  # else no decrease even at the smallest trial: stay (gradient ~ 0)
-            step_used = trial
+            step_used, pu_new, new_loss, ev_new, backtracks, moved = self.line_search(pg, gg)
         else:
-            step_used = alpha
-            pu_new = pu - alpha * pg
-            new_loss, ev_new = evaluate_at(pu_new)
+            step_used = st.step
+            pu_new = st.pu - st.step * pg
+            new_loss, ev_new = self.evaluate_at(pu_new)
         if moved:
-            u_new = u - step_used * g
-            du = u_new - u
+            u_new = st.u - step_used * st.g
+            du = u_new - st.u
             change = np.sqrt(sp.dot(du, du) / max(sp.dot(u_new, u_new), 1e-300))
-            u, pu, loss, ev = u_new, pu_new, new_loss, ev_new
-            g = gradient(ev)
+            st.u, st.pu, st.loss, self.ev = u_new, pu_new, new_loss, ev_new
+            st.g = self.gradient_update(self.ev)
         else:  # u, and so its gradient, unchanged (the branch is taken on every rank alike)
             change = 0.0
-        # next step: the seed's time-based decay, applied to the accepted step (x growth) with line search
-        base = step_used * opts.growth if opts.line_search else alpha
-        alpha = base / (1.0 + opts.eps * n) if opts.schedule == "time" else base
-        rf = per_frame_total(comm, shard, ev.misfit_per_frame) / sum_sqrt_f
-        row = hist.append(iteration=n + 1, objective=loss, r_factor=rf, step=step_used,
-                          grad_norm=float(np.sqrt(gg)), backtracks=backtracks, rel_change=change,
-                          iter_time_s=time.perf_counter() - t0)
-        if callback is not None:
-            callback(row, u)
-        if checkpoints.due(n + 1):
-            checkpoints.save({"iteration": n + 1, "u": u, "pu": pu, "g": g, "loss": loss, "step": alpha,
-                              "step0": alpha0, "lipschitz": lip, "history": hist.rows})
-    return SolverResult(volume=u, probe=model.pt.probe, history=hist,
-                        state={"lipschitz": lip, "step0": alpha0, "step": alpha, "c": model.c,
-                               "model": "linear" if model.linear else "exp"})
+        st.step = self.next_step(step_used, n)
+        rf = per_frame_total(comm, self.shard, self.ev.misfit_per_frame) / self.sum_sqrt_f
+        return dict(objective=st.loss, r_factor=rf, step=step_used, grad_norm=float(np.sqrt(gg)),
+                    backtracks=backtracks, rel_change=change)
+
+    def iterate(self):
+        return self.state.u
+
+    def result(self, history: History) -> SolverResult:
+        st, model = self.state, self.model
+        return SolverResult(volume=st.u, probe=model.pt.probe, history=history,
+                            state={"lipschitz": st.lipschitz, "step0": st.step0, "step": st.step, "c": model.c,
+                                   "model": "linear" if model.linear else "exp"})
+
+
+run_gd = solver_runner(GD, GDOptions, "Seed 002 Algorithm 1 (:class:`GD`) on this rank's shard and slab.")
+
+
+SPEC = SolverSpec(name="gd", options=GDOptions, run=run_gd, models=("exp", "linear"), default_model="exp",
+                  generic={"iterations": "iterations", "noise": "metric", "init": "init"}, deterministic="default",
+                  summary="seed 002's full-gradient descent, either forward model")

@@ -60,16 +60,16 @@ the result does not depend on how the angles are spread: sums (statistics, probe
 search and Polak-Ribiere dot products) with ``comm.sum_scalar`` / ``allreduce_sum``, and the peak
 illumination that scales DM's ``eps`` and ML's preconditioner with :func:`global_max`.
 
-Checkpoints. Every method takes ``checkpoint(k, state)``, called after iteration ``k`` (1-based, after
-``callback``) with the method's whole loop state (``iteration``, ``history`` rows, the object ``obj``,
-the ``probe``, and the method's own carried values: DM's far-field exit waves ``Fpsi``; ML's previous
-gradients, search directions, ``gh_prev`` and ``t_last``; ePIE's random generator state ``rng``), and
-``resume=state`` to continue from it: the continued run is bitwise-equal to an uninterrupted one on the
-CPU.
+Checkpoints. Every method is an :class:`~hpc_pt.solvers.base.IterativeSolver` (:class:`EPIE`, :class:`DM`,
+:class:`MLCG`) run by :func:`~hpc_pt.solvers.base.run` and takes a :class:`~hpc_pt.solvers.base.Checkpointer`:
+its state dataclass (:class:`EPIEState`, :class:`DMState`, :class:`MLState`: the object ``obj``, the
+``probe``, and the method's own carried values: DM's far-field exit waves ``Fpsi``; ML's previous
+gradients, search directions, ``gh_prev`` and ``t_last``; ePIE's random generator state ``rng``) goes out
+after the iterations the checkpointer asks for, and a run resumed from it is bitwise-equal to an
+uninterrupted one on the CPU.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,7 +77,7 @@ import numpy as np
 from ..backend import fft2c, get_xp, ifft2c, is_cupy, real_dtype, to_numpy
 from ..operators import Ptychography
 from ..comm import SerialComm
-from .base import History
+from .base import NO_CHECKPOINTS, Checkpointer, History, IterativeSolver, run, state_dict
 
 METHODS = ("epie", "dm", "ml")
 
@@ -310,67 +310,168 @@ class _Windows:
             np.add.at(flat, idx.ravel(), g.ravel())
 
 
-def epie(frames, positions, probe, field_shape=None, iterations: int = 50, alpha: float = 1.0,
-         beta: float = 1.0, probe_refine: bool = False, probe_start: int = 2, obj_init="ones", mask=None,
-         angle_index=None, seed: int = 0, footprint: float = 0.01, max_batch: int | None = None,
-         dtype=np.complex64, callback=None, resume: dict | None = None, checkpoint=None) -> Ptycho2DResult:
-    """ePIE in random compact (non-overlapping) batches; see the module docstring.
+@dataclass
+class EPIEState:
+    """ePIE's loop state (the checkpoint's keys): the object ``obj``, the ``probe`` and the frame order's
+    random generator state ``rng`` (a bit-generator state dict)."""
 
-    ``iterations`` epochs (each visits every frame once); ``alpha``/``beta`` object/probe steps;
-    ``probe_refine`` turns the probe update on from epoch ``probe_start``; ``footprint`` is the |w|^2
-    fraction of the peak that defines a window's footprint for batching; ``seed`` seeds the frame order.
-    History per epoch: ``objective`` (0.5 sum (|D| - sqrt f)^2 measured before each batch's update, the
-    usual ePIE running error) and ``r_factor``. ePIE's probe (when refined) is local to this call.
-    ``checkpoint`` / ``resume``: see the module docstring (state: obj, probe, rng).
+    obj: object
+    probe: object
+    rng: dict
+
+
+class EPIE(IterativeSolver):
+    """ePIE in random compact (non-overlapping) batches (module docstring, seed 003 Eqs. 10-12); one step
+    is one epoch, every frame visited once (:meth:`object_update` and :meth:`probe_update` per batch).
+
+    Parameters
+    ----------
+    frames, positions, probe, field_shape, mask, angle_index, dtype
+        The problem (see :func:`epie`).
+    alpha, beta : float
+        Object and probe steps.
+    probe_refine : bool
+        Update the probe from epoch ``probe_start`` on.
+    probe_start : int
+        The first epoch (0-based) with a probe update.
+    obj_init, seed, footprint, max_batch
+        As for :func:`epie`.
     """
-    _check("epie", iterations, probe_start)
-    field_shape = _default_field(field_shape, positions, probe)
-    pb = _Problem(frames, positions, probe, field_shape, angle_index, mask, dtype, None)
-    xp = pb.xp
-    rng = np.random.default_rng(seed)
-    P = pb.op.probe.copy()
-    extent, _ = _footprint_extent(P, footprint)  # from the initial probe, also on resume
-    if resume is not None:
-        O = xp.asarray(resume["obj"]).astype(pb.dtype).copy()
-        P = xp.asarray(resume["probe"]).astype(pb.dtype).copy()
-        rng.bit_generator.state = resume["rng"]
-    else:
-        O = pb.init_object(obj_init)
-    flat = O.reshape(-1)
-    win = _Windows(pb.positions, pb.angle_index, P.shape, field_shape, P, pb.dtype)
-    hist = History(resume["history"] if resume is not None else None)
-    for k in range(len(hist), int(iterations)):
-        t0 = time.perf_counter()
-        batches = compact_batches(pb.positions, pb.angle_index, extent, rng, max_batch)
-        refine = probe_refine and k >= probe_start
+
+    State = EPIEState
+
+    def __init__(self, frames, positions, probe, field_shape=None, alpha: float = 1.0, beta: float = 1.0,
+                 probe_refine: bool = False, probe_start: int = 2, obj_init="ones", mask=None, angle_index=None,
+                 seed: int = 0, footprint: float = 0.01, max_batch: int | None = None, dtype=np.complex64):
+        field_shape = _default_field(field_shape, positions, probe)
+        self.pb = pb = _Problem(frames, positions, probe, field_shape, angle_index, mask, dtype, None)
+        self.xp = pb.xp
+        self.alpha, self.beta, self.probe_refine, self.probe_start = alpha, beta, probe_refine, probe_start
+        self.obj_init, self.max_batch, self.seed = obj_init, max_batch, seed
+        P0 = pb.op.probe
+        self.extent, _ = _footprint_extent(P0, footprint)  # from the initial probe, also on resume
+        self.win = _Windows(pb.positions, pb.angle_index, P0.shape, field_shape, P0, pb.dtype)
+
+    def start(self) -> EPIEState:
+        return EPIEState(obj=self.pb.init_object(self.obj_init), probe=self.pb.op.probe.copy(),
+                         rng=np.random.default_rng(self.seed).bit_generator.state)
+
+    def ready(self, resumed: bool) -> None:
+        self.rng = np.random.default_rng(self.seed)
+        self.rng.bit_generator.state = self.state.rng
+
+    def save_state(self) -> dict:
+        return {**state_dict(self.state), "rng": self.rng.bit_generator.state}
+
+    def object_update(self, flat, sel, idx, dpsi, P, pmax):
+        """O += alpha S_j^T [conj(w) / max|w|^2 (psi'_j - psi_j)] for the batch ``sel`` (seed 003 Eq. 12)."""
+        self.win.scatter_add(flat, sel, idx, (self.alpha / pmax) * self.xp.conj(P) * dpsi)
+
+    def probe_update(self, P, pO, dpsi):
+        """w += beta conj(S_j O) / max|S_j O|^2 (psi'_j - psi_j), the mean over the batch's frames (with the
+        object before its update).
+
+        Returns
+        -------
+        array
+            The new probe (``P`` itself when the batch saw no object).
+        """
+        xp = self.xp
+        omax = float((xp.abs(pO) ** 2).max())
+        if omax > 0:
+            P = P + (self.beta / (omax * len(pO))) * (xp.conj(pO) * dpsi).sum(axis=0)
+        return P
+
+    def step(self, k: int) -> dict:
+        st, pb, xp, win = self.state, self.pb, self.xp, self.win
+        O, P = st.obj, st.probe
+        flat = O.reshape(-1)
+        batches = compact_batches(pb.positions, pb.angle_index, self.extent, self.rng, self.max_batch)
+        refine = self.probe_refine and k >= self.probe_start
         err = rsum = 0.0
         pmax = float(xp.abs(P).max()) ** 2
         for sel in batches:
             idx = win.index(sel)
             pO = win.gather(flat, sel, idx)
-            psi = P * pO
+            psi = P * pO  # (10)
             d = fft2c(psi)
             r = xp.abs(d) - pb.a[sel]
             if pb.mask is not None:
                 r = r * pb.mask
             err += 0.5 * float((r * r).sum())
             rsum += float(xp.abs(r).sum())
-            dpsi = ifft2c(pb_fourier(pb, d, sel), overwrite=True)
+            dpsi = ifft2c(pb_fourier(pb, d, sel), overwrite=True)  # (11)
             dpsi -= psi
-            win.scatter_add(flat, sel, idx, (alpha / pmax) * xp.conj(P) * dpsi)
+            self.object_update(flat, sel, idx, dpsi, P, pmax)  # (12)
             if refine:
-                omax = float((xp.abs(pO) ** 2).max())
-                if omax > 0:
-                    P = P + (beta / (omax * len(sel))) * (xp.conj(pO) * dpsi).sum(axis=0)
-                    pmax = float(xp.abs(P).max()) ** 2
-        row = hist.append(iteration=k + 1, objective=err, r_factor=rsum / max(pb.sum_a, 1e-300),
-                          batches=len(batches), iter_time_s=time.perf_counter() - t0)
-        if callback is not None:
-            callback(row, O)
-        if checkpoint is not None:
-            checkpoint(k + 1, {"iteration": k + 1, "history": hist.rows, "obj": O, "probe": P,
-                               "rng": rng.bit_generator.state})
-    return Ptycho2DResult(obj=O, probe=P, history=hist, state={"method": "epie", "batch_extent": extent})
+                P = self.probe_update(P, pO, dpsi)
+                pmax = float(xp.abs(P).max()) ** 2
+        st.probe = P
+        return dict(objective=err, r_factor=rsum / max(pb.sum_a, 1e-300), batches=len(batches))
+
+    def iterate(self):
+        return self.state.obj
+
+    def result(self, history: History) -> Ptycho2DResult:
+        return Ptycho2DResult(obj=self.state.obj, probe=self.state.probe, history=history,
+                              state={"method": "epie", "batch_extent": self.extent})
+
+
+def epie(frames, positions, probe, field_shape=None, iterations: int = 50, alpha: float = 1.0,
+         beta: float = 1.0, probe_refine: bool = False, probe_start: int = 2, obj_init="ones", mask=None,
+         angle_index=None, seed: int = 0, footprint: float = 0.01, max_batch: int | None = None,
+         dtype=np.complex64, callback=None, checkpoints: Checkpointer = NO_CHECKPOINTS) -> Ptycho2DResult:
+    """ePIE in random compact (non-overlapping) batches (:class:`EPIE`; module docstring).
+
+    Parameters
+    ----------
+    frames : array
+        Measured intensities (F, m1, m2), DC at index 0.
+    positions : array
+        (F, 2) top-left window positions (row, col), pixels.
+    probe : array
+        The (initial) probe (m1, m2).
+    field_shape : tuple, optional
+        (H, W), or (A, H, W) with ``angle_index``; default: just large enough for the positions.
+    iterations : int
+        Epochs (each visits every frame once).
+    alpha, beta : float
+        Object / probe steps.
+    probe_refine : bool
+        Turn the probe update on from epoch ``probe_start``.
+    probe_start : int
+        The first epoch with a probe update.
+    obj_init : str, number or array
+        The initial object ("ones", "energy", a number or an array of the field's shape).
+    mask : array, optional
+        (m1, m2), True where a detector pixel is valid.
+    angle_index : array, optional
+        (F,) the angle of each frame, for a stack of angles.
+    seed : int
+        Seeds the frame order.
+    footprint : float
+        The |w|^2 fraction of the peak that defines a window's footprint for batching.
+    max_batch : int, optional
+        The largest batch.
+    dtype : dtype
+        complex64 or complex128.
+    callback : callable, optional
+        ``callback(row, obj)`` after every epoch (iteration, for :func:`dm` and :func:`ml_cg`).
+    checkpoints : Checkpointer
+        Hands the loop state (:class:`EPIEState`, :class:`DMState`, :class:`MLState`) out and back on resume
+        (bitwise).
+
+    Returns
+    -------
+    Ptycho2DResult
+        The object, the probe (refined locally to this call) and the history: per epoch ``objective``
+        (0.5 sum (|D| - sqrt f)^2 measured before each batch's update, the usual ePIE running error),
+        ``r_factor`` and ``batches``.
+    """
+    _check("epie", iterations, probe_start)
+    solver = EPIE(frames, positions, probe, field_shape, alpha, beta, probe_refine, probe_start, obj_init, mask,
+                  angle_index, seed, footprint, max_batch, dtype)
+    return run(solver, iterations, callback, checkpoints)
 
 
 def pb_fourier(pb: _Problem, d, sel):
@@ -387,72 +488,134 @@ def pb_fourier(pb: _Problem, d, sel):
 # Difference map
 # ----------------------------------------------------------------------------------------------------
 
-def dm(frames, positions, probe, field_shape=None, iterations: int = 100, probe_refine: bool = False,
-       probe_start: int = 2, obj_init="ones", mask=None, angle_index=None, eps: float = 1e-5,
-       dtype=np.complex64, comm=None, callback=None, resume: dict | None = None,
-       checkpoint=None) -> Ptycho2DResult:
-    """Difference map (Thibault et al. 2009), all frames at once; see the module docstring.
+@dataclass
+class DMState:
+    """DM's loop state (the checkpoint's keys): the object ``obj``, the ``probe`` and the far-field exit
+    waves ``Fpsi``."""
 
-    ``eps`` (relative to the peak illumination) regularises the overlap projection. ``comm`` (optional,
-    the :class:`hpc_pt.parallel.Comm` interface) sums the probe update and the statistics over ranks when
-    the frames of one probe are spread over several. History: ``objective`` = 0.5 sum (|F phi| - sqrt f)^2
-    of the overlap-consistent estimate phi = w S O, and ``r_factor``. ``eps`` scales with the peak
-    illumination over all ranks. ``checkpoint`` / ``resume``: see the module docstring (state: obj,
-    probe, Fpsi).
+    obj: object
+    probe: object
+    Fpsi: object
+
+
+class DM(IterativeSolver):
+    """Difference map (Thibault et al. 2009), all frames at once (module docstring): one step is the
+    overlap projection (:meth:`overlap_object`, and :meth:`overlap_probe` when refined) and the
+    Fourier-space reflection.
+
+    Parameters
+    ----------
+    frames, positions, probe, field_shape, mask, angle_index, dtype
+        The problem (see :func:`dm`).
+    probe_refine : bool
+        Update the probe from iteration ``probe_start`` on.
+    probe_start : int
+        The first iteration (0-based) with a probe update.
+    obj_init : str, number or array
+        The initial object.
+    eps : float
+        The overlap projection's regulariser, relative to the peak illumination.
+    comm : Comm, optional
+        Sums over ranks when the frames of one probe are spread over several.
+    iterations : int
+        The run's length (the final overlap projection is done only when > 0).
     """
-    _check("dm", iterations, probe_start)
-    field_shape = _default_field(field_shape, positions, probe)
-    pb = _Problem(frames, positions, probe, field_shape, angle_index, mask, dtype, comm)
-    xp, op = pb.xp, pb.op
-    if resume is not None:
-        op.probe = xp.asarray(resume["probe"])
-        O = xp.asarray(resume["obj"]).astype(pb.dtype).copy()
-        Fpsi = xp.asarray(resume["Fpsi"]).astype(pb.dtype).copy()
-        psi = ifft2c(Fpsi)
-    else:
-        O = pb.init_object(obj_init)
-        psi = op.probe * op.patches(O)
-        Fpsi = fft2c(psi)
-    illum = op.illumination()
-    peak = [global_max(pb.comm, illum)]  # the peak of the current illumination, over all ranks
-    hist = History(resume["history"] if resume is not None else None)
 
-    def overlap_object(O, psi, illum):
-        e = eps * peak[0] + 1e-30
+    State = DMState
+
+    def __init__(self, frames, positions, probe, field_shape=None, probe_refine: bool = False, probe_start: int = 2,
+                 obj_init="ones", mask=None, angle_index=None, eps: float = 1e-5, dtype=np.complex64, comm=None,
+                 iterations: int = 100):
+        field_shape = _default_field(field_shape, positions, probe)
+        self.pb = _Problem(frames, positions, probe, field_shape, angle_index, mask, dtype, comm)
+        self.xp, self.op = self.pb.xp, self.pb.op
+        self.probe_refine, self.probe_start, self.obj_init, self.eps = probe_refine, probe_start, obj_init, eps
+        self.iterations = int(iterations)
+
+    def start(self) -> DMState:
+        op = self.op
+        O = self.pb.init_object(self.obj_init)
+        self.psi = op.probe * op.patches(O)
+        return DMState(obj=O, probe=op.probe, Fpsi=fft2c(self.psi))
+
+    def ready(self, resumed: bool) -> None:
+        if resumed:
+            self.op.probe = self.xp.asarray(self.state.probe)
+            self.psi = ifft2c(self.state.Fpsi)
+        self.illum = self.op.illumination()
+        self.peak = global_max(self.pb.comm, self.illum)  # the peak of the current illumination, over all ranks
+
+    def overlap_object(self, O, psi, illum):
+        """O <- sum_j S_j^T conj(w) psi_j / (sum_j S_j^T |w|^2 + eps) (the overlap projection's object)."""
+        xp, op = self.xp, self.op
+        e = self.eps * self.peak + 1e-30
         num = op.patches_adj(xp.conj(op.probe) * psi)
-        return ((num + e * O) / (illum + e)).astype(pb.dtype, copy=False)
+        return ((num + e * O) / (illum + e)).astype(self.pb.dtype, copy=False)
 
-    def overlap_probe(O, psi):
+    def overlap_probe(self, O, psi):
+        """w <- sum_j conj(S_j O) psi_j / (sum_j |S_j O|^2 + eps), summed over ranks."""
+        xp, op, comm = self.xp, self.op, self.pb.comm
         pO = op.patches(O)
-        num = pb.comm.allreduce_sum((xp.conj(pO) * psi).sum(axis=0))
-        den = pb.comm.allreduce_sum((xp.abs(pO) ** 2).sum(axis=0))
-        e = eps * float(den.max()) + 1e-30
-        return ((num + e * op.probe) / (den + e)).astype(pb.dtype, copy=False)
+        num = comm.allreduce_sum((xp.conj(pO) * psi).sum(axis=0))
+        den = comm.allreduce_sum((xp.abs(pO) ** 2).sum(axis=0))
+        e = self.eps * float(den.max()) + 1e-30
+        return ((num + e * op.probe) / (den + e)).astype(self.pb.dtype, copy=False)
 
-    for k in range(len(hist), int(iterations)):
-        t0 = time.perf_counter()
-        O = overlap_object(O, psi, illum)
-        if probe_refine and k >= probe_start:
-            op.probe = overlap_probe(O, psi)
-            illum = op.illumination()
-            peak[0] = global_max(pb.comm, illum)
-            O = overlap_object(O, psi, illum)
+    def step(self, k: int) -> dict:
+        st, op, pb = self.state, self.op, self.pb
+        O = self.overlap_object(st.obj, self.psi, self.illum)
+        if self.probe_refine and k >= self.probe_start:
+            op.probe = self.overlap_probe(O, self.psi)
+            self.illum = op.illumination()
+            self.peak = global_max(pb.comm, self.illum)
+            O = self.overlap_object(O, self.psi, self.illum)
         phi = op.probe * op.patches(O)
         Fphi = fft2c(phi)
         obj, rf = pb.amp_stats(Fphi)
-        y = 2 * Fphi - Fpsi
-        Fpsi += pb.fourier_project(y)
-        Fpsi -= Fphi
-        psi = ifft2c(Fpsi)
-        row = hist.append(iteration=k + 1, objective=obj, r_factor=rf, iter_time_s=time.perf_counter() - t0)
-        if callback is not None:
-            callback(row, O)
-        if checkpoint is not None:
-            checkpoint(k + 1, {"iteration": k + 1, "history": hist.rows, "obj": O, "probe": op.probe,
-                               "Fpsi": Fpsi})
-    if iterations:
-        O = overlap_object(O, psi, illum)
-    return Ptycho2DResult(obj=O, probe=op.probe, history=hist, state={"method": "dm"})
+        y = 2 * Fphi - st.Fpsi
+        st.Fpsi += pb.fourier_project(y)
+        st.Fpsi -= Fphi
+        self.psi = ifft2c(st.Fpsi)
+        st.obj, st.probe = O, op.probe
+        return dict(objective=obj, r_factor=rf)
+
+    def iterate(self):
+        return self.state.obj
+
+    def result(self, history: History) -> Ptycho2DResult:
+        O = self.state.obj
+        if self.iterations:
+            O = self.overlap_object(O, self.psi, self.illum)
+        return Ptycho2DResult(obj=O, probe=self.op.probe, history=history, state={"method": "dm"})
+
+
+def dm(frames, positions, probe, field_shape=None, iterations: int = 100, probe_refine: bool = False,
+       probe_start: int = 2, obj_init="ones", mask=None, angle_index=None, eps: float = 1e-5,
+       dtype=np.complex64, comm=None, callback=None, checkpoints: Checkpointer = NO_CHECKPOINTS) -> Ptycho2DResult:
+    """Difference map (Thibault et al. 2009), all frames at once (:class:`DM`; module docstring).
+
+    Parameters
+    ----------
+    frames, positions, probe, field_shape, iterations, probe_refine, probe_start, obj_init, mask, angle_index
+        As for :func:`epie`, and ``dtype``.
+    eps : float
+        Regularises the overlap projection, relative to the peak illumination over all ranks.
+    comm : Comm, optional
+        Sums the probe update and the statistics over ranks when the frames of one probe are spread over
+        several.
+    callback, checkpoints
+        As for :func:`epie`.
+
+    Returns
+    -------
+    Ptycho2DResult
+        The object, the probe and the history: ``objective`` = 0.5 sum (|F phi| - sqrt f)^2 of the
+        overlap-consistent estimate phi = w S O, and ``r_factor``.
+    """
+    _check("dm", iterations, probe_start)
+    solver = DM(frames, positions, probe, field_shape, probe_refine, probe_start, obj_init, mask, angle_index, eps,
+                dtype, comm, iterations)
+    return run(solver, iterations, callback, checkpoints)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -483,116 +646,207 @@ def _loss_terms(noise, I, f, a, mask, tiny, eps=0.0):
     return g0, g1, g2
 
 
-def ml_cg(frames, positions, probe, field_shape=None, iterations: int = 100, probe_refine: bool = False,
-          probe_start: int = 2, obj_init="ones", mask=None, angle_index=None, noise: str = "poisson",
-          background: float = 0.0, precondition: float = 1e-2, newton_steps: int = 3, dtype=np.complex64,
-          comm=None, callback=None, resume: dict | None = None, checkpoint=None) -> Ptycho2DResult:
-    """Maximum likelihood by preconditioned Polak-Ribiere nonlinear CG with exact (Newton) line search.
+@dataclass
+class MLState:
+    """ML-CG's loop state (the checkpoint's keys): the object ``obj`` and ``probe``; the previous
+    gradients ``gO`` / ``gP``, preconditioned gradients ``hO`` / ``hP`` and search directions ``dO`` /
+    ``dP`` (None before the first iteration, and the probe's while it is not refined); ``gh_prev`` = <g, h>
+    of the previous iteration and ``t_last``, the last accepted step (the next line search's guess)."""
 
-    ``noise``: "poisson" (default) or "gaussian" (amplitude). ``background`` is seed 001's eps of the
-    Poisson metric, relative to the mean count (default 0). Note: on noise-free data with a large dynamic
-    range (e.g. the linear Rytov model, whose free space is 0) the Poisson metric can stall near R = 0.02
-    where the amplitude metric converges (measured on a 24-px Shepp-Logan projection: 19 vs 84 dB after
-    100 iterations); use ``noise="gaussian"`` there. ``precondition`` is delta relative to the peak
-    of the diagonal preconditioner's denominators. ``comm`` (optional) reduces the probe gradient and the
-    line-search sums over ranks. History: ``objective`` (the negative log-likelihood, Poisson up to the
-    constant that makes it 0 at I = f) and ``r_factor``, both at the start of each iteration.
-    ``checkpoint`` / ``resume``: see the module docstring.
+    obj: object
+    probe: object
+    gO: object = None
+    gP: object = None
+    hO: object = None
+    hP: object = None
+    dO: object = None
+    dP: object = None
+    gh_prev: float = 0.0
+    t_last: float = 1.0
+
+
+class MLCG(IterativeSolver):
+    """Maximum likelihood by preconditioned Polak-Ribiere nonlinear CG with an exact (Newton) line search
+    along the quadratic far-field path (module docstring; Thibault & Guizar-Sicairos 2012). One step is
+    :meth:`gradient` (object and probe), :meth:`direction` (Polak-Ribiere with restart) and the line search.
+
+    Parameters
+    ----------
+    frames, positions, probe, field_shape, mask, angle_index, dtype
+        The problem.
+    probe_refine, probe_start, obj_init, noise, background, precondition, newton_steps, comm
+        As for :func:`ml_cg`.
+
+    Raises
+    ------
+    ValueError
+        For an unknown noise model.
     """
-    _check("ml", iterations, probe_start)
-    if noise not in ("poisson", "gaussian"):
-        raise ValueError(f"unknown noise model {noise!r}; use 'poisson' or 'gaussian'")
-    field_shape = _default_field(field_shape, positions, probe)
-    pb = _Problem(frames, positions, probe, field_shape, angle_index, mask, dtype, comm)
-    xp, op, comm = pb.xp, pb.op, pb.comm
-    f, a, mask = pb.f, pb.a, pb.mask
-    tiny = 1e-9 * max(pb.sum_f / max(comm.sum_scalar(float(f.size)), 1.0), 1e-30)
-    # Poisson background eps (seed 001 Eq. 2), relative to the mean valid count
-    n_valid = comm.sum_scalar(float(f.shape[0] * (f[0].size if mask is None else int(mask.sum()))))
-    eps = float(background) * pb.sum_f / max(n_valid, 1.0) if noise == "poisson" else 0.0
-    fl = f + eps if eps else f
-    const = 0.0
-    if noise == "poisson":  # makes the objective 0 at I = f (reported only)
-        lf = fl - fl * xp.log(xp.maximum(fl, tiny))
-        const = comm.sum_scalar(float((lf if mask is None else lf * mask).sum()))
-    O = pb.init_object(obj_init) if resume is None else xp.asarray(resume["obj"]).astype(pb.dtype).copy()
-    if resume is not None:
-        op.probe = xp.asarray(resume["probe"])
-    P = op.probe
-    hist = History(resume["history"] if resume is not None else None)
-    g_prev = h_prev = None
-    dO = dP = None
-    gh_prev = 0.0
-    t_last = 1.0
-    if resume is not None:
-        def arr(key):
-            v = resume.get(key)
-            return None if v is None else xp.asarray(v).copy()
 
-        if resume.get("gO") is not None:
-            g_prev, h_prev = (arr("gO"), arr("gP")), (arr("hO"), arr("hP"))
-        dO, dP = arr("dO"), arr("dP")
-        gh_prev, t_last = float(resume["gh_prev"]), float(resume["t_last"])
+    State = MLState
 
-    def rdot(x, y):
-        return float(xp.vdot(x, y).real)
+    def __init__(self, frames, positions, probe, field_shape=None, probe_refine: bool = False, probe_start: int = 2,
+                 obj_init="ones", mask=None, angle_index=None, noise: str = "poisson", background: float = 0.0,
+                 precondition: float = 1e-2, newton_steps: int = 3, dtype=np.complex64, comm=None):
+        if noise not in ("poisson", "gaussian"):
+            raise ValueError(f"unknown noise model {noise!r}; use 'poisson' or 'gaussian'")
+        field_shape = _default_field(field_shape, positions, probe)
+        self.pb = pb = _Problem(frames, positions, probe, field_shape, angle_index, mask, dtype, comm)
+        xp, comm = pb.xp, pb.comm
+        self.xp, self.op, self.comm = xp, pb.op, comm
+        self.probe_refine, self.probe_start, self.obj_init = probe_refine, probe_start, obj_init
+        self.noise, self.precondition, self.newton_steps = noise, precondition, newton_steps
+        f, mask = pb.f, pb.mask
+        self.tiny = tiny = 1e-9 * max(pb.sum_f / max(comm.sum_scalar(float(f.size)), 1.0), 1e-30)
+        # Poisson background eps (seed 001 Eq. 2), relative to the mean valid count
+        n_valid = comm.sum_scalar(float(f.shape[0] * (f[0].size if mask is None else int(mask.sum()))))
+        self.eps = eps = float(background) * pb.sum_f / max(n_valid, 1.0) if noise == "poisson" else 0.0
+        self.fl = fl = f + eps if eps else f
+        self.const = 0.0
+        if noise == "poisson":  # makes the objective 0 at I = f (reported only)
+            lf = fl - fl * xp.log(xp.maximum(fl, tiny))
+            self.const = comm.sum_scalar(float((lf if mask is None else lf * mask).sum()))
 
-    def odot(x, y):  # object fields are spread over ranks by angle
-        return comm.sum_scalar(rdot(x, y))
+    def start(self) -> MLState:
+        return MLState(obj=self.pb.init_object(self.obj_init), probe=self.op.probe)
 
-    for k in range(len(hist), int(iterations)):
-        t0 = time.perf_counter()
-        refine = probe_refine and k >= probe_start
-        pO = op.patches(O)
-        D0 = fft2c(P * pO)
-        I0 = (D0.real ** 2 + D0.imag ** 2)
-        g0, g1, _ = _loss_terms(noise, I0, fl, a, mask, tiny, eps)
-        L0 = comm.sum_scalar(float(g0.sum(dtype=np.float64)))
-        obj, rf = pb.amp_stats(D0)
+    def ready(self, resumed: bool) -> None:
+        if resumed:
+            self.op.probe = self.xp.asarray(self.state.probe)
+
+    def odot(self, x, y) -> float:
+        """Re <x, y> over every rank's object fields (spread over ranks by angle)."""
+        return self.comm.sum_scalar(_rdot(x, y))
+
+    def gradient(self, O, P, pO, D0, g1, refine: bool):
+        """The Wirtinger gradients g_O = sum_j S_j^T (conj(w) chi_j), g_w = sum_j conj(S_j O) chi_j with
+        chi_j = F^H[L'(I_j) D_j], preconditioned by 1 / (illumination + delta) and 1 / (sum_j |S_j O|^2 +
+        delta).
+
+        Returns
+        -------
+        tuple
+            (gO, hO, gP, hP, <g, h>); gP and hP are None without probe refinement.
+        """
+        xp, op, comm, delta = self.xp, self.op, self.comm, self.precondition
         chi = ifft2c(g1 * D0, overwrite=True)
         gO = op.patches_adj(xp.conj(P) * chi)
         illum = op.illumination()
-        hO = gO / (illum + precondition * global_max(comm, illum) + 1e-30)
-        gh = odot(gO, hO)
+        hO = gO / (illum + delta * global_max(comm, illum) + 1e-30)
+        gh = self.odot(gO, hO)
         if refine:
             gP = comm.allreduce_sum((xp.conj(pO) * chi).sum(axis=0))
             den = comm.allreduce_sum((xp.abs(pO) ** 2).sum(axis=0))
-            hP = gP / (den + precondition * float(den.max()) + 1e-30)
-            gh += rdot(gP, hP)
+            hP = gP / (den + delta * float(den.max()) + 1e-30)
+            gh += _rdot(gP, hP)
         else:
             gP = hP = None
-        # Polak-Ribiere (with the preconditioned gradient), restarted when beta < 0 or the probe turns on
+        return gO, hO, gP, hP, gh
+
+    def direction(self, gO, hO, gP, hP, gh, refine: bool) -> float:
+        """Polak-Ribiere (with the preconditioned gradient) d = -h + beta d_prev, restarted (beta = 0) when
+        beta < 0 or the probe turns on; stores the new direction and gradients in the state.
+
+        Returns
+        -------
+        float
+            beta.
+        """
+        st = self.state
         beta = 0.0
-        if g_prev is not None and gh_prev > 0 and (refine == (g_prev[1] is not None)):
-            num = gh - odot(gO, h_prev[0])
+        if st.gO is not None and st.gh_prev > 0 and (refine == (st.gP is not None)):
+            num = gh - self.odot(gO, st.hO)
             if refine:
-                num -= rdot(gP, h_prev[1])
-            beta = max(0.0, num / gh_prev)
-        dO = -hO + beta * dO if (beta > 0 and dO is not None) else -hO
+                num -= _rdot(gP, st.hP)
+            beta = max(0.0, num / st.gh_prev)
+        st.dO = -hO + beta * st.dO if (beta > 0 and st.dO is not None) else -hO
         if refine:
-            dP = -hP + beta * dP if (beta > 0 and dP is not None) else -hP
+            st.dP = -hP + beta * st.dP if (beta > 0 and st.dP is not None) else -hP
         else:
-            dP = None
-        g_prev, h_prev, gh_prev = (gO, gP), (hO, hP), gh
+            st.dP = None
+        st.gO, st.gP, st.hO, st.hP, st.gh_prev = gO, gP, hO, hP, gh
+        return beta
+
+    def step(self, k: int) -> dict:
+        st, pb, op = self.state, self.pb, self.op
+        refine = self.probe_refine and k >= self.probe_start
+        O, P = st.obj, st.probe
+        pO = op.patches(O)
+        D0 = fft2c(P * pO)
+        I0 = (D0.real ** 2 + D0.imag ** 2)
+        g0, g1, _ = _loss_terms(self.noise, I0, self.fl, pb.a, pb.mask, self.tiny, self.eps)
+        L0 = self.comm.sum_scalar(float(g0.sum(dtype=np.float64)))
+        obj, rf = pb.amp_stats(D0)
+        beta = self.direction(*self.gradient(O, P, pO, D0, g1, refine), refine)
+        dO, dP = st.dO, st.dP
         # exact line search along the quadratic far-field path
         pdO = op.patches(dO)
         D1 = fft2c(P * pdO if dP is None else P * pdO + dP * pO)
         D2 = None if dP is None else fft2c(dP * pdO)
-        t = _line_search(noise, D0, D1, D2, fl, a, mask, tiny, L0, comm, newton_steps, t_last, eps)
-        t_last = t if t > 0 else t_last
-        O = O + t * dO
+        t = _line_search(self.noise, D0, D1, D2, self.fl, pb.a, pb.mask, self.tiny, L0, self.comm, self.newton_steps,
+                         st.t_last, self.eps)
+        st.t_last = t if t > 0 else st.t_last
+        st.obj = O + t * dO
         if dP is not None:
-            P = P + t * dP
-            op.probe = P
-        row = hist.append(iteration=k + 1, objective=L0 - const, r_factor=rf, amplitude_objective=obj,
-                          step=t, beta=beta, iter_time_s=time.perf_counter() - t0)
-        if callback is not None:
-            callback(row, O)
-        if checkpoint is not None:
-            checkpoint(k + 1, {"iteration": k + 1, "history": hist.rows, "obj": O, "probe": P,
-                               "gO": g_prev[0], "gP": g_prev[1], "hO": h_prev[0], "hP": h_prev[1],
-                               "dO": dO, "dP": dP, "gh_prev": gh_prev, "t_last": t_last})
-    return Ptycho2DResult(obj=O, probe=P, history=hist, state={"method": "ml", "noise": noise})
+            st.probe = P + t * dP
+            op.probe = st.probe
+        return dict(objective=L0 - self.const, r_factor=rf, amplitude_objective=obj, step=t, beta=beta)
+
+    def iterate(self):
+        return self.state.obj
+
+    def result(self, history: History) -> Ptycho2DResult:
+        return Ptycho2DResult(obj=self.state.obj, probe=self.state.probe, history=history,
+                              state={"method": "ml", "noise": self.noise})
+
+
+def _rdot(x, y) -> float:
+    return float(get_xp(x).vdot(x, y).real)
+
+
+def ml_cg(frames, positions, probe, field_shape=None, iterations: int = 100, probe_refine: bool = False,
+          probe_start: int = 2, obj_init="ones", mask=None, angle_index=None, noise: str = "poisson",
+          background: float = 0.0, precondition: float = 1e-2, newton_steps: int = 3, dtype=np.complex64,
+          comm=None, callback=None, checkpoints: Checkpointer = NO_CHECKPOINTS) -> Ptycho2DResult:
+    """Maximum likelihood by preconditioned Polak-Ribiere nonlinear CG with exact (Newton) line search
+    (:class:`MLCG`).
+
+    Note: on noise-free data with a large dynamic range (e.g. the linear Rytov model, whose free space is 0)
+    the Poisson metric can stall near R = 0.02 where the amplitude metric converges (measured on a 24-px
+    Shepp-Logan projection: 19 vs 84 dB after 100 iterations); use ``noise="gaussian"`` there.
+
+    Parameters
+    ----------
+    frames, positions, probe, field_shape, iterations, probe_refine, probe_start, obj_init, mask, angle_index, dtype
+        As for :func:`epie`.
+    noise : str
+        "poisson" (default) or "gaussian" (amplitude).
+    background : float
+        Seed 001's eps of the Poisson metric, relative to the mean count (default 0).
+    precondition : float
+        delta relative to the peak of the diagonal preconditioner's denominators.
+    newton_steps : int
+        Newton steps of the line search.
+    comm : Comm, optional
+        Reduces the probe gradient and the line-search sums over ranks.
+    callback, checkpoints
+        As for :func:`epie`.
+
+    Returns
+    -------
+    Ptycho2DResult
+        The object, the probe and the history: ``objective`` (the negative log-likelihood, Poisson up to
+        the constant that makes it 0 at I = f) and ``r_factor``, both at the start of each iteration.
+
+    Raises
+    ------
+    ValueError
+        For an unknown noise model or negative iterations / probe_start.
+    """
+    _check("ml", iterations, probe_start)
+    solver = MLCG(frames, positions, probe, field_shape, probe_refine, probe_start, obj_init, mask, angle_index,
+                  noise, background, precondition, newton_steps, dtype, comm)
+    return run(solver, iterations, callback, checkpoints)
 
 
 def _line_search(noise, D0, D1, D2, f, a, mask, tiny, L0, comm, newton_steps, t_guess=1.0, eps=0.0):

@@ -36,13 +36,13 @@ Engines
          :class:`~hpc_pt.operators.Projector` best fits the data (misfits summed over ranks, so every slab
          takes the same orientation; a cheap, convention-proof check).
 
-Checkpoints (CG). ``checkpoint(k, state)`` is called after CG iteration ``k`` with the whole loop state
-(x, the residuals r / r_mu / r_lam, the direction d, gamma, gamma0, the scaled mu and lam, the history);
-``resume=state`` continues from it, bitwise-equal to an uninterrupted run on the CPU.
+Checkpoints (CG). CGLS is an :class:`~hpc_pt.solvers.base.IterativeSolver` (:class:`CGLS`): its whole loop
+state (:class:`CGLSState`: x, the residuals r / r_mu / r_lam, the direction d, gamma, gamma0, the scaled mu
+and lam) goes to the :class:`~hpc_pt.solvers.base.Checkpointer` with the history, and a run resumed from
+it is bitwise-equal to an uninterrupted run on the CPU.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,7 +50,7 @@ import numpy as np
 from ..backend import asarray_on, fftc, get_xp, ifftc, to_numpy
 from ..operators import divergence, gradient
 from ..comm import SerialComm
-from .base import History, power_lipschitz
+from .base import NO_CHECKPOINTS, Checkpointer, History, IterativeSolver, power_lipschitz, run
 
 ENGINES = ("cg", "fbp", "tomopy")
 FILTERS = ("ramp", "ram-lak", "shepp-logan", "hann")
@@ -76,121 +76,197 @@ def _norm_estimate(projector, comm, n_iter=10, like=None, space=None):
                            projector.dtype, n_iter=n_iter, like=like)
 
 
-def tomo_cg(projector, projections, comm=None, x0=None, iterations: int = 50, tol: float = 1e-4,
-            damping: float = 0.0, smoothing: float = 0.0, relative: bool = True, callback=None, space=None,
-            resume: dict | None = None, checkpoint=None, weights=None):
-    """CGLS for min 1/2||P x - p||^2 + mu/2||x||^2 + lam/2||grad x||^2; returns (volume, History).
+@dataclass
+class CGLSState:
+    """CGLS's loop state (the checkpoint's keys): the volume ``x``, the residuals ``r`` (data), ``r_mu``
+    (Tikhonov) and ``r_lam`` (gradient; None when that term is off), the direction ``d``, gamma =
+    ||normal residual||^2 and its start ``gamma0``, and the absolute weights ``mu`` and ``lam`` (from a
+    power-iteration norm when given relative)."""
 
-    ``weights`` (optional, real >= 0, the projections' shape): the data term becomes
-    1/2 ||sqrt(w) (P x - p)||^2, i.e. CGLS on the operator sqrt(w) P with data sqrt(w) p; w = 0 drops a ray
-    (the 2-step baseline passes the probe's lit-pixel mask, so pixels without data are not fitted).
+    x: object
+    r: object
+    r_mu: object
+    r_lam: object
+    d: object
+    gamma: float
+    gamma0: float
+    mu: float
+    lam: float
 
-    With ``relative`` (default), ``damping`` and ``smoothing`` are given relative to ||P^T P|| (and
-    ||P^T P|| / 12 for the Laplacian, whose norm is at most 12), so they are scale-free.
-    ``callback(row, x)`` is called after every iteration, then ``checkpoint(k, state)``; ``resume``
-    continues from such a state (module docstring). Distributed (slab layout, module docstring): pass
-    ``comm`` and ``space`` (the rank's :class:`~hpc_pt.parallel.SlabSpace`, for the halos of the
-    Laplacian term and the serial power-iteration start vector); ``projector`` is then ``space.P``.
+
+class CGLS(IterativeSolver):
+    """CGLS for min 1/2 ||sqrt(w)(P x - p)||^2 + mu/2 ||x||^2 + lam/2 ||grad x||^2 (see :func:`tomo_cg`);
+    its stopping rule is ||normal residual|| <= tol x its start.
+
+    Parameters
+    ----------
+    projector : LinearOperator
+        P (a :class:`~hpc_pt.operators.Projector`, or ``space.P`` on a slab).
+    projections : array
+        p, the projector's output shape.
+    comm : Comm, optional
+        Sums over ranks (serial when None).
+    x0 : array, optional
+        The start (zeros by default).
+    tol, damping, smoothing, relative, space, weights
+        See :func:`tomo_cg`.
+
+    Raises
+    ------
+    ValueError
+        When the projections or weights do not match the projector's output shape.
     """
-    comm = comm if comm is not None else SerialComm()
-    xp = get_xp(projections)
-    p = projections.astype(projector.dtype, copy=False)
-    if tuple(p.shape) != tuple(projector.shape_out):
-        raise ValueError(f"projections {tuple(p.shape)} do not match the projector's {projector.shape_out}")
-    if weights is not None:
-        if tuple(weights.shape) != tuple(p.shape):
-            raise ValueError(f"weights {tuple(weights.shape)} do not match the projections {tuple(p.shape)}")
-        sw = xp.sqrt(xp.maximum(xp.asarray(weights).real, 0)).astype(p.real.dtype)
-        p = sw * p
 
-    def fwd(v):
-        return projector.fwd(v) if weights is None else sw * projector.fwd(v)
+    State = CGLSState
 
-    grad = space.gradient if space is not None else gradient
-    div = space.divergence if space is not None else divergence
+    def __init__(self, projector, projections, comm=None, x0=None, tol: float = 1e-4, damping: float = 0.0,
+                 smoothing: float = 0.0, relative: bool = True, space=None, weights=None):
+        self.comm = comm if comm is not None else SerialComm()
+        self.xp = xp = get_xp(projections)
+        p = projections.astype(projector.dtype, copy=False)
+        if tuple(p.shape) != tuple(projector.shape_out):
+            raise ValueError(f"projections {tuple(p.shape)} do not match the projector's {projector.shape_out}")
+        self.sw = None
+        if weights is not None:
+            if tuple(weights.shape) != tuple(p.shape):
+                raise ValueError(f"weights {tuple(weights.shape)} do not match the projections {tuple(p.shape)}")
+            self.sw = xp.sqrt(xp.maximum(xp.asarray(weights).real, 0)).astype(p.real.dtype)
+            p = self.sw * p
+        self.P, self.p, self.x0, self.tol, self.space = projector, p, x0, tol, space
+        self.damping, self.smoothing, self.relative = damping, smoothing, relative
+        self.grad = space.gradient if space is not None else gradient
+        self.div = space.divergence if space is not None else divergence
 
-    def total(a):  # a sum over this rank's part of a distributed array, summed over ranks
-        return comm.sum_scalar(float((xp.abs(a) ** 2).sum()))
+    def fwd(self, v):
+        """sqrt(w) P v."""
+        return self.P.fwd(v) if self.sw is None else self.sw * self.P.fwd(v)
 
-    if resume is None:
-        mu, lam = float(damping), float(smoothing)
-        if relative and (mu > 0 or lam > 0):
-            nrm = _norm_estimate(projector, comm, like=p, space=space)
-            mu *= nrm
-            lam *= nrm / 12.0
-    else:
-        mu, lam = float(resume["mu"]), float(resume["lam"])
-    smu, slam = float(np.sqrt(mu)), float(np.sqrt(lam))  # Python floats: the arrays keep the projector's dtype
+    def total(self, a) -> float:
+        """||a||^2 over this rank's part of a distributed array, summed over ranks."""
+        return self.comm.sum_scalar(float((self.xp.abs(a) ** 2).sum()))
 
-    def normal_residual(r, r_mu, r_lam):
-        s = projector.adj(r if weights is None else sw * r)
+    def normal_residual(self, r, r_mu, r_lam):
+        """The normal equations' residual s = P^H sqrt(w) r + sqrt(mu) r_mu - sqrt(lam) div r_lam."""
+        s = self.P.adj(r if self.sw is None else self.sw * r)
         if r_mu is not None:
-            s = s + smu * r_mu
+            s = s + self.smu * r_mu
         if r_lam is not None:
-            s = s - slam * div(r_lam)  # grad^H = -div
+            s = s - self.slam * self.div(r_lam)  # grad^H = -div
         return s
 
-    def objective(r, r_mu, r_lam):
-        v = total(r)
-        if r_mu is not None:
-            v += total(r_mu)
-        if r_lam is not None:
-            v += total(r_lam)
-        return 0.5 * v
+    def start(self) -> CGLSState:
+        mu, lam = float(self.damping), float(self.smoothing)
+        if self.relative and (mu > 0 or lam > 0):
+            nrm = _norm_estimate(self.P, self.comm, like=self.p, space=self.space)
+            mu *= nrm
+            lam *= nrm / 12.0
+        self._weights(mu, lam)
+        xp, P = self.xp, self.P
+        x = xp.zeros(P.shape_in, dtype=P.dtype) if self.x0 is None else self.x0.astype(P.dtype)
+        r = self.p - self.fwd(x)
+        r_mu = -self.smu * x if mu > 0 else None
+        r_lam = -self.slam * self.grad(x) if lam > 0 else None
+        s = self.normal_residual(r, r_mu, r_lam)
+        gamma = self.comm.volume_dot(s, s)
+        return CGLSState(x=x, r=r, r_mu=r_mu, r_lam=r_lam, d=s.copy(), gamma=gamma, gamma0=gamma, mu=mu, lam=lam)
 
-    if resume is None:
-        x = xp.zeros(projector.shape_in, dtype=projector.dtype) if x0 is None else x0.astype(projector.dtype)
-        r = p - fwd(x)
-        r_mu = -smu * x if mu > 0 else None
-        r_lam = -slam * grad(x) if lam > 0 else None
-        s = normal_residual(r, r_mu, r_lam)
-        d = s.copy()
-        gamma = comm.volume_dot(s, s)
-        gamma0 = gamma
-        hist = History()
-    else:
-        def arr(key):
-            v = resume.get(key)
-            return None if v is None else xp.asarray(v).copy()
+    def _weights(self, mu: float, lam: float) -> None:
+        self.smu, self.slam = float(np.sqrt(mu)), float(np.sqrt(lam))  # Python floats: arrays keep their dtype
 
-        x, r, r_mu, r_lam, d = (arr(k) for k in ("x", "r", "r_mu", "r_lam", "d"))
-        gamma, gamma0 = float(resume["gamma"]), float(resume["gamma0"])
-        hist = History(resume["history"])
-    for k in range(len(hist), int(iterations)):
-        if gamma <= (tol ** 2) * gamma0 or gamma == 0:
-            break
-        t0 = time.perf_counter()
-        q = fwd(d)
-        delta = total(q)
-        q_mu = smu * d if mu > 0 else None
-        q_lam = slam * grad(d) if lam > 0 else None
+    def ready(self, resumed: bool) -> None:
+        self._weights(self.state.mu, self.state.lam)
+
+    def converged(self) -> bool:
+        st = self.state
+        return st.gamma <= (self.tol ** 2) * st.gamma0 or st.gamma == 0
+
+    def step(self, k: int) -> dict | None:
+        """One CGLS iteration; None (stop) when the curvature along d is not positive."""
+        st, comm = self.state, self.comm
+        d = st.d
+        q = self.fwd(d)
+        delta = self.total(q)
+        q_mu = self.smu * d if st.mu > 0 else None
+        q_lam = self.slam * self.grad(d) if st.lam > 0 else None
         if q_mu is not None:
             delta += comm.volume_dot(q_mu, q_mu)
         if q_lam is not None:
-            delta += total(q_lam)
+            delta += self.total(q_lam)
         if not delta > 0:
-            break
-        alpha = gamma / delta
-        x += alpha * d
-        r -= alpha * q
+            return None
+        alpha = st.gamma / delta
+        st.x += alpha * d
+        st.r -= alpha * q
         if q_mu is not None:
-            r_mu -= alpha * q_mu
+            st.r_mu -= alpha * q_mu
         if q_lam is not None:
-            r_lam -= alpha * q_lam
-        s = normal_residual(r, r_mu, r_lam)
+            st.r_lam -= alpha * q_lam
+        s = self.normal_residual(st.r, st.r_mu, st.r_lam)
         gamma_new = comm.volume_dot(s, s)
-        d *= gamma_new / gamma
+        d *= gamma_new / st.gamma
         d += s
-        gamma = gamma_new
-        row = hist.append(iteration=k + 1, objective=objective(r, r_mu, r_lam),
-                          residual=float(np.sqrt(gamma / gamma0)) if gamma0 > 0 else 0.0,
-                          iter_time_s=time.perf_counter() - t0)
-        if callback is not None:
-            callback(row, x)
-        if checkpoint is not None:
-            checkpoint(k + 1, {"iteration": k + 1, "history": hist.rows, "x": x, "r": r, "r_mu": r_mu,
-                               "r_lam": r_lam, "d": d, "gamma": gamma, "gamma0": gamma0, "mu": mu, "lam": lam})
-    return x, hist
+        st.gamma = gamma_new
+        obj = self.total(st.r)
+        if st.r_mu is not None:
+            obj += self.total(st.r_mu)
+        if st.r_lam is not None:
+            obj += self.total(st.r_lam)
+        return dict(objective=0.5 * obj, residual=float(np.sqrt(st.gamma / st.gamma0)) if st.gamma0 > 0 else 0.0)
+
+    def iterate(self):
+        return self.state.x
+
+    def result(self, history: History):
+        return self.state.x, history
+
+
+def tomo_cg(projector, projections, comm=None, x0=None, iterations: int = 50, tol: float = 1e-4,
+            damping: float = 0.0, smoothing: float = 0.0, relative: bool = True, callback=None, space=None,
+            checkpoints: Checkpointer = NO_CHECKPOINTS, weights=None):
+    """CGLS for min 1/2||P x - p||^2 + mu/2||x||^2 + lam/2||grad x||^2 (:class:`CGLS`).
+
+    Parameters
+    ----------
+    projector : LinearOperator
+        P; on a slab (distributed, module docstring) ``space.P``.
+    projections : array
+        p (the projector's output shape).
+    comm : Comm, optional
+        Sums over ranks (serial when None).
+    x0 : array, optional
+        The start (zeros).
+    iterations : int
+        The most CG iterations.
+    tol : float
+        Stop when ||normal residual|| <= tol x its start.
+    damping, smoothing : float
+        mu and lam; with ``relative`` (default) relative to ||P^T P|| and ||P^T P|| / 12 (the Laplacian's
+        norm is at most 12), so they are scale-free.
+    relative : bool
+        Whether ``damping`` and ``smoothing`` are relative.
+    callback : callable, optional
+        ``callback(row, x)`` after every iteration.
+    space : SlabSpace, optional
+        The rank's slab space (the Laplacian term's halos, the serial power-iteration start vector).
+    checkpoints : Checkpointer
+        Hands the loop state (:class:`CGLSState`) out and back on resume (bitwise).
+    weights : array, optional
+        Real >= 0, the projections' shape: the data term becomes 1/2 ||sqrt(w) (P x - p)||^2 (CGLS on
+        sqrt(w) P with data sqrt(w) p); w = 0 drops a ray (the 2-step baseline passes the probe's lit-pixel
+        mask, so pixels without data are not fitted).
+
+    Returns
+    -------
+    tuple
+        (volume, History) with ``objective`` and ``residual`` (||normal residual|| / its start) per row.
+
+    Raises
+    ------
+    ValueError
+        When the projections or weights do not match the projector.
+    """
+    solver = CGLS(projector, projections, comm, x0, tol, damping, smoothing, relative, space, weights)
+    return run(solver, iterations, callback, checkpoints)
 
 
 def filter_response(n_pad: int, kind: str = "ramp", dtype=np.float64):
@@ -292,15 +368,32 @@ def tomopy_recon(projector, projections, algorithm: str = "gridrec", iterations:
 
 
 def reconstruct(projector, projections, comm=None, opts: TomoOptions | None = None, callback=None, space=None,
-                resume: dict | None = None, checkpoint=None, weights=None):
-    """Dispatch on ``opts.engine``; returns (volume, History). ``space``, ``resume``, ``checkpoint``,
-    ``weights``: see :func:`tomo_cg` (only CG iterates and weighs rays; FBP and tomopy take the projections
-    with zero-weight rays set to 0)."""
+                checkpoints: Checkpointer = NO_CHECKPOINTS, weights=None):
+    """Tomography by ``opts.engine`` ("cg", "fbp" or "tomopy").
+
+    Parameters
+    ----------
+    projector, projections, comm, callback, space, checkpoints, weights
+        See :func:`tomo_cg` (only CG iterates and weighs rays; FBP and tomopy take the projections with
+        zero-weight rays set to 0).
+    opts : TomoOptions, optional
+        The engine and its settings.
+
+    Returns
+    -------
+    tuple
+        (volume, History); FBP and tomopy have an empty history.
+
+    Raises
+    ------
+    ValueError
+        For an unknown engine.
+    """
     opts = TomoOptions() if opts is None else opts
     if opts.engine == "cg":
         return tomo_cg(projector, projections, comm, iterations=opts.iterations, tol=opts.tol,
                        damping=opts.damping, smoothing=opts.smoothing, callback=callback, space=space,
-                       resume=resume, checkpoint=checkpoint, weights=weights)
+                       checkpoints=checkpoints, weights=weights)
     if weights is not None:
         xp = get_xp(projections)
         projections = xp.where(xp.asarray(weights) > 0, projections, 0)

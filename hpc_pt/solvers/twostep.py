@@ -59,16 +59,18 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
+
+from pydantic import Field
 
 import numpy as np
 
 from ..backend import get_xp, to_numpy
 from ..operators.scan import overlap_ratio
 from ..operators.scan import probe_diameter_px as probe_diameter
-from .base import NO_CHECKPOINTS, Checkpointer, History, Shard, SolverResult
+from .base import NO_CHECKPOINTS, Checkpointer, History, Shard, SolverOptions, SolverResult
 from .farfield import farfield_pass
 from .ptycho2d import METHODS, global_max, solve
+from .registry import SolverSpec
 from .tomo import TomoOptions, reconstruct
 
 
@@ -82,32 +84,38 @@ ILLUM_THRESHOLD_LINEAR = 1e-4
 ILLUM_THRESHOLD_EXP = 1e-2
 
 
-@dataclass
-class TwoStepOptions:
-    method: str = "dm"  # 2D ptychography: "epie", "dm" or "ml"
-    iterations: int = 100  # ptychography iterations (ePIE: epochs)
-    probe_refine: bool = False
-    probe_start: int = 2
-    obj_init: str = "ones"  # "ones" (free-space transmission), "energy" (data-matched constant) or a number
-    alpha: float = 1.0  # ePIE object step
-    beta: float = 1.0  # ePIE probe step
-    noise: str = "poisson"  # ML likelihood
-    seed: int = 0  # ePIE frame order
-    per_angle: bool = False  # solve angles one by one instead of as one stack
-    tomo: str = "cg"  # "cg", "fbp" or "tomopy"
-    tomo_iterations: int = 30
-    tomo_tol: float = 1e-4
-    damping: float = 0.0  # CG Tikhonov, relative to ||P^T P||
-    smoothing: float = 0.0  # CG Laplacian, relative to ||P^T P|| / 12
-    fbp_filter: str = "ramp"
-    tomopy_algorithm: str = "gridrec"
-    unwrap: str = "auto"  # "auto" (skimage if importable), "skimage", "itoh"
-    illum_threshold: float | None = None  # lit = summed |w|^2 above this x its peak; None: 1e-4 linear, 1e-2 exp
-    min_overlap: float = 0.2
-    max_r_factor: float = 0.2
-    support_width: float | None = None  # sample width (px) around the axis; wider columns are free space
-    full_weight: float = 1e-2  # "mask": rays lit above this x the peak get weight 1, weaker ones less (linearly)
-    unlit: str = "mask"  # unlit projection pixels: "mask" (not fitted by the tomography) or "zero" (x = 0)
+class TwoStepOptions(SolverOptions):
+    """2-step options: the 2D stage (ptychography per angle), then the tomography (module docstring)."""
+
+    method: str = Field("dm", description="2D ptychography: 'epie', 'dm' or 'ml'")
+    iterations: int = Field(100, description="2D ptychography iterations (ePIE: epochs)")
+    probe_refine: bool = Field(False, description="refine the shared probe")
+    probe_start: int = Field(2, description="first iteration (0-based) with a probe update")
+    obj_init: str = Field("ones", description="'ones' (free-space transmission), 'energy' (data-matched constant) or a "
+                          "number")
+    alpha: float = Field(1.0, description="ePIE object step")
+    beta: float = Field(1.0, description="ePIE probe step")
+    noise: str = Field("poisson", description="ML likelihood")
+    seed: int = Field(0, description="ePIE frame order")
+    per_angle: bool = Field(False, description="solve angles one by one instead of as one stack")
+    tomo: str = Field("cg", description="'cg', 'fbp' or 'tomopy'")
+    tomo_iterations: int = Field(30, description="tomography iterations (CG; tomopy's iterative algorithms)")
+    tomo_tol: float = Field(1e-4, description="CG stop: ||normal residual|| <= tol x its start")
+    damping: float = Field(0.0, description="CG Tikhonov, relative to ||P^T P||")
+    smoothing: float = Field(0.0, description="CG Laplacian, relative to ||P^T P|| / 12")
+    fbp_filter: str = Field("ramp", description="FBP filter: ramp, ram-lak, shepp-logan or hann")
+    tomopy_algorithm: str = Field("gridrec", description="tomopy algorithm (tomo = tomopy)")
+    unwrap: str = Field("auto", description="'auto' (skimage if importable), 'skimage', 'itoh'")
+    illum_threshold: float | None = Field(None, description="lit = summed |w|^2 above this x its peak; None: 1e-4 "
+                                          "linear, 1e-2 exp")
+    min_overlap: float = Field(0.2, description="scan overlap below which the 2-step method warns")
+    max_r_factor: float = Field(0.2, description="2D R-factor above which the 2-step method warns")
+    support_width: float | None = Field(None, description="sample width (px) around the axis; wider columns are free "
+                                        "space")
+    full_weight: float = Field(1e-2, description="'mask': rays lit above this x the peak get weight 1, weaker ones "
+                               "less (linearly)")
+    unlit: str = Field("mask", description="unlit projection pixels: 'mask' (not fitted by the tomography) or 'zero' "
+                       "(x = 0)")
 
 
 #: the history's ``stage`` column: 1 = the 2D ptychography of every angle, 2 = the tomography
@@ -366,7 +374,8 @@ def run_twostep(shard: Shard, comm, opts: TwoStepOptions | None = None, callback
         if callback is not None:
             callback(r, x)
 
-    def tomo_ck(k, state):
+    def tomo_ck(state):
+        k = state["iteration"]
         if checkpoints.due(n_ptycho + k):
             checkpoints.save({"iteration": n_ptycho + k, "stage": "tomo", "history": hist.rows, "proj": proj,
                               "weights": weights, "fields": psi, "probe": probe, "info": info, "ptycho_r_factor": final_rf,
@@ -379,8 +388,8 @@ def run_twostep(shard: Shard, comm, opts: TwoStepOptions | None = None, callback
         resume_tomo.pop("history_", None)
     _status(callback, None if opts.tomo == "cg" else f"stage 2/2, tomography ({opts.tomo})")
     with comm.phase("tomo"):
-        vol, _thist = reconstruct(sp.P, proj, comm, topts, callback=tomo_cb, space=sp, resume=resume_tomo,
-                                  checkpoint=tomo_ck if on else None, weights=weights)
+        vol, _thist = reconstruct(sp.P, proj, comm, topts, callback=tomo_cb, space=sp, weights=weights,
+                                  checkpoints=Checkpointer(1 if on else 0, tomo_ck, resume_tomo))
     vol = xp.nan_to_num(vol)
     t_tomo = time.perf_counter() - t_tomo
     _status(callback, "R-factor of the volume through the forward model")
@@ -452,8 +461,9 @@ def _ptycho_stage(shard, comm, opts, hist, callback, checkpoints, st, positions,
     if opts.method != "epie":
         kw["comm"] = comm
 
-    def ck(k, state):
+    def ck(state):
         # the end of the stage is saved by the caller, with the projections
+        k = state["iteration"]
         if k < opts.iterations and checkpoints.due(k):
             checkpoints.save({"iteration": k, "stage": "ptycho", "history": hist.rows,
                               "ptycho_time_s": time.perf_counter() - t_ptycho,
@@ -463,14 +473,27 @@ def _ptycho_stage(shard, comm, opts, hist, callback, checkpoints, st, positions,
     if st is not None:
         resume = _unprefixed("ptycho_", st, "ptycho_history")
         resume.pop("time_s", None)
+    inner = Checkpointer(1 if _checkpoints_on(checkpoints) else 0, ck, resume)
     with comm.phase("ptycho"):
         res = solve(opts.method, shard.intensities, positions, probe0, (A, H, W), opts.iterations,
-                    angle_index=aidx, callback=lambda row, _o: add_row(row), resume=resume,
-                    checkpoint=ck if _checkpoints_on(checkpoints) else None, **kw)
+                    angle_index=aidx, callback=lambda row, _o: add_row(row), checkpoints=inner, **kw)
     return res.obj, res.probe, res.probe, time.perf_counter() - t_ptycho
 
 
+def _run(shard: Shard, comm, opts: TwoStepOptions | None = None, callback=None, u0=None,
+         checkpoints: Checkpointer = NO_CHECKPOINTS) -> SolverResult:
+    """:func:`run_twostep` with the registry's signature (the 2-step method takes no initial volume)."""
+    return run_twostep(shard, comm, opts, callback=callback, checkpoints=checkpoints)
+
+
+SPEC = SolverSpec(name="two-step", options=TwoStepOptions, run=_run, models=("linear", "exp"), default_model=None,
+                  generic={"iterations": "iterations", "noise": "noise", "probe_refine": "probe_refine",
+                           "support_width": "support_width"},
+                  whole_angles=True, deterministic="no", refines_probe=True, takes_u0=False,
+                  summary="seed 001's baseline: 2D ptychography per angle, then tomography")
+
 __all__ = [
+    "SPEC",
     "STAGES",
     "TwoStepOptions",
     "model_positions",

@@ -17,11 +17,30 @@ def _dashboard_url(client, cluster=None) -> str | None:
 
 
 def local_cluster(workers: int, **kwargs):
-    """A ``LocalCluster`` of ``workers`` single-threaded worker processes on 127.0.0.1, dashboard on a free
-    port (``cluster.dashboard_link`` has the real one). The workers do not get Dask's default
-    ``MALLOC_TRIM_THRESHOLD_=65536``: that fixes glibc's mmap threshold at 128 kB, so every temporary
-    array of a solver iteration is mapped and faulted in afresh (APT on 48^3: 1.5x slower per iteration,
-    measured with MPI ranks given the same variable). Set the variable yourself to get it back."""
+    """A ``LocalCluster`` of ``workers`` single-threaded worker processes on 127.0.0.1.
+
+    Its dashboard is on a free port (``cluster.dashboard_link`` has the real one). The workers do not get
+    Dask's default ``MALLOC_TRIM_THRESHOLD_=65536``: that fixes glibc's mmap threshold at 128 kB, so every
+    temporary array of a solver iteration is mapped and faulted in afresh (APT on 48^3: 1.5x slower per
+    iteration, measured with MPI ranks given the same variable). Set the variable yourself to get it back.
+
+    Parameters
+    ----------
+    workers : int
+        Number of worker processes.
+    **kwargs
+        Further ``distributed.LocalCluster`` options; they override the defaults above.
+
+    Returns
+    -------
+    distributed.LocalCluster
+        The running cluster (the caller closes it).
+
+    Raises
+    ------
+    BackendUnavailable
+        When dask.distributed is not installed.
+    """
     import dask
 
     distributed = load_distributed()
@@ -33,9 +52,35 @@ def local_cluster(workers: int, **kwargs):
 
 @contextmanager
 def dask_client(workers: int | None = None, scheduler: str | None = None, client=None):
-    """``(client, dashboard URL)``: the given client; or a ``Client`` of the scheduler at ``scheduler``;
-    or a fresh ``LocalCluster`` of ``workers`` single-threaded worker processes on 127.0.0.1 with its
-    dashboard on a free port (closed on exit)."""
+    """``(client, dashboard URL)``: the given client, a client of ``scheduler``, or one of a fresh local cluster.
+
+    The given ``client``; or a ``Client`` of the scheduler at ``scheduler``; or a fresh ``LocalCluster`` of
+    ``workers`` single-threaded worker processes on 127.0.0.1 with its dashboard on a free port (closed on
+    exit).
+
+    Parameters
+    ----------
+    workers : int, optional
+        With ``scheduler``: wait (60 s) for that many workers; without: the local cluster's size.
+    scheduler : str, optional
+        Address of a running scheduler (``tcp://HOST:PORT``).
+    client : distributed.Client, optional
+        A client to use as is (not closed on exit).
+
+    Yields
+    ------
+    client : distributed.Client
+        The client.
+    dashboard : str or None
+        The dashboard's URL, None without one.
+
+    Raises
+    ------
+    InputError
+        When the scheduler cannot be reached, or neither ``workers`` nor ``scheduler`` nor ``client`` is given.
+    BackendUnavailable
+        When dask.distributed is not installed.
+    """
     distributed = load_distributed()
     if client is not None:
         yield client, _dashboard_url(client)

@@ -22,7 +22,18 @@ _COMM_LABEL = {"alltoallv": "transpose", "allreduce": "allreduce", "scalar": "al
 
 
 def load_distributed():
-    """``distributed``, imported on first use, with a one-line error naming the install command."""
+    """``distributed``, imported on first use, with a one-line error naming the install command.
+
+    Returns
+    -------
+    module
+        ``distributed``.
+
+    Raises
+    ------
+    BackendUnavailable
+        When dask.distributed cannot be imported.
+    """
     try:
         import distributed
     except ImportError as e:
@@ -36,10 +47,28 @@ class JobAborted(RuntimeError):
 
 
 class WorkerLost(RuntimeError):
-    """A rank's Dask worker left the cluster while the job ran (its process was killed or died, or it lost
-    contact with the scheduler). Raised by :func:`run_spmd` once the other ranks have stopped, with
-    ``rank`` (the first lost rank), ``ranks`` (every lost rank), ``worker`` (its address), ``pid`` and
-    ``cause`` (the nanny's account, e.g. ``killed by signal 9 (SIGKILL)``, or None) set."""
+    """A rank's Dask worker left the cluster while the job ran.
+
+    Its process was killed or died, or it lost contact with the scheduler. Raised by :func:`run_spmd` once the
+    other ranks have stopped, with ``rank`` (the first lost rank), ``ranks`` (every lost rank), ``worker``
+    (its address), ``pid`` and ``cause`` (the nanny's account, e.g. ``killed by signal 9 (SIGKILL)``, or None)
+    set.
+
+    Parameters
+    ----------
+    message : str
+        The one-line message.
+    rank : int
+        The first lost rank.
+    ranks : list of int
+        Every lost rank.
+    worker : str
+        The first lost rank's worker address.
+    pid : int or None
+        Its process id, None when unknown.
+    cause : str or None
+        The nanny's account of the end, None when unknown.
+    """
 
     def __init__(self, message: str, *, rank: int, ranks: list, worker: str, pid, cause):
         super().__init__(message)
@@ -72,6 +101,24 @@ class DaskComm(Comm):
     constructor builds the mesh (collective: every rank of the job must construct its DaskComm);
     ``connect_timeout`` bounds that. ``allreduce_sum`` and ``bcast`` of arrays need the same shape and
     dtype on every rank, as with :class:`~hpc_pt.parallel.mpi.MPIComm`; CuPy arrays go through host memory.
+
+    Parameters
+    ----------
+    token : str
+        The job's token.
+    rank : int
+        This rank, in ``[0, size)``.
+    size : int
+        Number of ranks.
+    connect_timeout : float, optional
+        Seconds the mesh set-up may take. Default 120.
+
+    Raises
+    ------
+    TimeoutError
+        When the other ranks do not connect within ``connect_timeout``.
+    RankAborted
+        When the job is aborted during the set-up.
     """
 
     name = "dask"
@@ -130,9 +177,21 @@ class DaskComm(Comm):
                 pass
 
     def abort(self, code: int = 2) -> None:
-        """Stop every rank of the job: mark the failure (the others raise :class:`RankAborted` at their
-        next collective) and raise :class:`JobAborted` here (a Dask task must not ``SystemExit``: that
-        would take its worker down)."""
+        """Stop every rank of the job.
+
+        Mark the failure (the others raise :class:`RankAborted` at their next collective) and raise
+        :class:`JobAborted` here (a Dask task must not ``SystemExit``: that would take its worker down).
+
+        Parameters
+        ----------
+        code : int, optional
+            The code named in the message. Default 2.
+
+        Raises
+        ------
+        JobAborted
+            Always.
+        """
         self.mark_failed()
         raise JobAborted(f"rank {self.rank} of {self.size} aborted the job (code {code})")
 
@@ -162,6 +221,26 @@ class DaskComm(Comm):
 
     # -- collectives -----------------------------------------------------------------------------------
     def allreduce_sum(self, x):
+        """Sum ``x`` over ranks, in rank order on every rank (identical bits everywhere).
+
+        Arrays of at least :data:`RS_BYTES` on more than two ranks go through a reduce-scatter and an
+        all-gather in the same order.
+
+        Parameters
+        ----------
+        x : array_like
+            As for :meth:`Comm.allreduce_sum <hpc_pt.comm.Comm.allreduce_sum>`; left untouched.
+
+        Returns
+        -------
+        numpy.ndarray or cupy.ndarray
+            A new array (CuPy for CuPy input), or a NumPy scalar for a scalar ``x``.
+
+        Raises
+        ------
+        RankAborted
+            When another rank failed or the communicator is closed.
+        """
         gpu = _is_cupy(x)
         if gpu:
             import cupy
@@ -208,6 +287,23 @@ class DaskComm(Comm):
         return buf
 
     def sum_scalar(self, v: float) -> float:
+        """Sum a float over ranks, in rank order (the same on every rank).
+
+        Parameters
+        ----------
+        v : float
+            As for :meth:`Comm.sum_scalar <hpc_pt.comm.Comm.sum_scalar>`.
+
+        Returns
+        -------
+        float
+            The sum, identical on every rank.
+
+        Raises
+        ------
+        RankAborted
+            When another rank failed or the communicator is closed.
+        """
         v = float(v)
         if self.size == 1:
             return v
@@ -223,7 +319,28 @@ class DaskComm(Comm):
         return total
 
     def alltoallv(self, send: list, recv_counts: list[int]) -> list:
-        """Every rank pair's buffers at once; empty buffers are not sent."""
+        """Every rank pair's buffers at once; empty buffers are not sent.
+
+        Parameters
+        ----------
+        send : list of numpy.ndarray
+            ``send[s]``: 1-D array for rank ``s``, one per rank (one dtype for the call).
+        recv_counts : list of int
+            ``recv_counts[s]``: elements rank ``s`` sends to this rank.
+
+        Returns
+        -------
+        list of numpy.ndarray
+            The received 1-D arrays, by source rank.
+
+        Raises
+        ------
+        ValueError
+            When the lists do not have one entry per rank, or this rank's buffer to itself does not match its
+            count.
+        RankAborted
+            When another rank failed or the communicator is closed.
+        """
         r, P = self.rank, self.size
         if len(send) != P or len(recv_counts) != P:
             raise ValueError(f"alltoallv needs one buffer and one count per rank ({P})")
@@ -256,6 +373,7 @@ class DaskComm(Comm):
             self._exchange({}, {root: memoryview(buf.reshape(-1).view(np.uint8))}, f"broadcasting from rank {root}")
 
     def barrier(self) -> None:
+        """Wait for every rank (an empty message to and from every peer)."""
         if self.size > 1:
             self._exchange({s: b"" for s in range(self.size) if s != self.rank},
                            {s: memoryview(bytearray(0)) for s in range(self.size) if s != self.rank},
@@ -263,8 +381,20 @@ class DaskComm(Comm):
 
     @contextmanager
     def phase(self, name: str):
-        """Time per label in :attr:`stats` (as every Comm) and the same label as an activity on the Dask
-        dashboard's Fine Performance Metrics page."""
+        """Time per label in :attr:`stats` (as every Comm) and the same label on the Dask dashboard.
+
+        The label shows as an activity on the dashboard's Fine Performance Metrics page.
+
+        Parameters
+        ----------
+        name : str
+            As for :meth:`Comm.phase <hpc_pt.comm.Comm.phase>`; also the dashboard label.
+
+        Yields
+        ------
+        None
+            The ``with`` block runs inside the labelled stretch.
+        """
         with _meter(name), super().phase(name):
             yield
 

@@ -163,8 +163,28 @@ def _worker_lost(client, gone: list, addrs: list, known: dict, lost: dict, size:
 
 
 def worker_addresses(client, workers: int | list | None = None) -> list[str]:
-    """Addresses of the workers that become ranks 0..K-1: the first ``workers`` (an int; all when None)
-    of the scheduler's workers ordered by name, or the given list of addresses."""
+    """Addresses of the workers that become ranks 0..K-1.
+
+    The first ``workers`` (an int; all when None) of the scheduler's workers ordered by name (numeric names
+    first, by value), or the given list of addresses.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        A client of the scheduler.
+    workers : int or list of str, optional
+        How many workers, or their addresses; None: all.
+
+    Returns
+    -------
+    list of str
+        The worker addresses, rank 0 first.
+
+    Raises
+    ------
+    InputError
+        When the scheduler has no workers, ``workers`` < 1, or more workers are asked for than it has.
+    """
     if isinstance(workers, (list, tuple)):
         return [str(w) for w in workers]
     ws = _scheduler_workers(client)
@@ -190,8 +210,9 @@ def worker_addresses(client, workers: int | list | None = None) -> list[str]:
 
 def run_spmd(client, fn, *args, workers: int | list | None = None, name: str = "spmd",
              connect_timeout: float = 120.0, grace: float = 10.0, **kwargs) -> list:
-    """Run ``fn(comm, *args, **kwargs)`` as one task per worker (SPMD, ``comm`` a :class:`DaskComm`) and
-    return every rank's result, by rank. ``fn`` and its arguments must pickle (Dask futures among ``args``
+    """Run ``fn(comm, *args, **kwargs)`` as one task per worker (SPMD, ``comm`` a :class:`DaskComm`).
+
+    Returns every rank's result, by rank. ``fn`` and its arguments must pickle (Dask futures among ``args``
     are resolved on the workers).
 
     If a rank raises, every rank is stopped and the first error that is not a consequence of another
@@ -201,7 +222,41 @@ def run_spmd(client, fn, *args, workers: int | list | None = None, name: str = "
     abort flag is raised at once, the other ranks stop and :class:`WorkerLost` is raised, naming the rank,
     the worker, its pid and the nanny's account of its end. Ranks still running ``grace`` seconds after
     the first error or loss are cancelled, as are the lost ranks' tasks, so the workers (and a nanny's
-    restarted worker) are free for the next job."""
+    restarted worker) are free for the next job.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        A client of the cluster.
+    fn : callable
+        ``fn(comm, *args, **kwargs)``, run on every rank.
+    *args
+        Positional arguments of ``fn``.
+    workers : int or list of str, optional
+        The workers that become ranks (:func:`worker_addresses`); None: all.
+    name : str, optional
+        Part of the task keys ``hpc-pt-<name>-rank<r>-<token>``. Default "spmd".
+    connect_timeout : float, optional
+        Seconds the ranks' mesh set-up may take. Default 120.
+    grace : float, optional
+        Seconds the other ranks get to stop after the first error or loss. Default 10.
+    **kwargs
+        Keyword arguments of ``fn``.
+
+    Returns
+    -------
+    list
+        ``fn``'s result on every rank, by rank.
+
+    Raises
+    ------
+    WorkerLost
+        When a rank's worker left the cluster.
+    Exception
+        The first rank's error that is not ``secondary`` (with ``rank`` set on it).
+    InputError
+        When the workers asked for are not there (:func:`worker_addresses`).
+    """
     distributed = load_distributed()
     addrs = worker_addresses(client, workers)
     size = len(addrs)

@@ -76,14 +76,23 @@ class Mesh:
 
     Parameters
     ----------
-    token, rank, size
-        The job (its address board in ``distributed.Variable``) and this rank's place in it.
-    client
+    token : str
+        The job (its address board in ``distributed.Variable``).
+    rank, size : int
+        This rank's place in the job.
+    client : distributed.Client
         A ``distributed.Client`` for the address board (the worker's client inside a rank task).
     check_abort : callable(str)
         Raises (:class:`RankAborted`) when the job's abort flag is set; called every ``POLL_S`` while waiting.
     timeout : float
         Seconds the set-up may take before it gives up with ``TimeoutError``.
+
+    Raises
+    ------
+    TimeoutError
+        When a peer does not start or connect within ``timeout``.
+    RankAborted
+        From ``check_abort``, when the job is aborted during the set-up.
     """
 
     def __init__(self, token: str, rank: int, size: int, client, check_abort, timeout: float = 120.0):
@@ -205,8 +214,29 @@ class Mesh:
 
     # -- messages -------------------------------------------------------------------------------------
     def exchange(self, seq: int, sends: dict, recvs: dict, what: str) -> None:
-        """Send ``sends[peer]`` (bytes-like) to each peer and receive exactly ``len(recvs[peer])`` bytes into
-        each writable byte memoryview ``recvs[peer]``, all at once; message number ``seq`` on every rank."""
+        """Send to and receive from several peers at once, as message number ``seq`` on every rank.
+
+        Send ``sends[peer]`` (bytes-like) to each peer and receive exactly ``len(recvs[peer])`` bytes into
+        each writable byte memoryview ``recvs[peer]``, all at once; message number ``seq`` on every rank.
+
+        Parameters
+        ----------
+        seq : int
+            The collective's sequence number (the receiver checks it).
+        sends : dict
+            ``{peer: bytes-like}``.
+        recvs : dict
+            ``{peer: writable byte memoryview}``, each of the size expected from that peer.
+        what : str
+            What the collective is doing, for error messages ("summing a scalar").
+
+        Raises
+        ------
+        RankAborted
+            When the mesh is closed, a peer is gone, or the job's abort flag is set.
+        RuntimeError
+            When a peer's message has another sequence number or size (collectives called in different orders).
+        """
         if self._closed:
             raise RankAborted(f"rank {self.rank} of {self.size}: communicator closed")
         self._run(self._exchange(seq, sends, recvs, what), what)
@@ -345,7 +375,18 @@ def _stream(comm):
 
 
 def byte_view(a) -> memoryview:
-    """A flat byte view of the contiguous array ``a`` (a copy first if it is not contiguous)."""
+    """A flat byte view of the contiguous array ``a`` (a copy first if it is not contiguous).
+
+    Parameters
+    ----------
+    a : array_like
+        A NumPy array.
+
+    Returns
+    -------
+    memoryview
+        1-D unsigned-byte view of its data.
+    """
     return memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
 
 
