@@ -276,3 +276,21 @@ def test_ptychography_frame_batches_match_one_stack(fractional):
     assert dot_test(batched, seed=4) <= TOL[np.complex128]
     with pytest.raises(ValueError, match="frame_batch"):
         Ptychography(probe, pos, (A, H, W), angle_index=aidx, frame_batch=0)
+
+
+@pytest.mark.parametrize("fractional", [False, True])
+def test_ptychography_frame_subsets(fractional, rng):
+    """An index array of frames (ePIE's compact batches) selects exactly those windows, and the subset's
+    adjoint is its adjoint (accumulated into ``out``)."""
+    probe = (rng.standard_normal((7, 7)) + 1j * rng.standard_normal((7, 7))).astype(np.complex128)
+    pos = rng.uniform(0, 20, size=(25, 2)) if fractional else rng.integers(0, 20, size=(25, 2))
+    P = Ptychography(probe, pos, (3, 29, 29), angle_index=rng.integers(0, 3, 25), dtype=np.complex128)
+    psi = rng.standard_normal(P.shape_in) + 1j * rng.standard_normal(P.shape_in)
+    sel = np.array([17, 3, 9, 11])
+    assert np.allclose(P.patches(psi, frames=sel), P.patches(psi)[sel], rtol=0, atol=1e-13)
+    y = rng.standard_normal((4, 7, 7)) + 1j * rng.standard_normal((4, 7, 7))
+    base = rng.standard_normal(P.shape_in) + 1j * rng.standard_normal(P.shape_in)
+    out = base.copy()
+    P.patches_adj(y, frames=sel, out=out)
+    lhs, rhs = np.vdot(y, P.patches(psi, frames=sel)), np.vdot(out - base, psi)
+    assert abs(lhs - rhs) <= 1e-12 * abs(lhs)

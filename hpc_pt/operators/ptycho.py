@@ -180,14 +180,22 @@ class Ptychography(LinearOperator):
         """
         return frame_slices(self.n_frames, self.frame_batch)
 
-    def _frames(self, frames) -> slice:
-        """``frames`` as a slice of whole frames (None: all)."""
+    def _frames(self, frames):
+        """``frames`` as a slice of whole frames (None: all), or as an int64 index array (a subset of frames
+        in any order, e.g. one of ePIE's compact batches)."""
         if frames is None:
             return slice(0, self.n_frames)
+        if not isinstance(frames, slice):
+            return np.asarray(frames, dtype=np.int64).ravel()
         start, stop, step = frames.indices(self.n_frames)
         if step != 1:
             raise ValueError("frames must be a contiguous slice of frames")
         return slice(start, stop)
+
+    @staticmethod
+    def _on_device(sl, like):
+        """A frame selection for indexing arrays on ``like``'s backend (an index array moves there)."""
+        return sl if isinstance(sl, slice) else get_xp(like).asarray(sl)
 
     def _flat_index(self, frames=None):
         """(F_b, w1, w2) flat field index of every window pixel of the frames (clipped at the end: those
@@ -231,8 +239,8 @@ class Ptychography(LinearOperator):
         Parameters
         ----------
         psi : array of shape ``shape_in``
-        frames : slice, optional
-            A contiguous range of frames (one of :meth:`batches`); None: all.
+        frames : slice or array of int, optional
+            A contiguous range of frames (one of :meth:`batches`) or the indices of a subset; None: all.
 
         Returns
         -------
@@ -240,15 +248,16 @@ class Ptychography(LinearOperator):
             The (interpolated) windows of the frames.
         """
         sl = self._frames(frames)
-        g = psi.reshape(-1)[self._idx[sl]] if is_cupy(psi) else self._windows(psi, sl)
+        dsl = self._on_device(sl, psi)
+        g = psi.reshape(-1)[self._idx[dsl]] if is_cupy(psi) else self._windows(psi, sl)
         if not self.fractional:
             return g
         # separable bilinear interpolation: along columns, then along rows
         t = g[:, :, 1:] - g[:, :, :-1]
-        t *= self._fx[sl]
+        t *= self._fx[dsl]
         t += g[:, :, :-1]
         out = t[:, 1:] - t[:, :-1]
-        out *= self._fy[sl]
+        out *= self._fy[dsl]
         out += t[:, :-1]
         return out
 
@@ -262,8 +271,8 @@ class Ptychography(LinearOperator):
         Parameters
         ----------
         patches : array (F_b, m1, m2)
-        frames : slice, optional
-            The frames ``patches`` holds (None: all).
+        frames : slice or array of int, optional
+            The frames ``patches`` holds (None: all; a range or an index array, as in :meth:`patches`).
         out : array of shape ``shape_in``, optional
             C-contiguous field of ``dtype`` to add into.
         keep : bool
@@ -288,14 +297,15 @@ class Ptychography(LinearOperator):
     def _scatter_batch(self, patches, sl: slice, field, keep: bool = True):
         """field (flat) += S^T patches for the frames in ``sl``."""
         xp = get_xp(patches)
+        dsl = self._on_device(sl, patches)
         if self.fractional:  # adjoint of the separable interpolation in :meth:`patches`
             F, (w1, w2) = patches.shape[0], self._win
-            a = patches * self._fy[sl]
+            a = patches * self._fy[dsl]
             t = xp.empty((F, w1, w2 - 1), dtype=self.dtype)
             t[:, :-1] = patches - a
             t[:, -1] = 0
             t[:, 1:] += a
-            b = t * self._fx[sl]
+            b = t * self._fx[dsl]
             g = xp.empty((F, w1, w2), dtype=self.dtype)
             g[:, :, :-1] = t - b
             g[:, :, -1] = 0
@@ -303,7 +313,9 @@ class Ptychography(LinearOperator):
         else:
             g = patches
         if is_cupy(g):
-            scatter_add(field, self._idx[sl].ravel(), g.ravel())
+            scatter_add(field, self._idx[dsl].ravel(), g.ravel())
+        elif not isinstance(sl, slice):  # a subset of frames: a one-off scatter (no matrix to keep)
+            np.add.at(field, self._flat_index(sl).ravel(), g.ravel())
         else:
             rdt = np.float32 if self.dtype == np.complex64 else np.float64
             pairs = xp.ascontiguousarray(g, dtype=self.dtype).reshape(-1).view(rdt).reshape(-1, 2)

@@ -51,8 +51,7 @@ from pydantic import Field
 import numpy as np
 
 from ..backend import get_xp
-from ..operators import apply_stencil
-from .base import (History, IterativeSolver, Shard, SolverOptions, SolverResult, conjugate_gradient, frame_sum,
+from .base import (History, IterativeSolver, Shard, SlabNormalStencil, SolverOptions, SolverResult, conjugate_gradient, frame_sum,
                    frames_array_sum, power_lipschitz, solver_runner)
 from .prox import frame_objective, prox_amplitude, prox_poisson, prox_tv
 from .registry import SolverSpec
@@ -118,44 +117,35 @@ def choose_r2(f, mask, comm, noise_free: bool = False) -> tuple[float, str]:
 
 
 class LinearJointOperator:
-    """D u = Ptycho(Pad(P u)) for this shard, its adjoint (summed over ranks, on this rank's slab), and the
-    normal operator L_D = sum_j D_j^H D_j = P^T Pad^T N Pad P on the slab (no transpose: N, the
-    ptychographic normal operator sum_j S_j^T |w|^2 S_j, is a 3x3 stencil per angle, moved to the slab
-    layout once by :meth:`refresh`)."""
+    """D u = Ptycho(Pad(P u)) for this shard (``D``, a :class:`~hpc_pt.operators.ProductOperator`: its adjoint
+    is summed over ranks, on this rank's slab), and the normal operator L_D = sum_j D_j^H D_j = P^T Pad^T N
+    Pad P on the slab through the :class:`~.base.SlabNormalStencil` (no transpose)."""
 
     def __init__(self, shard: Shard, comm):
         m = shard.model
         if m.expmap is not None:
             raise ValueError("APT/APTs use the linear (Rytov) model; this dataset was set up with model 'exp'")
         self.space, self.pad, self.pt, self.comm = shard.space, m.pad, m.ptycho, comm
-        self.refresh()
+        self.project = shard.slab_projection()
+        self.D = self.pt @ self.pad @ self.project
+        self.stencil = SlabNormalStencil(self.pt, self.pad, self.space, comm)
 
     def refresh(self):
-        """(Re)build the slab-layout stencil of N after a probe change (one transpose per non-zero map)."""
-        sp, r0 = self.space, self.pad.offset[0]
-        nz = sp.global_shape[0]
-        maps = self.pt.normal_stencil()[:, :, r0:r0 + nz]
-        xp = get_xp(maps)
-        off = self.comm.sum_scalar(float(xp.abs(maps[[0, 1, 2, 3, 5, 6, 7, 8]]).sum()))
-        vert = self.comm.sum_scalar(float(xp.abs(maps[[0, 1, 2, 6, 7, 8]]).sum()))
-        keep = range(9) if off > 0 else (4,)
-        self.maps = xp.stack([sp.to_slabs(xp.ascontiguousarray(maps[k])) for k in keep])
-        self.vertical = vert > 0
+        """Rebuild the slab-layout stencil of N after a probe change (one transpose per non-zero map)."""
+        self.stencil.refresh()
 
     def psi(self, u):
-        return self.pad.fwd(self.space.project(u))
+        """Pad(P u), the per-angle fields."""
+        return self.pad.fwd(self.project.fwd(u))
 
     def fwd(self, u):
-        return self.pt.fwd(self.psi(u))
+        return self.D.fwd(u)
 
     def adj(self, y):
-        return self.space.backproject(self.pad.adj(self.pt.adj(y)))
+        return self.D.adj(y)
 
     def normal(self, u):
-        P = self.space.P
-        q = P.fwd(u)
-        lo, hi = self.space.halo(q, axis=1) if self.vertical else (None, None)
-        return P.adj(apply_stencil(self.maps, q, lo, hi))
+        return self.stencil.normal(u)
 
 
 @dataclass

@@ -48,6 +48,16 @@ class Shard:
     space: object = None
     _amplitudes: object = field(default=None, repr=False)
 
+    def slab_projection(self):
+        """P from this rank's slab to the shard's angles as a linear operator (``space.project`` /
+        ``space.backproject``: one transpose each way; the adjoint is summed over ranks), so the joint
+        operator composes as ``ptycho @ pad @ shard.slab_projection()``."""
+        from ..operators import FunctionOperator
+
+        sp = self.space
+        return FunctionOperator(sp.project, sp.backproject, tuple(sp.shape), tuple(sp.angle_shape), sp.dtype,
+                                name="SlabProjection")
+
     def projections(self, u):
         """Pad(P u) on the shard's angles: (A_r, H, W), per-angle layout (one transpose)."""
         return self.model.pad.fwd(self.space.project(u))
@@ -72,6 +82,70 @@ class Shard:
     @property
     def global_volume_shape(self):
         return self.space.global_shape
+
+
+class SlabNormalStencil:
+    """N = sum_j S_j^T |w|^2 S_j, the ptychographic normal operator, as a 3x3 stencil per angle moved to the
+    slab layout, and the normal operators of the joint model built on it (no transposes per product).
+
+    N is local to each angle (:meth:`~hpc_pt.operators.Ptychography.normal_stencil`); cropped to the
+    volume's rows (the padded rows of Pad P v are zero) it moves to the slab layout once (one transpose per
+    non-zero map: 1 for integer scan positions, 9 otherwise; the parts of an angle split over ranks add
+    up). A product is then local except for a one-row halo of the stencil (only when it has vertical taps).
+
+    Parameters
+    ----------
+    pt : Ptychography
+        The shard's ptychography operator (its probe is read on every :meth:`refresh`).
+    pad : Pad
+        The field padding (its row offset crops the stencil to the volume rows).
+    space : SlabSpace
+        This rank's slab space.
+    comm : Comm
+        The communicator (whether any rank has off-centre / vertical taps).
+    """
+
+    def __init__(self, pt, pad, space, comm):
+        self.pt, self.pad, self.space, self.comm = pt, pad, space, comm
+        self.refresh()
+
+    def refresh(self) -> None:
+        """(Re)build the slab-layout maps, after a probe change (a collective)."""
+        sp, r0 = self.space, self.pad.offset[0]
+        maps = self.pt.normal_stencil()[:, :, r0:r0 + sp.global_shape[0]]
+        xp = get_xp(maps)
+        off = self.comm.sum_scalar(float(xp.abs(maps[[0, 1, 2, 3, 5, 6, 7, 8]]).sum()))
+        self.vertical = self.comm.sum_scalar(float(xp.abs(maps[[0, 1, 2, 6, 7, 8]]).sum())) > 0
+        keep = range(9) if off > 0 else (4,)
+        self.maps = xp.stack([sp.to_slabs(xp.ascontiguousarray(maps[k])) for k in keep])
+
+    def apply_fields(self, t):
+        """N t for per-angle fields ``t`` (A, rows, W) in the slab layout (every angle, this slab's rows)."""
+        from ..operators import apply_stencil
+
+        lo, hi = self.space.halo(t, axis=1) if self.vertical else (None, None)
+        return apply_stencil(self.maps, t, lo, hi)
+
+    def normal(self, v):
+        """P^H Pad^H N Pad P v on the slab: sum_j D_j^H D_j of the linear model."""
+        P = self.space.P
+        return P.adj(self.apply_fields(P.fwd(v)))
+
+    def linearised(self, psi, c: float):
+        """v -> c^2 P^H [conj(psi) N (psi P v)]: J^H J of the exponential model linearised where the
+        transmission on this slab's rows is ``psi`` (A, rows, W).
+
+        Returns
+        -------
+        callable
+            The map on slabs.
+        """
+        P, psi_c, c2 = self.space.P, get_xp(psi).conj(psi), c * c
+
+        def apply(v):
+            return c2 * P.adj(psi_c * self.apply_fields(psi * P.fwd(v)))
+
+        return apply
 
 
 class History:

@@ -71,6 +71,7 @@ from .base import (
     History,
     IterativeSolver,
     Shard,
+    SlabNormalStencil,
     SolverOptions,
     SolverResult,
     frame_sum,
@@ -190,40 +191,28 @@ def linearised_normal(model: JointModel, u, comm):
     """J^H J of the model linearised at ``u`` (this rank's slab), as a map on slabs with no transposes.
 
     J^H J = c^2 P^H Pad^H conj(psi) N psi Pad P with N = sum_j S_j^T |w|^2 S_j ("exp"; "linear":
-    P^H Pad^H N Pad P, independent of ``u``). N is a 3x3 stencil per
-    angle (:meth:`~hpc_pt.operators.Ptychography.normal_stencil`); cropped to the volume's rows (the padded
-    rows of Pad P v are zero) it is moved to the slab layout once (one transpose per non-zero map, 1 for
-    integer scan positions, 9 otherwise; the parts of an angle split over ranks add up), and psi on the
-    volume rows in the slab layout is exp(i c P u) computed locally. A product is then local except for a
-    one-row halo of the stencil.
+    P^H Pad^H N Pad P, independent of ``u``), through the :class:`~.base.SlabNormalStencil`; psi on the
+    volume rows in the slab layout is exp(i c P u), computed locally.
+
+    Parameters
+    ----------
+    model : JointModel
+        The shard's joint model.
+    u : array
+        The linearisation point (this rank's slab).
+    comm : Comm
+        The communicator (the stencil's set-up is a collective).
+
+    Returns
+    -------
+    callable
+        v -> J^H J v on slabs.
     """
-    from ..operators import apply_stencil
-
-    sp, r0 = model.space, model.pad.offset[0]
-    nz = sp.global_shape[0]
-    maps = model.pt.normal_stencil()[:, :, r0:r0 + nz]
-    xp = get_xp(maps)
-    off = comm.sum_scalar(float(xp.abs(maps[[0, 1, 2, 3, 5, 6, 7, 8]]).sum()))
-    vert = comm.sum_scalar(float(xp.abs(maps[[0, 1, 2, 6, 7, 8]]).sum())) > 0
-    keep = range(9) if off > 0 else (4,)
-    maps = xp.stack([sp.to_slabs(xp.ascontiguousarray(maps[k])) for k in keep])
+    sp = model.space
+    stencil = SlabNormalStencil(model.pt, model.pad, sp, comm)
     if model.linear:
-        def apply_linear(v):
-            t = sp.P.fwd(v)
-            lo, hi = sp.halo(t, axis=1) if vert else (None, None)
-            return sp.P.adj(apply_stencil(maps, t, lo, hi))
-
-        return apply_linear
-    psi = model.exp.fwd(sp.P.fwd(u))  # (A, rows, W): every angle, this slab's rows
-    psi_c = xp.conj(psi)
-    c2 = model.c ** 2
-
-    def apply(v):
-        t = psi * sp.P.fwd(v)
-        lo, hi = sp.halo(t, axis=1) if vert else (None, None)
-        return c2 * sp.P.adj(psi_c * apply_stencil(maps, t, lo, hi))
-
-    return apply
+        return stencil.normal
+    return stencil.linearised(model.exp.fwd(sp.P.fwd(u)), model.c)
 
 
 def _check(opts: GDOptions):

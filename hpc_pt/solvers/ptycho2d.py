@@ -74,7 +74,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..backend import fft2c, get_xp, ifft2c, is_cupy, real_dtype, to_numpy
+from ..backend import fft2c, get_xp, ifft2c, real_dtype, to_numpy
 from ..operators import Ptychography
 from ..comm import SerialComm
 from .base import NO_CHECKPOINTS, Checkpointer, History, IterativeSolver, run, state_dict
@@ -254,62 +254,6 @@ def compact_batches(positions, angle_index, extent, rng, max_batch=None):
     return [groups[i] for i in perm]
 
 
-class _Windows:
-    """Gather and scatter-add of the probe windows of a subset of frames (bilinear, as Ptychography)."""
-
-    def __init__(self, positions, angle_index, probe_shape, field_shape, like, dtype):
-        H, W = field_shape[-2:]
-        pos = np.asarray(positions, dtype=np.float64)
-        ipos = np.floor(pos).astype(np.int64)
-        frac = pos - ipos
-        self.fractional = bool(np.any(frac != 0))
-        e = 1 if self.fractional else 0
-        m1, m2 = probe_shape
-        self.size = int(np.prod(field_shape))
-        self.base = np.asarray(angle_index, np.int64) * (H * W) + ipos[:, 0] * W + ipos[:, 1]
-        self.grid = np.arange(m1 + e)[:, None] * W + np.arange(m2 + e)[None, :]
-        xp = get_xp(like)
-        rdt = real_dtype(dtype)
-        self.fy = xp.asarray(frac[:, 0].astype(rdt))
-        self.fx = xp.asarray(frac[:, 1].astype(rdt))
-        self.xp = xp
-        self.dtype = np.dtype(dtype)
-        self.win = (m1 + e, m2 + e)
-
-    def index(self, sel):
-        idx = np.minimum(self.base[sel][:, None, None] + self.grid[None], self.size - 1)
-        return self.xp.asarray(idx)
-
-    def gather(self, flat, sel, idx):
-        g = flat[idx]
-        if not self.fractional:
-            return g
-        fy = self.fy[sel][:, None, None]
-        fx = self.fx[sel][:, None, None]
-        return ((1 - fy) * ((1 - fx) * g[:, :-1, :-1] + fx * g[:, :-1, 1:])
-                + fy * ((1 - fx) * g[:, 1:, :-1] + fx * g[:, 1:, 1:])).astype(self.dtype, copy=False)
-
-    def scatter_add(self, flat, sel, idx, patches):
-        xp = self.xp
-        if self.fractional:
-            fy = self.fy[sel][:, None, None]
-            fx = self.fx[sel][:, None, None]
-            g = xp.zeros((patches.shape[0],) + self.win, dtype=self.dtype)
-            py, pyc = patches * fy, patches * (1 - fy)
-            g[:, :-1, :-1] += pyc * (1 - fx)
-            g[:, :-1, 1:] += pyc * fx
-            g[:, 1:, :-1] += py * (1 - fx)
-            g[:, 1:, 1:] += py * fx
-        else:
-            g = patches
-        if is_cupy(flat):
-            import cupyx
-
-            cupyx.scatter_add(flat, idx.ravel(), g.ravel())
-        else:
-            np.add.at(flat, idx.ravel(), g.ravel())
-
-
 @dataclass
 class EPIEState:
     """ePIE's loop state (the checkpoint's keys): the object ``obj``, the ``probe`` and the frame order's
@@ -348,9 +292,7 @@ class EPIE(IterativeSolver):
         self.xp = pb.xp
         self.alpha, self.beta, self.probe_refine, self.probe_start = alpha, beta, probe_refine, probe_start
         self.obj_init, self.max_batch, self.seed = obj_init, max_batch, seed
-        P0 = pb.op.probe
-        self.extent, _ = _footprint_extent(P0, footprint)  # from the initial probe, also on resume
-        self.win = _Windows(pb.positions, pb.angle_index, P0.shape, field_shape, P0, pb.dtype)
+        self.extent, _ = _footprint_extent(pb.op.probe, footprint)  # from the initial probe, also on resume
 
     def start(self) -> EPIEState:
         return EPIEState(obj=self.pb.init_object(self.obj_init), probe=self.pb.op.probe.copy(),
@@ -363,9 +305,10 @@ class EPIE(IterativeSolver):
     def save_state(self) -> dict:
         return {**state_dict(self.state), "rng": self.rng.bit_generator.state}
 
-    def object_update(self, flat, sel, idx, dpsi, P, pmax):
-        """O += alpha S_j^T [conj(w) / max|w|^2 (psi'_j - psi_j)] for the batch ``sel`` (seed 003 Eq. 12)."""
-        self.win.scatter_add(flat, sel, idx, (self.alpha / pmax) * self.xp.conj(P) * dpsi)
+    def object_update(self, O, sel, dpsi, P, pmax):
+        """O += alpha S_j^T [conj(w) / max|w|^2 (psi'_j - psi_j)] for the batch ``sel`` (seed 003 Eq. 12), in
+        place, through the shared window operator (:meth:`~hpc_pt.operators.Ptychography.patches_adj`)."""
+        self.pb.op.patches_adj((self.alpha / pmax) * self.xp.conj(P) * dpsi, frames=sel, out=O)
 
     def probe_update(self, P, pO, dpsi):
         """w += beta conj(S_j O) / max|S_j O|^2 (psi'_j - psi_j), the mean over the batch's frames (with the
@@ -383,16 +326,14 @@ class EPIE(IterativeSolver):
         return P
 
     def step(self, k: int) -> dict:
-        st, pb, xp, win = self.state, self.pb, self.xp, self.win
+        st, pb, xp = self.state, self.pb, self.xp
         O, P = st.obj, st.probe
-        flat = O.reshape(-1)
         batches = compact_batches(pb.positions, pb.angle_index, self.extent, self.rng, self.max_batch)
         refine = self.probe_refine and k >= self.probe_start
         err = rsum = 0.0
         pmax = float(xp.abs(P).max()) ** 2
         for sel in batches:
-            idx = win.index(sel)
-            pO = win.gather(flat, sel, idx)
+            pO = pb.op.patches(O, frames=sel)
             psi = P * pO  # (10)
             d = fft2c(psi)
             r = xp.abs(d) - pb.a[sel]
@@ -402,7 +343,7 @@ class EPIE(IterativeSolver):
             rsum += float(xp.abs(r).sum())
             dpsi = ifft2c(pb_fourier(pb, d, sel), overwrite=True)  # (11)
             dpsi -= psi
-            self.object_update(flat, sel, idx, dpsi, P, pmax)  # (12)
+            self.object_update(O, sel, dpsi, P, pmax)  # (12)
             if refine:
                 P = self.probe_update(P, pO, dpsi)
                 pmax = float(xp.abs(P).max()) ** 2
