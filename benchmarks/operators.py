@@ -1,16 +1,20 @@
 """Operator benchmark: Ptychography and Projector fwd+adj against their bare kernels, and against ASTRA.
 
     python benchmarks/operators.py [--quick] [--out benchmarks/results] [--repeats N] [--no-astra]
+                                   [--no-thread-policy]
 
 What it measures (docs/architecture.md §4-5; every time is a median of >= 3 repeats after one warm-up,
 ``time.perf_counter``; nothing asserts on wall time):
 
 * ``Ptychography`` fwd+adj at two sizes (plus a sub-pixel-position variant of the large one), as a ratio to
-  the bare batched FFT pair on the same batch: ``scipy.fft.fft2`` + ``ifft2``, ``norm="ortho"``,
-  ``workers=-1``. Target: ratio <= 1.5.
+  the bare batched FFT pair on the same batch: ``scipy.fft.fft2`` + ``ifft2``, ``norm="ortho"``, with the
+  operator's workers (``HPC_PT_FFT_WORKERS``, -1 when unset). Target: ratio <= 1.5.
 * ``Projector`` fwd+adj at two sizes, as a ratio to the bare NUFFT pair: the operator's own planned
   finufft type-2 and type-1 transforms (same points, tolerance, ``n_trans``, threads), ``execute`` only.
   Target <= 1.5.
+* The thread policy it ran with: unless ``--no-thread-policy``, :func:`hpc_pt.execution.apply_thread_policy`
+  at the start (``OMP_WAIT_POLICY=PASSIVE`` and this process's thread count, each only where the user has
+  not set it), recorded with ``Execution.from_environment().describe()`` in the JSON's ``environment``.
 * ``Projector`` against ASTRA's CPU 2D parallel-beam projector (``linear`` = Joseph by default), run slice by
   slice over the large volume with the same 128 detector pixels and the same angles, both serially and with
   one thread per core (ASTRA releases the GIL, and hpc-pt uses every core, so the threaded run is the fair
@@ -53,6 +57,7 @@ if str(REPO) not in sys.path:  # run from a checkout without installing
 import scipy  # noqa: E402
 import scipy.fft  # noqa: E402
 
+from hpc_pt.execution import Execution, apply_thread_policy, threads_per_rank  # noqa: E402
 from hpc_pt.operators import Projector, Ptychography, dot_test  # noqa: E402
 
 RATIO_TARGET = 1.5  # operator fwd+adj / bare kernel pair
@@ -175,15 +180,16 @@ def bench_ptycho(case, repeats, rng) -> dict:
     psi = _crand(rng, op.shape_in)
     y = _crand(rng, op.shape_out)
     frames = _crand(rng, op.shape_out)  # the bare kernel's batch: same (F, m, m) shape and dtype
+    workers = int(os.environ.get("HPC_PT_FFT_WORKERS", "-1"))  # the operator's (hpc_pt.backend.fft2c)
 
     def bare_fwd():
-        return scipy.fft.fft2(frames, norm="ortho", workers=-1)
+        return scipy.fft.fft2(frames, norm="ortho", workers=workers)
 
     def bare_adj():
-        return scipy.fft.ifft2(frames, norm="ortho", workers=-1)
+        return scipy.fft.ifft2(frames, norm="ortho", workers=workers)
 
     def bare_pair():
-        return scipy.fft.ifft2(scipy.fft.fft2(frames, norm="ortho", workers=-1), norm="ortho", workers=-1)
+        return scipy.fft.ifft2(scipy.fft.fft2(frames, norm="ortho", workers=workers), norm="ortho", workers=workers)
 
     res = {
         "kind": "ptychography",
@@ -192,7 +198,7 @@ def bench_ptycho(case, repeats, rng) -> dict:
         **timeit_interleaved({"op_fwd": lambda: op.fwd(psi), "bare_fwd": bare_fwd}, repeats),
         **timeit_interleaved({"op_adj": lambda: op.adj(y), "bare_adj": bare_adj}, repeats),
         **timeit_interleaved({"op_pair": lambda: op.adj(op.fwd(psi)), "bare_pair": bare_pair}, repeats),
-        "bare_kernel": "scipy.fft.fft2 + scipy.fft.ifft2, norm='ortho', workers=-1, same (F, m, m) batch",
+        "bare_kernel": f"scipy.fft.fft2 + scipy.fft.ifft2, norm='ortho', workers={workers}, same (F, m, m) batch",
         "dot_test": float(dot_test(op)),
     }
     return _finish_ratio(name, res)
@@ -434,7 +440,11 @@ def main(argv=None) -> int:
     ap.add_argument("--no-astra", action="store_true", help="skip the ASTRA comparison")
     ap.add_argument("--astra-projector", default="linear", choices=["line", "linear", "strip"],
                     help="ASTRA CPU projector type (default: linear, i.e. Joseph)")
+    ap.add_argument("--no-thread-policy", action="store_true",
+                    help="run with the libraries' default threads and OpenMP wait policy (hpc_pt.execution)")
     args = ap.parse_args(argv)
+    # before finufft (or ASTRA) loads an OpenMP runtime; variables the user set are left as they are
+    policy = None if args.no_thread_policy else apply_thread_policy(threads_per_rank())
     repeats = max(3, args.repeats if args.repeats is not None else (3 if args.quick else 5))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -446,6 +456,8 @@ def main(argv=None) -> int:
               f"    {ASTRA_PIP}", flush=True)
 
     env = environment(astra)
+    env["execution"] = Execution.from_environment().describe()
+    env["thread_policy"] = policy if policy is not None else "not applied (--no-thread-policy)"
     print(f"hpc-pt operator benchmark{' (--quick)' if args.quick else ''}: {env['cpu_count']} CPUs, "
           f"numpy {env['numpy']}, scipy {env['scipy']}, finufft {env['finufft']}, astra {env['astra']}; "
           f"median of {repeats} after 1 warm-up", flush=True)
@@ -504,13 +516,20 @@ def main(argv=None) -> int:
         env["loadavg_at_end"] = list(os.getloadavg())  # a 1-minute load above the CPU count means noise
     except OSError:
         env["loadavg_at_end"] = None
-    jpath, ppath = out / "operators.json", out / "operators.png"
-    tmp = jpath.with_suffix(".json.tmp")  # never leave a half-written file
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    os.replace(tmp, jpath)
-    plot(results, ppath)
+    jpath, ppath = write_results(results, out, "operators", plot)
     print(f"wrote {jpath} and {ppath}", flush=True)
     return 0
+
+
+def write_results(doc: dict, out: Path, name: str, plot_fn) -> tuple[Path, Path]:
+    """Write ``<out>/<name>.json`` (never half-written: a temporary file, then a rename) and
+    ``<out>/<name>.png`` (``plot_fn(doc, path)``); return both paths."""
+    jpath, ppath = out / f"{name}.json", out / f"{name}.png"
+    tmp = jpath.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, jpath)
+    plot_fn(doc, ppath)
+    return jpath, ppath
 
 
 def _print_case(r):

@@ -385,13 +385,16 @@ def nufft2d_type1(c, kx, ky, n_modes, eps=None):
 def _nthreads(work: int | None = None) -> int:
     """finufft threads: HPC_PT_NUFFT_THREADS if set; else 1 for small transforms (``work`` = modes x batch
     below 2^18), where OpenMP start-up and spin-waiting cost more than the transform (measured: a 32^3
-    projector pair took 11 ms on 1 thread and 400 ms on 2 threads of a loaded 2-core machine); else all cores."""
+    projector pair took 11 ms on 1 thread and 400 ms on 2 threads of a loaded 2-core machine); else
+    ``OMP_NUM_THREADS`` when set (the execution policy's threads per rank, :mod:`hpc_pt.execution`), else all
+    cores. Deterministic plans do not use this (:class:`NufftPair2D`)."""
     n = int(os.environ.get("HPC_PT_NUFFT_THREADS", "0"))
     if n > 0:
         return n
     if work is not None and work < 2**18:
         return 1
-    return os.cpu_count() or 1
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(omp) if omp.isdigit() and int(omp) > 0 else (os.cpu_count() or 1)
 
 
 def scatter_add(target_flat, index_flat, values_flat):

@@ -577,6 +577,11 @@ def main(argv=None) -> int:
         print("error: --workers and --scheduler go with --backend dask; add --backend dask or drop them",
               file=sys.stderr)
         return 2
+    try:
+        _thread_policy()
+    except InputError as exc:  # HPC_PT_THREADS that is not a positive integer
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if getattr(args, "backend", "serial") == "mpi":
         return _main_mpi(args)
     refused = _refuse_multi_process(args)
@@ -593,6 +598,15 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _thread_policy() -> dict:
+    """The execution policy's process environment (:func:`hpc_pt.execution.apply_thread_policy`), applied
+    before any library starts its threads: threads per rank from the CPUs this process may use divided among
+    the launcher's ranks on the node, OpenMP threads waiting passively; whatever the user set is kept."""
+    from .execution import apply_thread_policy, threads_per_rank
+
+    return apply_thread_policy(threads_per_rank())
 
 
 def _float_errors_quiet():

@@ -180,26 +180,28 @@ def make_space(meta, plan, comm, device: str = "cpu", volume_size: int | None = 
 
 def build_shard(ds: Dataset, model: str, device: str = "cpu", volume_size: int | None = None, comm=None,
                 frame_batch: int | None = None, centre: float | None = None):
-    """The serial shard (all angles, all frames) and the forward model on ``device`` (``frame_batch``: see
-    :class:`~hpc_pt.operators.Ptychography`; ``centre``: field column of the rotation axis, default the
-    dataset's ``geometry.rotation_centre``, else (W - 1) / 2)."""
-    from .backend import require_gpu
-    from .operators import ForwardModel
-    from .solvers.base import Shard
+    """The serial shard (all angles, all frames) and the forward model on ``device``: :func:`build_rank_shard`
+    with a one-rank plan, the one shard path of every run.
 
-    gpu = device == "gpu"
-    xp = require_gpu() if gpu else np
-    H, W = ds.geometry.field_shape
-    c = cv.k_dz(ds.geometry.energy_ev, ds.geometry.pixel_m)
-    probe = xp.asarray(ds.probe.astype(np.complex64))
-    centre = _centre_of(ds, centre)
-    fm = ForwardModel(volume_shape_for(ds, volume_size), ds.angles_rad, probe, [a.positions for a in ds.angles],
-                      (H, W), center=centre, model=model, c=c, gpu=gpu, frame_batch=frame_batch)
-    f = xp.asarray(np.concatenate([a.frames for a in ds.angles]).astype(np.float32))
-    mask = None if ds.mask is None else xp.asarray(ds.mask.astype(bool))
-    space = make_space(ds, [[(a, 0, len(e.positions)) for a, e in enumerate(ds.angles)]], comm, device,
-                       volume_size, centre)
-    return Shard(fm, f, np.arange(len(ds.angles)), mask=mask, space=space)
+    Parameters
+    ----------
+    ds : Dataset
+        The measurement.
+    model, device, volume_size, frame_batch, centre
+        As for :func:`build_rank_shard`.
+    comm : Comm, optional
+        A one-rank communicator (default serial).
+
+    Returns
+    -------
+    Shard
+        Every frame of ``ds`` and its slab space (one slab).
+    """
+    from .parallel import SerialComm, plan_shards
+
+    comm = comm if comm is not None else SerialComm()
+    return build_rank_shard(ds, plan_shards(ds.n_frames, 1), comm, model, device, volume_size, frame_batch,
+                            centre=centre)[0]
 
 
 def build_rank_shard(meta, plan, comm, model: str, device: str = "cpu", volume_size: int | None = None,
@@ -779,12 +781,52 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
     removes the temporaries an earlier, killed run of the same output left
     (:func:`hpc_pt.io.safety.stale_temporaries`).
     """
-    from .backend import to_numpy
-    from .parallel import SerialComm, plan_shards, split_angles
-
-    from .progress import StageTracker, report_status, step
+    from .parallel import SerialComm
 
     comm = comm or SerialComm()
+    run = _prepare(data, out, config, settings, overwrite, comm, progress, reader, checkpoint_every, resume,
+                   checkpoint_dir, inputs, input_path)
+    res = _solve(run, comm, progress)
+    return _write(run, res, comm, command, progress)
+
+
+@dataclass
+class _Run:
+    """What :func:`reconstruct`'s set-up hands to the solve and the write (one run, this rank)."""
+
+    cfg: ReconConfig
+    meta: object
+    input_path: str | None
+    out: object
+    figure: str | None
+    replace: bool
+    read_paths: dict
+    model: str
+    model_source: str
+    model_msg: str | None
+    plan: list
+    ckpt: object
+    shard: object
+    bytes_read: int
+    u0: object
+    execution: object
+    checkpoint_every: int = 0
+    resume: bool = False
+    resumed_state: dict | None = None
+    stages: list | None = None
+    tracker: object = None
+
+
+def _prepare(data, out, config, settings, overwrite, comm, progress, reader, checkpoint_every, resume,
+             checkpoint_dir, inputs, input_path) -> _Run:
+    """:func:`reconstruct`'s set-up, collective: the settings, the input's metadata, the output and input
+    checks, the forward model, the shard plan, the checkpoint store, the execution policy, this rank's
+    shard and the initial volume; a failure on any rank raises on every rank (before the solve). Then, on
+    resume, the latest intact checkpoint, and the data's signal check."""
+    from .execution import Execution
+    from .parallel import plan_shards, split_angles
+    from .progress import report_status, step
+
     rank, size = int(comm.rank), int(comm.size)
     say = progress if rank == 0 else None  # set-up status lines: rank 0 only
     err = None
@@ -802,6 +844,9 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
         # the reduction mode of every collective sum below
         comm.deterministic = (DETERMINISTIC[cfg.method] == "default" if cfg.deterministic is None
                               else bool(cfg.deterministic))
+        # the execution policy, built once (the CLI applies its threads to the process environment before
+        # any library starts its threads: docs/parallel.md "Threads"); recorded with the result
+        execution = Execution.from_environment(device=cfg.device, frame_batch=cfg.frame_batch)
         if isinstance(data, Dataset):
             meta = data
         else:
@@ -851,20 +896,15 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
                 from .io.checkpoint import input_fingerprint
 
                 ckpt.fingerprint = input_fingerprint(meta)
-        if cfg.device == "gpu":
+        if execution.device == "gpu":
             from .parallel.devices import select_gpu
 
             select_gpu(comm)  # one GPU per rank, from the local rank and CUDA_VISIBLE_DEVICES
         check_memory(meta, cfg, plan, rank)  # before reading frames or allocating solver state
         centre = cfg.rotation_centre if isinstance(cfg.rotation_centre, (int, float)) else None
-        if size == 1 and isinstance(meta, Dataset):
-            report_status(say, _building_text(volume_shape_for(meta, cfg.volume_size), model, len(meta.angles),
-                                              cfg.device))
-            shard, bytes_read = build_shard(meta, model, cfg.device, cfg.volume_size, comm=comm,
-                                            frame_batch=cfg.frame_batch, centre=centre), 0
-        else:
-            shard, bytes_read = build_rank_shard(meta, plan, comm, model, cfg.device, cfg.volume_size,
-                                                 cfg.frame_batch, centre=centre, progress=say)
+        # one shard path: a file's frames are read for this rank only, a Dataset's sliced (serial: one rank)
+        shard, bytes_read = build_rank_shard(meta, plan, comm, model, execution.device, cfg.volume_size,
+                                             execution.frame_batch, centre=centre, progress=say)
         if cfg.init not in ("constant", "zeros"):
             report_status(say, f"reading the initial guess {cfg.init}")
         u0 = _initial_volume(cfg.init, shard.global_volume_shape)
@@ -884,27 +924,31 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
             err.all_ranks = True  # every rank raises here: callers need not abort the job
     if err is not None:
         raise err
-    resumed_state = None
+    run = _Run(cfg, meta, input_path, out, figure, replace, read_paths, model, model_source, model_msg, plan, ckpt,
+               shard, bytes_read, u0, execution, checkpoint_every, resume)
     if resume:  # collective: every rank takes the same intact checkpoint, or every rank raises
         with step(say, f"loading the latest checkpoint from {ckpt.where}"):
-            resumed_state, man, skipped = ckpt.resume(comm, lambda m: _resume_refusal(cfg, m, ckpt.where))
+            run.resumed_state, man, skipped = ckpt.resume(comm, lambda m: _resume_refusal(cfg, m, ckpt.where))
         for name, why in skipped:
             _tell(comm, f"warning: checkpoint {name} in {ckpt.where} is damaged ({why}); resuming from the one "
                         f"before it, {os.path.basename(ckpt.previous)} (iteration {int(man['iteration'])})")
         if rank == 0:  # what a killed earlier run of this output left (it is resumed now, so it is not running)
             _sweep_stale(out, figure, ckpt.where, read_paths, comm)
     _check_signal(shard, comm)  # collective: every rank sees the same total and raises together
-    _tell(comm, model_msg)  # after a set-up every rank passed: a failed run prints only its error
+    return run
+
+
+def _solve(run: _Run, comm, progress):
+    """Run the method on this rank's shard (collective): calibration, the per-iteration callback (communication
+    and I/O times, finite-row check, progress), checkpoints; returns the solver's result."""
+    from .progress import StageTracker, report_status
+
+    rank = int(comm.rank)
+    say = progress if rank == 0 else None
+    cfg, meta, shard, ckpt = run.cfg, run.meta, run.shard, run.ckpt
+    _tell(comm, run.model_msg)  # after a set-up every rank passed: a failed run prints only its error
     _tell(comm, cv.radian_angles_warning(_angles_deg(meta)))
     calibration = _calibrate(shard, comm, cfg)
-    per_rank = np.zeros(size, dtype=np.float64)
-    per_rank[rank] = bytes_read
-    per_rank = comm.allreduce_sum(per_rank) if size > 1 else per_rank
-    space = shard.space
-    parallel = {"backend": getattr(comm, "name", type(comm).__name__), "ranks": size,
-                "bytes_read_per_rank": [int(v) for v in per_rank],
-                "shards": [[list(p) for p in pieces] for pieces in plan],
-                "slabs": [list(b) for b in space.bounds]}
     stats = getattr(comm, "stats", None)
     last = {"snap": stats.snapshot() if stats is not None else {}, "io": 0.0}
 
@@ -919,8 +963,8 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
             last["snap"] = snap
             row["compute_time_s"] = max(float(row.get("iter_time_s", 0.0)) - row.get("comm_time_s", 0.0), 0.0)
         row["io_time_s"], last["io"] = last["io"], 0.0
-        if tracker is not None:
-            tracker.row(row)
+        if run.tracker is not None:
+            run.tracker.row(row)
 
     checkpoints = None
     if ckpt is not None:
@@ -933,41 +977,60 @@ def reconstruct(data, out=None, config: ReconConfig | dict | None = None, overwr
             ckpt.save(state, comm)
             last["io"] += _t.perf_counter() - t0
 
-        checkpoints = Checkpointer(checkpoint_every, save, resumed_state)
+        checkpoints = Checkpointer(run.checkpoint_every, save, run.resumed_state)
     support = meta.attrs.get("size") if cfg.method == "two-step" else None  # simulated sample width
     try:
-        stages = progress_stages(cfg, support)
-        tracker = StageTracker(progress, stages) if progress is not None and rank == 0 else None
-        if tracker is not None:  # the first stage's phase (a 2-step run resumed in its tomography: stage 2)
-            resumed = checkpoints.resume if checkpoints is not None else None
-            tracker.begin(2 if cfg.method == "two-step" and (resumed or {}).get("stage") == "tomo"
-                          else stages[0]["stage"])
+        run.stages = progress_stages(cfg, support)
+        run.tracker = StageTracker(progress, run.stages) if progress is not None and rank == 0 else None
+        if run.tracker is not None:  # the first stage's phase (a 2-step run resumed in its tomography: stage 2)
+            resumed = run.resumed_state or {}
+            run.tracker.begin(2 if cfg.method == "two-step" and resumed.get("stage") == "tomo"
+                              else run.stages[0]["stage"])
             callback.status = getattr(say, "status", None)  # solvers may report steps of their own
         report_status(say, f"setting up {cfg.method} (initial volume, step sizes)" if cfg.method != "two-step"
                       else "setting up the 2D ptychography")  # ended by the first row (minus its own time)
-        res = _run_method(cfg, shard, comm, callback, u0, support=support, checkpoints=checkpoints,
+        res = _run_method(cfg, shard, comm, callback, run.u0, support=support, checkpoints=checkpoints,
                           noise_free=meta.attrs.get("noise") == "none")
     except (ValueError, TypeError) as e:  # option values the solvers' own checks reject
         if isinstance(e, InputError):
             raise
         raise InputError(f"{cfg.method}: {e}") from None
-    res.state["bytes_read"] = bytes_read
+    res.state["bytes_read"] = run.bytes_read
     res.state.update(calibration)
+    return res
+
+
+def _write(run: _Run, res, comm, command, progress) -> ReconResult:
+    """The result (the whole volume on every rank when small enough) and, with ``out``, the store and the
+    figure (:func:`_write_outputs`; collective)."""
+    from .backend import to_numpy
+    from .progress import step
+
+    rank, size = int(comm.rank), int(comm.size)
+    cfg, space = run.cfg, run.shard.space
+    per_rank = np.zeros(size, dtype=np.float64)
+    per_rank[rank] = run.bytes_read
+    per_rank = comm.allreduce_sum(per_rank) if size > 1 else per_rank
+    parallel = {"backend": getattr(comm, "name", type(comm).__name__), "ranks": size,
+                "bytes_read_per_rank": [int(v) for v in per_rank],
+                "shards": [[list(p) for p in pieces] for pieces in run.plan],
+                "slabs": [list(b) for b in space.bounds], "execution": run.execution.describe()}
     slab = to_numpy(res.volume).astype(np.complex64)
     probe = to_numpy(res.probe).astype(np.complex64)
     hist = res.history.as_columns()
     nbytes = int(np.prod(space.global_shape)) * 8
     volume = space.allgather(slab) if nbytes <= GATHER_LIMIT_BYTES else None
-    result = ReconResult(volume, probe, hist, cfg, bytes_read=bytes_read, parallel=parallel,
+    result = ReconResult(volume, probe, hist, cfg, bytes_read=run.bytes_read, parallel=parallel,
                          state={k: v for k, v in res.state.items() if np.isscalar(v)})
     result.slab = (space.z0, space.z1)
-    result.model, result.model_source = model, model_source  # the forward model used, and where it came from
-    result.resumed_from = None if resumed_state is None else int(resumed_state["iteration"])
-    if out is not None:
-        with step(say, f"writing {os.path.abspath(out)} and {os.path.basename(figure)}"):
-            result.figure, result.out = _write_outputs(out, figure, slab, space, probe, hist, res, cfg, model,
-                                                       meta, parallel, replace, command, input_path, comm,
-                                                       model_source=model_source, stages=stages, volume=volume)
+    result.model, result.model_source = run.model, run.model_source  # the forward model used, and its source
+    result.resumed_from = None if run.resumed_state is None else int(run.resumed_state["iteration"])
+    if run.out is not None:
+        with step(progress if rank == 0 else None, f"writing {os.path.abspath(run.out)} and {os.path.basename(run.figure)}"):
+            result.figure, result.out = _write_outputs(run.out, run.figure, slab, space, probe, hist, res, cfg,
+                                                       run.model, run.meta, parallel, run.replace, command,
+                                                       run.input_path, comm, model_source=run.model_source,
+                                                       stages=run.stages, volume=volume)
     return result
 
 

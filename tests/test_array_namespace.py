@@ -75,10 +75,12 @@ HOST_ANNOTATIONS = frozenset({"int", "float", "bool", "str", "tuple", "slice", "
 ALLOWED = {
     # the CPU branch of Ptychography.patches: CuPy fields take the index-array gather (``is_cupy`` there)
     ("operators/ptycho.py", "_windows", "host buffer padded[...] ="): "CPU-only helper",
+    # frame selections are host index arrays (ePIE's batches are drawn on the host); _on_device moves them
+    ("operators/ptycho.py", "_frames", "np.asarray"): "host frame indices",
+    # the CPU branch of the scatter (the CuPy branch above uses scatter_add)
+    ("operators/ptycho.py", "_scatter_batch", "np.add.at"): "CPU-only branch",
     # the start vector is drawn on the host and moved to ``like``'s backend two lines later
     ("solvers/base.py", "power_lipschitz", "np.ascontiguousarray"): "host start vector",
-    # the NumPy branch of an ``is_cupy(flat)`` test (the CuPy branch calls cupyx.scatter_add)
-    ("solvers/ptycho2d.py", "scatter_add", "np.add.at"): "NumPy branch",
     # called only by _fields_to_projections, on its host copies (to_numpy) of the recovered fields
     ("solvers/twostep.py", "_align_linear", "np.conj"): "host fields",
     ("solvers/twostep.py", "_align_linear", "np.einsum"): "host fields",

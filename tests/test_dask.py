@@ -210,21 +210,22 @@ def test_failing_rank_stops_job(client):
 
 
 def _patch_gd_on_this_worker(fail: bool, error: str = "InputError"):
+    """Make this worker's "gd" method fail (``fail``) or restore it, through the solver registry."""
+    import dataclasses
+
     from hpc_pt.errors import InputError
     from hpc_pt.solvers import gd
+    from hpc_pt.solvers.registry import register_solver
 
     if fail:
-        if not hasattr(gd, "_orig_run_gd"):
-            gd._orig_run_gd = gd.run_gd
-
         def broken(*args, **kwargs):
             if error == "InputError":
                 raise InputError("injected failure on one rank")
             raise RuntimeError("injected crash on one rank")
 
-        gd.run_gd = broken
-    elif hasattr(gd, "_orig_run_gd"):
-        gd.run_gd = gd._orig_run_gd
+        register_solver(dataclasses.replace(gd.SPEC, run=broken), overwrite=True)
+    else:
+        register_solver(gd.SPEC, overwrite=True)
 
 
 def test_run_dask_failing_rank(client, data, tmp_path):

@@ -7,7 +7,7 @@ ROOT = Path(__file__).resolve().parents[1] / "hpc_pt"
 #: layer of each top-level module or package of hpc_pt (0: dependency-free foundations)
 LAYERS = {
     "errors": 0, "conventions": 0, "data": 0, "progress": 0, "configfile": 0, "metrics": 0,
-    "backend": 1, "comm": 1,
+    "backend": 1, "comm": 1, "execution": 1,
     "operators": 2,
     "simulate": 3,
     "priors": 4,

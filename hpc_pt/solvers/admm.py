@@ -99,6 +99,7 @@ from pydantic import Field
 import numpy as np
 
 from ..backend import asarray_on, get_xp, to_numpy
+from ..comm import Comm
 from .base import (
     History,
     IterativeSolver,
@@ -179,9 +180,10 @@ def _get_prior(opts: ADMMOptions):
     return den, isinstance(den, NoPrior)
 
 
-def distributed_percentile(x, q: float, comm) -> float:
-    """The ``q``-th percentile of |x| over the values of every rank's ``x`` (e.g. slabs of one volume),
-    exactly as ``np.percentile`` of the gathered values ("linear": v_k + (h - k)(v_{k+1} - v_k), h =
+def distributed_percentile(x, q: float, comm: Comm) -> float:
+    """The ``q``-th percentile of |x| over the values of every rank's ``x`` (e.g. slabs of one volume).
+
+    Exactly as ``np.percentile`` of the gathered values ("linear": v_k + (h - k)(v_{k+1} - v_k), h =
     (N - 1) q / 100, v sorted), whatever the split, on every rank.
 
     Non-negative floats order like their bit patterns read as unsigned integers, so the two order
@@ -189,6 +191,25 @@ def distributed_percentile(x, q: float, comm) -> float:
     candidates (values whose higher bytes match the prefix found so far) into 256 bins and the
     histograms are summed over ranks (``allreduce_sum`` of a (2, 256) array: 4 calls for float32, 8 for
     float64, plus one ``sum_scalar`` for N). Collective: every rank must call it.
+
+    Parameters
+    ----------
+    x : array
+        This rank's values, any shape and backend (copied to the host; not float32 / float64: as float64).
+    q : float
+        The percentile, from 0 to 100.
+    comm : Comm
+        The communicator.
+
+    Returns
+    -------
+    float
+        The percentile, the same on every rank.
+
+    Raises
+    ------
+    ValueError
+        When no rank has a value.
     """
     a = np.abs(to_numpy(x)).ravel()
     if a.dtype not in (np.float32, np.float64):
@@ -225,11 +246,23 @@ def distributed_percentile(x, q: float, comm) -> float:
 
 @dataclass
 class ADMMState:
-    """ADMM's loop state (the checkpoint's keys, besides the denoiser's warm start ``prior_*``): the volume
-    slab ``u``, the per-angle fields ``psi`` and their multiplier ``lam`` (lambda), the prior's splitting
-    ``v`` and multiplier ``mu`` (slabs), the penalties ``rho`` and ``tau``, the prior weight ``alpha`` and
-    the volume scale ``s_u`` (None until the first u-update fixes them), and ||Pad P||^2
-    (``projector_norm2``, a power-iteration estimate behind tau_0)."""
+    """ADMM's loop state (the checkpoint's keys, besides the denoiser's warm start ``prior_*``).
+
+    Parameters
+    ----------
+    u : array
+        The volume slab.
+    psi, lam : array
+        The per-angle fields and their multiplier lambda.
+    v, mu : array
+        The prior's splitting and its multiplier (slabs).
+    rho, tau : float
+        The penalties.
+    alpha, s_u : float or None
+        The prior weight and the volume scale behind it (None until the first u-update fixes them).
+    projector_norm2 : float
+        ||Pad P||^2, a power-iteration estimate behind tau_0.
+    """
 
     u: object
     psi: object
@@ -268,7 +301,7 @@ class ADMM(IterativeSolver):
 
     State = ADMMState
 
-    def __init__(self, shard: Shard, comm, opts: ADMMOptions | None = None, u0=None):
+    def __init__(self, shard: Shard, comm: Comm, opts: ADMMOptions | None = None, u0=None):
         self.opts = opts = ADMMOptions() if opts is None else opts
         _check(opts)
         self.denoiser, self.no_prior = _get_prior(opts)
@@ -292,30 +325,90 @@ class ADMM(IterativeSolver):
 
     # -- the model pieces -------------------------------------------------------------------------------
     def transmission(self, q):
-        """T(u) = exp(i c Pad(P u)) on the field (A_r, H, W) from P u in the slab layout (one to_angles)."""
+        """T(u) = exp(i c Pad(P u)) on the field (A_r, H, W) from P u in the slab layout (one to_angles).
+
+        Parameters
+        ----------
+        q : array
+            P u in the slab layout (``space.P.fwd(u)``).
+
+        Returns
+        -------
+        array
+            T(u) on the shard's angles.
+        """
         return self.expmap.fwd(self.pad.fwd(self.sp.to_angles(q)))
 
     def project(self, u):
-        """(P u on the slab, T(u) on the field): one transpose."""
+        """(P u on the slab, T(u) on the field): one transpose.
+
+        Parameters
+        ----------
+        u : array
+            The volume slab (every row of this rank).
+
+        Returns
+        -------
+        tuple
+            (q, T(u)): P u in the slab layout and its :meth:`transmission`.
+        """
         with self.comm.phase("project"):
             q = self.sp.P.fwd(u)
             return q, self.transmission(q)
 
     def evaluate(self, p, grad: bool):
-        """Per-frame data terms and (``grad``) Ptycho^H r(D p), one frame batch at a time."""
+        """Per-frame data terms and (``grad``) Ptycho^H r(D p), one frame batch at a time.
+
+        Parameters
+        ----------
+        p : array
+            Per-angle fields psi (A_r, H, W).
+        grad : bool
+            Also form the field-space gradient.
+
+        Returns
+        -------
+        FarfieldPass
+            The pass over the frames (:func:`~hpc_pt.solvers.farfield.farfield_pass`).
+        """
         sh = self.shard
         return farfield_pass(self.pt, p, sh.intensities, sh.amplitudes, self.opts.metric, sh.mask, grad)
 
     def sub_objective(self, p, ev, t, r):
-        """Per-angle values of F(psi) + r/2 ||psi - t||^2, shape (A,)."""
+        """Per-angle values of F(psi) + r/2 ||psi - t||^2, shape (A,).
+
+        Parameters
+        ----------
+        p : array
+            The fields psi.
+        ev : FarfieldPass
+            :meth:`evaluate` at ``p`` (its per-frame objective is used).
+        t : array
+            The target fields.
+        r : float
+            The penalty.
+
+        Returns
+        -------
+        array
+            One value per angle of this shard.
+        """
         xp = self.xp
         data_a = xp.bincount(self.frame_angle, weights=ev.per_frame, minlength=self.n_angles)
         return data_a + 0.5 * r * (xp.abs(p - t) ** 2).sum(axis=(1, 2))
 
     # -- set-up -----------------------------------------------------------------------------------------
     def start(self) -> ADMMState:
-        """u_0 (zeros, the energy-matched constant or ``u0``), ||P||^2 by power iteration, psi = T(u_0),
-        zero multipliers, v = u_0, rho = rho_0, tau = tau_0."""
+        """The first state (see :meth:`IterativeSolver.start`).
+
+        u_0 (zeros, the energy-matched constant or ``u0``), ||P||^2 by power iteration, psi = T(u_0), zero
+        multipliers, v = u_0, rho = rho_0, tau = tau_0.
+
+        Returns
+        -------
+        ADMMState
+            The state before the first iteration (alpha and s_u still None).
+        """
         sh, comm, sp, xp = self.shard, self.comm, self.sp, self.xp
         dtype, shape, P = sh.model.dtype, sh.volume_shape, sp.P
         with comm.phase("project"):
@@ -333,22 +426,58 @@ class ADMM(IterativeSolver):
                          tau=self.tau0_for(lip_p), alpha=None, s_u=None, projector_norm2=lip_p)
 
     def tau0_for(self, lip_p: float) -> float:
-        """tau_0 = tau_rel rho_0 c^2 ||Pad P||^2 (0 without a prior)."""
+        """tau_0 = tau_rel rho_0 c^2 ||Pad P||^2 (0 without a prior).
+
+        Parameters
+        ----------
+        lip_p : float
+            ||Pad P||^2.
+
+        Returns
+        -------
+        float
+            tau_0.
+        """
         return 0.0 if self.no_prior else self.opts.tau_rel * self.rho0 * self.c * self.c * lip_p
 
     def ready(self, resumed: bool) -> None:
-        """tau_0 from the state's ||P||^2; on resume P u and T(u) from u (the same code as in the loop)."""
+        """tau_0 from the state's ||P||^2; on resume P u and T(u) from u (the same code as in the loop).
+
+        Parameters
+        ----------
+        resumed : bool
+            As for :meth:`IterativeSolver.ready`.
+        """
         self.tau0 = self.tau0_for(self.state.projector_norm2)
         if resumed:
             self.q, self.Tu = self.project(self.state.u)
 
     def save_state(self) -> dict:
+        """The state's fields and the denoiser's warm start, as ``prior_*`` keys (:meth:`IterativeSolver.save_state`).
+
+        Returns
+        -------
+        dict
+            The checkpoint's loop state.
+        """
         out = state_dict(self.state)
         if hasattr(self.denoiser, "state"):  # the denoiser's warm start (TV's dual)
             out.update({"prior_" + key: a for key, a in self.denoiser.state().items()})
         return out
 
     def load_state(self, saved: dict) -> ADMMState:
+        """The state from ``saved``; its ``prior_*`` keys go back to the denoiser (its warm start).
+
+        Parameters
+        ----------
+        saved : dict
+            What :meth:`save_state` gave (see :meth:`IterativeSolver.load_state`).
+
+        Returns
+        -------
+        ADMMState
+            The restored state.
+        """
         st = restore_state(ADMMState, saved, self.xp)
         prior = {k[len("prior_"):]: self.xp.asarray(a) for k, a in saved.items() if k.startswith("prior_")}
         if hasattr(self.denoiser, "load_state"):
@@ -357,8 +486,9 @@ class ADMM(IterativeSolver):
 
     # -- seed 000's sub-problems ----------------------------------------------------------------------
     def psi_update(self, psi, t, r):
-        """(a) psi <- argmin_psi F(psi) + r/2 ||psi - t||^2 (seed 000, the ptychography sub-problem), t =
-        T(u) - lambda / rho, by ``ptycho_iterations`` preconditioned gradient steps psi <- psi - (grad) /
+        """(a) psi <- argmin_psi F(psi) + r/2 ||psi - t||^2 (seed 000, the ptychography sub-problem).
+
+        t = T(u) - lambda / rho; by ``ptycho_iterations`` preconditioned gradient steps psi <- psi - (grad) /
         (W + r), every angle with its own backtracking step (so the result does not depend on how angles
         are spread over ranks). Each trial is one pass over the frames that also forms the next step's
         gradient (all but the last step).
@@ -405,8 +535,9 @@ class ADMM(IterativeSolver):
         return psi
 
     def u_update(self, u, q, y, b, r, t_):
-        """(b) min_u r/2 ||T(u) - y||^2 + t_/2 ||u - b||^2 (seed 000, the tomography sub-problem; y = psi +
-        lambda / rho, b = v - mu / tau) by Gauss-Newton steps on the linearised exponential, each solved by
+        """(b) min_u r/2 ||T(u) - y||^2 + t_/2 ||u - b||^2 (seed 000, the tomography sub-problem).
+
+        y = psi + lambda / rho, b = v - mu / tau; by Gauss-Newton steps on the linearised exponential, each solved by
         CG on [r c^2 (Pad P)^H |T_k|^2 (Pad P) + t_] du = r (Pad P)^H conj(i c T_k)(y - T_k) + t_ (b - u_k),
         all in the slab layout: y's volume rows move to the slabs once; T_k = exp(i c P u_k) on the slab's
         rows (local).
@@ -460,8 +591,16 @@ class ADMM(IterativeSolver):
         return u, cg_it, cg_res
 
     def prior_update(self, u, mu, tau):
-        """(c) v <- denoise(u + mu / tau, alpha / tau) (seed 000's plug-and-play prior step); the first call
-        fixes alpha = ``prior_weight`` tau_0 s_u, s_u the 99th percentile of |u| (module docstring).
+        """(c) v <- denoise(u + mu / tau, alpha / tau) (seed 000's plug-and-play prior step).
+
+        The first call fixes alpha = ``prior_weight`` tau_0 s_u, s_u the 99th percentile of |u| (module docstring).
+
+        Parameters
+        ----------
+        u, mu : array
+            The new volume slab and the prior's multiplier.
+        tau : float
+            The prior's penalty.
 
         Returns
         -------
@@ -486,8 +625,15 @@ class ADMM(IterativeSolver):
             st.mu += st.tau * (st.u - st.v)
 
     def balance(self, res: dict) -> None:
-        """(e) residual balancing (Boyd et al. 2011, section 3.4.1) of rho and tau on the normalised (default)
-        or relative residuals of ``res`` (the row's residual columns); see :func:`balance_penalty`."""
+        """(e) residual balancing (Boyd et al. 2011, section 3.4.1) of rho and tau, in the state.
+
+        On the normalised (default) or relative residuals of ``res``; see :func:`balance_penalty`.
+
+        Parameters
+        ----------
+        res : dict
+            The row's residual columns (:meth:`residuals`).
+        """
         st, opts = self.state, self.opts
         if opts.balance_mode == "relative":
             st.rho = balance_penalty(st.rho, res["primal_residual_rel"], res["dual_residual_rel"], opts)
@@ -502,7 +648,21 @@ class ADMM(IterativeSolver):
 
     # -- one iteration ----------------------------------------------------------------------------------
     def residuals(self, T_old, v_old) -> dict:
-        """Boyd's absolute primal / dual residuals of both constraints and Wohlberg's relative ones."""
+        """Boyd's absolute primal / dual residuals of both constraints and Wohlberg's relative ones.
+
+        Parameters
+        ----------
+        T_old : array
+            T(u) before this iteration's u-update.
+        v_old : array
+            v before the prior step.
+
+        Returns
+        -------
+        dict
+            ``primal_residual``, ``dual_residual``, ``primal_residual_prior``, ``dual_residual_prior`` and
+            their ``*_rel`` forms.
+        """
         st, sh, comm, sp, xp = self.state, self.shard, self.comm, self.sp, self.xp
         Tu = self.Tu
         r_psi = np.sqrt(angle_sum(comm, sh, xp.abs(st.psi - Tu) ** 2))
@@ -523,6 +683,18 @@ class ADMM(IterativeSolver):
                     dual_residual_prior_rel=s_v_rel)
 
     def step(self, k: int) -> dict:
+        """One outer iteration, (a) to (e) (see :meth:`IterativeSolver.step`).
+
+        Parameters
+        ----------
+        k : int
+            The 0-based iteration: after it the penalties are rebalanced every ``balance_every`` iterations.
+
+        Returns
+        -------
+        dict
+            The history columns of the module docstring, but ``iter_time_s`` (which :func:`~.base.run` adds).
+        """
         from ..priors import prior_value
 
         st, sh, comm, sp = self.state, self.shard, self.comm, self.sp
@@ -559,6 +731,20 @@ class ADMM(IterativeSolver):
         return self.state.u
 
     def result(self, history: History) -> SolverResult:
+        """The volume slab, the probe and ``history`` (see :meth:`IterativeSolver.result`).
+
+        ``state``: the penalties and their starts, alpha, s_u, c, the model, and psi, lambda, v, mu at the end.
+
+        Parameters
+        ----------
+        history : History
+            Every row of the run.
+
+        Returns
+        -------
+        SolverResult
+            What the ADMM run gives back.
+        """
         st = self.state
         state = {"rho": st.rho, "tau": st.tau, "rho0": self.rho0, "tau0": self.tau0, "alpha": st.alpha or 0.0,
                  "s_u": st.s_u or 0.0, "c": self.c, "model": "linear" if self.linear else "exp", "psi": st.psi,
@@ -570,8 +756,9 @@ run_admm = solver_runner(ADMM, ADMMOptions, "Three-way ADMM (:class:`ADMM`, modu
 
 
 def balance_penalty(pen: float, r: float, s: float, opts: ADMMOptions) -> float:
-    """Residual balancing (Boyd et al. 2011, section 3.4.1): the penalty times ``balance_factor`` when the
-    primal residual ``r`` exceeds ``balance_ratio`` x the dual ``s``, divided by it in the opposite case,
+    """Residual balancing (Boyd et al. 2011, section 3.4.1) of one penalty.
+
+    The penalty times ``balance_factor`` when the primal residual ``r`` exceeds ``balance_ratio`` x the dual ``s``, divided by it in the opposite case,
     else unchanged (also when either is not finite).
 
     Parameters

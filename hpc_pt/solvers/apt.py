@@ -51,6 +51,7 @@ from pydantic import Field
 import numpy as np
 
 from ..backend import get_xp
+from ..comm import Comm
 from .base import (History, IterativeSolver, Shard, SlabNormalStencil, SolverOptions, SolverResult, conjugate_gradient, frame_sum,
                    frames_array_sum, power_lipschitz, solver_runner)
 from .prox import frame_objective, prox_amplitude, prox_poisson, prox_tv
@@ -88,10 +89,28 @@ R2_NOISY, R2_CLEAN, R2_DEFAULT = 0.3, 0.01, 0.1
 POISSON_SNR_DB = 54.0
 
 
-def choose_r2(f, mask, comm, noise_free: bool = False) -> tuple[float, str]:
-    """APT's data penalty r2 from the frames ``f`` (this rank's; collective over ``comm``) and the
-    reason, one phrase (module docstring). ``noise_free``: the data are recorded as noise-free (a
-    simulation with ``noise: none``); it counts only for frames that are not photon counts."""
+def choose_r2(f, mask, comm: Comm, noise_free: bool = False) -> tuple[float, str]:
+    """APT's data penalty r2 from the frames, and the reason in one phrase (module docstring).
+
+    Parameters
+    ----------
+    f : array
+        This rank's frames (F_local, m1, m2); the statistics are collective over ``comm``.
+    mask : array or None
+        (m1, m2), True where a detector pixel is valid.
+    comm : Comm
+        The communicator.
+    noise_free : bool
+        The data are recorded as noise-free (a simulation with ``noise: none``); it counts only for frames
+        that are not photon counts.
+
+    Returns
+    -------
+    r2 : float
+        ``R2_NOISY``, ``R2_DEFAULT`` or ``R2_CLEAN``.
+    reason : str
+        Why, for the user (the counts' mean and Poisson SNR, or what the frames are).
+    """
     xp = get_xp(f)
     bad = n = total = square = 0.0
     step = max(1, (16 << 20) // max(1, int(np.prod(f.shape[1:])) * 8))  # 16 MiB of float64 per block
@@ -117,11 +136,26 @@ def choose_r2(f, mask, comm, noise_free: bool = False) -> tuple[float, str]:
 
 
 class LinearJointOperator:
-    """D u = Ptycho(Pad(P u)) for this shard (``D``, a :class:`~hpc_pt.operators.ProductOperator`: its adjoint
-    is summed over ranks, on this rank's slab), and the normal operator L_D = sum_j D_j^H D_j = P^T Pad^T N
-    Pad P on the slab through the :class:`~.base.SlabNormalStencil` (no transpose)."""
+    """The linear joint operator D u = Ptycho(Pad(P u)) of this shard, and its normal operator on the slab.
 
-    def __init__(self, shard: Shard, comm):
+    ``D`` is a :class:`~hpc_pt.operators.ProductOperator`: its adjoint is summed over ranks, on this rank's
+    slab; the normal operator L_D = sum_j D_j^H D_j = P^T Pad^T N Pad P is applied on the slab through the
+    :class:`~.base.SlabNormalStencil` (no transpose).
+
+    Parameters
+    ----------
+    shard : Shard
+        This rank's shard, set up with the linear model.
+    comm : Comm
+        The communicator (the stencil's set-up is a collective).
+
+    Raises
+    ------
+    ValueError
+        When the shard was set up with the exponential model.
+    """
+
+    def __init__(self, shard: Shard, comm: Comm):
         m = shard.model
         if m.expmap is not None:
             raise ValueError("APT/APTs use the linear (Rytov) model; this dataset was set up with model 'exp'")
@@ -135,25 +169,85 @@ class LinearJointOperator:
         self.stencil.refresh()
 
     def psi(self, u):
-        """Pad(P u), the per-angle fields."""
+        """Pad(P u), the per-angle fields.
+
+        Parameters
+        ----------
+        u : array
+            This rank's volume slab.
+
+        Returns
+        -------
+        array
+            The fields of the shard's angles (A_local, H, W): one transpose.
+        """
         return self.pad.fwd(self.project.fwd(u))
 
     def fwd(self, u):
+        """D u, the far fields of the shard's frames.
+
+        Parameters
+        ----------
+        u : array
+            A volume slab of this rank.
+
+        Returns
+        -------
+        array
+            (F_local, m1, m2) far fields.
+        """
         return self.D.fwd(u)
 
     def adj(self, y):
+        """D^H y, summed over every rank's frames, on this rank's slab.
+
+        Parameters
+        ----------
+        y : array
+            Far fields of this shard's frames (F_local, m1, m2).
+
+        Returns
+        -------
+        array
+            The slab.
+        """
         return self.D.adj(y)
 
     def normal(self, u):
+        """L_D u = sum_j D_j^H D_j u by the slab stencil (no transpose).
+
+        Parameters
+        ----------
+        u : array
+            A slab, e.g. CG's search direction.
+
+        Returns
+        -------
+        array
+            L_D u on this rank's slab.
+        """
         return self.stencil.normal(u)
 
 
 @dataclass
 class APTState:
-    """APT's loop state (the checkpoint's keys): the volume slab ``u``, the far-field splitting ``z`` and
-    its multiplier ``lambda2`` (per frame), the gradient splitting ``p`` and its multiplier ``lambda1``
-    (per voxel; zeros for APTs), the probe, and two set-up values that are not bitwise reproducible:
-    the volume scale c (``scale``) and ||sum_j D_j^H D_j|| (``normal_norm``)."""
+    """APT's loop state (the checkpoint's keys).
+
+    Parameters
+    ----------
+    u : array
+        The volume slab.
+    z, lambda2 : array
+        The far-field splitting and its multiplier (per frame).
+    p, lambda1 : array
+        The gradient splitting and its multiplier (per voxel; zeros for APTs).
+    probe : array
+        The probe (refined or not).
+    scale : float
+        The volume scale c: a set-up value that is not bitwise reproducible.
+    normal_norm : float
+        ||sum_j D_j^H D_j||, by power iteration: the other such set-up value.
+    """
 
     u: object
     z: object
@@ -191,7 +285,7 @@ class APT(IterativeSolver):
 
     State = APTState
 
-    def __init__(self, shard: Shard, comm, opts: APTOptions | None = None, u0=None):
+    def __init__(self, shard: Shard, comm: Comm, opts: APTOptions | None = None, u0=None):
         self.opts = opts = opts or APTOptions()
         if opts.metric not in ("gaussian", "poisson"):
             raise ValueError(f"unknown noise metric {opts.metric!r}; use 'gaussian' or 'poisson'")
@@ -205,13 +299,32 @@ class APT(IterativeSolver):
         self.sum_sqrt_f = frame_sum(comm, shard, shard.amplitudes, shard.mask)
 
     def normal(self, u):
-        """sum_j D_j^H D_j u on the slab (the CG phase)."""
+        """sum_j D_j^H D_j u on the slab (timed as the CG phase).
+
+        Parameters
+        ----------
+        u : array
+            A slab of the volume.
+
+        Returns
+        -------
+        array
+            The product, on the slab.
+        """
         with self.comm.phase("cg"):
             return self.D.normal(u)
 
     def start(self) -> APTState:
-        """The scale-free start: c from the data energy, ||sum D^H D|| by power iteration, u = c 1 (or
-        zeros, or ``u0``), z = D u, zero multipliers."""
+        """The scale-free start (see :meth:`IterativeSolver.start`).
+
+        c from the data energy, ||sum D^H D|| by power iteration, u = c 1 (or zeros, or ``u0``), z = D u,
+        zero multipliers.
+
+        Returns
+        -------
+        APTState
+            The state before the first iteration.
+        """
         sh, comm, sp, xp, opts = self.shard, self.comm, self.sp, self.xp, self.opts
         dtype, shape = sh.model.dtype, sh.volume_shape
         ones = xp.ones(shape, dtype=dtype)
@@ -230,8 +343,16 @@ class APT(IterativeSolver):
                         scale=c, normal_norm=nrm)
 
     def ready(self, resumed: bool) -> None:
-        """The penalties from the state's scale and norm: r1 = r1_rel r2 ||sum D^H D|| / 12 (0 for APTs),
-        the TV threshold lambda / r1 = tv_rel c; a resumed probe is put back into the operator."""
+        """The penalties from the state's scale and norm (see :meth:`IterativeSolver.ready`).
+
+        r1 = r1_rel r2 ||sum D^H D|| / 12 (0 for APTs), the TV threshold lambda / r1 = tv_rel c; a resumed
+        probe is put back into the operator.
+
+        Parameters
+        ----------
+        resumed : bool
+            The state came from a checkpoint (its probe then replaces the operator's, and N is rebuilt).
+        """
         st, opts = self.state, self.opts
         if resumed:
             self.D.pt.probe = self.xp.asarray(st.probe)
@@ -241,15 +362,27 @@ class APT(IterativeSolver):
         self.lam = self.thresh * self.r1
 
     def apply_l(self, x):
-        """L x = r2 sum_j D_j^H D_j x - r1 Laplacian x (seed 001 Eq. 6's system matrix)."""
+        """L x = r2 sum_j D_j^H D_j x - r1 Laplacian x (seed 001 Eq. 6's system matrix).
+
+        Parameters
+        ----------
+        x : array
+            A volume slab (CG's iterate).
+
+        Returns
+        -------
+        array
+            L x.
+        """
         out = self.r2 * self.normal(x)
         if self.opts.tv:
             out -= self.r1 * self.sp.laplacian(x)
         return out
 
     def u_update(self):
-        """Step 1 (seed 001 Eqs. 5-6): u <- CG solve of L u = r2 sum_j D_j^H (z_j + Lambda2_j) -
-        r1 div(p + Lambda1), warm-started at the current u (``cg_max_iter`` iterations at most).
+        """Step 1 (seed 001 Eqs. 5-6): u <- CG solve of L u = r2 sum_j D_j^H (z_j + Lambda2_j) - r1 div(p + Lambda1).
+
+        Warm-started at the current u (``cg_max_iter`` iterations at most).
 
         Returns
         -------
@@ -266,8 +399,9 @@ class APT(IterativeSolver):
         return cg
 
     def z_update(self, du):
-        """Step 2, far field (seed 001 Eqs. 7-8): z_j <- prox_{G, r2}(D_j u - Lambda2_j), the closed-form
-        amplitude (pAGM) or Poisson (pIPM) proximal map, per detector pixel.
+        """Step 2, far field (seed 001 Eqs. 7-8): z_j <- prox_{G, r2}(D_j u - Lambda2_j).
+
+        The closed-form amplitude (pAGM) or Poisson (pIPM) proximal map, per detector pixel.
 
         Parameters
         ----------
@@ -307,8 +441,9 @@ class APT(IterativeSolver):
                 st.lambda1 += st.p - gu
 
     def probe_update(self, psi):
-        """w <- sum_j conj(S_j psi) F^H(z_j + Lambda2_j) / sum_j |S_j psi|^2 (seed 001 section 2.2.2), then
-        the slab stencil of the normal operator is rebuilt for the new probe.
+        """w <- sum_j conj(S_j psi) F^H(z_j + Lambda2_j) / sum_j |S_j psi|^2 (seed 001 section 2.2.2).
+
+        Then the slab stencil of the normal operator is rebuilt for the new probe.
 
         Parameters
         ----------
@@ -321,6 +456,19 @@ class APT(IterativeSolver):
         self.D.refresh()
 
     def step(self, k: int) -> dict:
+        """One outer iteration: Steps 1-3 and, when refined, the probe (see :meth:`IterativeSolver.step`).
+
+        Parameters
+        ----------
+        k : int
+            The 0-based iteration; the probe is refined from ``probe_refine_start`` on.
+
+        Returns
+        -------
+        dict
+            ``objective``, ``r_factor``, ``primal_residual``, ``rel_change``, ``cg_iterations``,
+            ``cg_residual``.
+        """
         st, sh, comm, sp, xp, opts = self.state, self.shard, self.comm, self.sp, self.xp, self.opts
         f, sqrt_f, mask = sh.intensities, sh.amplitudes, sh.mask
         u_old = st.u
@@ -353,6 +501,20 @@ class APT(IterativeSolver):
         return self.state.u
 
     def result(self, history: History) -> SolverResult:
+        """The volume slab, the probe and ``history`` (see :meth:`IterativeSolver.result`).
+
+        ``state`` has r1, r2, lambda and the scale c.
+
+        Parameters
+        ----------
+        history : History
+            The run's rows.
+
+        Returns
+        -------
+        SolverResult
+            APT's output.
+        """
         return SolverResult(volume=self.state.u, probe=self.D.pt.probe, history=history,
                             state={"r1": self.r1, "r2": self.r2, "lambda": self.lam, "scale": self.state.scale})
 
@@ -360,7 +522,7 @@ class APT(IterativeSolver):
 run_apt = solver_runner(APT, APTOptions, "Seed 001 Algorithm 1 (:class:`APT`; APTs with ``opts.prior = \"none\"``) on this rank's shard and slab.")
 
 
-def _update_probe(D: LinearJointOperator, psi, target, comm, shard: Shard):
+def _update_probe(D: LinearJointOperator, psi, target, comm: Comm, shard: Shard):
     """w <- sum_j conj(S_j psi) F^H(target_j) / sum_j |S_j psi|^2 (seed 001 section 2.2.2)."""
     from ..backend import ifft2c
 
@@ -372,7 +534,7 @@ def _update_probe(D: LinearJointOperator, psi, target, comm, shard: Shard):
     D.pt.probe = (num / (den + eps)).astype(D.pt.dtype)
 
 
-def _prepare(shard: Shard, comm, values: dict, noise_free: bool = False):
+def _prepare(shard: Shard, comm: Comm, values: dict, noise_free: bool = False):
     """The data penalty r2 from the data's noise level when neither ``penalty`` nor ``r2`` is given
     (:func:`choose_r2`); returns the option values and the line that tells the user (None when given)."""
     if values.get("r2") is not None:

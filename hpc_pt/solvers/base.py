@@ -16,12 +16,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from ..backend import asarray_on, get_xp
+from ..comm import Comm
 from ..operators import ForwardModel
 
 
 class SolverOptions(BaseModel):
-    """Base of every solver's options model: unknown names and non-finite numbers are refused, values are
-    converted to the fields' types (``"3"`` -> 3), and each field's description is what ``hpc-pt
+    """Base of every solver's options model.
+
+    Unknown names and non-finite numbers are refused, values are converted to the fields' types (``"3"`` -> 3), and each field's description is what ``hpc-pt
     reconstruct --help`` and docs/solvers.md show."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, arbitrary_types_allowed=True,
@@ -39,6 +41,21 @@ class Shard:
     (``space.project`` / ``space.backproject`` between the slab and the shard's angles, ``space.P`` inside
     the slab), never from ``model.projector``. Volumes in a solver are always this rank's slab
     (``volume_shape``).
+
+    Parameters
+    ----------
+    model : ForwardModel
+        The forward model on the shard's angles and frames.
+    intensities : array
+        The measured frames f (F_local, m1, m2).
+    angle_ids : np.ndarray
+        The global index of each of the shard's angles.
+    mask : array, optional
+        (m1, m2), True where a detector pixel is valid (None: every pixel).
+    space : SlabSpace
+        This rank's slab of the volume and its tomography operators.
+    _amplitudes : array, optional
+        The cache behind :attr:`amplitudes` (filled on first use).
     """
 
     model: ForwardModel
@@ -49,9 +66,16 @@ class Shard:
     _amplitudes: object = field(default=None, repr=False)
 
     def slab_projection(self):
-        """P from this rank's slab to the shard's angles as a linear operator (``space.project`` /
-        ``space.backproject``: one transpose each way; the adjoint is summed over ranks), so the joint
-        operator composes as ``ptycho @ pad @ shard.slab_projection()``."""
+        """P from this rank's slab to the shard's angles as a linear operator.
+
+        ``space.project`` / ``space.backproject``: one transpose each way; the adjoint is summed over ranks,
+        so the joint operator composes as ``ptycho @ pad @ shard.slab_projection()``.
+
+        Returns
+        -------
+        FunctionOperator
+            P, from the slab (``space.shape``) to the shard's projections (``space.angle_shape``).
+        """
         from ..operators import FunctionOperator
 
         sp = self.space
@@ -59,11 +83,33 @@ class Shard:
                                 name="SlabProjection")
 
     def projections(self, u):
-        """Pad(P u) on the shard's angles: (A_r, H, W), per-angle layout (one transpose)."""
+        """Pad(P u) on the shard's angles: (A_r, H, W), per-angle layout (one transpose).
+
+        Parameters
+        ----------
+        u : array
+            A volume slab (:attr:`volume_shape`).
+
+        Returns
+        -------
+        array
+            The padded projections of the shard's angles.
+        """
         return self.model.pad.fwd(self.space.project(u))
 
     def backproject(self, field_):
-        """P^T Pad^T of per-angle fields (A_r, H, W), summed over ranks, on this slab (one transpose)."""
+        """P^T Pad^T of per-angle fields (A_r, H, W), summed over ranks, on this slab (one transpose).
+
+        Parameters
+        ----------
+        field_ : array
+            Fields of the shard's angles (A_r, H, W).
+
+        Returns
+        -------
+        array
+            This rank's slab of the sum over every rank's angles.
+        """
         return self.space.backproject(self.model.pad.adj(field_))
 
     @property
@@ -81,12 +127,15 @@ class Shard:
 
     @property
     def global_volume_shape(self):
+        """The whole volume: (N_z, n, n)."""
         return self.space.global_shape
 
 
 class SlabNormalStencil:
-    """N = sum_j S_j^T |w|^2 S_j, the ptychographic normal operator, as a 3x3 stencil per angle moved to the
-    slab layout, and the normal operators of the joint model built on it (no transposes per product).
+    """N = sum_j S_j^T |w|^2 S_j, the ptychographic normal operator, as 3x3 stencils in the slab layout.
+
+    A 3x3 stencil per angle moved to the slab layout, and the normal operators of the joint model built on
+    it (no transposes per product).
 
     N is local to each angle (:meth:`~hpc_pt.operators.Ptychography.normal_stencil`); cropped to the
     volume's rows (the padded rows of Pad P v are zero) it moves to the slab layout once (one transpose per
@@ -105,7 +154,7 @@ class SlabNormalStencil:
         The communicator (whether any rank has off-centre / vertical taps).
     """
 
-    def __init__(self, pt, pad, space, comm):
+    def __init__(self, pt, pad, space, comm: Comm):
         self.pt, self.pad, self.space, self.comm = pt, pad, space, comm
         self.refresh()
 
@@ -120,20 +169,48 @@ class SlabNormalStencil:
         self.maps = xp.stack([sp.to_slabs(xp.ascontiguousarray(maps[k])) for k in keep])
 
     def apply_fields(self, t):
-        """N t for per-angle fields ``t`` (A, rows, W) in the slab layout (every angle, this slab's rows)."""
+        """N t for per-angle fields ``t`` in the slab layout (every angle, this slab's rows).
+
+        Parameters
+        ----------
+        t : array
+            (A, rows, W) fields.
+
+        Returns
+        -------
+        array
+            N t, of ``t``'s shape (a one-row halo exchange when the stencil has vertical taps).
+        """
         from ..operators import apply_stencil
 
         lo, hi = self.space.halo(t, axis=1) if self.vertical else (None, None)
         return apply_stencil(self.maps, t, lo, hi)
 
     def normal(self, v):
-        """P^H Pad^H N Pad P v on the slab: sum_j D_j^H D_j of the linear model."""
+        """P^H Pad^H N Pad P v on the slab: sum_j D_j^H D_j of the linear model.
+
+        Parameters
+        ----------
+        v : array
+            A volume slab.
+
+        Returns
+        -------
+        array
+            sum_j D_j^H D_j v, on the same slab.
+        """
         P = self.space.P
         return P.adj(self.apply_fields(P.fwd(v)))
 
     def linearised(self, psi, c: float):
-        """v -> c^2 P^H [conj(psi) N (psi P v)]: J^H J of the exponential model linearised where the
-        transmission on this slab's rows is ``psi`` (A, rows, W).
+        """J^H J of the exponential model linearised at the transmission ``psi``: v -> c^2 P^H [conj(psi) N (psi P v)].
+
+        Parameters
+        ----------
+        psi : array
+            The transmission on this slab's rows, every angle (A, rows, W), slab layout.
+        c : float
+            The exponential's factor (k dz).
 
         Returns
         -------
@@ -149,29 +226,61 @@ class SlabNormalStencil:
 
 
 class History:
-    """Per-iteration records (objective, R-factor, residuals, CG iterations, time) as columns."""
+    """Per-iteration records (objective, R-factor, residuals, CG iterations, time) as columns.
+
+    Parameters
+    ----------
+    rows : list of dict, optional
+        Rows to start with (copied), e.g. a resumed run's: ``time_s`` then goes on from the last row's.
+    """
 
     def __init__(self, rows: list[dict] | None = None):
         self.rows: list[dict] = [dict(r) for r in (rows or [])]
         self._t0 = time.perf_counter() - (self.rows[-1].get("time_s", 0.0) if self.rows else 0.0)
 
     def append(self, **row) -> dict:
+        """Add a row; numbers become Python floats, and ``time_s`` defaults to the seconds since the start.
+
+        Parameters
+        ----------
+        **row
+            The row's values by column name.
+
+        Returns
+        -------
+        dict
+            The stored row.
+        """
         row.setdefault("time_s", time.perf_counter() - self._t0)
         self.rows.append({k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) else v)
                           for k, v in row.items()})
         return self.rows[-1]
 
     def column(self, key) -> np.ndarray:
+        """One column as float64 values, NaN in the rows that lack it.
+
+        Parameters
+        ----------
+        key : str
+            The column's name.
+
+        Returns
+        -------
+        np.ndarray
+            One value per row.
+        """
         return np.array([r.get(key, np.nan) for r in self.rows], dtype=np.float64)
 
     @property
     def keys(self) -> list[str]:
+        """Every column's name, in the order the columns first appear."""
         ks: list[str] = []
         for r in self.rows:
             ks += [k for k in r if k not in ks]
         return ks
 
     def as_columns(self) -> dict:
+        """Every column (:meth:`column`) by name."""
         return {k: self.column(k) for k in self.keys}
 
     def __len__(self):
@@ -180,6 +289,16 @@ class History:
 
 @dataclass
 class CGInfo:
+    """How a :func:`conjugate_gradient` solve ended.
+
+    Parameters
+    ----------
+    iterations : int
+        The CG iterations done.
+    residual : float
+        ||b - A x|| / ||b - A x0|| at exit.
+    """
+
     iterations: int
     residual: float  # ||b - A x|| / ||b - A x0|| at exit
 
@@ -187,9 +306,30 @@ class CGInfo:
 def conjugate_gradient(apply_a, b, x0, dot, tol: float = 1e-6, max_iter: int = 50):
     """Solve A x = b for Hermitian positive-definite A (seed 001 Step 1) by conjugate gradient.
 
-    ``dot(a, b)`` returns Re <a, b> (a collective on distributed volumes). Warm-started from ``x0``; stops
-    when ||r|| <= tol ||r0|| (relative to the warm start's residual, as inexact ADMM steps need) or after
-    ``max_iter`` iterations. Returns (x, CGInfo) with the final ||r|| / ||r0||.
+    Warm-started from ``x0``; stops when ||r|| <= tol ||r0|| (relative to the warm start's residual, as
+    inexact ADMM steps need), after ``max_iter`` iterations, or where the curvature p^H A p is not positive.
+
+    Parameters
+    ----------
+    apply_a : callable
+        x -> A x.
+    b : array
+        The right-hand side.
+    x0 : array
+        The warm start (copied, not modified).
+    dot : callable
+        ``dot(a, b)`` returns Re <a, b> (a collective on distributed volumes).
+    tol : float
+        The relative residual to reach.
+    max_iter : int
+        The most iterations.
+
+    Returns
+    -------
+    x : array
+        The approximate solution.
+    info : CGInfo
+        The iterations and the final ||r|| / ||r0|| (0 and 0.0 when the warm start solves it exactly).
     """
     x = x0.copy()
     r = b - apply_a(x)
@@ -217,7 +357,19 @@ def conjugate_gradient(apply_a, b, x0, dot, tol: float = 1e-6, max_iter: int = 5
 
 @dataclass
 class SolverResult:
-    """Output of every solver: the volume, the (possibly refined) probe, the history, solver state."""
+    """Output of every solver: the volume, the (possibly refined) probe, the history, solver state.
+
+    Parameters
+    ----------
+    volume : array
+        This rank's slab of the reconstruction.
+    probe : array
+        The probe (m1, m2) at the end, refined when the method refines it.
+    history : History
+        The per-iteration rows.
+    state : dict
+        Method-specific values: penalties, step sizes, scales and the like.
+    """
 
     volume: object
     probe: object
@@ -225,14 +377,29 @@ class SolverResult:
     state: dict = field(default_factory=dict)
 
 
-def frame_sum(comm, shard: Shard, x, mask=None) -> float:
-    """Sum of ``x`` (F_local, m1, m2: one value per pixel of this shard's frames) over valid pixels and
-    every rank's frames (a collective).
+def frame_sum(comm: Comm, shard: Shard, x, mask=None) -> float:
+    """Sum of ``x`` over valid pixels and every rank's frames (a collective).
 
     In the communicator's deterministic mode the float64 sums of the frames (:func:`~hpc_pt.backend.
     leading_sums`) are accumulated per angle in frame order and combined by ``comm.sum_partials`` with the
     global angle indices, so the value does not depend on how whole angles are spread over ranks; otherwise
     the shard's sum goes through ``comm.sum_scalar``.
+
+    Parameters
+    ----------
+    comm : Comm
+        The communicator (its ``deterministic`` flag picks the reduction).
+    shard : Shard
+        This rank's shard: the angle of each frame, and the angles' global indices.
+    x : array
+        One value per pixel of this shard's frames (F_local, m1, m2).
+    mask : array, optional
+        (m1, m2), True where a detector pixel counts (None: all of them).
+
+    Returns
+    -------
+    float
+        The sum, the same on every rank.
     """
     from ..backend import leading_sums
     from .prox import pixel_sum
@@ -242,11 +409,24 @@ def frame_sum(comm, shard: Shard, x, mask=None) -> float:
     return per_frame_total(comm, shard, leading_sums(x * mask if mask is not None else x))
 
 
-def per_frame_total(comm, shard: Shard, per_frame) -> float:
-    """Sum of ``per_frame`` (F_local,: one value per frame of this shard, e.g. a frame's objective) over every
-    rank's frames (a collective). Deterministic mode: accumulated per angle in frame order (float64) and
-    combined by ``comm.sum_partials`` in global angle order (:func:`frame_sum`); otherwise this shard's sum
-    through ``comm.sum_scalar``."""
+def per_frame_total(comm: Comm, shard: Shard, per_frame) -> float:
+    """Sum of ``per_frame`` over every rank's frames (a collective).
+
+    Deterministic mode: accumulated per angle in frame order (float64) and combined by ``comm.sum_partials``
+    in global angle order (:func:`frame_sum`); otherwise this shard's sum through ``comm.sum_scalar``.
+
+    Parameters
+    ----------
+    comm, shard
+        As for :func:`frame_sum`.
+    per_frame : array
+        (F_local,) one value per frame of this shard, e.g. a frame's objective.
+
+    Returns
+    -------
+    float
+        The total over all frames of all ranks.
+    """
     from ..backend import to_numpy
 
     if not getattr(comm, "deterministic", False):
@@ -258,11 +438,24 @@ def per_frame_total(comm, shard: Shard, per_frame) -> float:
     return comm.sum_partials(per_angle, ids, shard.space.n_angles)
 
 
-def angle_sum(comm, shard: Shard, x) -> float:
-    """Sum of the real array ``x`` (A_local, ...: one block per angle of this shard, e.g. |psi - T u|^2 on the
-    per-angle fields) over every rank's angles (a collective). Deterministic mode: one float64 partial per
-    angle (:func:`~hpc_pt.backend.leading_sums`) combined by ``comm.sum_partials`` in global angle order;
-    otherwise this shard's sum through ``comm.sum_scalar``."""
+def angle_sum(comm: Comm, shard: Shard, x) -> float:
+    """Sum of the real array ``x`` over every rank's angles (a collective).
+
+    Deterministic mode: one float64 partial per angle (:func:`~hpc_pt.backend.leading_sums`) combined by
+    ``comm.sum_partials`` in global angle order; otherwise this shard's sum through ``comm.sum_scalar``.
+
+    Parameters
+    ----------
+    comm, shard
+        As for :func:`frame_sum`.
+    x : array
+        (A_local, ...) one block per angle of this shard, e.g. |psi - T u|^2 on the per-angle fields.
+
+    Returns
+    -------
+    float
+        The sum over every angle.
+    """
     from ..backend import leading_sums
 
     if not getattr(comm, "deterministic", False):
@@ -270,14 +463,25 @@ def angle_sum(comm, shard: Shard, x) -> float:
     return comm.sum_partials(leading_sums(x), np.asarray(shard.angle_ids, dtype=np.int64), shard.space.n_angles)
 
 
-def frames_array_sum(comm, shard: Shard, x):
-    """Sum over every rank's frames of ``x`` (F_local, ...: one array per frame of this shard), the same
-    array on every rank (a collective).
+def frames_array_sum(comm: Comm, shard: Shard, x):
+    """Sum over every rank's frames of the per-frame arrays ``x``, the same array on every rank (a collective).
 
     Deterministic mode: each angle's frames are summed in frame order, the per-angle sums are placed at
     their global angle indices in an (A, ...) array, summed over ranks (exact: one contributor per angle
     when ranks hold whole angles) and added up in angle order, so the result does not depend on how whole
     angles are spread over ranks. Otherwise this shard's sum goes through ``comm.allreduce_sum``.
+
+    Parameters
+    ----------
+    comm, shard
+        As for :func:`frame_sum`.
+    x : array
+        (F_local, ...) one array per frame of this shard.
+
+    Returns
+    -------
+    array
+        The sum, of shape ``x.shape[1:]``, on ``x``'s backend.
     """
     xp = get_xp(x)
     if not getattr(comm, "deterministic", False):
@@ -298,14 +502,40 @@ def frames_array_sum(comm, shard: Shard, x):
     return out
 
 
-def power_lipschitz(apply, shape, comm, dtype, n_iter: int = 15, seed: int = 0, like=None,
+def power_lipschitz(apply, shape, comm: Comm, dtype, n_iter: int = 15, seed: int = 0, like=None,
                     rows: tuple[int, int] | None = None, dot=None) -> float:
     """Largest eigenvalue of the Hermitian PSD map ``apply`` (a collective) by power iteration.
 
     The start vector is seeded and drawn at the global ``shape``; with ``rows`` = (z0, z1) each rank keeps
     its slab's rows of it, so the iteration is the serial one whatever the number of ranks. It lives on
-    ``like``'s backend. ``dot(a, b)``: Re <a, b> over the global volume (default ``comm.volume_dot``; a
-    :meth:`SlabSpace.dot <hpc_pt.parallel.SlabSpace.dot>` follows the communicator's deterministic mode).
+    ``like``'s backend.
+
+    Parameters
+    ----------
+    apply : callable
+        x -> A x, Hermitian positive semi-definite.
+    shape : tuple of int
+        The global shape of the start vector.
+    comm : Comm
+        The communicator (its ``volume_dot`` is the default ``dot``).
+    dtype : dtype
+        The start vector's complex dtype.
+    n_iter : int
+        Power iterations (at least one is done).
+    seed : int
+        Seeds the start vector.
+    like : array, optional
+        An array of the backend to run on (None: NumPy).
+    rows : tuple of int, optional
+        (z0, z1), this rank's rows of the start vector (None: all of it).
+    dot : callable, optional
+        ``dot(a, b)``: Re <a, b> over the global volume (default ``comm.volume_dot``; a
+        :meth:`SlabSpace.dot <hpc_pt.parallel.SlabSpace.dot>` follows the communicator's deterministic mode).
+
+    Returns
+    -------
+    float
+        The Rayleigh quotient after the last iteration (0.0 when an iterate vanishes).
     """
     dot = comm.volume_dot if dot is None else dot
     rng = np.random.default_rng(seed)
@@ -327,8 +557,9 @@ def power_lipschitz(apply, shape, comm, dtype, n_iter: int = 15, seed: int = 0, 
 
 
 class Checkpointer:
-    """How a solver hands its state out for checkpoints and takes it back on resume (the pipeline makes one;
-    solvers know nothing of files).
+    """How a solver hands its state out for checkpoints and takes it back on resume.
+
+    The pipeline makes one; solvers know nothing of files.
 
     A solver calls :meth:`due` after finishing iteration ``k`` (1-based) and, when it says so, :meth:`save`
     with a dict of its whole loop state: this rank's arrays (volume slab, z, multipliers, probe, ...),
@@ -336,6 +567,15 @@ class Checkpointer:
     solver receives that dict back as ``resume`` and continues from iteration ``resume["iteration"]`` so
     that the end result is bitwise-equal to an uninterrupted run: every quantity the loop carries, and any
     set-up value that is not bitwise reproducible, must be in the dict.
+
+    Parameters
+    ----------
+    every : int
+        Save every K iterations (0 or None: never).
+    save : callable, optional
+        ``save(state)`` stores a state dict (None: no checkpoints).
+    resume : dict, optional
+        A saved state to continue from (None: a fresh start).
     """
 
     def __init__(self, every: int = 0, save=None, resume: dict | None = None):
@@ -344,9 +584,28 @@ class Checkpointer:
         self.resume = resume
 
     def due(self, k: int) -> bool:
+        """Whether to save after iteration ``k``.
+
+        Parameters
+        ----------
+        k : int
+            The iteration just finished (1-based).
+
+        Returns
+        -------
+        bool
+            True every ``every`` iterations when there is a ``save``.
+        """
         return self.every > 0 and self._save is not None and k % self.every == 0
 
     def save(self, state: dict) -> None:
+        """Hand ``state`` to the ``save`` callable.
+
+        Parameters
+        ----------
+        state : dict
+            The solver's whole loop state (class docstring), with ``iteration`` and ``history``.
+        """
         self._save(state)
 
 
@@ -441,6 +700,11 @@ class IterativeSolver:
         ----------
         history : History
             Every row so far (those of a resumed run included).
+
+        Returns
+        -------
+        object
+            What the solver returns (:class:`SolverResult` for the joint solvers).
         """
         raise NotImplementedError
 
@@ -567,9 +831,10 @@ def run(solver: IterativeSolver, iterations: int, callback=None, checkpoints: Ch
     return solver.result(hist)
 
 
-def run_solver(cls, shard: Shard, comm, opts, callback=None, u0=None, checkpoints: Checkpointer = NO_CHECKPOINTS):
-    """Set up the joint solver class ``cls`` on this rank's shard and :func:`run` it for ``opts.iterations``:
-    what ``run_apt``, ``run_gd`` and ``run_admm`` do (the registry's ``run`` signature).
+def run_solver(cls, shard: Shard, comm: Comm, opts, callback=None, u0=None, checkpoints: Checkpointer = NO_CHECKPOINTS):
+    """Set up the joint solver class ``cls`` on this rank's shard and :func:`run` it for ``opts.iterations``.
+
+    What ``run_apt``, ``run_gd`` and ``run_admm`` do (the registry's ``run`` signature).
 
     Parameters
     ----------
@@ -597,8 +862,10 @@ def run_solver(cls, shard: Shard, comm, opts, callback=None, u0=None, checkpoint
 
 
 def solver_runner(cls, options_cls, summary: str):
-    """The ``run_<method>(shard, comm, opts=None, callback=None, u0=None, checkpoints=NO_CHECKPOINTS)``
-    function of a joint solver class: :func:`run_solver` with ``options_cls()`` as the default options.
+    """The ``run_<method>`` function of a joint solver class.
+
+    ``run_<method>(shard, comm, opts=None, callback=None, u0=None, checkpoints=NO_CHECKPOINTS)``:
+    :func:`run_solver` with ``options_cls()`` as the default options.
 
     Parameters
     ----------
@@ -614,7 +881,7 @@ def solver_runner(cls, options_cls, summary: str):
     callable
         The runner (its docstring names ``cls``, its state and options).
     """
-    def runner(shard: Shard, comm, opts=None, callback=None, u0=None, checkpoints: Checkpointer = NO_CHECKPOINTS):
+    def runner(shard: Shard, comm: Comm, opts=None, callback=None, u0=None, checkpoints: Checkpointer = NO_CHECKPOINTS):
         return run_solver(cls, shard, comm, options_cls() if opts is None else opts, callback, u0, checkpoints)
 
     runner.__doc__ = (f"{summary}\n\n    Parameters\n    ----------\n    shard, comm, opts, callback, u0, checkpoints\n"

@@ -26,6 +26,20 @@ from .prox import data_residual, frame_objective
 
 @dataclass
 class FarfieldPass:
+    """What :func:`farfield_pass` forms: the three reductions of the far fields.
+
+    Parameters
+    ----------
+    per_frame : array
+        (F,) data objective of each frame (this shard's frames).
+    abs_misfit : float
+        The sum over this shard's valid pixels of | |z| - sqrt f |.
+    field : array, optional
+        D^H r(z) in the object field's shape, when asked for.
+    misfit_per_frame : array, optional
+        (F,) ``abs_misfit``'s sum per frame (for rank-independent reductions).
+    """
+
     per_frame: object  # (F,) data objective of each frame (this shard's frames)
     abs_misfit: float  # sum over this shard's valid pixels of | |z| - sqrt f |
     field: object = None  # D^H r(z) in the object field's shape, when asked for
@@ -38,8 +52,30 @@ class FarfieldPass:
 
 
 def farfield_pass(pt, psi, f, sqrt_f, metric: str, mask=None, grad: bool = False) -> FarfieldPass:
-    """Objective per frame, R-factor numerator and (``grad``) D^H r(z) for z = pt.fwd(psi) (module
-    docstring), one frame batch of ``pt`` at a time."""
+    """Objective per frame, R-factor numerator and (``grad``) D^H r(z) for z = pt.fwd(psi) (module docstring).
+
+    One frame batch of ``pt`` at a time.
+
+    Parameters
+    ----------
+    pt : Ptychography
+        The operator: its frames, batches and probe.
+    psi : array
+        The object fields (``pt.field_shape``).
+    f, sqrt_f : array
+        The measured intensities (F, m1, m2) and their square roots.
+    metric : str
+        "gaussian" or "poisson" (:func:`~hpc_pt.solvers.prox.frame_objective`).
+    mask : array, optional
+        (m1, m2), True where a detector pixel is valid.
+    grad : bool
+        Also form D^H r(z), as ``field``.
+
+    Returns
+    -------
+    FarfieldPass
+        The reductions (``field`` None without ``grad``).
+    """
     xp = get_xp(psi)
     per_frame = xp.zeros(pt.n_frames, dtype=psi.real.dtype)
     misfit_frames = xp.zeros(pt.n_frames, dtype=psi.real.dtype)

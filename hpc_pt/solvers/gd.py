@@ -67,6 +67,7 @@ from pydantic import Field
 import numpy as np
 
 from ..backend import get_xp, leading_sums
+from ..comm import Comm
 from .base import (
     History,
     IterativeSolver,
@@ -107,30 +108,82 @@ class GDOptions(SolverOptions):
 
 
 class IdentityMap:
-    """psi = x: the linear (Rytov, seed 001) model's transmission, with the :class:`ExpMap` interface
-    (``c`` = 1: the Jacobian is the identity)."""
+    """psi = x: the linear (Rytov, seed 001) model's transmission, with the :class:`ExpMap` interface.
+
+    ``c`` = 1: the Jacobian is the identity.
+    """
 
     c = 1.0
 
     def fwd(self, x):
+        """psi = x (no copy).
+
+        Parameters
+        ----------
+        x : array
+            Pad(P u), any shape.
+
+        Returns
+        -------
+        array
+            The input ``x``, not a copy.
+        """
         return x
 
     def jvp(self, x, dx, psi=None):
+        """J dx = dx.
+
+        The identity's Jacobian is the identity: the direction comes back unchanged.
+
+        Parameters
+        ----------
+        x, dx : array
+            The point (unused) and the direction.
+        psi : array, optional
+            Unused (:meth:`ExpMap.jvp <hpc_pt.operators.ExpMap.jvp>`'s transmission at ``x``).
+
+        Returns
+        -------
+        array
+            ``dx`` itself.
+        """
         return dx
 
     def vjp(self, x, g, psi=None):
+        """J^H g = g.
+
+        The adjoint of the identity, so ``g`` passes through.
+
+        Parameters
+        ----------
+        x, g : array
+            The point (unused), and the vector: a gradient with respect to psi.
+        psi : array, optional
+            Unused, as in :meth:`jvp`.
+
+        Returns
+        -------
+        array
+            ``g`` itself.
+        """
         return g
 
 
 class JointModel:
-    """u -> x = Pad(P u) -> psi = T(x) -> z = D psi for one shard, with the pieces the solvers need; T is
-    exp(i c x) (model "exp") or the identity (model "linear", :class:`IdentityMap`).
+    """The joint model u -> x = Pad(P u) -> psi = T(x) -> z = D psi of one shard, and the pieces solvers need.
+
+    T is exp(i c x) (model "exp") or the identity (model "linear", :class:`IdentityMap`).
 
     Slab layout (docs/architecture.md §3): ``u`` is this rank's slab of the volume; ``x`` / ``psi`` / ``z`` are
     the shard's per-angle fields (A_r, H, W) and frames. :meth:`x` costs one transpose (slab -> angles),
     :meth:`xadj` one transpose (angles -> slab) and returns the adjoint SUMMED over every rank's angles on
     this slab (no further reduction is needed; on one rank it is the plain adjoint). Solvers that keep
     P u in the per-angle layout use :meth:`evaluate_at` (no communication).
+
+    Parameters
+    ----------
+    shard : Shard
+        This rank's shard: its forward model ("exp" or "linear") and slab space.
     """
 
     def __init__(self, shard: Shard):
@@ -142,37 +195,132 @@ class JointModel:
         self.c = self.exp.c
 
     def x(self, u):
-        """Pad(P u) on the shard's angles (A_r, H, W) (one transpose)."""
+        """Pad(P u) on the shard's angles (A_r, H, W) (one transpose).
+
+        Parameters
+        ----------
+        u : array
+            This rank's slab of the volume (``space.shape``).
+
+        Returns
+        -------
+        array
+            x, per angle.
+        """
         return self.shard.projections(u)
 
     def xadj(self, y):
-        """(Pad P)^H y: per-angle fields (A_r, H, W), summed over ranks, -> this rank's slab (one transpose)."""
+        """(Pad P)^H y: per-angle fields (A_r, H, W), summed over ranks, -> this rank's slab (one transpose).
+
+        Parameters
+        ----------
+        y : array
+            Fields of the shard's angles.
+
+        Returns
+        -------
+        array
+            The slab of the sum over all ranks.
+        """
         return self.shard.backproject(y)
 
     def psi(self, u):
+        """psi = T(Pad(P u)), the transmission on the shard's angles (one transpose).
+
+        Parameters
+        ----------
+        u : array
+            The volume slab u, on this rank.
+
+        Returns
+        -------
+        array
+            The fields (A_r, H, W).
+        """
         return self.exp.fwd(self.x(u))
 
     def farfield(self, u):
+        """psi and z = D psi for every frame of the shard at once (:meth:`evaluate` batches the frames).
+
+        Holds the far field of every frame: for tests and small problems, not the solvers' loops.
+
+        Parameters
+        ----------
+        u : array
+            Volume slab on this rank.
+
+        Returns
+        -------
+        tuple
+            (psi, z): the fields (A_r, H, W) and the far fields (F_local, m1, m2).
+        """
         psi = self.psi(u)
         return psi, self.pt.fwd(psi)
 
     def evaluate(self, psi, f, sqrt_f, metric: str, mask=None, grad: bool = True) -> FarfieldPass:
-        """Objective per frame, R-factor numerator and (``grad``) the per-angle gradient field
-        ExpMap^H Ptycho^H r(z) at psi, one frame batch at a time (:func:`.farfield.farfield_pass`; no far
-        field of every frame is held)."""
+        """Objective per frame, R-factor numerator and (``grad``) the per-angle gradient field at psi.
+
+        The gradient field is ExpMap^H Ptycho^H r(z), formed one frame batch at a time
+        (:func:`.farfield.farfield_pass`; no far field of every frame is held).
+
+        Parameters
+        ----------
+        psi, f, sqrt_f, metric, mask, grad
+            As for :func:`~hpc_pt.solvers.farfield.farfield_pass` (its ``pt`` is the model's).
+
+        Returns
+        -------
+        FarfieldPass
+            The pass, ``field`` (with ``grad``) pulled back through T.
+        """
         ev = farfield_pass(self.pt, psi, f, sqrt_f, metric, mask, grad)
         if grad:
             ev.field = self.exp.vjp(psi, ev.field, psi=psi)
         return ev
 
     def evaluate_at(self, pu, f, sqrt_f, metric: str, mask=None, grad: bool = True) -> FarfieldPass:
-        """:meth:`evaluate` at psi = T(Pad(P u)), P u in the per-angle layout: no communication."""
+        """:meth:`evaluate` at psi = T(Pad(P u)), P u in the per-angle layout: no communication.
+
+        Parameters
+        ----------
+        pu : array
+            P u on the shard's angles (A_r, N_z, W).
+        f, sqrt_f, metric, mask, grad
+            As for :meth:`evaluate`.
+
+        Returns
+        -------
+        FarfieldPass
+            The pass at T(Pad(P u)).
+        """
         return self.evaluate(self.exp.fwd(self.pad.fwd(pu)), f, sqrt_f, metric, mask, grad)
 
-    def energy_matched_constant(self, u_shape, comm, f, mask=None, dtype=np.complex64):
-        """The constant s with ||D(T(Pad P (s 1)))||^2 = sum f, for the linear model (where D T Pad P is
-        linear, so s = sqrt(sum f / ||D Pad P 1||^2)); one transpose and one pass over the frames.
-        Collective. Returns (s, P(s 1) in the per-angle layout)."""
+    def energy_matched_constant(self, u_shape, comm: Comm, f, mask=None, dtype=np.complex64):
+        """The constant s with ||D(T(Pad P (s 1)))||^2 = sum f, for the linear model (a collective).
+
+        There D T Pad P is linear, so s = sqrt(sum f / ||D Pad P 1||^2): one transpose and one pass over the
+        frames.
+
+        Parameters
+        ----------
+        u_shape : tuple of int
+            This rank's slab shape.
+        comm : Comm
+            The communicator.
+        f : array
+            This shard's frames (F_local, m1, m2).
+        mask : array, optional
+            (m1, m2), True where a detector pixel counts.
+        dtype : dtype
+            The volume's complex dtype.
+
+        Returns
+        -------
+        s : float
+            The constant (1.0 when the model has no energy).
+        pu : array
+            P(s 1) in the per-angle layout.
+        """
         xp = get_xp(f)
         pu1 = self.space.project(xp.ones(u_shape, dtype=dtype))
         psi1 = self.pad.fwd(pu1)
@@ -187,7 +335,7 @@ class JointModel:
         return s, pu1 * pu1.real.dtype.type(s)  # a NumPy scalar: CuPy refuses a 0-d NumPy array operand
 
 
-def linearised_normal(model: JointModel, u, comm):
+def linearised_normal(model: JointModel, u, comm: Comm):
     """J^H J of the model linearised at ``u`` (this rank's slab), as a map on slabs with no transposes.
 
     J^H J = c^2 P^H Pad^H conj(psi) N psi Pad P with N = sum_j S_j^T |w|^2 S_j ("exp"; "linear":
@@ -229,8 +377,27 @@ def _check(opts: GDOptions):
 
 
 def resolve_init(init: str, linear: bool, method: str = "gd") -> str:
-    """``"zeros"`` or ``"constant"`` for ``init`` ("auto", "zeros", "constant") and the model (module
-    docstring); ValueError for a start the model cannot use."""
+    """``"zeros"`` or ``"constant"`` for ``init`` and the model (module docstring).
+
+    Parameters
+    ----------
+    init : str
+        "auto", "zeros" or "constant".
+    linear : bool
+        The linear model (else the exponential one).
+    method : str
+        The solver's name, for the message.
+
+    Returns
+    -------
+    str
+        ``init``; for "auto", zeros with the exponential model and the constant with the linear one.
+
+    Raises
+    ------
+    ValueError
+        For a start the model cannot use: zeros with the linear model, the constant with the exponential.
+    """
     if init == "auto":
         return "constant" if linear else "zeros"
     if linear and init == "zeros":
@@ -242,7 +409,7 @@ def resolve_init(init: str, linear: bool, method: str = "gd") -> str:
     return init
 
 
-def loss_at(model: JointModel, shard: Shard, comm, pu, metric: str = "gaussian", grad: bool = True):
+def loss_at(model: JointModel, shard: Shard, comm: Comm, pu, metric: str = "gaussian", grad: bool = True):
     """The global loss and the per-frame pass at P u (per-angle layout), GD's evaluation of a point.
 
     Parameters
@@ -269,9 +436,10 @@ def loss_at(model: JointModel, shard: Shard, comm, pu, metric: str = "gaussian",
     return per_frame_total(comm, shard, ev.per_frame), ev
 
 
-def loss_and_gradient(model: JointModel, shard: Shard, comm, u, metric: str = "gaussian"):
-    """(L(u), g_u): the global loss and the volume gradient (seed 002 Eqs. 4-5) on this rank's slab, by the
-    same two pieces GD iterates with (:func:`loss_at`, then one transpose back to the slabs).
+def loss_and_gradient(model: JointModel, shard: Shard, comm: Comm, u, metric: str = "gaussian"):
+    """(L(u), g_u): the global loss and the volume gradient (seed 002 Eqs. 4-5) on this rank's slab.
+
+    By the same two pieces GD iterates with (:func:`loss_at`, then one transpose back to the slabs).
 
     Parameters
     ----------
@@ -291,9 +459,23 @@ def loss_and_gradient(model: JointModel, shard: Shard, comm, u, metric: str = "g
 
 @dataclass
 class GDState:
-    """GD's loop state (the checkpoint's keys): the volume slab ``u``, P u as carried in the per-angle
-    layout ``pu`` (not recomputed: bitwise), the gradient ``g``, the ``loss`` at u, the next trial ``step``,
-    the first step ``step0`` and ``lipschitz`` (the power-iteration estimate behind the default step)."""
+    """GD's loop state (the checkpoint's keys).
+
+    Parameters
+    ----------
+    u : array
+        The volume slab.
+    pu : array
+        P u as carried in the per-angle layout (not recomputed: bitwise).
+    g : array
+        The gradient at u, on the slab.
+    loss : float
+        L(u).
+    step, step0 : float
+        The next trial step and the first one.
+    lipschitz : float
+        The power-iteration estimate behind the default step.
+    """
 
     u: object
     pu: object
@@ -305,8 +487,9 @@ class GDState:
 
 
 class GD(IterativeSolver):
-    """Seed 002 Algorithm 1 on this rank's shard and slab (module docstring), with the shard's forward
-    model ("exp" or "linear").
+    """Seed 002 Algorithm 1 on this rank's shard and slab (module docstring).
+
+    With the shard's forward model ("exp" or "linear").
 
     Each step is :meth:`line_search` (or the plain seed-002 step) along -g, :meth:`gradient_update` at the
     accepted point and the step schedule (:meth:`next_step`).
@@ -327,7 +510,7 @@ class GD(IterativeSolver):
 
     State = GDState
 
-    def __init__(self, shard: Shard, comm, opts: GDOptions | None = None, u0=None):
+    def __init__(self, shard: Shard, comm: Comm, opts: GDOptions | None = None, u0=None):
         self.opts = opts = GDOptions() if opts is None else opts
         _check(opts)
         self.model = JointModel(shard)
@@ -338,14 +521,35 @@ class GD(IterativeSolver):
         self.sum_sqrt_f = frame_sum(comm, shard, shard.amplitudes, shard.mask)
 
     def evaluate_at(self, pu, grad: bool = True):
-        """(L, FarfieldPass) at P u (per-angle layout): the loss, the R-factor terms and, with ``grad``,
-        the per-angle gradient field (no communication but the loss's sum)."""
+        """(L, FarfieldPass) at P u (per-angle layout), timed as the ptycho phase.
+
+        The loss, the R-factor terms and, with ``grad``, the per-angle gradient field (no communication but
+        the loss's sum).
+
+        Parameters
+        ----------
+        pu : array
+            P u on the shard's angles.
+        grad : bool
+            Also form the gradient field.
+
+        Returns
+        -------
+        tuple
+            As for :func:`loss_at`.
+        """
         with self.comm.phase("ptycho"):
             return loss_at(self.model, self.shard, self.comm, pu, self.opts.metric, grad)
 
     def gradient_update(self, ev):
-        """g_u = P^H Pad^H T.vjp(Ptycho^H(z - sqrt(f) z / |z|)) (seed 002 Eq. 5) from the per-angle field
-        of ``ev`` (one transpose: angles -> slabs).
+        """g_u = P^H Pad^H T.vjp(Ptycho^H(z - sqrt(f) z / |z|)) (seed 002 Eq. 5).
+
+        From the per-angle field of ``ev`` (one transpose: angles -> slabs).
+
+        Parameters
+        ----------
+        ev : FarfieldPass
+            A pass with the per-angle gradient field (``grad=True``).
 
         Returns
         -------
@@ -356,9 +560,16 @@ class GD(IterativeSolver):
             return self.model.xadj(ev.field)
 
     def start(self) -> GDState:
-        """u_0 (zeros, the energy-matched constant or ``u0``), Lip = ||J||^2 by power iteration on the
-        linearised normal operator, alpha_0 = ``step_rel`` / Lip (or ``step``), the loss and gradient at
-        u_0."""
+        """The first state (see :meth:`IterativeSolver.start`).
+
+        u_0 (zeros, the energy-matched constant or ``u0``), Lip = ||J||^2 by power iteration on the
+        linearised normal operator, alpha_0 = ``step_rel`` / Lip (or ``step``), the loss and gradient at u_0.
+
+        Returns
+        -------
+        GDState
+            The state before the first iteration.
+        """
         sh, comm, sp, xp, opts, model = self.shard, self.comm, self.sp, self.xp, self.opts, self.model
         dtype, shape = sh.model.dtype, sh.volume_shape
         with comm.phase("project"):
@@ -380,13 +591,20 @@ class GD(IterativeSolver):
         return GDState(u=u, pu=pu, g=g, loss=loss, step=alpha, step0=alpha, lipschitz=lip)
 
     def ready(self, resumed: bool) -> None:
-        """On resume: the R-factor terms at the saved point (the loss and gradient are in the state)."""
+        """On resume: the R-factor terms at the saved point (the loss and gradient are in the state).
+
+        Parameters
+        ----------
+        resumed : bool
+            Whether there is a saved point (:meth:`IterativeSolver.ready`).
+        """
         if resumed:
             _, self.ev = self.evaluate_at(self.state.pu, grad=False)
 
     def line_search(self, pg, gg):
-        """Backtracking Armijo along -g from the trial step (halving, at most ``max_backtracks`` times):
-        accepts t when L(u - t g) <= L(u) - c1 t ||g||^2. Trial points are P u - t P g (no projection).
+        """Backtracking Armijo along -g from the trial step (halving, at most ``max_backtracks`` times).
+
+        Accepts t when L(u - t g) <= L(u) - c1 t ||g||^2. Trial points are P u - t P g (no projection).
 
         Parameters
         ----------
@@ -413,13 +631,41 @@ class GD(IterativeSolver):
         return trial, pu_new, new_loss, ev_new, backtracks, new_loss <= st.loss
 
     def next_step(self, step_used: float, n: int) -> float:
-        """alpha_{n+1} = base / (1 + eps n) (seed 002's time-based decay; ``schedule="constant"``: base),
-        base = ``growth`` x the accepted step with line search, else the current alpha_n."""
+        """alpha_{n+1} = base / (1 + eps n) (seed 002's time-based decay; ``schedule="constant"``: base).
+
+        base = ``growth`` x the accepted step with line search, else the current alpha_n.
+
+        Parameters
+        ----------
+        step_used : float
+            The step just taken.
+        n : int
+            The 0-based iteration.
+
+        Returns
+        -------
+        float
+            The next trial step.
+        """
         opts = self.opts
         base = step_used * opts.growth if opts.line_search else self.state.step
         return base / (1.0 + opts.eps * n) if opts.schedule == "time" else base
 
     def step(self, n: int) -> dict:
+        """One descent step along -g, with or without the line search (see :meth:`IterativeSolver.step`).
+
+        A step that does not decrease L at the smallest trial keeps u and its gradient.
+
+        Parameters
+        ----------
+        n : int
+            The 0-based iteration (the schedule's n).
+
+        Returns
+        -------
+        dict
+            ``objective``, ``r_factor``, ``step``, ``grad_norm``, ``backtracks``, ``rel_change``.
+        """
         st, sp, comm, opts = self.state, self.sp, self.comm, self.opts
         gg = sp.dot(st.g, st.g)
         with comm.phase("project"):
@@ -449,6 +695,20 @@ class GD(IterativeSolver):
         return self.state.u
 
     def result(self, history: History) -> SolverResult:
+        """The volume slab, the probe and ``history`` (see :meth:`IterativeSolver.result`).
+
+        ``state`` has Lip, the first and last steps, c and the model's name.
+
+        Parameters
+        ----------
+        history : History
+            The rows of the whole run.
+
+        Returns
+        -------
+        SolverResult
+            GD's output.
+        """
         st, model = self.state, self.model
         return SolverResult(volume=st.u, probe=model.pt.probe, history=history,
                             state={"lipschitz": st.lipschitz, "step0": st.step0, "step": st.step, "c": model.c,

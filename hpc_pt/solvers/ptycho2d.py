@@ -76,7 +76,7 @@ import numpy as np
 
 from ..backend import fft2c, get_xp, ifft2c, real_dtype, to_numpy
 from ..operators import Ptychography
-from ..comm import SerialComm
+from ..comm import Comm, SerialComm
 from .base import NO_CHECKPOINTS, Checkpointer, History, IterativeSolver, run, state_dict
 
 METHODS = ("epie", "dm", "ml")
@@ -87,6 +87,17 @@ class Ptycho2DResult:
     """Recovered object field ((H, W) or (A, H, W)), probe (m1, m2), per-iteration history, solver state.
 
     Unpacks as ``obj, probe, history = result``.
+
+    Parameters
+    ----------
+    obj : array
+        The object field, (H, W) or (A, H, W).
+    probe : array
+        The probe (m1, m2), refined or as given.
+    history : History
+        One row per iteration (per epoch for ePIE).
+    state : dict
+        The method's name and values of its own (ePIE: the batch extent; ML: the noise model).
     """
 
     obj: object
@@ -101,7 +112,7 @@ class Ptycho2DResult:
 class _Problem:
     """Frames, mask, operator and the per-pixel helpers every method shares."""
 
-    def __init__(self, frames, positions, probe, field_shape, angle_index, mask, dtype, comm):
+    def __init__(self, frames, positions, probe, field_shape, angle_index, mask, dtype, comm: Comm | None):
         xp = get_xp(frames)
         self.xp = xp
         self.dtype = np.dtype(dtype)
@@ -188,9 +199,23 @@ class _Problem:
         return self.op.illumination()
 
 
-def global_max(comm, x) -> float:
-    """Largest value of array ``x`` over every rank (0.0 where empty): one allreduce of one float per rank
-    when ``comm.size`` > 1, so every rank gets the serial run's maximum."""
+def global_max(comm: Comm, x) -> float:
+    """Largest value of array ``x`` over every rank (0.0 where empty), so every rank gets the serial run's maximum.
+
+    One allreduce of one float per rank when ``comm.size`` > 1.
+
+    Parameters
+    ----------
+    comm : Comm
+        The communicator.
+    x : array
+        This rank's (real) values.
+
+    Returns
+    -------
+    float
+        The maximum over all ranks.
+    """
     v = float(x.max()) if getattr(x, "size", 0) else 0.0
     size = int(getattr(comm, "size", 1))
     if size <= 1:
@@ -225,7 +250,25 @@ def compact_batches(positions, angle_index, extent, rng, max_batch=None):
 
     Cells of ``extent`` size on a randomly offset grid; frames of one angle in cells of equal (row, col)
     parity and different cells are at least one extent apart. Batch (parity, k) takes the k-th frame (random
-    order) of every cell of that parity, over all angles. Returns a list of int arrays, in random order.
+    order) of every cell of that parity, over all angles.
+
+    Parameters
+    ----------
+    positions : array
+        (F, 2) top-left window positions.
+    angle_index : array
+        (F,) the angle of each frame (frames of different angles never overlap).
+    extent : tuple of int
+        (rows, cols), a footprint's box.
+    rng : numpy.random.Generator
+        Draws the grid's offset and the orders.
+    max_batch : int, optional
+        Larger batches are split into pieces of at most this many frames.
+
+    Returns
+    -------
+    list of np.ndarray
+        The batches' frame indices (int arrays), in random order.
     """
     pos = np.asarray(positions, dtype=np.float64)
     F = pos.shape[0]
@@ -256,8 +299,17 @@ def compact_batches(positions, angle_index, extent, rng, max_batch=None):
 
 @dataclass
 class EPIEState:
-    """ePIE's loop state (the checkpoint's keys): the object ``obj``, the ``probe`` and the frame order's
-    random generator state ``rng`` (a bit-generator state dict)."""
+    """ePIE's loop state (the checkpoint's keys).
+
+    Parameters
+    ----------
+    obj : array
+        The object.
+    probe : array
+        The probe w.
+    rng : dict
+        The frame order's random generator state (a bit-generator state dict).
+    """
 
     obj: object
     probe: object
@@ -265,8 +317,9 @@ class EPIEState:
 
 
 class EPIE(IterativeSolver):
-    """ePIE in random compact (non-overlapping) batches (module docstring, seed 003 Eqs. 10-12); one step
-    is one epoch, every frame visited once (:meth:`object_update` and :meth:`probe_update` per batch).
+    """ePIE in random compact (non-overlapping) batches (module docstring, seed 003 Eqs. 10-12).
+
+    One step is one epoch, every frame visited once (:meth:`object_update` and :meth:`probe_update` per batch).
 
     Parameters
     ----------
@@ -295,24 +348,64 @@ class EPIE(IterativeSolver):
         self.extent, _ = _footprint_extent(pb.op.probe, footprint)  # from the initial probe, also on resume
 
     def start(self) -> EPIEState:
+        """The initial object, a copy of the probe and the seeded generator (:meth:`IterativeSolver.start`)."""
         return EPIEState(obj=self.pb.init_object(self.obj_init), probe=self.pb.op.probe.copy(),
                          rng=np.random.default_rng(self.seed).bit_generator.state)
 
     def ready(self, resumed: bool) -> None:
+        """The frame order's generator, set to the state's (see :meth:`IterativeSolver.ready`).
+
+        Parameters
+        ----------
+        resumed : bool
+            Unused: the generator's state is in the state either way.
+        """
         self.rng = np.random.default_rng(self.seed)
         self.rng.bit_generator.state = self.state.rng
 
     def save_state(self) -> dict:
+        """The state with the generator's current state as ``rng`` (see :meth:`IterativeSolver.save_state`).
+
+        Returns
+        -------
+        dict
+            The checkpoint's keys.
+        """
         return {**state_dict(self.state), "rng": self.rng.bit_generator.state}
 
     def object_update(self, O, sel, dpsi, P, pmax):
-        """O += alpha S_j^T [conj(w) / max|w|^2 (psi'_j - psi_j)] for the batch ``sel`` (seed 003 Eq. 12), in
-        place, through the shared window operator (:meth:`~hpc_pt.operators.Ptychography.patches_adj`)."""
+        """O += alpha S_j^T [conj(w) / max|w|^2 (psi'_j - psi_j)] for the batch ``sel`` (seed 003 Eq. 12).
+
+        In place, through the shared window operator (:meth:`~hpc_pt.operators.Ptychography.patches_adj`).
+
+        Parameters
+        ----------
+        O : array
+            The object, updated in place.
+        sel : array
+            The batch's frame indices.
+        dpsi : array
+            psi'_j - psi_j of the batch's frames.
+        P : array
+            The probe w.
+        pmax : float
+            max |w|^2.
+        """
         self.pb.op.patches_adj((self.alpha / pmax) * self.xp.conj(P) * dpsi, frames=sel, out=O)
 
     def probe_update(self, P, pO, dpsi):
-        """w += beta conj(S_j O) / max|S_j O|^2 (psi'_j - psi_j), the mean over the batch's frames (with the
-        object before its update).
+        """w += beta conj(S_j O) / max|S_j O|^2 (psi'_j - psi_j), the mean over the batch's frames.
+
+        With the object before its update.
+
+        Parameters
+        ----------
+        P : array
+            The probe.
+        pO : array
+            S_j O of the batch's frames, before the object update.
+        dpsi : array
+            psi'_j - psi_j.
 
         Returns
         -------
@@ -326,6 +419,18 @@ class EPIE(IterativeSolver):
         return P
 
     def step(self, k: int) -> dict:
+        """One epoch: every frame once, in random compact batches (see :meth:`IterativeSolver.step`).
+
+        Parameters
+        ----------
+        k : int
+            The 0-based epoch; a refined probe is updated from ``probe_start`` on.
+
+        Returns
+        -------
+        dict
+            ``objective`` (the running error), ``r_factor`` and ``batches``.
+        """
         st, pb, xp = self.state, self.pb, self.xp
         O, P = st.obj, st.probe
         batches = compact_batches(pb.positions, pb.angle_index, self.extent, self.rng, self.max_batch)
@@ -354,6 +459,20 @@ class EPIE(IterativeSolver):
         return self.state.obj
 
     def result(self, history: History) -> Ptycho2DResult:
+        """The object, the probe, ``history``, and the method and batch extent as ``state``.
+
+        The batch extent is the footprint box of the initial probe (:func:`compact_batches`' ``extent``).
+
+        Parameters
+        ----------
+        history : History
+            One row per epoch.
+
+        Returns
+        -------
+        Ptycho2DResult
+            ePIE's result.
+        """
         return Ptycho2DResult(obj=self.state.obj, probe=self.state.probe, history=history,
                               state={"method": "epie", "batch_extent": self.extent})
 
@@ -416,7 +535,24 @@ def epie(frames, positions, probe, field_shape=None, iterations: int = 50, alpha
 
 
 def pb_fourier(pb: _Problem, d, sel):
-    """Fourier projection of a batch of far fields ``d`` onto the moduli of frames ``sel``."""
+    """Fourier projection of a batch of far fields ``d`` onto the moduli of frames ``sel``.
+
+    Phase 1 where d = 0; invalid detector pixels keep ``d``.
+
+    Parameters
+    ----------
+    pb : _Problem
+        The problem (its amplitudes and mask).
+    d : array
+        The batch's far fields.
+    sel : array
+        The batch's frame indices.
+
+    Returns
+    -------
+    array
+        The projected far fields.
+    """
     xp = pb.xp
     a = pb.a[sel]
     mag = xp.abs(d)
@@ -431,8 +567,17 @@ def pb_fourier(pb: _Problem, d, sel):
 
 @dataclass
 class DMState:
-    """DM's loop state (the checkpoint's keys): the object ``obj``, the ``probe`` and the far-field exit
-    waves ``Fpsi``."""
+    """DM's loop state (the checkpoint's keys).
+
+    Parameters
+    ----------
+    obj : array
+        The object field.
+    probe : array
+        The probe (refined or not).
+    Fpsi : array
+        The far-field exit waves, one per frame.
+    """
 
     obj: object
     probe: object
@@ -440,8 +585,9 @@ class DMState:
 
 
 class DM(IterativeSolver):
-    """Difference map (Thibault et al. 2009), all frames at once (module docstring): one step is the
-    overlap projection (:meth:`overlap_object`, and :meth:`overlap_probe` when refined) and the
+    """Difference map (Thibault et al. 2009), all frames at once (module docstring).
+
+    One step is the overlap projection (:meth:`overlap_object`, and :meth:`overlap_probe` when refined) and the
     Fourier-space reflection.
 
     Parameters
@@ -465,8 +611,8 @@ class DM(IterativeSolver):
     State = DMState
 
     def __init__(self, frames, positions, probe, field_shape=None, probe_refine: bool = False, probe_start: int = 2,
-                 obj_init="ones", mask=None, angle_index=None, eps: float = 1e-5, dtype=np.complex64, comm=None,
-                 iterations: int = 100):
+                 obj_init="ones", mask=None, angle_index=None, eps: float = 1e-5, dtype=np.complex64,
+                 comm: Comm | None = None, iterations: int = 100):
         field_shape = _default_field(field_shape, positions, probe)
         self.pb = _Problem(frames, positions, probe, field_shape, angle_index, mask, dtype, comm)
         self.xp, self.op = self.pb.xp, self.pb.op
@@ -474,12 +620,20 @@ class DM(IterativeSolver):
         self.iterations = int(iterations)
 
     def start(self) -> DMState:
+        """The initial object, its exit waves w S_j O and their far fields (see :meth:`IterativeSolver.start`)."""
         op = self.op
         O = self.pb.init_object(self.obj_init)
         self.psi = op.probe * op.patches(O)
         return DMState(obj=O, probe=op.probe, Fpsi=fft2c(self.psi))
 
     def ready(self, resumed: bool) -> None:
+        """The illumination and its peak over all ranks; on resume the probe and the exit waves from the state.
+
+        Parameters
+        ----------
+        resumed : bool
+            As for :meth:`IterativeSolver.ready`.
+        """
         if resumed:
             self.op.probe = self.xp.asarray(self.state.probe)
             self.psi = ifft2c(self.state.Fpsi)
@@ -487,14 +641,44 @@ class DM(IterativeSolver):
         self.peak = global_max(self.pb.comm, self.illum)  # the peak of the current illumination, over all ranks
 
     def overlap_object(self, O, psi, illum):
-        """O <- sum_j S_j^T conj(w) psi_j / (sum_j S_j^T |w|^2 + eps) (the overlap projection's object)."""
+        """O <- sum_j S_j^T conj(w) psi_j / (sum_j S_j^T |w|^2 + eps) (the overlap projection's object).
+
+        Where the illumination is small against eps the object stays near ``O``.
+
+        Parameters
+        ----------
+        O : array
+            The current object.
+        psi : array
+            The exit waves (F, m1, m2).
+        illum : array
+            sum_j S_j^T |w|^2.
+
+        Returns
+        -------
+        array
+            The new object.
+        """
         xp, op = self.xp, self.op
         e = self.eps * self.peak + 1e-30
         num = op.patches_adj(xp.conj(op.probe) * psi)
         return ((num + e * O) / (illum + e)).astype(self.pb.dtype, copy=False)
 
     def overlap_probe(self, O, psi):
-        """w <- sum_j conj(S_j O) psi_j / (sum_j |S_j O|^2 + eps), summed over ranks."""
+        """w <- sum_j conj(S_j O) psi_j / (sum_j |S_j O|^2 + eps), summed over ranks.
+
+        Parameters
+        ----------
+        O : array
+            The object after its overlap projection.
+        psi : array
+            The exit waves.
+
+        Returns
+        -------
+        array
+            The new probe.
+        """
         xp, op, comm = self.xp, self.op, self.pb.comm
         pO = op.patches(O)
         num = comm.allreduce_sum((xp.conj(pO) * psi).sum(axis=0))
@@ -503,6 +687,18 @@ class DM(IterativeSolver):
         return ((num + e * op.probe) / (den + e)).astype(self.pb.dtype, copy=False)
 
     def step(self, k: int) -> dict:
+        """The overlap projection, then the Fourier-space reflection (see :meth:`IterativeSolver.step`).
+
+        Parameters
+        ----------
+        k : int
+            The 0-based iteration (the probe is refined from ``probe_start`` on).
+
+        Returns
+        -------
+        dict
+            ``objective`` and ``r_factor`` of the overlap-consistent estimate.
+        """
         st, op, pb = self.state, self.op, self.pb
         O = self.overlap_object(st.obj, self.psi, self.illum)
         if self.probe_refine and k >= self.probe_start:
@@ -524,6 +720,20 @@ class DM(IterativeSolver):
         return self.state.obj
 
     def result(self, history: History) -> Ptycho2DResult:
+        """A last overlap projection of the object (when the run had iterations), the probe and ``history``.
+
+        So the object returned is consistent with the last exit waves; ``state`` names the method.
+
+        Parameters
+        ----------
+        history : History
+            The rows of the run.
+
+        Returns
+        -------
+        Ptycho2DResult
+            DM's result.
+        """
         O = self.state.obj
         if self.iterations:
             O = self.overlap_object(O, self.psi, self.illum)
@@ -532,7 +742,8 @@ class DM(IterativeSolver):
 
 def dm(frames, positions, probe, field_shape=None, iterations: int = 100, probe_refine: bool = False,
        probe_start: int = 2, obj_init="ones", mask=None, angle_index=None, eps: float = 1e-5,
-       dtype=np.complex64, comm=None, callback=None, checkpoints: Checkpointer = NO_CHECKPOINTS) -> Ptycho2DResult:
+       dtype=np.complex64, comm: Comm | None = None, callback=None,
+       checkpoints: Checkpointer = NO_CHECKPOINTS) -> Ptycho2DResult:
     """Difference map (Thibault et al. 2009), all frames at once (:class:`DM`; module docstring).
 
     Parameters
@@ -589,10 +800,26 @@ def _loss_terms(noise, I, f, a, mask, tiny, eps=0.0):
 
 @dataclass
 class MLState:
-    """ML-CG's loop state (the checkpoint's keys): the object ``obj`` and ``probe``; the previous
-    gradients ``gO`` / ``gP``, preconditioned gradients ``hO`` / ``hP`` and search directions ``dO`` /
-    ``dP`` (None before the first iteration, and the probe's while it is not refined); ``gh_prev`` = <g, h>
-    of the previous iteration and ``t_last``, the last accepted step (the next line search's guess)."""
+    """ML-CG's loop state (the checkpoint's keys).
+
+    The gradients, preconditioned gradients and directions are None before the first iteration, and the
+    probe's while it is not refined.
+
+    Parameters
+    ----------
+    obj, probe : array
+        The object and the probe.
+    gO, gP : array, optional
+        The previous gradients.
+    hO, hP : array, optional
+        The previous preconditioned gradients.
+    dO, dP : array, optional
+        The search directions.
+    gh_prev : float
+        <g, h> of the previous iteration.
+    t_last : float
+        The last accepted step (the next line search's guess).
+    """
 
     obj: object
     probe: object
@@ -607,8 +834,9 @@ class MLState:
 
 
 class MLCG(IterativeSolver):
-    """Maximum likelihood by preconditioned Polak-Ribiere nonlinear CG with an exact (Newton) line search
-    along the quadratic far-field path (module docstring; Thibault & Guizar-Sicairos 2012). One step is
+    """Maximum likelihood by preconditioned Polak-Ribiere nonlinear CG with an exact (Newton) line search.
+
+    Along the quadratic far-field path (module docstring; Thibault & Guizar-Sicairos 2012). One step is
     :meth:`gradient` (object and probe), :meth:`direction` (Polak-Ribiere with restart) and the line search.
 
     Parameters
@@ -628,7 +856,7 @@ class MLCG(IterativeSolver):
 
     def __init__(self, frames, positions, probe, field_shape=None, probe_refine: bool = False, probe_start: int = 2,
                  obj_init="ones", mask=None, angle_index=None, noise: str = "poisson", background: float = 0.0,
-                 precondition: float = 1e-2, newton_steps: int = 3, dtype=np.complex64, comm=None):
+                 precondition: float = 1e-2, newton_steps: int = 3, dtype=np.complex64, comm: Comm | None = None):
         if noise not in ("poisson", "gaussian"):
             raise ValueError(f"unknown noise model {noise!r}; use 'poisson' or 'gaussian'")
         field_shape = _default_field(field_shape, positions, probe)
@@ -649,20 +877,53 @@ class MLCG(IterativeSolver):
             self.const = comm.sum_scalar(float((lf if mask is None else lf * mask).sum()))
 
     def start(self) -> MLState:
+        """The initial object and probe, no directions yet (see :meth:`IterativeSolver.start`)."""
         return MLState(obj=self.pb.init_object(self.obj_init), probe=self.op.probe)
 
     def ready(self, resumed: bool) -> None:
+        """On resume, the state's probe goes back into the operator.
+
+        Parameters
+        ----------
+        resumed : bool
+            Whether the state came from a checkpoint.
+        """
         if resumed:
             self.op.probe = self.xp.asarray(self.state.probe)
 
     def odot(self, x, y) -> float:
-        """Re <x, y> over every rank's object fields (spread over ranks by angle)."""
+        """Re <x, y> over every rank's object fields (spread over ranks by angle).
+
+        Parameters
+        ----------
+        x, y : array
+            Object-shaped fields of this rank.
+
+        Returns
+        -------
+        float
+            The global inner product.
+        """
         return self.comm.sum_scalar(_rdot(x, y))
 
     def gradient(self, O, P, pO, D0, g1, refine: bool):
-        """The Wirtinger gradients g_O = sum_j S_j^T (conj(w) chi_j), g_w = sum_j conj(S_j O) chi_j with
-        chi_j = F^H[L'(I_j) D_j], preconditioned by 1 / (illumination + delta) and 1 / (sum_j |S_j O|^2 +
+        """The Wirtinger gradients g_O = sum_j S_j^T (conj(w) chi_j), g_w = sum_j conj(S_j O) chi_j, preconditioned.
+
+        chi_j = F^H[L'(I_j) D_j]; preconditioned by 1 / (illumination + delta) and 1 / (sum_j |S_j O|^2 +
         delta).
+
+        Parameters
+        ----------
+        O, P : array
+            The object and the probe.
+        pO : array
+            S_j O, the object's patches (F, m1, m2).
+        D0 : array
+            The far fields F(w S_j O).
+        g1 : array
+            L'(I) per pixel.
+        refine : bool
+            Also the probe's gradient.
 
         Returns
         -------
@@ -685,8 +946,16 @@ class MLCG(IterativeSolver):
         return gO, hO, gP, hP, gh
 
     def direction(self, gO, hO, gP, hP, gh, refine: bool) -> float:
-        """Polak-Ribiere (with the preconditioned gradient) d = -h + beta d_prev, restarted (beta = 0) when
-        beta < 0 or the probe turns on; stores the new direction and gradients in the state.
+        """Polak-Ribiere (with the preconditioned gradient) d = -h + beta d_prev, with restarts.
+
+        Restarted (beta = 0) when beta < 0 or the probe turns on; stores the new direction and gradients in the state.
+
+        Parameters
+        ----------
+        gO, hO, gP, hP, gh
+            :meth:`gradient`'s output.
+        refine : bool
+            Whether the probe is refined in this iteration.
 
         Returns
         -------
@@ -709,6 +978,19 @@ class MLCG(IterativeSolver):
         return beta
 
     def step(self, k: int) -> dict:
+        """Gradient, direction and the exact line search along the far-field path (:meth:`IterativeSolver.step`).
+
+        Parameters
+        ----------
+        k : int
+            The 0-based iteration; the probe takes part from ``probe_start`` on when refined.
+
+        Returns
+        -------
+        dict
+            ``objective``, ``r_factor``, ``amplitude_objective`` (at the start of the iteration), ``step``
+            and ``beta``.
+        """
         st, pb, op = self.state, self.pb, self.op
         refine = self.probe_refine and k >= self.probe_start
         O, P = st.obj, st.probe
@@ -737,6 +1019,20 @@ class MLCG(IterativeSolver):
         return self.state.obj
 
     def result(self, history: History) -> Ptycho2DResult:
+        """The object, the probe and ``history``; ``state`` names the method and the noise model.
+
+        The object and probe are those after the last line search.
+
+        Parameters
+        ----------
+        history : History
+            The rows, one per iteration.
+
+        Returns
+        -------
+        Ptycho2DResult
+            The ML result.
+        """
         return Ptycho2DResult(obj=self.state.obj, probe=self.state.probe, history=history,
                               state={"method": "ml", "noise": self.noise})
 
@@ -748,9 +1044,8 @@ def _rdot(x, y) -> float:
 def ml_cg(frames, positions, probe, field_shape=None, iterations: int = 100, probe_refine: bool = False,
           probe_start: int = 2, obj_init="ones", mask=None, angle_index=None, noise: str = "poisson",
           background: float = 0.0, precondition: float = 1e-2, newton_steps: int = 3, dtype=np.complex64,
-          comm=None, callback=None, checkpoints: Checkpointer = NO_CHECKPOINTS) -> Ptycho2DResult:
-    """Maximum likelihood by preconditioned Polak-Ribiere nonlinear CG with exact (Newton) line search
-    (:class:`MLCG`).
+          comm: Comm | None = None, callback=None, checkpoints: Checkpointer = NO_CHECKPOINTS) -> Ptycho2DResult:
+    """Maximum likelihood by preconditioned Polak-Ribiere nonlinear CG with exact (Newton) line search (:class:`MLCG`).
 
     Note: on noise-free data with a large dynamic range (e.g. the linear Rytov model, whose free space is 0)
     the Poisson metric can stall near R = 0.02 where the amplitude metric converges (measured on a 24-px
@@ -861,7 +1156,29 @@ def _default_field(field_shape, positions, probe):
 
 
 def solve(method: str, frames, positions, probe, field_shape=None, iterations: int = 100, **kw):
-    """Run ``method`` ("epie", "dm" or "ml") with keyword arguments of that method."""
+    """Run ``method`` ("epie", "dm" or "ml") with keyword arguments of that method.
+
+    ePIE takes no communicator: a ``comm`` keyword is dropped for it.
+
+    Parameters
+    ----------
+    method : str
+        "epie", "dm" or "ml" (also "ml_cg").
+    frames, positions, probe, field_shape, iterations
+        As for :func:`epie`.
+    **kw
+        The method's other keywords (:func:`epie`, :func:`dm`, :func:`ml_cg`).
+
+    Returns
+    -------
+    Ptycho2DResult
+        The method's result.
+
+    Raises
+    ------
+    ValueError
+        For an unknown method.
+    """
     if method == "epie":
         kw.pop("comm", None)
         return epie(frames, positions, probe, field_shape, iterations, **kw)
@@ -877,9 +1194,31 @@ def ptycho2d(dataset, angle_index: int, method: str = "dm", iterations: int = 10
     """2D ptychography of angle ``angle_index`` of an :class:`hpc_pt.data.Dataset` (the CLI's ``ptycho2d``).
 
     Uses the dataset's frames (DC at index 0), positions, probe, mask and field shape
-    (``dataset.geometry.field_shape``). Returns a :class:`Ptycho2DResult` (object field (H, W), probe,
-    history; unpacks as a tuple). Extra keywords go to the method (``alpha``, ``beta``, ``seed``,
-    ``noise``, ``eps``, ``probe_start`` ...).
+    (``dataset.geometry.field_shape``).
+
+    Parameters
+    ----------
+    dataset : Dataset
+        The data set.
+    angle_index : int
+        The angle (0-based).
+    method : str
+        "epie", "dm" (default) or "ml".
+    iterations, probe_refine, obj_init, dtype
+        As for :func:`epie`.
+    **kw
+        Extra keywords go to the method (``alpha``, ``beta``, ``seed``, ``noise``, ``eps``, ``probe_start`` ...).
+
+    Returns
+    -------
+    Ptycho2DResult
+        Object field (H, W), probe, history (unpacks as a tuple); ``state`` also has ``angle_index`` and
+        ``angle_deg``.
+
+    Raises
+    ------
+    ValueError
+        For an angle index out of range or an unknown method.
     """
     n = len(dataset.angles)
     if not (0 <= int(angle_index) < n):

@@ -49,7 +49,7 @@ import numpy as np
 
 from ..backend import asarray_on, fftc, get_xp, ifftc, to_numpy
 from ..operators import divergence, gradient
-from ..comm import SerialComm
+from ..comm import Comm, SerialComm
 from .base import NO_CHECKPOINTS, Checkpointer, History, IterativeSolver, power_lipschitz, run
 
 ENGINES = ("cg", "fbp", "tomopy")
@@ -58,6 +58,26 @@ FILTERS = ("ramp", "ram-lak", "shepp-logan", "hann")
 
 @dataclass
 class TomoOptions:
+    """The tomography's settings (:func:`reconstruct`).
+
+    Parameters
+    ----------
+    engine : str
+        "cg", "fbp" or "tomopy".
+    iterations : int
+        CG iterations (tomopy: the iterative algorithms' ``num_iter``).
+    tol : float
+        CG stop: ||normal residual|| <= tol * initial.
+    damping : float
+        Tikhonov mu, relative to ||P^T P|| (estimated).
+    smoothing : float
+        Laplacian lam, relative to ||P^T P|| / 12.
+    filter : str
+        The FBP filter (one of ``FILTERS``).
+    algorithm : str
+        The tomopy algorithm.
+    """
+
     engine: str = "cg"  # "cg", "fbp" or "tomopy"
     iterations: int = 50  # CG iterations (tomopy: iterative algorithms' num_iter)
     tol: float = 1e-4  # CG stop: ||normal residual|| <= tol * initial
@@ -67,7 +87,7 @@ class TomoOptions:
     algorithm: str = "gridrec"  # tomopy algorithm
 
 
-def _norm_estimate(projector, comm, n_iter=10, like=None, space=None):
+def _norm_estimate(projector, comm: Comm, n_iter=10, like=None, space=None):
     """||P^T P|| by power iteration, on ``like``'s backend (the serial start vector in the slab layout)."""
     if space is not None:
         return power_lipschitz(lambda x: projector.adj(projector.fwd(x)), space.global_shape, comm,
@@ -78,10 +98,23 @@ def _norm_estimate(projector, comm, n_iter=10, like=None, space=None):
 
 @dataclass
 class CGLSState:
-    """CGLS's loop state (the checkpoint's keys): the volume ``x``, the residuals ``r`` (data), ``r_mu``
-    (Tikhonov) and ``r_lam`` (gradient; None when that term is off), the direction ``d``, gamma =
-    ||normal residual||^2 and its start ``gamma0``, and the absolute weights ``mu`` and ``lam`` (from a
-    power-iteration norm when given relative)."""
+    """CGLS's loop state (the checkpoint's keys).
+
+    Parameters
+    ----------
+    x : array
+        The volume.
+    r : array
+        The data residual.
+    r_mu, r_lam : array or None
+        The Tikhonov and gradient residuals (None when that term is off).
+    d : array
+        The direction.
+    gamma, gamma0 : float
+        ||normal residual||^2 and its start.
+    mu, lam : float
+        The absolute weights (from a power-iteration norm when given relative).
+    """
 
     x: object
     r: object
@@ -95,8 +128,9 @@ class CGLSState:
 
 
 class CGLS(IterativeSolver):
-    """CGLS for min 1/2 ||sqrt(w)(P x - p)||^2 + mu/2 ||x||^2 + lam/2 ||grad x||^2 (see :func:`tomo_cg`);
-    its stopping rule is ||normal residual|| <= tol x its start.
+    """CGLS for min 1/2 ||sqrt(w)(P x - p)||^2 + mu/2 ||x||^2 + lam/2 ||grad x||^2 (see :func:`tomo_cg`).
+
+    Its stopping rule is ||normal residual|| <= tol x its start.
 
     Parameters
     ----------
@@ -119,8 +153,8 @@ class CGLS(IterativeSolver):
 
     State = CGLSState
 
-    def __init__(self, projector, projections, comm=None, x0=None, tol: float = 1e-4, damping: float = 0.0,
-                 smoothing: float = 0.0, relative: bool = True, space=None, weights=None):
+    def __init__(self, projector, projections, comm: Comm | None = None, x0=None, tol: float = 1e-4,
+                 damping: float = 0.0, smoothing: float = 0.0, relative: bool = True, space=None, weights=None):
         self.comm = comm if comm is not None else SerialComm()
         self.xp = xp = get_xp(projections)
         p = projections.astype(projector.dtype, copy=False)
@@ -138,15 +172,50 @@ class CGLS(IterativeSolver):
         self.div = space.divergence if space is not None else divergence
 
     def fwd(self, v):
-        """sqrt(w) P v."""
+        """sqrt(w) P v.
+
+        Parameters
+        ----------
+        v : array
+            A volume of the projector's input shape.
+
+        Returns
+        -------
+        array
+            The weighted projections.
+        """
         return self.P.fwd(v) if self.sw is None else self.sw * self.P.fwd(v)
 
     def total(self, a) -> float:
-        """||a||^2 over this rank's part of a distributed array, summed over ranks."""
+        """||a||^2 over this rank's part of a distributed array, summed over ranks.
+
+        Parameters
+        ----------
+        a : array
+            This rank's part.
+
+        Returns
+        -------
+        float
+            The squared norm of the whole.
+        """
         return self.comm.sum_scalar(float((self.xp.abs(a) ** 2).sum()))
 
     def normal_residual(self, r, r_mu, r_lam):
-        """The normal equations' residual s = P^H sqrt(w) r + sqrt(mu) r_mu - sqrt(lam) div r_lam."""
+        """The normal equations' residual s = P^H sqrt(w) r + sqrt(mu) r_mu - sqrt(lam) div r_lam.
+
+        Parameters
+        ----------
+        r : array
+            The (weighted) data residual.
+        r_mu, r_lam : array or None
+            The Tikhonov and gradient residuals (None: no such term).
+
+        Returns
+        -------
+        array
+            s, in the volume's shape.
+        """
         s = self.P.adj(r if self.sw is None else self.sw * r)
         if r_mu is not None:
             s = s + self.smu * r_mu
@@ -155,6 +224,13 @@ class CGLS(IterativeSolver):
         return s
 
     def start(self) -> CGLSState:
+        """x = x0 (or zeros), its residuals and d = s, the absolute weights (see :meth:`IterativeSolver.start`).
+
+        Returns
+        -------
+        CGLSState
+            The state before the first iteration.
+        """
         mu, lam = float(self.damping), float(self.smoothing)
         if self.relative and (mu > 0 or lam > 0):
             nrm = _norm_estimate(self.P, self.comm, like=self.p, space=self.space)
@@ -174,14 +250,33 @@ class CGLS(IterativeSolver):
         self.smu, self.slam = float(np.sqrt(mu)), float(np.sqrt(lam))  # Python floats: arrays keep their dtype
 
     def ready(self, resumed: bool) -> None:
+        """sqrt(mu) and sqrt(lam) from the state's weights.
+
+        Parameters
+        ----------
+        resumed : bool
+            Unused (see :meth:`IterativeSolver.ready`).
+        """
         self._weights(self.state.mu, self.state.lam)
 
     def converged(self) -> bool:
+        """||normal residual|| <= tol x its start, or zero (see :meth:`IterativeSolver.converged`)."""
         st = self.state
         return st.gamma <= (self.tol ** 2) * st.gamma0 or st.gamma == 0
 
     def step(self, k: int) -> dict | None:
-        """One CGLS iteration; None (stop) when the curvature along d is not positive."""
+        """One CGLS iteration; None (stop) when the curvature along d is not positive.
+
+        Parameters
+        ----------
+        k : int
+            The 0-based iteration (see :meth:`IterativeSolver.step`).
+
+        Returns
+        -------
+        dict or None
+            ``objective`` and ``residual`` (||s|| / ||s_0||).
+        """
         st, comm = self.state, self.comm
         d = st.d
         q = self.fwd(d)
@@ -217,10 +312,22 @@ class CGLS(IterativeSolver):
         return self.state.x
 
     def result(self, history: History):
+        """The volume and ``history``.
+
+        Parameters
+        ----------
+        history : History
+            The CG rows.
+
+        Returns
+        -------
+        tuple
+            (x, history).
+        """
         return self.state.x, history
 
 
-def tomo_cg(projector, projections, comm=None, x0=None, iterations: int = 50, tol: float = 1e-4,
+def tomo_cg(projector, projections, comm: Comm | None = None, x0=None, iterations: int = 50, tol: float = 1e-4,
             damping: float = 0.0, smoothing: float = 0.0, relative: bool = True, callback=None, space=None,
             checkpoints: Checkpointer = NO_CHECKPOINTS, weights=None):
     """CGLS for min 1/2||P x - p||^2 + mu/2||x||^2 + lam/2||grad x||^2 (:class:`CGLS`).
@@ -270,7 +377,27 @@ def tomo_cg(projector, projections, comm=None, x0=None, iterations: int = 50, to
 
 
 def filter_response(n_pad: int, kind: str = "ramp", dtype=np.float64):
-    """Transfer function (length n_pad, DC at 0) of the Kak-Slaney Ram-Lak kernel times the window."""
+    """Transfer function (length n_pad, DC at 0) of the Kak-Slaney Ram-Lak kernel times the window.
+
+    Parameters
+    ----------
+    n_pad : int
+        The padded detector length.
+    kind : str
+        One of ``FILTERS``: "ramp" and "ram-lak" are the kernel alone; "shepp-logan" and "hann" window it.
+    dtype : dtype
+        The result's dtype.
+
+    Returns
+    -------
+    np.ndarray
+        (n_pad,) real.
+
+    Raises
+    ------
+    ValueError
+        For an unknown filter.
+    """
     if kind not in FILTERS:
         raise ValueError(f"unknown FBP filter {kind!r}; use one of {FILTERS}")
     k = np.arange(n_pad)
@@ -289,10 +416,30 @@ def filter_response(n_pad: int, kind: str = "ramp", dtype=np.float64):
 
 
 def fbp(projector, projections, filter: str = "ramp"):
-    """Filtered back-projection (see the module docstring); returns the (rows, n, n) volume.
+    """Filtered back-projection (see the module docstring).
 
     Local in the slab layout too: every rank holds every angle of its rows, so A = ``len(projector.angles)``
-    and the back-projection needs no reduction."""
+    and the back-projection needs no reduction.
+
+    Parameters
+    ----------
+    projector : LinearOperator
+        P (a :class:`~hpc_pt.operators.Projector`, or ``space.P``).
+    projections : array
+        (A, rows, n_det), the projector's output shape.
+    filter : str
+        One of ``FILTERS`` (:func:`filter_response`).
+
+    Returns
+    -------
+    array
+        The (rows, n, n) volume.
+
+    Raises
+    ------
+    ValueError
+        When the projections do not match the projector, or for an unknown filter.
+    """
     xp = get_xp(projections)
     p = projections.astype(projector.dtype, copy=False)
     if tuple(p.shape) != tuple(projector.shape_out):
@@ -328,13 +475,39 @@ def _orientations(s):
     return out
 
 
-def tomopy_recon(projector, projections, algorithm: str = "gridrec", iterations: int = 50, comm=None,
-                 **kwargs):
-    """tomopy's reconstruction of the (A, rows, n_det) projections (every angle: the whole volume, or a
-    rank's slab in the slab layout), in our orientation; returns (rows, n, n). With ``comm`` the
-    orientation's misfit is summed over ranks, so every slab takes the same one.
+def tomopy_recon(projector, projections, algorithm: str = "gridrec", iterations: int = 50,
+                 comm: Comm | None = None, **kwargs):
+    """tomopy's reconstruction of the (A, rows, n_det) projections, in our orientation.
 
-    Raises :class:`ImportError` with the fix when tomopy is not installed.
+    Every angle: the whole volume, or a rank's slab in the slab layout. With ``comm`` the orientation's
+    misfit is summed over ranks, so every slab takes the same one.
+
+    Parameters
+    ----------
+    projector : Projector
+        Our projector (its angles, centre and width; the orientation is chosen by its re-projection).
+    projections : array
+        (A, rows, n_det).
+    algorithm : str
+        tomopy's algorithm ("gridrec", "fbp", "art", "sirt", ...).
+    iterations : int
+        ``num_iter`` of the iterative algorithms (not gridrec / fbp).
+    comm : Comm, optional
+        Sums the orientations' misfits over ranks.
+    **kwargs
+        More of ``tomopy.recon``'s keywords.
+
+    Returns
+    -------
+    np.ndarray
+        The (rows, n, n) volume (on the host).
+
+    Raises
+    ------
+    ImportError
+        With the fix, when tomopy is not installed.
+    ValueError
+        When tomopy's slice is not n pixels wide.
     """
     if not tomopy_available():
         raise ImportError("tomopy is not installed (it is distributed through conda-forge only: "
@@ -367,8 +540,8 @@ def tomopy_recon(projector, projections, algorithm: str = "gridrec", iterations:
     return cands[int(np.argmin(errs))]
 
 
-def reconstruct(projector, projections, comm=None, opts: TomoOptions | None = None, callback=None, space=None,
-                checkpoints: Checkpointer = NO_CHECKPOINTS, weights=None):
+def reconstruct(projector, projections, comm: Comm | None = None, opts: TomoOptions | None = None, callback=None,
+                space=None, checkpoints: Checkpointer = NO_CHECKPOINTS, weights=None):
     """Tomography by ``opts.engine`` ("cg", "fbp" or "tomopy").
 
     Parameters

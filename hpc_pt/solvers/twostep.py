@@ -65,6 +65,7 @@ from pydantic import Field
 import numpy as np
 
 from ..backend import get_xp, to_numpy
+from ..comm import Comm
 from ..operators.scan import overlap_ratio
 from ..operators.scan import probe_diameter_px as probe_diameter
 from .base import NO_CHECKPOINTS, Checkpointer, History, Shard, SolverOptions, SolverResult
@@ -123,11 +124,23 @@ STAGES = {1: "ptychography", 2: "tomography"}
 
 
 def progress_stages(opts: TwoStepOptions) -> list[dict]:
-    """How a run with ``opts`` labels its two stages, for progress reports and the stored history: per
-    stage its ``stage`` (the history column's value), ``name`` (``"ptychography (dm)"``, ``"tomography
+    """How a run with ``opts`` labels its two stages, for progress reports and the stored history.
+
+    Per stage its ``stage`` (the history column's value), ``name`` (``"ptychography (dm)"``, ``"tomography
     (cg)"``), ``label`` for the log, ``total`` iterations (the tomography's is an upper bound: CG may stop
     at ``tomo_tol``; FBP and tomopy report no iterations), the row ``tag`` and the ``key`` column that
-    counts the stage's iterations (``iteration`` in stage 1, ``tomo_iteration`` in stage 2)."""
+    counts the stage's iterations (``iteration`` in stage 1, ``tomo_iteration`` in stage 2).
+
+    Parameters
+    ----------
+    opts : TwoStepOptions
+        The run's options (its method, tomography engine and iteration counts).
+
+    Returns
+    -------
+    list of dict
+        One dict per stage, stage 1 first.
+    """
     names = {1: f"{STAGES[1]} ({opts.method})", 2: f"{STAGES[2]} ({opts.tomo})"}
     totals = {1: int(opts.iterations), 2: int(opts.tomo_iterations) if opts.tomo == "cg" else 0}
     keys = {1: "iteration", 2: "tomo_iteration"}
@@ -144,19 +157,67 @@ def _status(callback, text) -> None:
 
 
 def model_positions(pt) -> np.ndarray:
-    """Top-left (row, col) positions of a :class:`~hpc_pt.operators.Ptychography` operator's frames."""
+    """Top-left (row, col) positions of a :class:`~hpc_pt.operators.Ptychography` operator's frames.
+
+    Parameters
+    ----------
+    pt : Ptychography
+        The operator.
+
+    Returns
+    -------
+    np.ndarray
+        (F, 2) float64.
+    """
     return np.asarray(pt.positions, dtype=np.float64)
 
 
 def scan_overlap(positions, counts, probe) -> float:
-    """Smallest per-angle linear overlap (:func:`hpc_pt.operators.scan.overlap_ratio`); 0.0 if undefined."""
+    """Smallest per-angle linear overlap (:func:`hpc_pt.operators.scan.overlap_ratio`); 0.0 if undefined.
+
+    Parameters
+    ----------
+    positions : array
+        (F, 2) positions, concatenated by angle.
+    counts : array
+        Frames per angle.
+    probe : array
+        The probe, whose area-equivalent diameter at half maximum is D.
+
+    Returns
+    -------
+    float
+        min over angles of 1 - d_nn / D (module docstring).
+    """
     per_angle = np.split(np.asarray(positions), np.cumsum(counts)[:-1])
     value = overlap_ratio(per_angle, max(probe_diameter(probe), 1e-12), reduce="min")
     return 0.0 if np.isnan(value) else value
 
 
 def unwrap_phase_2d(phase, method: str = "auto", mask=None):
-    """2D phase unwrapping of (H, W) (see the module docstring); ``mask`` True = unreliable pixel."""
+    """2D phase unwrapping of (H, W) (see the module docstring); ``mask`` True = unreliable pixel.
+
+    Parameters
+    ----------
+    phase : array
+        The wrapped phase (H, W).
+    method : str
+        "auto" (scikit-image when it imports, else Itoh), "skimage" or "itoh".
+    mask : array, optional
+        (H, W), True where a pixel is unreliable (scikit-image only; masked pixels come back as 0).
+
+    Returns
+    -------
+    np.ndarray
+        The unwrapped phase, float64.
+
+    Raises
+    ------
+    ImportError
+        For "skimage" without scikit-image.
+    ValueError
+        For an unknown method.
+    """
     if method in ("auto", "skimage"):
         try:
             from skimage.restoration import unwrap_phase
@@ -175,7 +236,7 @@ def unwrap_phase_2d(phase, method: str = "auto", mask=None):
     return np.unwrap(ph, axis=1)
 
 
-def _align_linear(psi, comm):
+def _align_linear(psi, comm: Comm):
     """Rotate each angle's field by the phase that aligns its row sums with the common reference."""
     r = psi.sum(axis=-1)  # (A, rows)
     C = comm.allreduce_sum(np.einsum("ai,aj->ij", r, np.conj(r)))
@@ -189,7 +250,7 @@ def _align_linear(psi, comm):
     return psi * phase[:, None, None], np.angle(phase)
 
 
-def _fields_to_projections(psi, lit, model, opts, comm, space):
+def _fields_to_projections(psi, lit, model, opts, comm: Comm, space):
     """(A, H, W) object fields -> (A, H, W) projections x on the field, ambiguities resolved (this rank's
     angles; the reductions over angles go through ``comm``)."""
     psi = np.asarray(to_numpy(psi)).astype(np.complex128)
@@ -257,7 +318,7 @@ def _unprefixed(prefix: str, st: dict, history_key: str) -> dict:
     return out
 
 
-def run_twostep(shard: Shard, comm, opts: TwoStepOptions | None = None, callback=None,
+def run_twostep(shard: Shard, comm: Comm, opts: TwoStepOptions | None = None, callback=None,
                 checkpoints: Checkpointer = NO_CHECKPOINTS) -> SolverResult:
     """Seed 001's 2-step baseline on this rank's shard: ptychography per angle, then tomography on slabs.
 
@@ -284,6 +345,32 @@ def run_twostep(shard: Shard, comm, opts: TwoStepOptions | None = None, callback
 
     ``state`` has the per-angle fields' R-factor, the overlap, the ambiguity corrections and the volume's
     R-factor against the data through the forward model.
+
+    Parameters
+    ----------
+    shard, comm
+        As for :func:`~hpc_pt.solvers.base.run_solver` (the shard holds whole angles).
+    opts : TwoStepOptions, optional
+        The options (default ``TwoStepOptions()``).
+    callback : callable, optional
+        ``callback(row, u)`` after every row (see Iterations above).
+    checkpoints : Checkpointer
+        Where the state goes and where a resumed one comes from (see Checkpoints above).
+
+    Returns
+    -------
+    SolverResult
+        The volume slab, the probe, the history of both stages and ``state``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ptychography method or unlit-pixel treatment.
+
+    Warns
+    -----
+    RuntimeWarning
+        When the scan overlap is below ``min_overlap``, or the 2D R-factor ends above ``max_r_factor``.
     """
     opts = TwoStepOptions() if opts is None else opts
     if opts.method not in METHODS:
@@ -410,7 +497,7 @@ def run_twostep(shard: Shard, comm, opts: TwoStepOptions | None = None, callback
     return SolverResult(volume=vol, probe=probe, history=hist, state=state)
 
 
-def _ptycho_stage(shard, comm, opts, hist, callback, checkpoints, st, positions, counts, aidx, probe0):
+def _ptycho_stage(shard, comm: Comm, opts, hist, callback, checkpoints, st, positions, counts, aidx, probe0):
     """The 2D stage: rows of ``hist`` (stage 1), checkpoints inside it (stack mode). Returns
     (psi, probe, probes, seconds)."""
     model = shard.model
@@ -480,7 +567,7 @@ def _ptycho_stage(shard, comm, opts, hist, callback, checkpoints, st, positions,
     return res.obj, res.probe, res.probe, time.perf_counter() - t_ptycho
 
 
-def _run(shard: Shard, comm, opts: TwoStepOptions | None = None, callback=None, u0=None,
+def _run(shard: Shard, comm: Comm, opts: TwoStepOptions | None = None, callback=None, u0=None,
          checkpoints: Checkpointer = NO_CHECKPOINTS) -> SolverResult:
     """:func:`run_twostep` with the registry's signature (the 2-step method takes no initial volume)."""
     return run_twostep(shard, comm, opts, callback=callback, checkpoints=checkpoints)
