@@ -28,6 +28,7 @@ DOCUMENTED = (
     "hpc_pt.comm",
     "hpc_pt.metrics",
     "hpc_pt.simulate",
+    "hpc_pt.solvers",
 )
 
 SECTION = re.compile(r"^[ \t]*Parameters[ \t]*\n[ \t]*-{3,}[ \t]*$", re.M)

@@ -728,6 +728,7 @@ class ADMM(IterativeSolver):
         return row
 
     def iterate(self):
+        """The volume slab ``u``, what callbacks receive (:meth:`IterativeSolver.iterate`)."""
         return self.state.u
 
     def result(self, history: History) -> SolverResult:
@@ -758,8 +759,8 @@ run_admm = solver_runner(ADMM, ADMMOptions, "Three-way ADMM (:class:`ADMM`, modu
 def balance_penalty(pen: float, r: float, s: float, opts: ADMMOptions) -> float:
     """Residual balancing (Boyd et al. 2011, section 3.4.1) of one penalty.
 
-    The penalty times ``balance_factor`` when the primal residual ``r`` exceeds ``balance_ratio`` x the dual ``s``, divided by it in the opposite case,
-    else unchanged (also when either is not finite).
+    The penalty times ``balance_factor`` when the primal residual ``r`` exceeds ``balance_ratio`` x the dual
+    ``s``, divided by it in the opposite case, else unchanged (also when either is not finite).
 
     Parameters
     ----------

@@ -498,6 +498,7 @@ class APT(IterativeSolver):
                     cg_iterations=cg.iterations, cg_residual=cg.residual)
 
     def iterate(self):
+        """The volume slab ``u`` (see :meth:`IterativeSolver.iterate`)."""
         return self.state.u
 
     def result(self, history: History) -> SolverResult:

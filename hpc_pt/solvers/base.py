@@ -23,8 +23,9 @@ from ..operators import ForwardModel
 class SolverOptions(BaseModel):
     """Base of every solver's options model.
 
-    Unknown names and non-finite numbers are refused, values are converted to the fields' types (``"3"`` -> 3), and each field's description is what ``hpc-pt
-    reconstruct --help`` and docs/solvers.md show."""
+    Unknown names and non-finite numbers are refused, values are converted to the fields' types (``"3"`` ->
+    3), and each field's description is what ``hpc-pt reconstruct --help`` and docs/solvers.md show.
+    """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, arbitrary_types_allowed=True,
                               validate_assignment=True)

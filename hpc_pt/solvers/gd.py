@@ -692,6 +692,7 @@ class GD(IterativeSolver):
                     backtracks=backtracks, rel_change=change)
 
     def iterate(self):
+        """The current volume slab ``u``, for callbacks."""
         return self.state.u
 
     def result(self, history: History) -> SolverResult:

@@ -456,6 +456,7 @@ class EPIE(IterativeSolver):
         return dict(objective=err, r_factor=rsum / max(pb.sum_a, 1e-300), batches=len(batches))
 
     def iterate(self):
+        """The object field, what callbacks get after every epoch."""
         return self.state.obj
 
     def result(self, history: History) -> Ptycho2DResult:
@@ -717,6 +718,7 @@ class DM(IterativeSolver):
         return dict(objective=obj, r_factor=rf)
 
     def iterate(self):
+        """The object field of the state (:meth:`IterativeSolver.iterate`)."""
         return self.state.obj
 
     def result(self, history: History) -> Ptycho2DResult:
@@ -1016,6 +1018,7 @@ class MLCG(IterativeSolver):
         return dict(objective=L0 - self.const, r_factor=rf, amplitude_objective=obj, step=t, beta=beta)
 
     def iterate(self):
+        """The current object, for callbacks."""
         return self.state.obj
 
     def result(self, history: History) -> Ptycho2DResult:
@@ -1085,7 +1088,7 @@ def ml_cg(frames, positions, probe, field_shape=None, iterations: int = 100, pro
     return run(solver, iterations, callback, checkpoints)
 
 
-def _line_search(noise, D0, D1, D2, f, a, mask, tiny, L0, comm, newton_steps, t_guess=1.0, eps=0.0):
+def _line_search(noise, D0, D1, D2, f, a, mask, tiny, L0, comm: Comm, newton_steps, t_guess=1.0, eps=0.0):
     """Minimise L(D0 + t D1 + t^2 D2) over t >= 0 by safeguarded Newton steps (elementwise work only).
 
     I(t) = |D(t)|^2 is a real polynomial per pixel (quadratic, or quartic with D2), so its coefficients are

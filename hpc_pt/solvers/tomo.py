@@ -309,6 +309,7 @@ class CGLS(IterativeSolver):
         return dict(objective=0.5 * obj, residual=float(np.sqrt(st.gamma / st.gamma0)) if st.gamma0 > 0 else 0.0)
 
     def iterate(self):
+        """The current volume ``x`` (:meth:`IterativeSolver.iterate`)."""
         return self.state.x
 
     def result(self, history: History):
