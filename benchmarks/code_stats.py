@@ -3,7 +3,7 @@
     python benchmarks/code_stats.py                 # the working tree
     python benchmarks/code_stats.py --rev 70b7291   # a commit (read with git show; nothing is checked out)
 
-Writes JSON (``--out``, default: print only). The layer of a module comes from ``tests/test_layers.py``
+Writes JSON (``--out``, default: print only). The layer of a module comes from ``tests/foundations/test_layers.py``
 (``LAYERS``), the one place the layer map is written; modules missing there count as "unknown".
 Lines are physical lines of the .py files; functions are measured from ``def`` to their last line
 (decorators excluded), nested functions separately.

@@ -147,10 +147,10 @@ EOF
 
 cd "$repo" || exit 1
 step "pytest -m gpu (CPU/GPU equivalence of the operators, the slab layer and APT)"
-timeout 150 "$py_bin" -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider || status=1
+timeout 150 "$py_bin" -m pytest -q -m gpu tests/accelerator/test_gpu.py -p no:cacheprovider || status=1
 
 step "CPU-side GPU preparations (array namespace check, device selection)"
-timeout 60 "$py_bin" -m pytest -q tests/test_array_namespace.py tests/test_devices.py -p no:cacheprovider || status=1
+timeout 60 "$py_bin" -m pytest -q tests/foundations/test_array_namespace.py tests/parallel/test_devices.py -p no:cacheprovider || status=1
 
 step "benchmarks/gpu_bench.py --device gpu $quick"
 timeout 330 "$py_bin" "$here/gpu_bench.py" --device gpu $quick --out "$out" --max-size "$max_size" || status=1

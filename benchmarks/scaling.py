@@ -2,7 +2,7 @@
 
     python benchmarks/scaling.py [--quick] [--out benchmarks/results] [--repeats R] [--no-dask]
 
-Two parts, both importable (``tests/test_scaling_model.py`` imports the model from here):
+Two parts, both importable (``tests/parallel/test_scaling_model.py`` imports the model from here):
 
 * **Model** (pure functions, no timing): the exact bytes every rank sends per APT/APTs outer iteration
   (:func:`apt_iteration_bytes`, following ``hpc_pt/solvers/apt.py`` and ``hpc_pt/parallel/slabs.py`` call by

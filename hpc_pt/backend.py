@@ -444,7 +444,7 @@ class NufftPair2D:
     algorithm by timing), one thread count whatever the size (``HPC_PT_NUFFT_THREADS``, else 1: finufft's
     spreader rounds differently on 1 and on several threads, and the default count depends on the batch
     size) and, with several threads, each transform of a batch spread on one thread (``spread_thread=2``).
-    Measured bitwise equal for any split of the slices (tests/test_slabs.py); runs with different
+    Measured bitwise equal for any split of the slices (tests/parallel/test_slabs.py); runs with different
     ``HPC_PT_NUFFT_THREADS`` differ by rounding.
 
     Parameters

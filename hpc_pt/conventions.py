@@ -1,4 +1,4 @@
-"""Every convention of hpc-pt, fixed once (docs/architecture.md §1, docs/conventions.md); tests/test_conventions.py checks each.
+"""Every convention of hpc-pt, fixed once (docs/architecture.md §1, docs/conventions.md); tests/foundations/test_conventions.py checks each.
 
 * FFT: orthonormal (``norm="ortho"``), DC at index 0, no fftshift in the model (detector frames stored
   with DC at index 0 in memory; CXI files hold them fftshifted, DC at the centre, like detectors do).

@@ -1,10 +1,15 @@
 import importlib.metadata as md
+import os
 import sys
 
 import numpy as np
 import pytest
 
 from hpc_pt.backend import gpu_available
+
+# the tests live in one folder per layer (tests/operators/, tests/solvers/, ...); the helpers they share
+# (threadcomm, gradcheck, slab_helpers, operator_checks) stay here, at the top of tests/
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 #: the packages whose versions decide numerical results; printed in the test run's header
 REPORTED = ("numpy", "scipy", "scikit-image", "h5py", "zarr", "finufft", "pydantic", "matplotlib", "mpi4py",

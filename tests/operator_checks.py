@@ -18,7 +18,7 @@ import pytest
 from hpc_pt.operators import AdjointOperator, dot_test
 
 C64, C128 = np.dtype(np.complex64), np.dtype(np.complex128)
-#: dot-test bound per dtype (tests/test_operators.py's TOL, with headroom for products of operators)
+#: dot-test bound per dtype (tests/operators/test_operators.py's TOL, with headroom for products of operators)
 ADJOINT_TOL = MappingProxyType({C64: 1e-5, C128: 1e-12})
 #: relative error allowed between two ways of computing the same linear combination
 LINEAR_TOL = MappingProxyType({C64: 1e-5, C128: 1e-12})

@@ -1,4 +1,4 @@
-"""Shared by tests/test_slabs.py and tests/mpi_scripts/slab_checks.py: the checks of a SlabSpace against
+"""Shared by tests/parallel/test_slabs.py and tests/mpi_scripts/slab_checks.py: the checks of a SlabSpace against
 the global (serial) operators, written once and run with any Comm."""
 from __future__ import annotations
 

@@ -112,7 +112,8 @@ class Ptycho2DResult:
 class _Problem:
     """Frames, mask, operator and the per-pixel helpers every method shares."""
 
-    def __init__(self, frames, positions, probe, field_shape, angle_index, mask, dtype, comm: Comm | None):
+    def __init__(self, frames, positions, probe, field_shape, angle_index, mask, dtype, comm: Comm | None,
+                 frame_batch: int | None = None):
         xp = get_xp(frames)
         self.xp = xp
         self.dtype = np.dtype(dtype)
@@ -129,7 +130,8 @@ class _Problem:
                             else np.asarray(to_numpy(angle_index), np.int64).ravel())
         self.field_shape = field_shape
         self.op = Ptychography(xp.asarray(probe).astype(self.dtype), self.positions, field_shape,
-                               angle_index=angle_index if len(field_shape) == 3 else None, dtype=self.dtype)
+                               angle_index=angle_index if len(field_shape) == 3 else None, dtype=self.dtype,
+                               frame_batch=frame_batch)
         self.f = xp.maximum(frames.astype(self.rdtype, copy=False), 0)
         self.a = xp.sqrt(self.f)
         if mask is None:
@@ -331,7 +333,7 @@ class EPIE(IterativeSolver):
         Update the probe from epoch ``probe_start`` on.
     probe_start : int
         The first epoch (0-based) with a probe update.
-    obj_init, seed, footprint, max_batch
+    obj_init, seed, footprint, max_batch, frame_batch
         As for :func:`epie`.
     """
 
@@ -339,9 +341,10 @@ class EPIE(IterativeSolver):
 
     def __init__(self, frames, positions, probe, field_shape=None, alpha: float = 1.0, beta: float = 1.0,
                  probe_refine: bool = False, probe_start: int = 2, obj_init="ones", mask=None, angle_index=None,
-                 seed: int = 0, footprint: float = 0.01, max_batch: int | None = None, dtype=np.complex64):
+                 seed: int = 0, footprint: float = 0.01, max_batch: int | None = None, dtype=np.complex64,
+                 frame_batch: int | None = None):
         field_shape = _default_field(field_shape, positions, probe)
-        self.pb = pb = _Problem(frames, positions, probe, field_shape, angle_index, mask, dtype, None)
+        self.pb = pb = _Problem(frames, positions, probe, field_shape, angle_index, mask, dtype, None, frame_batch)
         self.xp = pb.xp
         self.alpha, self.beta, self.probe_refine, self.probe_start = alpha, beta, probe_refine, probe_start
         self.obj_init, self.max_batch, self.seed = obj_init, max_batch, seed
@@ -481,7 +484,8 @@ class EPIE(IterativeSolver):
 def epie(frames, positions, probe, field_shape=None, iterations: int = 50, alpha: float = 1.0,
          beta: float = 1.0, probe_refine: bool = False, probe_start: int = 2, obj_init="ones", mask=None,
          angle_index=None, seed: int = 0, footprint: float = 0.01, max_batch: int | None = None,
-         dtype=np.complex64, callback=None, checkpoints: Checkpointer = NO_CHECKPOINTS) -> Ptycho2DResult:
+         dtype=np.complex64, callback=None, checkpoints: Checkpointer = NO_CHECKPOINTS,
+         frame_batch: int | None = None) -> Ptycho2DResult:
     """ePIE in random compact (non-overlapping) batches (:class:`EPIE`; module docstring).
 
     Parameters
@@ -521,6 +525,9 @@ def epie(frames, positions, probe, field_shape=None, iterations: int = 50, alpha
     checkpoints : Checkpointer
         Hands the loop state (:class:`EPIEState`, :class:`DMState`, :class:`MLState`) out and back on resume
         (bitwise).
+    frame_batch : int, optional
+        Frames per batch of the window operator (:class:`~hpc_pt.operators.Ptychography`; the run's
+        ``Execution.frame_batch``, default its byte budget).
 
     Returns
     -------
@@ -531,7 +538,7 @@ def epie(frames, positions, probe, field_shape=None, iterations: int = 50, alpha
     """
     _check("epie", iterations, probe_start)
     solver = EPIE(frames, positions, probe, field_shape, alpha, beta, probe_refine, probe_start, obj_init, mask,
-                  angle_index, seed, footprint, max_batch, dtype)
+                  angle_index, seed, footprint, max_batch, dtype, frame_batch)
     return run(solver, iterations, callback, checkpoints)
 
 
@@ -607,15 +614,17 @@ class DM(IterativeSolver):
         Sums over ranks when the frames of one probe are spread over several.
     iterations : int
         The run's length (the final overlap projection is done only when > 0).
+    frame_batch : int, optional
+        As for :func:`epie`.
     """
 
     State = DMState
 
     def __init__(self, frames, positions, probe, field_shape=None, probe_refine: bool = False, probe_start: int = 2,
                  obj_init="ones", mask=None, angle_index=None, eps: float = 1e-5, dtype=np.complex64,
-                 comm: Comm | None = None, iterations: int = 100):
+                 comm: Comm | None = None, iterations: int = 100, frame_batch: int | None = None):
         field_shape = _default_field(field_shape, positions, probe)
-        self.pb = _Problem(frames, positions, probe, field_shape, angle_index, mask, dtype, comm)
+        self.pb = _Problem(frames, positions, probe, field_shape, angle_index, mask, dtype, comm, frame_batch)
         self.xp, self.op = self.pb.xp, self.pb.op
         self.probe_refine, self.probe_start, self.obj_init, self.eps = probe_refine, probe_start, obj_init, eps
         self.iterations = int(iterations)
@@ -745,7 +754,7 @@ class DM(IterativeSolver):
 def dm(frames, positions, probe, field_shape=None, iterations: int = 100, probe_refine: bool = False,
        probe_start: int = 2, obj_init="ones", mask=None, angle_index=None, eps: float = 1e-5,
        dtype=np.complex64, comm: Comm | None = None, callback=None,
-       checkpoints: Checkpointer = NO_CHECKPOINTS) -> Ptycho2DResult:
+       checkpoints: Checkpointer = NO_CHECKPOINTS, frame_batch: int | None = None) -> Ptycho2DResult:
     """Difference map (Thibault et al. 2009), all frames at once (:class:`DM`; module docstring).
 
     Parameters
@@ -757,7 +766,7 @@ def dm(frames, positions, probe, field_shape=None, iterations: int = 100, probe_
     comm : Comm, optional
         Sums the probe update and the statistics over ranks when the frames of one probe are spread over
         several.
-    callback, checkpoints
+    callback, checkpoints, frame_batch
         As for :func:`epie`.
 
     Returns
@@ -768,7 +777,7 @@ def dm(frames, positions, probe, field_shape=None, iterations: int = 100, probe_
     """
     _check("dm", iterations, probe_start)
     solver = DM(frames, positions, probe, field_shape, probe_refine, probe_start, obj_init, mask, angle_index, eps,
-                dtype, comm, iterations)
+                dtype, comm, iterations, frame_batch)
     return run(solver, iterations, callback, checkpoints)
 
 
@@ -845,7 +854,7 @@ class MLCG(IterativeSolver):
     ----------
     frames, positions, probe, field_shape, mask, angle_index, dtype
         The problem.
-    probe_refine, probe_start, obj_init, noise, background, precondition, newton_steps, comm
+    probe_refine, probe_start, obj_init, noise, background, precondition, newton_steps, comm, frame_batch
         As for :func:`ml_cg`.
 
     Raises
@@ -858,11 +867,12 @@ class MLCG(IterativeSolver):
 
     def __init__(self, frames, positions, probe, field_shape=None, probe_refine: bool = False, probe_start: int = 2,
                  obj_init="ones", mask=None, angle_index=None, noise: str = "poisson", background: float = 0.0,
-                 precondition: float = 1e-2, newton_steps: int = 3, dtype=np.complex64, comm: Comm | None = None):
+                 precondition: float = 1e-2, newton_steps: int = 3, dtype=np.complex64, comm: Comm | None = None,
+                 frame_batch: int | None = None):
         if noise not in ("poisson", "gaussian"):
             raise ValueError(f"unknown noise model {noise!r}; use 'poisson' or 'gaussian'")
         field_shape = _default_field(field_shape, positions, probe)
-        self.pb = pb = _Problem(frames, positions, probe, field_shape, angle_index, mask, dtype, comm)
+        self.pb = pb = _Problem(frames, positions, probe, field_shape, angle_index, mask, dtype, comm, frame_batch)
         xp, comm = pb.xp, pb.comm
         self.xp, self.op, self.comm = xp, pb.op, comm
         self.probe_refine, self.probe_start, self.obj_init = probe_refine, probe_start, obj_init
@@ -1047,7 +1057,8 @@ def _rdot(x, y) -> float:
 def ml_cg(frames, positions, probe, field_shape=None, iterations: int = 100, probe_refine: bool = False,
           probe_start: int = 2, obj_init="ones", mask=None, angle_index=None, noise: str = "poisson",
           background: float = 0.0, precondition: float = 1e-2, newton_steps: int = 3, dtype=np.complex64,
-          comm: Comm | None = None, callback=None, checkpoints: Checkpointer = NO_CHECKPOINTS) -> Ptycho2DResult:
+          comm: Comm | None = None, callback=None, checkpoints: Checkpointer = NO_CHECKPOINTS,
+          frame_batch: int | None = None) -> Ptycho2DResult:
     """Maximum likelihood by preconditioned Polak-Ribiere nonlinear CG with exact (Newton) line search (:class:`MLCG`).
 
     Note: on noise-free data with a large dynamic range (e.g. the linear Rytov model, whose free space is 0)
@@ -1068,7 +1079,7 @@ def ml_cg(frames, positions, probe, field_shape=None, iterations: int = 100, pro
         Newton steps of the line search.
     comm : Comm, optional
         Reduces the probe gradient and the line-search sums over ranks.
-    callback, checkpoints
+    callback, checkpoints, frame_batch
         As for :func:`epie`.
 
     Returns
@@ -1084,7 +1095,7 @@ def ml_cg(frames, positions, probe, field_shape=None, iterations: int = 100, pro
     """
     _check("ml", iterations, probe_start)
     solver = MLCG(frames, positions, probe, field_shape, probe_refine, probe_start, obj_init, mask, angle_index,
-                  noise, background, precondition, newton_steps, dtype, comm)
+                  noise, background, precondition, newton_steps, dtype, comm, frame_batch)
     return run(solver, iterations, callback, checkpoints)
 
 

@@ -10,7 +10,7 @@ tables from the specs, and ``hpc-pt reconstruct --help`` lists every method's op
 Adding a method is one new module with an options model, a solver (an
 :class:`~hpc_pt.solvers.base.IterativeSolver` run by :func:`~hpc_pt.solvers.base.run`) and a spec, plus one
 line: its ``"module:SPEC"`` in :data:`BUILTIN_SOLVERS` (or ``register_solver(SPEC)`` from outside the
-package, as ``tests/test_solver_registry.py`` does with a toy solver).
+package, as ``tests/solvers/test_solver_registry.py`` does with a toy solver).
 """
 from __future__ import annotations
 

@@ -506,7 +506,7 @@ def _ptycho_stage(shard, comm: Comm, opts, hist, callback, checkpoints, st, posi
     A = len(model.angles)
     H, W = model.field_shape
     kw = {"probe_refine": opts.probe_refine, "probe_start": opts.probe_start, "obj_init": opts.obj_init,
-          "mask": shard.mask, "dtype": dtype}
+          "mask": shard.mask, "dtype": dtype, "frame_batch": model.ptycho.frame_batch}  # the run's frame batch
     if opts.method == "epie":
         kw.update(alpha=opts.alpha, beta=opts.beta, seed=opts.seed)
     elif opts.method == "ml":

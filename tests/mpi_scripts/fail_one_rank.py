@@ -1,4 +1,4 @@
-"""Run by tests/test_mpi.py as ``mpiexec -n 2 python fail_one_rank.py DATA OUT`` (no ``-m mpi4py``, so
+"""Run by tests/parallel/test_mpi.py as ``mpiexec -n 2 python fail_one_rank.py DATA OUT`` (no ``-m mpi4py``, so
 the CLI's own abort is what stops the job): the CLI's ``reconstruct --backend mpi`` where rank 1's solver
 raises after the setup while rank 0 goes on into the solver's first collective. The job must end
 non-zero within seconds instead of rank 0 waiting forever."""

@@ -1,4 +1,4 @@
-"""Run by tests/test_mpi.py as ``mpiexec -n P python -m mpi4py recon_methods.py DATA OUTDIR CASES.json``.
+"""Run by tests/parallel/test_mpi.py as ``mpiexec -n P python -m mpi4py recon_methods.py DATA OUTDIR CASES.json``.
 
 First checks the :class:`MPIComm` collectives (rank 0 writes OUTDIR/comm.json). Then every rank
 reconstructs DATA (a CXI file) with ``MPIComm`` for each case ``[name, method, iterations, settings]``

@@ -1,4 +1,4 @@
-"""Run by tests/test_slabs.py: ``mpiexec -n P python -m mpi4py slab_checks.py N_ANGLES OUT.json``; rank 0
+"""Run by tests/parallel/test_slabs.py: ``mpiexec -n P python -m mpi4py slab_checks.py N_ANGLES OUT.json``; rank 0
 writes every rank's check results (tests/slab_helpers.run_checks) to OUT.json."""
 import json
 import os

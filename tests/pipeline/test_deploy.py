@@ -22,7 +22,7 @@ import pytest
 
 from hpc_pt.cli import main as cli_main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LAUNCH = ["launch/mpi_local.sh", "launch/dask_local.sh", "launch/dask_scheduler.sh", "launch/demo.sh"]
 SBATCH = ["slurm/reconstruct_cpu.sbatch", "slurm/reconstruct_gpu.sbatch", "slurm/simulate_and_reconstruct.sbatch"]
 SHELL = LAUNCH + SBATCH + ["slurm/local_slurm.sh"]

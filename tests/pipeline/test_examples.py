@@ -7,7 +7,7 @@ import pytest
 from hpc_pt.pipeline import ReconConfig
 from hpc_pt.simulate import SimulationConfig
 
-ROOT = os.path.join(os.path.dirname(__file__), "..", "examples")
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "reconstruct_*.toml"))))

@@ -36,7 +36,7 @@ from hpc_pt.pipeline import build_shard, volume_shape_for
 from hpc_pt.simulate import SimulationConfig, simulate_dataset
 from test_mpi import mpiexec_path
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import scaling  # noqa: E402  (benchmarks/scaling.py: the model lives there, not in hpc_pt)
 

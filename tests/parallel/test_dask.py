@@ -21,11 +21,11 @@ import pytest
 from hpc_pt import reconstruct
 from test_mpi import _ragged  # the same ragged 16^3 dataset the MPI tests use
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOL = 1e-5
 
 # name, method, iterations, settings: iteration counts at which MPI/Dask and serial differ by float32
-# rounding only (see tests/test_mpi.py for why APT/APTs start from zeros)
+# rounding only (see tests/parallel/test_mpi.py for why APT/APTs start from zeros)
 CASES = [
     ["apt", "apt", 3, {"init": "zeros"}],
     ["apts", "apts", 3, {"init": "zeros"}],
@@ -59,7 +59,7 @@ def client():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    """16^3 phantom, 4 angles, Fermat scan, ragged frame counts (as tests/test_mpi.py)."""
+    """16^3 phantom, 4 angles, Fermat scan, ragged frame counts (as tests/parallel/test_mpi.py)."""
     path = tmp_path_factory.mktemp("dask") / "a4.cxi"
     _ragged(4, path)
     return path
@@ -335,7 +335,7 @@ DET_HISTORY = {"apt": ("objective", "r_factor", "primal_residual", "rel_change",
 @pytest.mark.parametrize("workers", [2, 3])
 def test_dask_deterministic_bitwise(client, data, workers, method, mode):
     """The deterministic mode, asked for or by default (APT from its default constant start, GD): 2 and 3
-    Dask workers give the serial volume and history bit for bit (tests/test_mpi.py: MPI ranks)."""
+    Dask workers give the serial volume and history bit for bit (tests/parallel/test_mpi.py: MPI ranks)."""
     from hpc_pt.dask_run import run_dask
 
     settings = {"method": method, "iterations": 4}

@@ -161,7 +161,7 @@ def test_gd_rejects_bad_input(clean):
     lin = Shard(model=ForwardModel(sh.volume_shape, sh.model.angles, sh.model.ptycho.probe,
                                    [a.positions for a in ds.angles], sh.model.field_shape, model="linear"),
                 intensities=sh.intensities, angle_ids=sh.angle_ids, space=sh.space)
-    # the linear model has no far field at u = 0 (tests/test_models.py runs it from its constant start)
+    # the linear model has no far field at u = 0 (tests/solvers/test_models.py runs it from its constant start)
     with pytest.raises(ValueError, match="linear model cannot start from zeros"):
         run_gd(lin, SerialComm(), GDOptions(iterations=1, init="zeros"))
     with pytest.raises(ValueError, match="linear model cannot start from zeros"):

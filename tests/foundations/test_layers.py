@@ -2,7 +2,7 @@
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1] / "hpc_pt"
+ROOT = Path(__file__).resolve().parents[2] / "hpc_pt"
 
 #: layer of each top-level module or package of hpc_pt (0: dependency-free foundations)
 LAYERS = {

@@ -17,7 +17,7 @@ import ast
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 #: packages and modules whose public API must carry numpydoc docstrings (dotted names under the checkout)
 DOCUMENTED = (

@@ -20,7 +20,7 @@ from hpc_pt.operators import ForwardModel, Projector, dot_test
 from hpc_pt.pipeline import ReconConfig, build_shard, reconstruct
 from hpc_pt.simulate import SimulationConfig, simulate_dataset
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 from threadcomm import run_threads  # noqa: E402
 
 # 16^3 Shepp-Logan in a 26-pixel field, dense noise-free raster; the rotation axis 3 px right of the centre

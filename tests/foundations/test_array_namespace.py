@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1] / "hpc_pt"
+ROOT = Path(__file__).resolve().parents[2] / "hpc_pt"
 #: the array-code packages (docs/architecture.md layers 2, 4, 5, 6); backend.py is the one place that may
 #: branch on the array type itself
 PACKAGES = ("operators", "priors", "solvers", "parallel", "comm.py")

@@ -10,7 +10,7 @@ import pytest
 
 from hpc_pt.parallel import SerialComm, chunk_rows, slab_bounds
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 from slab_helpers import assert_checks, run_checks  # noqa: E402
 from threadcomm import run_threads  # noqa: E402
 
@@ -50,7 +50,7 @@ def test_mpi_ranks_match_global(tmp_path):
     import shutil
     import subprocess
 
-    script = os.path.join(os.path.dirname(__file__), "mpi_scripts", "slab_checks.py")
+    script = os.path.join(os.path.dirname(os.path.dirname(__file__)), "mpi_scripts", "slab_checks.py")
     here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     exe = here if os.access(here, os.X_OK) else shutil.which("mpiexec")
     assert exe, "mpiexec not found: install the test extra"

@@ -24,7 +24,7 @@ from hpc_pt.pipeline import ReconConfig
 from hpc_pt.simulate import SimulationConfig
 from hpc_pt.simulate.config import scaled_defaults
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LAUNCH_VARS = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_RANK",
                "MV2_COMM_WORLD_SIZE", "PMIX_RANK", "SLURM_STEP_NUM_TASKS", "SLURM_STEP_ID", "SLURM_NTASKS",
                "SLURM_PROCID")

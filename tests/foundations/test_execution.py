@@ -12,7 +12,7 @@ from hpc_pt.errors import InputError
 from hpc_pt.execution import (LOCAL_SIZE_VARS, Execution, apply_thread_policy, cpu_budget, ranks_on_node,
                               threads_per_rank)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 THREAD_VARS = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "HPC_PT_FFT_WORKERS", "HPC_PT_NUFFT_THREADS",
                "HPC_PT_THREADS")
 

@@ -30,7 +30,7 @@ from hpc_pt.io import write_cxi
 from hpc_pt.parallel import plan_shards, split_angles
 from hpc_pt.simulate import SimulationConfig, simulate_dataset
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "mpi_scripts", "recon_methods.py")
+SCRIPT = os.path.join(os.path.dirname(os.path.dirname(__file__)), "mpi_scripts", "recon_methods.py")
 TOL = 1e-5
 
 # The linear-model cases start from zeros (APT) or a fixed random volume (GD / ADMM: zeros has no gradient

@@ -17,7 +17,7 @@ from hpc_pt import reconstruct
 from hpc_pt.io import read_volume
 from test_mpi import _ragged, mpiexec_path
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ITERATIONS, EVERY = 200, 3
 
 

@@ -18,7 +18,7 @@ from hpc_pt.errors import InputError
 from hpc_pt.progress import (ProgressReporter, StageTracker, describe_frames, format_bytes, format_duration,
                              parse_every, step)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL = dict(size=24, angles=3, probe_size=12, probe_fwhm=5.0, step=6.0)
 CLOCK = r"\d+:\d\d:\d\d"
 ROW = re.compile(rf"^(?P<tag>[a-z ]*iter) +(?P<i>\d+)/(?P<n>\d+)  objective \S+  R-factor \S+.*"

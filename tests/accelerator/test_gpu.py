@@ -79,7 +79,7 @@ def test_slab_space_gpu_matches_cpu(rng):
 
     import cupy as cp
 
-    sys.path.insert(0, os.path.dirname(__file__))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
     from threadcomm import run_threads
 
     from hpc_pt.parallel import SlabSpace

@@ -340,3 +340,18 @@ def test_every_iterative_solver_declares_its_state_once():
     for c in classes:
         assert is_dataclass(c.State) and len(fields(c.State)) >= 2, c
     assert isinstance(History(), History)
+
+
+def test_frame_batch_reaches_the_2d_solvers():
+    """The run's frame batch reaches the 2D solvers' window operator (the 2-step passes its shard's); batching
+    changes the order of the adjoint's sums only."""
+    from hpc_pt.solvers.ptycho2d import DM, dm
+
+    sh, _ = _shard("linear")
+    pt = sh.model.ptycho
+    f, pos = sh.intensities[:pt.n_frames // 6], np.asarray(pt.positions)[:pt.n_frames // 6]
+    probe = np.asarray(pt.probe)
+    assert DM(f, pos, probe, frame_batch=3).pb.op.frame_batch == 3
+    a = dm(f, pos, probe, iterations=5, frame_batch=3, dtype=np.complex128)
+    b = dm(f, pos, probe, iterations=5, dtype=np.complex128)
+    assert _rel(a.obj, b.obj) < 1e-10

@@ -461,7 +461,7 @@ def test_threaded_ranks_match_serial(small_cxi, size):
 
     from hpc_pt import reconstruct
 
-    sys.path.insert(0, os.path.dirname(__file__))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
     from threadcomm import run_threads
 
     ds, _path = small_cxi
