@@ -5,8 +5,9 @@
 
 Writes JSON (``--out``, default: print only). The layer of a module comes from ``tests/foundations/test_layers.py``
 (``LAYERS``), the one place the layer map is written; modules missing there count as "unknown".
-Lines are physical lines of the .py files; functions are measured from ``def`` to their last line
-(decorators excluded), nested functions separately.
+Two counts: ``lines`` are physical lines of the .py files, ``code`` leaves out blank lines, comment-only
+lines and docstrings (module, class and function docstrings). Functions are measured from ``def`` to their
+last line (decorators excluded), nested functions separately, in both counts.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _layers() -> dict:
-    spec = importlib.util.spec_from_file_location("_test_layers", ROOT / "tests" / "test_layers.py")
+    spec = importlib.util.spec_from_file_location("_test_layers", ROOT / "tests" / "foundations" / "test_layers.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return dict(mod.LAYERS)
@@ -36,30 +37,57 @@ def _sources(rev: str | None) -> dict[str, str]:
                               text=True).stdout for n in names if n.endswith(".py")}
 
 
+def _doc_lines(tree) -> set:
+    """Line numbers of the module's, classes' and functions' docstrings."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(getattr(first, "value", None), ast.Constant) \
+                    and isinstance(first.value.value, str):
+                out.update(range(first.lineno, first.end_lineno + 1))
+    return out
+
+
+def _code_lines(text: str, docs: set) -> set:
+    """Line numbers that hold code: not blank, not only a comment, not a docstring."""
+    return {i for i, line in enumerate(text.splitlines(), 1)
+            if line.strip() and not line.strip().startswith("#") and i not in docs}
+
+
 def stats(rev: str | None = None, top: int = 10) -> dict:
     """Lines per layer, per module and the ``top`` longest functions of hpc_pt/ at ``rev``."""
     layers = _layers()
-    per_layer: dict[str, int] = {}
+    per_layer: dict[str, list] = {}
     funcs = []
-    total = 0
+    total = [0, 0]
     for name, text in _sources(rev).items():
         parts = Path(name).with_suffix("").parts[1:]
         top_mod = parts[0] if parts else "__init__"
         layer = layers.get(top_mod)
         key = f"{layer}:{top_mod}" if layer is not None else f"unknown:{top_mod}"
-        n = len(text.splitlines())
-        per_layer[key] = per_layer.get(key, 0) + n
-        total += n
-        for node in ast.walk(ast.parse(text)):
+        tree = ast.parse(text)
+        code = _code_lines(text, _doc_lines(tree))
+        n = [len(text.splitlines()), len(code)]
+        per_layer[key] = [a + b for a, b in zip(per_layer.get(key, [0, 0]), n)]
+        total = [a + b for a, b in zip(total, n)]
+        for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                funcs.append((node.end_lineno - node.lineno + 1, f"{name}:{node.lineno} {node.name}"))
-    by_layer: dict[str, int] = {}
+                span = range(node.lineno, node.end_lineno + 1)
+                funcs.append((sum(1 for i in span if i in code), len(span), f"{name}:{node.lineno} {node.name}"))
+    by_layer: dict[str, list] = {}
     for key, n in per_layer.items():
-        by_layer[key.split(":")[0]] = by_layer.get(key.split(":")[0], 0) + n
+        lay = key.split(":")[0]
+        by_layer[lay] = [a + b for a, b in zip(by_layer.get(lay, [0, 0]), n)]
+
+    def pair(n):
+        return {"lines": n[0], "code": n[1]}
+
     funcs.sort(reverse=True)
-    return {"rev": rev or "working tree", "total_lines": total,
-            "lines_per_layer": dict(sorted(by_layer.items())), "lines_per_module": dict(sorted(per_layer.items())),
-            "longest_functions": [{"lines": n, "where": w} for n, w in funcs[:top]]}
+    return {"rev": rev or "working tree", "total": pair(total),
+            "per_layer": {k: pair(v) for k, v in sorted(by_layer.items())},
+            "per_module": {k: pair(v) for k, v in sorted(per_layer.items())},
+            "longest_functions_by_code": [{"code": c, "lines": n, "where": w} for c, n, w in funcs[:top]]}
 
 
 def main(argv=None) -> int:

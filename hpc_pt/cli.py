@@ -578,7 +578,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     try:
-        _thread_policy()
+        _thread_policy(args)
     except InputError as exc:  # HPC_PT_THREADS that is not a positive integer
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -600,13 +600,17 @@ def main(argv=None) -> int:
         return 130
 
 
-def _thread_policy() -> dict:
+def _thread_policy(args) -> dict:
     """The execution policy's process environment (:func:`hpc_pt.execution.apply_thread_policy`), applied
     before any library starts its threads: threads per rank from the CPUs this process may use divided among
-    the launcher's ranks on the node, OpenMP threads waiting passively; whatever the user set is kept."""
+    the launcher's ranks on the node (or among the ``--workers`` of a local Dask cluster, which inherit it),
+    OpenMP threads waiting passively; whatever the user set is kept."""
     from .execution import apply_thread_policy, threads_per_rank
 
-    return apply_thread_policy(threads_per_rank())
+    threads = threads_per_rank()
+    if getattr(args, "backend", None) == "dask" and getattr(args, "scheduler", None) is None:
+        threads = max(1, threads // max(1, int(getattr(args, "workers", None) or 1)))
+    return apply_thread_policy(threads)
 
 
 def _float_errors_quiet():

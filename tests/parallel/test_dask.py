@@ -459,3 +459,17 @@ def test_cli_dask_flag_errors(data, tmp_path, flags):
     assert len(lines) == 1 and lines[0].startswith("error: "), p.stderr
     assert "--backend dask" in lines[0]
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_local_workers_get_the_thread_policy(client):
+    """A local cluster's workers get the execution policy before they spawn: the CPU budget divided among
+    them, OpenMP waiting passively, unless the parent's environment already says otherwise."""
+    from hpc_pt.execution import cpu_budget
+    from hpc_pt.parallel.dask.cluster import worker_thread_env
+
+    env = worker_thread_env(2, environ={})
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and "HPC_PT_NUFFT_THREADS" not in env
+    assert int(env["OMP_NUM_THREADS"]) == max(1, cpu_budget({})[0] // 2) == int(env["HPC_PT_FFT_WORKERS"])
+    assert worker_thread_env(2, environ={"OMP_WAIT_POLICY": "ACTIVE"}).get("OMP_WAIT_POLICY") is None
+    seen = client.run(lambda: os.environ.get("OMP_WAIT_POLICY"))
+    assert set(seen.values()) == {os.environ.get("OMP_WAIT_POLICY") or "PASSIVE"}

@@ -46,8 +46,38 @@ def local_cluster(workers: int, **kwargs):
     distributed = load_distributed()
     opts = {"n_workers": int(workers), "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
             "dashboard_address": "127.0.0.1:0", **kwargs}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+    env = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+    env.update({f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in worker_thread_env(int(workers)).items()})
+    with dask.config.set(env):
         return distributed.LocalCluster(**opts)
+
+
+def worker_thread_env(workers: int, environ=None) -> dict:
+    """The execution policy's thread variables for each of ``workers`` local worker processes (set before
+    they spawn, so OpenMP reads them at load): this process's CPU budget divided among the workers, OpenMP
+    waiting passively; a variable the user set is left out (the workers inherit it).
+
+    Parameters
+    ----------
+    workers : int
+        Worker processes on this node.
+    environ : Mapping, optional
+        The environment to read (default ``os.environ``).
+
+    Returns
+    -------
+    dict
+        Variable -> value for the workers' environment.
+    """
+    import os
+
+    from ...execution import apply_thread_policy, cpu_budget
+
+    environ = os.environ if environ is None else environ
+    threads = max(1, cpu_budget(environ)[0] // max(1, int(workers)))
+    wanted: dict = {}
+    apply_thread_policy(threads, wanted)  # what the policy would set in an empty environment
+    return {k: v for k, v in wanted.items() if environ.get(k) is None}
 
 
 @contextmanager
