@@ -1,4 +1,4 @@
-"""Command line: ``hpc-pt {simulate,info,validate,reconstruct,ptycho2d,demo,evaluate,convert}``. Parses arguments and delegates; no physics here.
+"""Command line: ``hpc-pt {simulate,info,validate,reconstruct,ptycho2d,demo,evaluate,convert,schema}``. Parses arguments and delegates; no physics here.
 
 Every user error (:class:`hpc_pt.errors.InputError`) becomes one line ``error: ...`` on stderr and exit
 code 2; nothing is left half-written because the writers are atomic.
@@ -113,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--force", action="store_true", help="overwrite an earlier demo's files")
     d.add_argument("--quiet", action="store_true", help="no per-iteration progress")
     _add_progress_flag(d)
+
+    sc = sub.add_parser("schema", help="print the JSON Schema of a config file's settings (generated from the "
+                                       "settings models and every method's options)")
+    sc.add_argument("kind", choices=["reconstruct", "simulate"], help="which command's settings")
 
     e = sub.add_parser("evaluate", help="compare a reconstruction with the ground truth")
     e.add_argument("recon", help="reconstruction Zarr store")
@@ -546,7 +550,14 @@ def _convert(args) -> int:
     return 0
 
 
-COMMANDS = {"simulate": _simulate, "info": _info, "validate": _validate, "evaluate": _evaluate,
+def _schema(args) -> int:
+    from .pipeline import config_schema
+
+    print(json.dumps(config_schema(args.kind), indent=1))
+    return 0
+
+
+COMMANDS = {"schema": _schema, "simulate": _simulate, "info": _info, "validate": _validate, "evaluate": _evaluate,
             "reconstruct": _reconstruct, "ptycho2d": _ptycho2d, "demo": _demo, "convert": _convert}
 
 

@@ -130,6 +130,53 @@ class ReconConfig(BaseModel):
         return cls.build(data, source=str(p))
 
 
+def config_schema(kind: str = "reconstruct") -> dict:
+    """The JSON Schema of a config file's settings, generated from the settings models.
+
+    ``"reconstruct"``: :class:`ReconConfig`'s fields, with ``options`` checked against the chosen method's
+    options model (``method`` absent: the default method's), one ``if`` / ``then`` rule per registered method;
+    ``"simulate"``: :class:`hpc_pt.simulate.SimulationConfig`. A config file may also put the settings under a
+    ``[reconstruct]`` / ``[simulate]`` table; the schema describes that table.
+
+    Parameters
+    ----------
+    kind : str
+        "reconstruct" or "simulate".
+
+    Returns
+    -------
+    dict
+        The schema (JSON Schema draft 2020-12, as pydantic writes it).
+
+    Raises
+    ------
+    InputError
+        For another ``kind``.
+    """
+    if kind == "simulate":
+        from .simulate import SimulationConfig
+
+        return SimulationConfig.model_json_schema()
+    if kind != "reconstruct":
+        raise InputError(f"no settings schema for {kind!r}; use reconstruct or simulate")
+    from .solvers.registry import all_specs
+
+    schema = ReconConfig.model_json_schema()
+    default = ReconConfig.model_fields["method"].default
+
+    def options_rule(spec):
+        opts = spec.options.model_json_schema()
+        return {"properties": {"options": {"type": "object", "properties": opts.get("properties", {}),
+                                           "additionalProperties": False}}}
+
+    rules = [{"if": {"properties": {"method": {"const": name}}, "required": ["method"]}, "then": options_rule(spec)}
+             for name, spec in all_specs().items()]
+    rules.append({"if": {"not": {"required": ["method"]}}, "then": options_rule(all_specs()[default])})
+    schema["properties"]["method"]["enum"] = list(all_specs())
+    schema["allOf"] = rules
+    return schema
+
+
 @dataclass
 class ReconResult:
     volume: np.ndarray
