@@ -369,13 +369,18 @@ def refine_estimated_probe(cfg: ReconConfig, attrs: dict) -> ReconConfig:
 
 #: generic settings a method may take (setting one the method does not take explicitly is an error, not
 #: silently ignored); each spec's ``generic`` says which it takes and which of its options each one sets
-GENERIC = {"noise", "prior", "prior_weight", "penalty", "probe_refine", "init"}
+def _generic_flags() -> set:
+    """The generic settings a user gives (the registry's :data:`~hpc_pt.solvers.registry.GENERIC` less the
+    pipeline's own: ``iterations`` every method takes, ``support_width`` from the input)."""
+    from .solvers.registry import GENERIC
+
+    return set(GENERIC) - {"iterations", "support_width"}
 
 
 def check_settings(cfg: ReconConfig, model: str) -> None:
     """Reject settings the chosen method would ignore, and model/method mismatches, before any work."""
     spec = _spec(cfg.method)
-    unused = sorted((cfg.model_fields_set & GENERIC) - set(spec.generic))
+    unused = sorted((cfg.model_fields_set & _generic_flags()) - set(spec.generic))
     if "prior" in spec.fixed and cfg.prior != spec.fixed["prior"] and "prior" in cfg.model_fields_set:
         unused.append("prior")
     if unused:
@@ -545,11 +550,13 @@ def _refuse_unknown_options(cls, cfg: ReconConfig) -> set:
     return names
 
 
-def _options(cls, cfg: ReconConfig, mapped: dict):
-    """Instantiate a solver's options model from option values ``mapped`` plus ``cfg.options``."""
+def _options(cls, cfg: ReconConfig, mapped: dict, fixed=None):
+    """Instantiate a solver's options model from option values ``mapped`` plus ``cfg.options``, then the
+    options the method pins (``fixed``, which win)."""
     names = _refuse_unknown_options(cls, cfg)
     values = {k: v for k, v in mapped.items() if k in names and v is not None}
     values.update(_coerce(cls, dict(cfg.options)))
+    values.update(fixed or {})
     return cls(**values)
 
 
@@ -564,8 +571,9 @@ def _generic_values(cfg: ReconConfig, support=None) -> dict:
     return out
 
 
-def method_options(cfg: ReconConfig, support=None, values: dict | None = None):
-    """The options model instance a run of ``cfg`` hands its solver.
+def method_options(cfg: ReconConfig, support=None):
+    """The options model instance a run of ``cfg`` hands its solver (before the spec's data-dependent
+    ``prepare``).
 
     Parameters
     ----------
@@ -573,8 +581,6 @@ def method_options(cfg: ReconConfig, support=None, values: dict | None = None):
         The settings.
     support : float, optional
         The simulated sample width (the 2-step method's free-space band).
-    values : dict, optional
-        Option values already translated (a spec's ``prepare`` result); default: from ``cfg``.
 
     Returns
     -------
@@ -582,30 +588,21 @@ def method_options(cfg: ReconConfig, support=None, values: dict | None = None):
         The validated options (``cfg.options`` override the generic settings; the spec's pinned options win).
     """
     spec = _spec(cfg.method)
-    if values is None:
-        values = _translated(spec, cfg, support)
-    opts = _options(spec.options, cfg, values)
-    return spec.build_options(opts.model_dump(exclude_unset=True)) if spec.fixed else opts
-
-
-def _translated(spec, cfg: ReconConfig, support=None) -> dict:
-    return {spec.generic[k]: v for k, v in _generic_values(cfg, support).items() if k in spec.generic}
+    values = {spec.generic[k]: v for k, v in _generic_values(cfg, support).items() if k in spec.generic}
+    return _options(spec.options, cfg, values, spec.fixed)
 
 
 def _run_method(cfg: ReconConfig, shard, comm, callback, u0, support=None, checkpoints=None,
                 noise_free: bool = False):
-    """Build ``cfg``'s method's options (with the spec's data-dependent defaults) and run it."""
+    """Build ``cfg``'s method's options, apply the spec's data-dependent defaults (``prepare``) and run it."""
     from .solvers.base import NO_CHECKPOINTS
 
     spec = _spec(cfg.method)
-    values = _translated(spec, cfg, support)
+    opts = method_options(cfg, support)
     note = None
-    if spec.prepare is not None:
-        opt_values = {**values, **_coerce(spec.options, {k: v for k, v in cfg.options.items()
-                                                          if k in spec.options.model_fields})}
-        values, note = spec.prepare(shard, comm, opt_values, noise_free)
-    opts = method_options(cfg, support, values)
-    if note is not None:  # after the options passed their checks: a refused run prints only its error
+    if spec.prepare is not None:  # after the options passed their checks: a refused run prints only its error
+        opts, note = spec.prepare(shard, comm, opts, noise_free)
+    if note is not None:
         _tell(comm, f"{cfg.method}: {note}")
     res = spec.run(shard, comm, opts, callback=callback, u0=u0 if spec.takes_u0 else None,
                    checkpoints=checkpoints or NO_CHECKPOINTS)

@@ -160,8 +160,8 @@ class LinearJointOperator:
         if m.expmap is not None:
             raise ValueError("APT/APTs use the linear (Rytov) model; this dataset was set up with model 'exp'")
         self.space, self.pad, self.pt, self.comm = shard.space, m.pad, m.ptycho, comm
-        self.project = shard.slab_projection()
-        self.D = self.pt @ self.pad @ self.project
+        self.x = self.pad @ shard.slab_projection()  # u -> Pad(P u), the per-angle fields
+        self.D = self.pt @ self.x
         self.stencil = SlabNormalStencil(self.pt, self.pad, self.space, comm)
 
     def refresh(self):
@@ -181,7 +181,7 @@ class LinearJointOperator:
         array
             The fields of the shard's angles (A_local, H, W): one transpose.
         """
-        return self.pad.fwd(self.project.fwd(u))
+        return self.x.fwd(u)
 
     def fwd(self, u):
         """D u, the far fields of the shard's frames.
@@ -535,13 +535,28 @@ def _update_probe(D: LinearJointOperator, psi, target, comm: Comm, shard: Shard)
     D.pt.probe = (num / (den + eps)).astype(D.pt.dtype)
 
 
-def _prepare(shard: Shard, comm: Comm, values: dict, noise_free: bool = False):
-    """The data penalty r2 from the data's noise level when neither ``penalty`` nor ``r2`` is given
-    (:func:`choose_r2`); returns the option values and the line that tells the user (None when given)."""
-    if values.get("r2") is not None:
-        return values, None
+def _prepare(shard: Shard, comm: Comm, opts: APTOptions, noise_free: bool = False):
+    """The data penalty r2 from the data's noise level when neither ``penalty`` nor ``r2`` was given
+    (:func:`choose_r2`, a collective).
+
+    Parameters
+    ----------
+    shard, comm
+        This rank's frames and the communicator.
+    opts : APTOptions
+        The validated options.
+    noise_free : bool
+        The data are recorded as noise-free.
+
+    Returns
+    -------
+    tuple
+        (the options with r2 set, the line that tells the user, or None when r2 was given).
+    """
+    if opts.r2 is not None:
+        return opts, None
     r2, why = choose_r2(shard.intensities, shard.mask, comm, noise_free=noise_free)
-    return {**values, "r2": r2}, f"penalty {r2:g} chosen from the data ({why}); override with --penalty"
+    return opts.model_copy(update={"r2": r2}), f"penalty {r2:g} chosen from the data ({why}); override with --penalty"
 
 
 def _spec(name: str, tv: bool) -> SolverSpec:

@@ -65,8 +65,8 @@ class SolverSpec:
     takes_u0 : bool
         Accepts an initial volume (``--init FILE``).
     prepare : callable, optional
-        ``prepare(shard, comm, values, noise_free) -> (values, note)``: data-dependent defaults before the
-        options are built (APT's r2 from the noise level); ``note`` (or None) is told to the user.
+        ``prepare(shard, comm, opts, noise_free) -> (opts, note)``: data-dependent defaults applied to the
+        validated options (APT's r2 from the noise level); ``note`` (or None) is told to the user.
     summary : str
         One line for the help.
     """
@@ -99,21 +99,6 @@ class SolverSpec:
             raise ValueError(f"solver {self.name!r}: default_model {self.default_model!r} not in {self.models}")
         object.__setattr__(self, "generic", MappingProxyType(dict(self.generic)))
         object.__setattr__(self, "fixed", MappingProxyType(dict(self.fixed)))
-
-    def build_options(self, values: Mapping):
-        """The options model from option values (generic settings already translated) and the pinned ones.
-
-        Parameters
-        ----------
-        values : Mapping
-            Option name -> value.
-
-        Returns
-        -------
-        BaseModel
-            The validated options.
-        """
-        return self.options(**{**dict(values), **dict(self.fixed)})
 
 
 class _Registry:
