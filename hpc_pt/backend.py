@@ -208,6 +208,50 @@ def _workers() -> int:
     return int(os.environ.get("HPC_PT_FFT_WORKERS", "-1"))
 
 
+def cpu_threads() -> int:
+    """Threads the CPU kernels of one rank may use: ``HPC_PT_FFT_WORKERS`` (the execution policy's threads
+    per rank, :mod:`hpc_pt.execution`) when positive, else the cores this process may run on.
+
+    Returns
+    -------
+    int
+        At least 1.
+    """
+    n = _workers()
+    if n > 0:
+        return n
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def run_split(fn, n_items: int, threads: int) -> None:
+    """Run ``fn(lo, hi)`` over ``threads`` consecutive ranges of 0..n_items, concurrently (the calling thread
+    takes the last range; ``fn`` must release the GIL, e.g. a ``nogil`` compiled kernel, and the ranges must
+    not write the same memory).
+
+    Parameters
+    ----------
+    fn : callable (lo, hi) -> None
+    n_items : int
+    threads : int
+        Ranges (1 or fewer: one call in this thread).
+    """
+    threads = max(min(int(threads), n_items), 1)
+    if threads == 1:
+        fn(0, n_items)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    cuts = [n_items * t // threads for t in range(threads + 1)]
+    with ThreadPoolExecutor(max_workers=threads - 1) as pool:
+        futures = [pool.submit(fn, cuts[t], cuts[t + 1]) for t in range(threads - 1)]
+        fn(cuts[-2], cuts[-1])
+        for fut in futures:
+            fut.result()
+
+
 def fft2c(x, overwrite=False):
     """Orthonormal 2D FFT over the last two axes (DC at index 0, no shifts).
 

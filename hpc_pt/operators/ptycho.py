@@ -9,11 +9,15 @@ Frame batches. ``fwd``, ``adj``, ``patches`` and ``patches_adj`` take an optiona
 :meth:`Ptychography.batches` (consecutive frame ranges of at most ``frame_batch`` frames, by default as many
 as fit in ``FRAME_BATCH_BYTES`` of complex far field). A solver that loops over the batches holds only one
 batch of far-field-sized temporaries instead of every frame's (:func:`hpc_pt.solvers.farfield.farfield_pass`);
-without ``frames`` the whole stack is processed as before. On the CPU the adjoint's scatter matrix is kept
-per batch with unit entries in the real dtype (12 bytes per window pixel with int32 indices, instead of 16)
-and applied to the real and imaginary parts as one two-column product (no complex copy of the matrix);
-one-off adjoints (the illumination, the normal stencil) use the kept matrices when they exist and do not
-keep the ones they build.
+without ``frames`` the whole stack is processed batch by batch all the same (the forward writes each batch
+into the output and transforms it in place).
+
+CPU kernels (:mod:`._windows`): the gather with the probe multiply and the bilinear sub-pixel interpolation is
+one compiled pass per window into the FFT's buffer, and the adjoint's probe multiply, interpolation adjoint
+and overlap-add one compiled pass into the field, summing each field pixel's windows in frame order (the same
+field whatever the frame batches, threads or ranks). Nothing the size of the frame stack is allocated besides
+the forward's result, and no scatter matrix is kept. The GPU path gathers and scatters through flat index
+arrays (``cupyx.scatter_add``).
 
 Position convention (docs/conventions.md): ``positions[f] = (row, col)`` of the window's top-left corner
 in the object field of its angle, in pixels, float. A window covers rows row .. row + m1 - 1 (plus one more
@@ -23,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import asarray_on, fft2c, get_xp, ifft2c, is_cupy, scatter_add
+from ..backend import asarray_on, cpu_threads, fft2c, get_xp, ifft2c, is_cupy, run_split, scatter_add
 from .base import LinearOperator, check_shape
 
 
@@ -66,6 +70,17 @@ def validate_positions(positions, probe_shape, field_shape) -> None:
 #: benchmarks/memory.py (2 cores, 4,200 frames of 63 x 63): batches of 512 frames peaked at 0.12-0.18 x the
 #: one-batch allocation and ran 0.71-0.82 x its time (cache-sized temporaries); 2,048 frames: 0.49-0.52 x, 0.89-1.0 x
 FRAME_BATCH_BYTES = 1 << 24
+
+#: CPU kernels split across threads from this many window pixels of a call on (below it one thread)
+KERNEL_SPLIT_PIXELS = 1 << 18
+
+
+def _kernels():
+    """The compiled window kernels (:mod:`._windows`), imported on first use: importing Numba takes ~0.2 s,
+    which commands that never touch a CPU ptychography operator (``hpc-pt --help``, GPU runs) do not pay."""
+    from . import _windows
+
+    return _windows
 
 
 def frame_slices(n_frames: int, batch: int) -> list:
@@ -146,11 +161,16 @@ class Ptychography(LinearOperator):
         self._size = int(np.prod(field_shape))
         self._xp = xp
         rdt = np.float32 if self.dtype == np.complex64 else np.float64
-        self._fy = asarray_on(frac[:, 0].astype(rdt)[:, None, None], probe)
-        self._fx = asarray_on(frac[:, 1].astype(rdt)[:, None, None], probe)
-        # GPU: flat gather/scatter indices; CPU: strided window views and a sparse scatter matrix (lazy)
-        self._idx = asarray_on(self._flat_index(), probe) if is_cupy(probe) else None
-        self._scatter = {}  # (start, stop) -> CPU scatter matrix of that frame batch
+        if is_cupy(probe):  # flat gather / scatter indices and (F, 1, 1) weights on the device
+            self._fy = asarray_on(frac[:, 0].astype(rdt)[:, None, None], probe)
+            self._fx = asarray_on(frac[:, 1].astype(rdt)[:, None, None], probe)
+            self._idx = asarray_on(self._flat_index(), probe)
+        else:  # the compiled kernels' per-frame tables (:mod:`._windows`)
+            self._fy = np.ascontiguousarray(frac[:, 0], dtype=rdt)
+            self._fx = np.ascontiguousarray(frac[:, 1], dtype=rdt)
+            self._ipos = np.ascontiguousarray(ipos)
+            self._aidx = np.ascontiguousarray(aidx)
+            self._idx = None
         if frame_batch is None:
             frame_batch = FRAME_BATCH_BYTES // (m1 * m2 * self.dtype.itemsize)
         if int(frame_batch) < 1:
@@ -207,31 +227,6 @@ class Ptychography(LinearOperator):
         grid = np.arange(w1)[:, None] * W + np.arange(w2)[None, :]
         return np.minimum(base[:, None, None] + grid[None], self._size - 1)
 
-    def _scatter_matrix(self, sl: slice, keep: bool = True):
-        """CPU adjoint matrix S^T of the frames in ``sl`` (built on the first adjoint call and kept, unless
-        ``keep`` is False)."""
-        key = (sl.start, sl.stop)
-        if key in self._scatter:
-            return self._scatter[key]
-        mat = _scatter_matrix(self._flat_index(sl), self._size, self.dtype)
-        if keep:
-            self._scatter[key] = mat
-        return mat
-
-    def _windows(self, psi, sl: slice):
-        """(F_b, w1, w2) windows of the field, gathered through a strided view (no index array)."""
-        from numpy.lib.stride_tricks import sliding_window_view
-
-        H, W = self._HW
-        w1, w2 = self._win
-        field = psi.reshape(self._A, H, W)
-        if self.fractional:  # one zero row and column so every (m+1)-window exists; they weigh 0
-            padded = np.zeros((self._A, H + 1, W + 1), dtype=self.dtype)
-            padded[:, :H, :W] = field
-            field = padded
-        view = sliding_window_view(field, (w1, w2), axis=(1, 2))
-        return view[self._aidx[sl], self._ipos[sl, 0], self._ipos[sl, 1]]
-
     # -- window extraction S_j and its adjoint -------------------------------------------------------
     def patches(self, psi, frames=None):
         """S_j psi for every frame (F, m1, m2), or for the frames of one batch (``frames``).
@@ -248,8 +243,10 @@ class Ptychography(LinearOperator):
             The (interpolated) windows of the frames.
         """
         sl = self._frames(frames)
+        if not is_cupy(psi):
+            return self._gather(psi, sl, use_probe=False)
         dsl = self._on_device(sl, psi)
-        g = psi.reshape(-1)[self._idx[dsl]] if is_cupy(psi) else self._windows(psi, sl)
+        g = psi.reshape(-1)[self._idx[dsl]]
         if not self.fractional:
             return g
         # separable bilinear interpolation: along columns, then along rows
@@ -261,12 +258,55 @@ class Ptychography(LinearOperator):
         out += t[:, :-1]
         return out
 
-    def patches_adj(self, patches, frames=None, out=None, keep: bool = True):
+    def _frame_ids(self, sl):
+        """The frames of a selection as a host int64 index array (the kernels' ``frames``)."""
+        if isinstance(sl, slice):
+            return np.arange(sl.start, sl.stop, dtype=np.int64)
+        return np.ascontiguousarray(sl, dtype=np.int64)
+
+    def _field3(self, psi):
+        """The field as a C-contiguous (A, H, W) array of ``dtype`` (a view when it already is one)."""
+        return np.ascontiguousarray(np.asarray(psi).reshape((self._A,) + self._HW), dtype=self.dtype)
+
+    def _threads(self, n_frames: int) -> int:
+        """Kernel threads for ``n_frames`` frames: :func:`hpc_pt.backend.cpu_threads`, or 1 below
+        ``KERNEL_SPLIT_PIXELS`` window pixels (thread start-up would cost more than it saves)."""
+        return cpu_threads() if n_frames * self._win[0] * self._win[1] >= KERNEL_SPLIT_PIXELS else 1
+
+    def _gather(self, psi, sl, use_probe: bool, out=None):
+        """CPU: (w o) S_j psi of the frames in ``sl`` in one compiled pass (:func:`._windows.gather`);
+        threads take disjoint ranges of frames."""
+        ids = self._frame_ids(sl)
+        if out is None:
+            out = np.empty((ids.size,) + self.shape_out[1:], dtype=self.dtype)
+        field = self._field3(psi)
+
+        def part(lo, hi):
+            _kernels().gather(field, self._aidx, self._ipos, self._fy, self._fx, ids[lo:hi], self._probe,
+                            use_probe, out[lo:hi])
+
+        run_split(part, ids.size, self._threads(ids.size))
+        return out
+
+    def _scatter(self, vals, sl, field, use_probe: bool):
+        """CPU: field (A, H, W) += S_j^T ((conj w) o vals_j) of the frames in ``sl``, one compiled pass
+        (:func:`._windows.scatter`); threads take disjoint ranges of field rows, each for every frame, so
+        every pixel still sums its windows in frame order."""
+        vals = np.ascontiguousarray(vals, dtype=self.dtype)
+        cprobe = np.conj(self._probe)
+        ids = self._frame_ids(sl)
+
+        def part(lo, hi):
+            _kernels().scatter(vals, self._aidx, self._ipos, self._fy, self._fx, ids, cprobe, use_probe, field,
+                             lo, hi)
+
+        run_split(part, self._HW[0], self._threads(ids.size))
+
+    def patches_adj(self, patches, frames=None, out=None):
         """Sum_j S_j^T patches_j into a zero field (accumulating overlaps), or into ``out`` (added to it).
 
-        Without ``frames`` ``patches`` holds every frame and the sum runs batch by batch; with ``frames``
-        (one of :meth:`batches`) it holds that batch's frames. ``keep=False``: a one-off adjoint, which
-        does not keep the CPU scatter matrices it has to build.
+        Without ``frames`` ``patches`` holds every frame (on the GPU the sum runs batch by batch); with
+        ``frames`` (one of :meth:`batches`, or an index array) it holds those frames.
 
         Parameters
         ----------
@@ -275,8 +315,6 @@ class Ptychography(LinearOperator):
             The frames ``patches`` holds (None: all; a range or an index array, as in :meth:`patches`).
         out : array of shape ``shape_in``, optional
             C-contiguous field of ``dtype`` to add into.
-        keep : bool
-            Keep the CPU scatter matrices built here.
 
         Returns
         -------
@@ -286,16 +324,20 @@ class Ptychography(LinearOperator):
         xp = get_xp(patches)
         if out is not None and not (out.flags.c_contiguous and out.dtype == self.dtype):
             raise ValueError(f"out must be a C-contiguous {self.dtype} field to accumulate into")
+        if not is_cupy(patches):
+            field = np.zeros(self.field_shape, dtype=self.dtype) if out is None else out
+            self._scatter(patches, self._frames(frames), field.reshape((self._A,) + self._HW), False)
+            return field
         field = xp.zeros(self._size, dtype=self.dtype) if out is None else out.reshape(-1)
-        if frames is None and len(self.batches()) > 1:
+        if frames is None and len(self.batches()) > 1:  # one batch of interpolation temporaries at a time
             for sl in self.batches():
-                self._scatter_batch(patches[sl], sl, field, keep)
+                self._scatter_gpu(patches[sl], sl, field)
         else:
-            self._scatter_batch(patches, self._frames(frames), field, keep)
+            self._scatter_gpu(patches, self._frames(frames), field)
         return field.reshape(self.field_shape)
 
-    def _scatter_batch(self, patches, sl: slice, field, keep: bool = True):
-        """field (flat) += S^T patches for the frames in ``sl``."""
+    def _scatter_gpu(self, patches, sl, field):
+        """GPU: field (flat) += S^T patches for the frames in ``sl``."""
         xp = get_xp(patches)
         dsl = self._on_device(sl, patches)
         if self.fractional:  # adjoint of the separable interpolation in :meth:`patches`
@@ -312,15 +354,7 @@ class Ptychography(LinearOperator):
             g[:, :, 1:] += b
         else:
             g = patches
-        if is_cupy(g):
-            scatter_add(field, self._idx[dsl].ravel(), g.ravel())
-        elif not isinstance(sl, slice):  # a subset of frames: a one-off scatter (no matrix to keep)
-            np.add.at(field, self._flat_index(sl).ravel(), g.ravel())
-        else:
-            rdt = np.float32 if self.dtype == np.complex64 else np.float64
-            pairs = xp.ascontiguousarray(g, dtype=self.dtype).reshape(-1).view(rdt).reshape(-1, 2)
-            acc = self._scatter_matrix(sl, keep) @ pairs  # (field pixels, 2): real and imaginary parts
-            field += xp.ascontiguousarray(acc, dtype=rdt).view(self.dtype).reshape(-1)
+        scatter_add(field, self._idx[dsl].ravel(), g.ravel())
 
     # -- full operator ---------------------------------------------------------------------------------
     def _batch_shape(self, frames):
@@ -341,9 +375,20 @@ class Ptychography(LinearOperator):
         array (F_b, m1, m2) of ``dtype``
         """
         check_shape(psi, self.shape_in, "Ptychography.fwd")
-        w = self.patches(psi, frames).astype(self.dtype, copy=False)
-        w *= self.probe
-        return fft2c(w, overwrite=True).astype(self.dtype, copy=False)
+        if is_cupy(psi):
+            w = self.patches(psi, frames).astype(self.dtype, copy=False)
+            w *= self.probe
+            return fft2c(w, overwrite=True).astype(self.dtype, copy=False)
+        sl = self._frames(frames)
+        out = np.empty(self._batch_shape(sl), dtype=self.dtype)
+        field = self._field3(psi)
+        for b in frame_slices(out.shape[0], self.frame_batch):  # gather + probe, then the FFT in place
+            ob = out[b]
+            self._gather(field, slice(sl.start + b.start, sl.start + b.stop), True, ob)
+            res = fft2c(ob, overwrite=True)
+            if not np.shares_memory(res, ob):
+                ob[...] = res
+        return out
 
     def adj(self, y, frames=None, out=None):
         """Sum_j S_j^T (conj(w) o F^H y_j): (F, m1, m2) -> field; with ``frames`` y holds one batch's
@@ -363,15 +408,21 @@ class Ptychography(LinearOperator):
         array of shape ``shape_in``
         """
         check_shape(y, self._batch_shape(frames), "Ptychography.adj")
+        if out is not None and not (out.flags.c_contiguous and out.dtype == self.dtype):
+            raise ValueError(f"out must be a C-contiguous {self.dtype} field to accumulate into")
         if frames is None and len(self.batches()) > 1:  # one batch of temporaries at a time
             xp = self._xp
             field = xp.zeros(self.field_shape, dtype=self.dtype) if out is None else out
             for sl in self.batches():
                 self.adj(y[sl], sl, field)
             return field
-        t = ifft2c(y)
-        t *= self._xp.conj(self.probe)
-        return self.patches_adj(t, frames, out)
+        if is_cupy(y):
+            t = ifft2c(y)
+            t *= self._xp.conj(self.probe)
+            return self.patches_adj(t, frames, out)
+        field = np.zeros(self.field_shape, dtype=self.dtype) if out is None else out
+        self._scatter(ifft2c(y), self._frames(frames), field.reshape((self._A,) + self._HW), True)
+        return field
 
     def illumination(self):
         """W = sum_j S_j^T |w|^2, the probe intensity summed over the scan (seed 001 Algorithm 1).
@@ -403,7 +454,7 @@ class Ptychography(LinearOperator):
                 p = xp.broadcast_to(w2, (n,) + w2.shape).astype(self.dtype)
             else:
                 p = w2 * self.patches(field, sl)
-            self.patches_adj(p, sl, out, keep=False)
+            self.patches_adj(p, sl, out)
         return out
 
     def normal_stencil(self):
@@ -474,22 +525,6 @@ def apply_stencil(maps, x, below=None, above=None):
     for k, (dy, dx) in enumerate(STENCIL_OFFSETS):
         out += maps[k] * ext[:, 1 + dy:1 + dy + R, 1 + dx:1 + dx + W]
     return out
-
-
-def _scatter_matrix(idx, size, dtype):
-    """CSC matrix S^T (field x patch elements) with one unit entry per patch element.
-
-    ``S^T @ v`` runs SciPy's compiled scatter loop: 30 ms for 3,468 64x64 frames, against 86 ms for two
-    ``np.bincount`` passes (real, imaginary) and seconds for ``np.add.at`` on the 2-core dev machine.
-    """
-    import scipy.sparse as sp
-
-    n = idx.size
-    itype = np.int32 if max(n, size) < 2**31 else np.int64
-    real = np.float32 if np.dtype(dtype) == np.complex64 else np.float64  # unit entries: real is exact
-    S = sp.csr_matrix((np.ones(n, dtype=real), idx.ravel().astype(itype), np.arange(n + 1, dtype=itype)),
-                      shape=(n, size))
-    return S.T
 
 
 def intensity(farfield):

@@ -269,9 +269,8 @@ def test_ptychography_frame_batches_match_one_stack(fractional):
     assert np.abs(acc - ref).max() < 1e-12 * np.abs(ref).max()
     fresh = Ptychography(probe, pos, (A, H, W), angle_index=aidx, dtype=np.complex128, frame_batch=5)
     assert np.allclose(fresh.illumination(), whole.illumination(), atol=1e-12)
-    assert not fresh._scatter  # a one-off adjoint keeps no scatter matrices (CPU)
-    fresh.adj(y)
-    assert len(fresh._scatter) == 4  # the solvers' adjoints keep one per batch
+    # every field pixel sums its windows in frame order whatever the batches (CPU kernels): the same bits
+    assert np.array_equal(fresh.adj(y), ref) and np.array_equal(acc, ref)
     assert np.allclose(batched.normal_stencil(), whole.normal_stencil(), atol=1e-12)
     assert dot_test(batched, seed=4) <= TOL[np.complex128]
     with pytest.raises(ValueError, match="frame_batch"):
