@@ -8,10 +8,11 @@ What it measures (docs/architecture.md §4-5; every time is a median of >= 3 rep
 
 * ``Ptychography`` fwd+adj at two sizes (plus a sub-pixel-position variant of the large one), as a ratio to
   the bare batched FFT pair on the same batch: ``scipy.fft.fft2`` + ``ifft2``, ``norm="ortho"``, with the
-  operator's workers (``HPC_PT_FFT_WORKERS``, -1 when unset). Target: ratio <= 1.5.
+  operator's workers (``HPC_PT_FFT_WORKERS``, -1 when unset). Targets (``CASE_TARGETS``): integer positions
+  fwd+adj <= 1.3x the bare pair and adj <= 1.4x the bare inverse FFT; sub-pixel positions fwd+adj <= 1.6x.
 * ``Projector`` fwd+adj at two sizes, as a ratio to the bare NUFFT pair: the operator's own planned
   finufft type-2 and type-1 transforms (same points, tolerance, ``n_trans``, threads), ``execute`` only.
-  Target <= 1.5.
+  Target <= 1.3.
 * The thread policy it ran with: unless ``--no-thread-policy``, :func:`hpc_pt.execution.apply_thread_policy`
   at the start (``OMP_WAIT_POLICY=PASSIVE`` and this process's thread count, each only where the user has
   not set it), recorded with ``Execution.from_environment().describe()`` in the JSON's ``environment``.
@@ -60,7 +61,15 @@ import scipy.fft  # noqa: E402
 from hpc_pt.execution import Execution, apply_thread_policy, threads_per_rank  # noqa: E402
 from hpc_pt.operators import Projector, Ptychography, dot_test  # noqa: E402
 
-RATIO_TARGET = 1.5  # operator fwd+adj / bare kernel pair
+RATIO_TARGET = 1.5  # operator fwd+adj / bare kernel pair, where a case has no target of its own
+# per case: {"pair": max fwd+adj / bare pair, "adj": max adj / bare inverse transform} (issue 17)
+CASE_TARGETS = {
+    "ptycho_large": {"pair": 1.3, "adj": 1.4},
+    "ptycho_small": {"pair": 1.3, "adj": 1.4},
+    "ptycho_large_subpixel": {"pair": 1.6},
+    "projector_small": {"pair": 1.3},
+    "projector_large": {"pair": 1.3},
+}
 ASTRA_SPEEDUP_TARGET = 8.0  # ASTRA time / hpc-pt time
 DOT_TARGET = 1e-6  # dot-test residual
 ASTRA_PIP = "pip install astra-toolbox nvidia-cuda-runtime-cu12 nvidia-cufft-cu12"
@@ -258,8 +267,11 @@ def _finish_ratio(name, res) -> dict:
         res[f"ratio_{k}"] = res[f"op_{k}"]["median_s"] / res[f"bare_{k}"]["median_s"]
     res["ratio"] = res["ratio_pair"]
     res["ratio_from_min"] = res["op_pair"]["min_s"] / res["bare_pair"]["min_s"]  # noise check, not the headline
-    res["target_ratio_max"] = RATIO_TARGET
-    res["target_met"] = bool(res["ratio"] <= RATIO_TARGET)
+    targets = CASE_TARGETS.get(name, {"pair": RATIO_TARGET})
+    res["targets"] = targets
+    res["target_ratio_max"] = targets["pair"]
+    res["targets_met"] = {k: bool(res[f"ratio_{k}"] <= v) for k, v in targets.items()}
+    res["target_met"] = all(res["targets_met"].values())
     res["dot_test_target_met"] = bool(res["dot_test"] <= DOT_TARGET)
     return res
 
@@ -406,7 +418,7 @@ def plot(results: dict, path: Path) -> None:
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel("time [ms] (median)")
-    ax.set_title(f"fwd+adj vs bare kernel, complex64 (target ratio <= {RATIO_TARGET})")
+    ax.set_title("fwd+adj vs bare kernel, complex64 (green: every per-case target met, CASE_TARGETS)")
     ax.legend(fontsize=8)
     if have_astra:
         ax2 = axes[1]
@@ -499,7 +511,8 @@ def main(argv=None) -> int:
     results = {
         "benchmark": "operators", "quick": bool(args.quick), "repeats": repeats, "warmup": 1,
         "statistic": "median", "timer": "time.perf_counter",
-        "targets": {"ratio_to_bare_kernel_max": RATIO_TARGET, "astra_speedup_min": ASTRA_SPEEDUP_TARGET,
+        "targets": {"ratio_to_bare_kernel_max": CASE_TARGETS, "ratio_default_max": RATIO_TARGET,
+                    "astra_speedup_min": ASTRA_SPEEDUP_TARGET,
                     "dot_test_max": DOT_TARGET},
         "environment": env,
         "cases": cases,
@@ -543,7 +556,8 @@ def _print_case(r):
     print(f"{r['name']:<22} {what:<28} fwd+adj {r['op_pair']['median_s'] * 1e3:8.1f} ms, "
           f"{bare} {r['bare_pair']['median_s'] * 1e3:8.1f} ms, ratio {_fmt_ratio(r['ratio'])} "
           f"(fwd {_fmt_ratio(r['ratio_fwd'])}, adj {_fmt_ratio(r['ratio_adj'])}) "
-          f"target <= {RATIO_TARGET}: {'met' if r['target_met'] else 'NOT met'}; dot {r['dot_test']:.1e}",
+          f"targets {', '.join(f'{k} <= {v}' for k, v in r['targets'].items())}: "
+          f"{'met' if r['target_met'] else 'NOT met'}; dot {r['dot_test']:.1e}",
           flush=True)
 
 

@@ -80,17 +80,22 @@ def test_ranks_on_node(env, expect):
     assert ranks_on_node(env) == expect
 
 
-def test_ranks_on_node_reads_what_hydra_exports():
-    """The mpich wheel's mpiexec (Hydra) exports MPI_LOCALNRANKS; skipped where it is not installed."""
+def test_ranks_on_node_reads_what_hydra_exports(tmp_path):
+    """The mpich wheel's mpiexec (Hydra) exports MPI_LOCALNRANKS; skipped where it is not installed.
+
+    Each rank writes its environment to its own file: two ranks printing long lines to one pipe
+    interleave them (seen in CI), so stdout cannot be parsed line by line.
+    """
     mpiexec = Path(sys.executable).with_name("mpiexec")
     if not mpiexec.exists():
         pytest.skip("no mpiexec beside the interpreter")
-    code = "import json, os; print(json.dumps(dict(os.environ)))"
-    out = subprocess.run([str(mpiexec), "-n", "2", sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60)
+    code = ("import json, os, sys; "
+            "open(os.path.join(sys.argv[1], 'env%s.json' % os.getpid()), 'w').write(json.dumps(dict(os.environ)))")
+    out = subprocess.run([str(mpiexec), "-n", "2", sys.executable, "-c", code, str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
     if out.returncode != 0:
         pytest.skip(f"mpiexec failed here: {out.stderr.strip()[:200]}")
-    envs = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    envs = [json.loads(f.read_text()) for f in sorted(tmp_path.glob("env*.json"))]
     assert len(envs) == 2
     assert {ranks_on_node(e) for e in envs} == {2}
     assert any(v in envs[0] for v in LOCAL_SIZE_VARS)

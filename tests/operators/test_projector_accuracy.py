@@ -65,3 +65,14 @@ def test_half_pixel_centre_disagreement_is_visible():
     p = P.fwd(rasterise(n)[None].astype(complex))[:, 0, :].real
     ref = analytic_sinogram(n, angles, n, (n - 1) / 2)
     assert np.linalg.norm(p - ref) / np.linalg.norm(ref) > 0.02
+
+
+@pytest.mark.parametrize("n, n_det", [(64, 64), (128, 128), (96, 130), (2048, 2048)])
+def test_default_sample_count_is_odd_smooth_and_enough(n, n_det):
+    """Default M: odd, no fewer than the alias-free minimum, and FFT-friendly (prime factors <= 17)."""
+    from hpc_pt.operators.projector import FFT_MAX_PRIME, _largest_prime_factor
+    P = Projector(n, 1, np.linspace(0, np.pi, 3, endpoint=False), n_det=n_det)
+    assert P.M % 2 == 1
+    assert P.M >= P._min_samples()
+    assert _largest_prime_factor(P.M) <= FFT_MAX_PRIME
+    assert P.M - P._min_samples() < 0.05 * P._min_samples()  # the raise stays small
