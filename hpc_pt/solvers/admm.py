@@ -583,7 +583,7 @@ class ADMM(IterativeSolver):
                 rhs = r * P.adj(res_k if linear else (-1j * c) * xp.conj(Tk) * res_k)
                 if t_ > 0:
                     rhs += t_ * (b - u)
-            du, info = conjugate_gradient(normal, rhs.astype(dtype, copy=False), xp.zeros_like(u),
+            du, info = conjugate_gradient(normal, rhs.astype(dtype, copy=False), None,
                                           sp.dot, tol=1e-6, max_iter=self.opts.tomo_cg_iterations)
             u = u + du
             cg_it += info.iterations

@@ -309,6 +309,8 @@ def conjugate_gradient(apply_a, b, x0, dot, tol: float = 1e-6, max_iter: int = 5
 
     Warm-started from ``x0``; stops when ||r|| <= tol ||r0|| (relative to the warm start's residual, as
     inexact ADMM steps need), after ``max_iter`` iterations, or where the curvature p^H A p is not positive.
+    ``x0=None`` starts from zero without applying A to it (r0 = b): one application of A fewer than an
+    explicit zero start, with the same iterates.
 
     Parameters
     ----------
@@ -316,8 +318,8 @@ def conjugate_gradient(apply_a, b, x0, dot, tol: float = 1e-6, max_iter: int = 5
         x -> A x.
     b : array
         The right-hand side.
-    x0 : array
-        The warm start (copied, not modified).
+    x0 : array or None
+        The warm start (copied, not modified); None for x0 = 0.
     dot : callable
         ``dot(a, b)`` returns Re <a, b> (a collective on distributed volumes).
     tol : float
@@ -332,8 +334,13 @@ def conjugate_gradient(apply_a, b, x0, dot, tol: float = 1e-6, max_iter: int = 5
     info : CGInfo
         The iterations and the final ||r|| / ||r0|| (0 and 0.0 when the warm start solves it exactly).
     """
-    x = x0.copy()
-    r = b - apply_a(x)
+    if x0 is None:
+        x = b.copy()
+        x[...] = 0
+        r = b.copy()
+    else:
+        x = x0.copy()
+        r = b - apply_a(x)
     p = r.copy()
     rr = dot(r, r)
     bb = rr

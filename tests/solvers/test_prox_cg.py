@@ -75,3 +75,27 @@ def test_conjugate_gradient_solves_spd_system(rng):
     # a warm start at the solution needs no iteration
     x2, info2 = conjugate_gradient(lambda v: A @ v, b, x_true, dot, tol=1e-6)
     assert info2.iterations <= 1
+
+
+def test_conjugate_gradient_zero_start_skips_one_application(rng):
+    """x0=None: the iterates of an explicit zero start, with one application of A fewer."""
+    n = 20
+    A = rng.standard_normal((n, n))
+    A = A.T @ A + n * np.eye(n)
+    b = rng.standard_normal(n)
+    b_before = b.copy()
+    dot = lambda a, c: float(np.vdot(a, c).real)
+    calls = []
+
+    def apply_a(v):
+        calls.append(1)
+        return A @ v
+
+    x_zero, info_zero = conjugate_gradient(apply_a, b, np.zeros(n), dot, tol=1e-8, max_iter=7)
+    n_zero = len(calls)
+    calls.clear()
+    x_none, info_none = conjugate_gradient(apply_a, b, None, dot, tol=1e-8, max_iter=7)
+    assert len(calls) == n_zero - 1 == info_none.iterations
+    assert info_none.iterations == info_zero.iterations
+    np.testing.assert_allclose(x_none, x_zero, rtol=1e-12, atol=1e-14 * np.linalg.norm(x_zero))
+    np.testing.assert_array_equal(b, b_before)  # the right-hand side is not modified in place
