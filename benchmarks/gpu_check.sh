@@ -22,9 +22,10 @@ out="$repo/benchmarks/results"
 max_size=512
 # packages the device already has: their wheels are not fetched (deleted after the download) nor installed
 preinstalled="numpy cupy-cuda12x cupy mpi4py h5py torch"
-# what the run needs beyond those: hpc-pt's runtime dependencies, the GPU NUFFT, and the test runner
+# what the run needs beyond those: hpc-pt's runtime dependencies (numba brings llvmlite, about 45 MB), the GPU
+# NUFFT, and the test runner
 # (matplotlib is left out: it only draws the PNGs, which this check never writes; pip check names it)
-needs="scipy zarr<3.2 finufft cufinufft pydantic rich PyYAML periodictable pytest pytest-timeout"
+needs="scipy zarr<3.2 finufft cufinufft numba pydantic rich PyYAML periodictable pytest pytest-timeout"
 carry_limit=$((64 * 1024 * 1024))
 
 usage() {

@@ -108,6 +108,6 @@ def test_gpu_check_script_parses_and_prints_the_wheel_command():
                        check=True, env={**os.environ, "PATH": os.environ.get("PATH", "")})
     cmd = p.stdout
     assert "pip download" in cmd and "--python-version 3.12" in cmd and "--only-binary=:all:" in cmd
-    for pkg in ("cufinufft", "finufft", "zarr", "pydantic"):
+    for pkg in ("cufinufft", "finufft", "numba", "zarr", "pydantic"):
         assert pkg in cmd
     assert "--platform manylinux" in cmd
