@@ -154,7 +154,6 @@ class Counters:
         self.frames = {"fft": 0, "ifft": 0}
         self.proj = {"proj_fwd": 0.0, "proj_adj": 0.0}
         self.seconds = {k: 0.0 for k in KERNELS}
-        self.other_fft = 0
 
     def snapshot(self) -> dict:
         return {**self.frames, **self.proj, **{f"t_{k}": v for k, v in self.seconds.items()}}
@@ -171,10 +170,8 @@ def _install_counters(counters: Counters, slab_rows: list):
             t0 = time.perf_counter()
             out = fn(x, *a, **k)
             counters.seconds[kind] += time.perf_counter() - t0
-            if x.ndim >= 2 and tuple(x.shape[-2:]) == counters.frame_shape:
+            if x.ndim >= 2 and tuple(x.shape[-2:]) == counters.frame_shape:  # not the probe's own FFTs
                 counters.frames[kind] += int(np.prod(x.shape[:-2], dtype=np.int64))
-            else:
-                counters.other_fft += 1
             return out
         return wrapped
 
@@ -189,21 +186,16 @@ def _install_counters(counters: Counters, slab_rows: list):
             return 1.0
         return op.nz * len(op.angles) / max(slab_rows[0] * slab_rows[1], 1)
 
-    def pfwd(self, u):
-        t0 = time.perf_counter()
-        out = fwd(self, u)
-        counters.seconds["proj_fwd"] += time.perf_counter() - t0
-        counters.proj["proj_fwd"] += share(self)
-        return out
+    def timed(method, kind):
+        def wrapped(self, x):
+            t0 = time.perf_counter()
+            out = method(self, x)
+            counters.seconds[kind] += time.perf_counter() - t0
+            counters.proj[kind] += share(self)
+            return out
+        return wrapped
 
-    def padj(self, p):
-        t0 = time.perf_counter()
-        out = adj(self, p)
-        counters.seconds["proj_adj"] += time.perf_counter() - t0
-        counters.proj["proj_adj"] += share(self)
-        return out
-
-    Projector.fwd, Projector.adj = pfwd, padj
+    Projector.fwd, Projector.adj = timed(fwd, "proj_fwd"), timed(adj, "proj_adj")
 
 
 def _median_time(fn, comm, repeats=5) -> float:
@@ -467,13 +459,12 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    from operators import environment, write_results
+    from operators import child_base_env, environment, write_results
 
     from hpc_pt.io.cxi import write_cxi
     from hpc_pt.simulate import SimulationConfig, simulate_dataset
 
-    base_env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
-    base_env["PYTHONPATH"] = str(REPO) + os.pathsep + base_env.get("PYTHONPATH", "")
+    base_env = child_base_env(THREAD_VARS)
     env = environment(None)
     env.pop("astra", None)
     doc = {"benchmark": "iteration", "environment": env, "quick": args.quick, "iterations_timed": iterations,

@@ -534,6 +534,14 @@ def main(argv=None) -> int:
     return 0
 
 
+def child_base_env(thread_vars) -> dict:
+    """The environment for a benchmark's child processes: this one's, without ``thread_vars`` (each child
+    sets its own), with the checkout on ``PYTHONPATH`` (runs without installing hpc-pt)."""
+    env = {k: v for k, v in os.environ.items() if k not in thread_vars}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
 def write_results(doc: dict, out: Path, name: str, plot_fn) -> tuple[Path, Path]:
     """Write ``<out>/<name>.json`` (never half-written: a temporary file, then a rename) and
     ``<out>/<name>.png`` (``plot_fn(doc, path)``); return both paths."""

@@ -44,7 +44,7 @@ for p in (str(REPO), str(HERE)):  # run from a checkout without installing; oper
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from operators import _angles, _crand, environment, write_results  # noqa: E402
+from operators import _angles, _crand, child_base_env, environment, write_results  # noqa: E402
 
 from hpc_pt.execution import Execution, cpu_budget, ranks_on_node  # noqa: E402
 
@@ -189,8 +189,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    base_env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
-    base_env["PYTHONPATH"] = str(REPO) + os.pathsep + base_env.get("PYTHONPATH", "")
+    base_env = child_base_env(THREAD_VARS)
     env = environment(None)
     env.pop("astra", None)
     budget, source = cpu_budget()
