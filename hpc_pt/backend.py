@@ -431,7 +431,8 @@ def _nthreads(work: int | None = None) -> int:
     below 2^18), where OpenMP start-up and spin-waiting cost more than the transform (measured: a 32^3
     projector pair took 11 ms on 1 thread and 400 ms on 2 threads of a loaded 2-core machine); else
     ``OMP_NUM_THREADS`` when set (the execution policy's threads per rank, :mod:`hpc_pt.execution`), else all
-    cores. Deterministic plans do not use this (:class:`NufftPair2D`)."""
+    cores. Deterministic pairs use it only for their scipy.fft step, whose results do not depend on it
+    (:class:`_SplitNufft2D`)."""
     n = int(os.environ.get("HPC_PT_NUFFT_THREADS", "0"))
     if n > 0:
         return n

@@ -279,9 +279,8 @@ def apply_thread_policy(threads: int, environ=os.environ) -> dict:
     spinning while they wait), ``HPC_PT_FFT_WORKERS`` (the ``scipy.fft`` workers of
     :func:`hpc_pt.backend.fft2c`; its default -1 means every core) and ``OMP_NUM_THREADS`` (which the
     backend's finufft plans take as their thread count for large transforms). ``HPC_PT_NUFFT_THREADS`` is
-    never set: it would override the backend's one-thread rule for small transforms, and it is the thread
-    count of deterministic NUFFT plans (one thread otherwise), whose rounding depends on it, so setting it
-    per rank count would make runs on different numbers of ranks differ (:class:`hpc_pt.backend.NufftPair2D`).
+    never set: it would override the backend's one-thread rule for small transforms (deterministic NUFFT
+    pairs give the same bits whatever it is, :class:`hpc_pt.backend.NufftPair2D`).
 
     Call it before finufft is imported: OpenMP reads ``OMP_WAIT_POLICY`` and ``OMP_NUM_THREADS`` once,
     when its library loads (the report's ``openmp_loaded_before`` says whether that had happened).
@@ -321,7 +320,7 @@ def apply_thread_policy(threads: int, environ=os.environ) -> dict:
         report["user"]["HPC_PT_NUFFT_THREADS"] = environ["HPC_PT_NUFFT_THREADS"]
     else:
         report["default"]["HPC_PT_NUFFT_THREADS"] = ("unset: OMP_NUM_THREADS for large transforms, 1 below 2^18 "
-                                                     "modes x batch and in deterministic plans")
+                                                     "modes x batch")
     return report
 
 

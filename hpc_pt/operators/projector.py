@@ -73,7 +73,7 @@ class Projector(LinearOperator):
     oversample : oversampling factor of the Fourier samples, M = ceil(oversample * max(n, n_det)) + 1 made odd
         (default: the fewest that keep the periodic copies off the detector, ``_min_samples``, raised to the
         next odd count whose prime factors are all <= 17 so the 1D DFT is fast, ``_fast_odd_at_least``).
-    deterministic : NUFFT plans whose per-slice results do not depend on how many slices one call holds
+    deterministic : NUFFT plans whose per-slice results do not depend on how many slices one call holds nor on the thread count
         (:class:`~hpc_pt.backend.NufftPair2D`), so a slab's projections equal the whole volume's rows
         bitwise.
     """

@@ -50,10 +50,10 @@ from pydantic import Field
 
 import numpy as np
 
-from ..backend import get_xp
+from ..backend import get_xp, is_cupy
 from ..comm import Comm
 from .base import (History, IterativeSolver, Shard, SlabNormalStencil, SolverOptions, SolverResult, conjugate_gradient, frame_sum,
-                   frames_array_sum, power_lipschitz, solver_runner)
+                   frames_array_sum, per_frame_total, power_lipschitz, solver_runner)
 from .prox import frame_objective, prox_amplitude, prox_poisson, prox_tv
 from .registry import SolverSpec
 
@@ -478,21 +478,35 @@ class APT(IterativeSolver):
             psi = self.D.psi(u)
         with comm.phase("ptycho"):
             du = self.D.pt.fwd(psi)
-        self.z_update(du)
+        if is_cupy(du):
+            self.z_update(du)
+        else:  # Step 2's z-prox, Step 3's Lambda2 update and the frame monitors in one compiled pass
+            with comm.phase("prox"):
+                from ._fused import far_field_step  # numba loads on first use (~0.2 s)
+
+                st.z, primal_f, obj_f, rnum_f = far_field_step(du, st.lambda2, sqrt_f, f, self.r2, mask,
+                                                               opts.metric)
         gu = sp.gradient(u) if opts.tv else None
         if opts.tv:
             self.p_update(gu)
-        self.multiplier_update(du, gu)
-        primal = frame_sum(comm, sh, xp.abs(st.z - du) ** 2)
+        if is_cupy(du):
+            self.multiplier_update(du, gu)
+            primal = frame_sum(comm, sh, xp.abs(st.z - du) ** 2)
+            mag = xp.abs(du)
+            obj = frame_sum(comm, sh, frame_objective(mag, f, sqrt_f, opts.metric, mask))
+            rf = frame_sum(comm, sh, xp.abs(mag - sqrt_f), mask) / self.sum_sqrt_f
+        else:
+            if gu is not None:
+                with comm.phase("prox"):
+                    st.lambda1 += st.p - gu
+            primal = per_frame_total(comm, sh, primal_f)
+            obj = per_frame_total(comm, sh, obj_f)
+            rf = per_frame_total(comm, sh, rnum_f) / self.sum_sqrt_f
         if opts.tv:
             primal += sp.sum_rows((xp.abs(st.p - gu) ** 2).sum(axis=0))
+            obj += self.lam * sp.tv_value(u)
         if opts.probe_refine and k >= opts.probe_refine_start:
             self.probe_update(psi)
-        mag = xp.abs(du)
-        obj = frame_sum(comm, sh, frame_objective(mag, f, sqrt_f, opts.metric, mask))
-        if opts.tv:
-            obj += self.lam * sp.tv_value(u)
-        rf = frame_sum(comm, sh, xp.abs(mag - sqrt_f), mask) / self.sum_sqrt_f
         change = np.sqrt(sp.dot(u - u_old, u - u_old) / max(sp.dot(u, u), 1e-300))
         return dict(objective=obj, r_factor=rf, primal_residual=np.sqrt(primal), rel_change=change,
                     cg_iterations=cg.iterations, cg_residual=cg.residual)

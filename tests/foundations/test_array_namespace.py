@@ -78,6 +78,8 @@ ALLOWED = {
     ("operators/ptycho.py", "_field3", "np.asarray"): "CPU-only helper",
     ("operators/ptycho.py", "fwd", "np.shares_memory"): "CPU-only branch",
     ("operators/_windows.py", "scatter", "device array op NumPy array"): "compiled CPU kernel",
+    # APT's compiled far-field step: called only on host arrays (CuPy keeps the expression path, ``is_cupy``)
+    ("solvers/_fused.py", "far_field_step", "np.ascontiguousarray"): "compiled CPU kernel's wrapper",
     # frame selections are host index arrays (ePIE's batches are drawn on the host); _on_device moves them
     ("operators/ptycho.py", "_frames", "np.asarray"): "host frame indices",
     # the start vector is drawn on the host and moved to ``like``'s backend two lines later

@@ -130,7 +130,7 @@ def test_apply_thread_policy_sets_only_what_the_user_left():
     assert env["OMP_WAIT_POLICY"] == "PASSIVE"
     assert env["OMP_NUM_THREADS"] == env["HPC_PT_FFT_WORKERS"] == "1"
     cores = os.cpu_count() or 1
-    assert "HPC_PT_NUFFT_THREADS" not in env  # never set: deterministic plans must not follow the rank count
+    assert "HPC_PT_NUFFT_THREADS" not in env  # never set: the user's override only
     assert report["set"] == {k: env[k] for k in report["set"]} and not report["user"]
     assert report["openmp_loaded_before"] is None  # not os.environ: not asked
 

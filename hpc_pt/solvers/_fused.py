@@ -1,0 +1,125 @@
+"""Compiled far-field step of APT / APTs on CPUs: Step 2's z-prox, Step 3's multiplier and the monitors, one pass.
+
+Per detector pixel of every frame (seed 001 Eqs. 7, 8 and 10, Yang et al., docs/references.md):
+
+* ``zt = D_j u - Lambda2_j``, ``z_j = prox_{G, r2}(zt)`` (pAGM amplitude or pIPM Poisson closed form, the
+  phase of ``zt``, invalid pixels keep ``zt``: :func:`hpc_pt.solvers.prox.prox_amplitude` /
+  :func:`~hpc_pt.solvers.prox.prox_poisson`);
+* ``Lambda2_j += z_j - D_j u``;
+* per frame, in float64: the primal residual ``sum |z - D u|^2``, the data objective ``sum G(|D u|)`` over
+  valid pixels (:func:`~hpc_pt.solvers.prox.frame_objective`) and the R-factor numerator
+  ``sum | |D u| - sqrt f |`` over valid pixels.
+
+Why (issue 17, seed 001's size, 3,468 frames of 64^2, 2-core development machine): the NumPy expressions
+of these steps made about fifteen passes over the 14 M-pixel frame stack, 0.6 s of an APT iteration whose
+FFT + projector floor is 0.7 s. One compiled pass reads D u, Lambda2 and the data once and writes z and
+Lambda2 once. Threads take disjoint ranges of frames; each frame's sums run in pixel order on one thread, so
+the per-frame partials (and the deterministic reductions built on them, :func:`~hpc_pt.solvers.base.
+per_frame_total`) do not depend on the thread count or the frame split. CuPy arrays keep the expression
+path in :mod:`hpc_pt.solvers.apt`.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from ..backend import cpu_threads, run_split
+
+#: frames x pixels below which one thread does the pass (thread start-up would cost more than it saves)
+SPLIT_PIXELS = 1 << 18
+
+
+@njit(nogil=True, cache=True)
+def _far_field_step(du, lam, sqrt_f, f, mask, r, poisson, z, primal, obj, rnum, lo, hi):  # pragma: no cover
+    m1, m2 = du.shape[1], du.shape[2]
+    tiny = 1e-30
+    one_r = 1.0 + r
+    for k in range(lo, hi):
+        p = 0.0
+        o = 0.0
+        rn = 0.0
+        for i in range(m1):
+            for j in range(m2):
+                d = du[k, i, j]
+                zt = d - lam[k, i, j]
+                valid = mask[i, j]
+                if valid:
+                    mag = math.sqrt(zt.real * zt.real + zt.imag * zt.imag)
+                    if poisson:
+                        rm = r * mag
+                        rho = (rm + math.sqrt(rm * rm + 4.0 * one_r * f[k, i, j])) / (2.0 * one_r)
+                    else:
+                        rho = (sqrt_f[k, i, j] + r * mag) / one_r
+                    if mag > 0:
+                        s = rho / mag
+                        zz = complex(zt.real * s, zt.imag * s)
+                    else:
+                        zz = complex(rho, 0.0)
+                else:
+                    zz = complex(zt.real, zt.imag)
+                z[k, i, j] = zz
+                er = zz.real - d.real
+                ei = zz.imag - d.imag
+                lam[k, i, j] = lam[k, i, j] + complex(er, ei)
+                p += er * er + ei * ei
+                if valid:
+                    m = math.sqrt(float(d.real) * d.real + float(d.imag) * d.imag)
+                    sf = float(sqrt_f[k, i, j])
+                    if poisson:
+                        ii = m * m
+                        fi = float(f[k, i, j])
+                        o += 0.5 * (ii - fi - fi * (math.log(max(ii, tiny)) - math.log(max(fi, tiny))))
+                    else:
+                        o += 0.5 * (m - sf) * (m - sf)
+                    rn += abs(m - sf)
+        primal[k] = p
+        obj[k] = o
+        rnum[k] = rn
+
+
+def far_field_step(du, lam, sqrt_f, f, r: float, mask=None, metric: str = "gaussian"):
+    """One compiled pass of Step 2 (z-prox), Step 3 (Lambda2 update) and the per-frame monitors.
+
+    Parameters
+    ----------
+    du : numpy.ndarray
+        D u, complex (F, m1, m2).
+    lam : numpy.ndarray
+        Lambda2, complex (F, m1, m2), C-contiguous; updated in place to ``Lambda2 + z - D u``.
+    sqrt_f, f : numpy.ndarray
+        Measured amplitudes and intensities (F, m1, m2); ``f`` is read only for ``metric="poisson"``.
+    r : float
+        The z-prox penalty r2.
+    mask : numpy.ndarray, optional
+        (m1, m2) bool, True where a detector pixel is valid (None: all).
+    metric : str
+        "gaussian" (pAGM) or "poisson" (pIPM).
+
+    Returns
+    -------
+    z : numpy.ndarray
+        The prox, like ``du``.
+    primal, objective, r_numerator : numpy.ndarray
+        float64 (F,): per frame ``sum |z - D u|^2`` (all pixels), ``sum G(|D u|)`` and
+        ``sum | |D u| - sqrt f |`` (valid pixels).
+    """
+    n = du.shape[0]
+    if not lam.flags.c_contiguous:
+        raise ValueError("Lambda2 must be C-contiguous to be updated in place")
+    du = np.ascontiguousarray(du)
+    sqrt_f = np.ascontiguousarray(sqrt_f)
+    poisson = metric != "gaussian"
+    f = np.ascontiguousarray(f) if poisson else sqrt_f
+    valid = (np.ones(du.shape[1:], dtype=np.bool_) if mask is None
+             else np.ascontiguousarray(np.broadcast_to(mask, du.shape[1:]), dtype=np.bool_))
+    z = np.empty_like(du)
+    primal, obj, rnum = (np.zeros(n, dtype=np.float64) for _ in range(3))
+    threads = cpu_threads() if du.size >= SPLIT_PIXELS else 1
+
+    def part(lo, hi):
+        _far_field_step(du, lam, sqrt_f, f, valid, float(r), poisson, z, primal, obj, rnum, lo, hi)
+
+    run_split(part, n, threads)
+    return z, primal, obj, rnum
