@@ -13,16 +13,15 @@ Per detector pixel of every frame (seed 001 Eqs. 7, 8 and 10, Yang et al., docs/
 Why (issue 17, seed 001's size, 3,468 frames of 64^2, 2-core development machine): the NumPy expressions
 of these steps made about fifteen passes over the 14 M-pixel frame stack, 0.6 s of an APT iteration whose
 FFT + projector floor is 0.7 s. One compiled pass reads D u, Lambda2 and the data once and writes z and
-Lambda2 once: 80 ms (pAGM) and 82 ms (pIPM) on one thread at that size (measured 2026-12-04). Pixel arithmetic is float32 like
-the arrays (fastmath without the no-NaN / no-Inf assumptions, so a 0/0 still tests as NaN), sums float64;
-pIPM's objective takes one logarithm per pixel, f log(i / f), and none where f = 0. Threads take disjoint ranges of frames; each frame's sums run in pixel order on one thread, so
-the per-frame partials (and the deterministic reductions built on them, :func:`~hpc_pt.solvers.base.
-per_frame_total`) do not depend on the thread count or the frame split. CuPy arrays keep the expression
-path in :mod:`hpc_pt.solvers.apt`.
+Lambda2 once: 80 ms (pAGM) and 82 ms (pIPM) on one thread at that size (measured 2026-12-04). Pixel
+arithmetic is float32 like the arrays (fastmath without the no-NaN / no-Inf assumptions), sums float64;
+pIPM's objective takes one logarithm per pixel, f log(i / f), and none where f = 0. Threads take disjoint
+ranges of frames; each frame's sums run in pixel order on one thread, so the per-frame partials (and the
+deterministic reductions built on them, :func:`~hpc_pt.solvers.base.per_frame_total`) do not depend on
+the thread count or the frame split. CuPy arrays keep the expression path in :mod:`hpc_pt.solvers.apt`.
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 from numba import njit
@@ -37,7 +36,6 @@ SPLIT_PIXELS = 1 << 18
 def _far_field_step(du, lam, sqrt_f, f, mask, r, poisson, z, primal, obj, rnum, lo, hi):  # pragma: no cover
     m1, m2 = du.shape[1], du.shape[2]
     rr = np.float32(r)
-    one_r = np.float32(1.0 + r)
     c4 = np.float32(4.0 * (1.0 + r))
     inv2 = np.float32(1.0 / (2.0 * (1.0 + r)))
     inv1 = np.float32(1.0 / (1.0 + r))
@@ -132,3 +130,92 @@ def far_field_step(du, lam, sqrt_f, f, r: float, mask=None, metric: str = "gauss
 
     run_split(part, n, threads)
     return z, primal, obj, rnum
+
+
+@njit(nogil=True, cache=True, fastmath={"nsz", "arcp", "contract", "afn", "reassoc"})
+def _farfield_reduce(z, f, sqrt_f, mask, poisson, grad, obj, mis, lo, hi):  # pragma: no cover - compiled
+    m1, m2 = z.shape[1], z.shape[2]
+    tiny = np.float32(1e-30)
+    floor = np.float32(np.sqrt(np.finfo(np.float32).tiny))
+    half = np.float32(0.5)
+    zero = np.float32(0.0)
+    one = np.float32(1.0)
+    for k in range(lo, hi):
+        o = 0.0
+        ms = 0.0
+        for i in range(m1):
+            for j in range(m2):  # the sums: the same code with and without ``grad``, so the same bits
+                w = z[k, i, j]
+                mag2 = w.real * w.real + w.imag * w.imag
+                mag = np.sqrt(mag2)
+                s = sqrt_f[k, i, j]
+                fi = f[k, i, j]
+                if mask[i, j]:
+                    if poisson:
+                        g = mag2 - fi
+                        if fi > zero:
+                            g -= fi * np.log(max(mag2, tiny) / fi)
+                        o += float(half * g)
+                    else:
+                        o += float(half * (mag - s) * (mag - s))
+                    ms += float(abs(mag - s))
+            if not grad:
+                continue
+            for j in range(m2):  # the residual over the row, still in cache
+                w = z[k, i, j]
+                zr, zi = w.real, w.imag
+                mag2 = zr * zr + zi * zi
+                if not mask[i, j]:
+                    z[k, i, j] = complex(zero, zero)
+                elif poisson:
+                    c = one - f[k, i, j] / max(mag2, floor)
+                    z[k, i, j] = complex(zr * c, zi * c)
+                elif mag2 > zero:
+                    c = one - sqrt_f[k, i, j] / np.sqrt(mag2)
+                    z[k, i, j] = complex(zr * c, zi * c)
+                else:
+                    z[k, i, j] = complex(zr - sqrt_f[k, i, j], zi)
+        obj[k] = o
+        mis[k] = ms
+
+
+def farfield_reduce(z, f, sqrt_f, mask=None, metric: str = "gaussian", grad: bool = False):
+    """Per-frame data objective and R-factor numerator of far fields ``z``, and (``grad``) their residual.
+
+    One compiled pass per batch for :func:`hpc_pt.solvers.farfield.farfield_pass` on CPUs: the values of
+    :func:`~hpc_pt.solvers.prox.frame_objective`, ``sum | |z| - sqrt f |`` over valid pixels and, with
+    ``grad``, :func:`~hpc_pt.solvers.prox.data_residual` written over ``z`` in place.
+
+    Parameters
+    ----------
+    z : numpy.ndarray
+        The far fields (F, m1, m2), complex64, C-contiguous; overwritten by the residual with ``grad``.
+    f, sqrt_f : numpy.ndarray
+        Measured intensities and amplitudes (F, m1, m2).
+    mask : numpy.ndarray, optional
+        (m1, m2), True where a detector pixel is valid.
+    metric : str
+        "gaussian" or "poisson".
+    grad : bool
+        Write the residual over ``z``.
+
+    Returns
+    -------
+    objective, misfit : numpy.ndarray
+        float64 (F,) per frame.
+    """
+    n = z.shape[0]
+    if z.dtype != np.complex64 or not z.flags.c_contiguous:
+        raise ValueError("farfield_reduce works on C-contiguous complex64 far fields")
+    f = np.ascontiguousarray(f, dtype=np.float32)
+    sqrt_f = np.ascontiguousarray(sqrt_f, dtype=np.float32)
+    valid = (np.ones(z.shape[1:], dtype=np.bool_) if mask is None
+             else np.ascontiguousarray(np.broadcast_to(mask, z.shape[1:]), dtype=np.bool_))
+    obj, mis = np.zeros(n, dtype=np.float64), np.zeros(n, dtype=np.float64)
+    threads = cpu_threads() if z.size >= SPLIT_PIXELS else 1
+
+    def part(lo, hi):
+        _farfield_reduce(z, f, sqrt_f, valid, metric != "gaussian", bool(grad), obj, mis, lo, hi)
+
+    run_split(part, n, threads)
+    return obj, mis

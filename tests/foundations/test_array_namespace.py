@@ -80,6 +80,10 @@ ALLOWED = {
     ("operators/_windows.py", "scatter", "device array op NumPy array"): "compiled CPU kernel",
     # APT's compiled far-field step: called only on host arrays (CuPy keeps the expression path, ``is_cupy``)
     ("solvers/_fused.py", "far_field_step", "np.ascontiguousarray"): "compiled CPU kernel's wrapper",
+    ("solvers/_fused.py", "_far_field_step", "np.sqrt"): "compiled CPU kernel (float32 math in numba)",
+    ("solvers/_fused.py", "_far_field_step", "np.log"): "compiled CPU kernel (float32 math in numba)",
+    ("solvers/_fused.py", "_farfield_reduce", "np.sqrt"): "compiled CPU kernel (float32 math in numba)",
+    ("solvers/_fused.py", "_farfield_reduce", "np.log"): "compiled CPU kernel (float32 math in numba)",
     # frame selections are host index arrays (ePIE's batches are drawn on the host); _on_device moves them
     ("operators/ptycho.py", "_frames", "np.asarray"): "host frame indices",
     # the start vector is drawn on the host and moved to ``like``'s backend two lines later
