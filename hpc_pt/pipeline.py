@@ -352,8 +352,9 @@ def read_input(path, reader: dict | None = None, progress=None, **kwargs) -> Dat
 
 
 #: methods whose every reduction follows the communicator's deterministic mode (docs/parallel.md), from the
-#: specs: ``deterministic`` "default" (on unless turned off: its measured cost per outer iteration is under 10 %,
-#: benchmarks/results/determinism.json) or "optional" (ADMM, whose per-row TV-prox norms cost it 6-15 %)
+#: specs: ``deterministic`` "default" (on unless turned off: its measured cost per outer iteration is 9-14 %,
+#: benchmarks/results/determinism.json, docs/parallel.md) or "optional" (ADMM, whose per-row TV-prox norms
+#: cost it 12-15 %)
 DETERMINISTIC = _SpecView(lambda spec: spec.deterministic)
 
 
