@@ -94,10 +94,10 @@ def halo_exchanges(cg_iterations: int, tv: bool = True, vertical: bool = False) 
     ``1 + c`` times (the warm start's residual, then once per iteration; exact unless CG stops on p^H A p
     <= 0, which a positive-definite L never does). Each call: the normal operator's stencil halo when the
     stencil couples rows (sub-pixel row positions), and with TV the Laplacian = divergence(gradient): two.
-    TV outside CG: divergence(p + Lambda1) for the right-hand side, gradient(u) for the p-update,
-    gradient(u) in the TV value of the objective: three."""
+    TV outside CG: divergence(p + Lambda1) for the right-hand side and gradient(u) for the p-update, whose
+    gradient also gives the objective's TV value: two."""
     calls = 1 + int(cg_iterations)
-    return {"volume": (2 * calls + 3) if tv else 0, "stencil": calls if vertical else 0}
+    return {"volume": (2 * calls + 2) if tv else 0, "stencil": calls if vertical else 0}
 
 
 def scalar_reductions(cg_iterations: int, tv: bool = True) -> int:

@@ -219,3 +219,71 @@ def farfield_reduce(z, f, sqrt_f, mask=None, metric: str = "gaussian", grad: boo
 
     run_split(part, n, threads)
     return obj, mis
+
+
+@njit(nogil=True, cache=True, fastmath={"nsz", "arcp", "contract", "afn", "reassoc"})
+def _tv_step(gu, lam1, thresh, p, primal, tv, lo, hi):  # pragma: no cover - compiled
+    ny, nx = gu.shape[2], gu.shape[3]
+    th = np.float32(thresh)
+    zero = np.float32(0.0)
+    for r in range(lo, hi):
+        pr = 0.0
+        t = 0.0
+        for i in range(ny):
+            for j in range(nx):
+                g0, g1, g2 = gu[0, r, i, j], gu[1, r, i, j], gu[2, r, i, j]
+                a0, a1, a2 = g0 - lam1[0, r, i, j], g1 - lam1[1, r, i, j], g2 - lam1[2, r, i, j]
+                mag = np.sqrt(a0.real * a0.real + a0.imag * a0.imag + a1.real * a1.real + a1.imag * a1.imag
+                              + a2.real * a2.real + a2.imag * a2.imag)
+                sc = max(mag - th, zero) / mag if mag > zero else zero
+                q0, q1, q2 = a0 * sc, a1 * sc, a2 * sc
+                p[0, r, i, j], p[1, r, i, j], p[2, r, i, j] = q0, q1, q2
+                e0, e1, e2 = q0 - g0, q1 - g1, q2 - g2
+                lam1[0, r, i, j] += e0
+                lam1[1, r, i, j] += e1
+                lam1[2, r, i, j] += e2
+                pr += float(e0.real * e0.real + e0.imag * e0.imag + e1.real * e1.real + e1.imag * e1.imag
+                            + e2.real * e2.real + e2.imag * e2.imag)
+                t += float(np.sqrt(g0.real * g0.real + g0.imag * g0.imag + g1.real * g1.real + g1.imag * g1.imag
+                                   + g2.real * g2.real + g2.imag * g2.imag))
+        primal[r] = pr
+        tv[r] = t
+
+
+def tv_step(gu, lam1, thresh: float):
+    """APT's TV splitting in one compiled pass: Step 2's p, Step 3's Lambda1 and two per-row sums.
+
+    Per voxel (seed 001 Eqs. 9-10): ``p = soft_threshold(grad u - Lambda1, thresh)`` (isotropic, the
+    values of :func:`~hpc_pt.solvers.prox.prox_tv`), ``Lambda1 += p - grad u``; per volume row, in float64:
+    ``sum |p - grad u|^2`` (the primal residual's TV part) and ``sum |grad u|`` (TV(u), seed 001 Eq. 3, as
+    :meth:`hpc_pt.parallel.SlabSpace.tv_value` would recompute it from u). Threads take disjoint rows.
+
+    Parameters
+    ----------
+    gu : numpy.ndarray
+        grad u, complex64 (3, rows, n, n), C-contiguous.
+    lam1 : numpy.ndarray
+        Lambda1, like ``gu``; updated in place.
+    thresh : float
+        lambda / r1.
+
+    Returns
+    -------
+    p : numpy.ndarray
+        Like ``gu``.
+    primal_rows, tv_rows : numpy.ndarray
+        float64 (rows,).
+    """
+    for name, a in (("grad u", gu), ("Lambda1", lam1)):
+        if a.dtype != np.complex64 or not a.flags.c_contiguous or a.ndim != 4 or a.shape[0] != 3:
+            raise ValueError(f"tv_step: {name} must be a C-contiguous complex64 (3, rows, n, n) array")
+    rows = gu.shape[1]
+    p = np.empty_like(gu)
+    primal, tv = np.zeros(rows, dtype=np.float64), np.zeros(rows, dtype=np.float64)
+    threads = cpu_threads() if gu.size >= SPLIT_PIXELS else 1
+
+    def part(lo, hi):
+        _tv_step(gu, lam1, float(thresh), p, primal, tv, lo, hi)
+
+    run_split(part, rows, threads)
+    return p, primal, tv

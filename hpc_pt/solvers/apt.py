@@ -487,7 +487,13 @@ class APT(IterativeSolver):
                 st.z, primal_f, obj_f, rnum_f = far_field_step(du, st.lambda2, sqrt_f, f, self.r2, mask,
                                                                opts.metric)
         gu = sp.gradient(u) if opts.tv else None
-        if opts.tv:
+        fused_tv = opts.tv and not is_cupy(du) and gu.dtype == np.complex64 and gu.flags.c_contiguous
+        if fused_tv:  # Step 2's p, Step 3's Lambda1, the TV residual and TV(u) in one compiled pass
+            from ._fused import tv_step
+
+            with comm.phase("prox"):
+                st.p, primal_tv_rows, tv_rows = tv_step(gu, st.lambda1, self.thresh)
+        elif opts.tv:
             self.p_update(gu)
         if is_cupy(du):
             self.multiplier_update(du, gu)
@@ -496,15 +502,18 @@ class APT(IterativeSolver):
             obj = frame_sum(comm, sh, frame_objective(mag, f, sqrt_f, opts.metric, mask))
             rf = frame_sum(comm, sh, xp.abs(mag - sqrt_f), mask) / self.sum_sqrt_f
         else:
-            if gu is not None:
+            if gu is not None and not fused_tv:
                 with comm.phase("prox"):
                     st.lambda1 += st.p - gu
             primal = per_frame_total(comm, sh, primal_f)
             obj = per_frame_total(comm, sh, obj_f)
             rf = per_frame_total(comm, sh, rnum_f) / self.sum_sqrt_f
-        if opts.tv:
+        if fused_tv:
+            primal += sp.sum_rows(primal_tv_rows)
+            obj += self.lam * sp.sum_rows(tv_rows)
+        elif opts.tv:  # TV(u) from the p-update's grad u (no second gradient, no second halo)
             primal += sp.sum_rows((xp.abs(st.p - gu) ** 2).sum(axis=0))
-            obj += self.lam * sp.tv_value(u)
+            obj += self.lam * sp.sum_rows(xp.sqrt((xp.abs(gu) ** 2).sum(axis=0)))
         if opts.probe_refine and k >= opts.probe_refine_start:
             self.probe_update(psi)
         change = np.sqrt(sp.dot(u - u_old, u - u_old) / max(sp.dot(u, u), 1e-300))

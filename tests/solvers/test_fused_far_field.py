@@ -90,3 +90,31 @@ def test_farfield_reduce_matches_objective_misfit_and_residual(metric, masked):
     zz2 = z.copy()
     obj2, _ = farfield_reduce(zz2, f, sqrt_f, mask, metric, grad=False)
     assert np.array_equal(zz2, z) and np.array_equal(obj2, obj)   # without grad z is left alone
+
+
+def test_tv_step_matches_prox_tv_multiplier_and_sums(monkeypatch):
+    from hpc_pt.operators import gradient
+    from hpc_pt.solvers._fused import tv_step
+    from hpc_pt.solvers.prox import prox_tv
+
+    rng = np.random.default_rng(14)
+    u = (rng.standard_normal((9, 8, 7)) + 1j * rng.standard_normal((9, 8, 7))).astype(np.complex64)
+    gu = np.ascontiguousarray(gradient(u), dtype=np.complex64)
+    lam1 = (0.2 * (rng.standard_normal(gu.shape) + 1j * rng.standard_normal(gu.shape))).astype(np.complex64)
+    lam1[:, 0, 0, 0] = gu[:, 0, 0, 0]       # |grad u - Lambda1| = 0 at one voxel: p = 0 there
+    thresh = 0.4
+    p_ref = prox_tv(gu - lam1, thresh)
+    lam_ref = lam1 + (p_ref - gu)
+    primal_ref = (np.abs(p_ref.astype(np.complex128) - gu) ** 2).sum(axis=0).reshape(9, -1).sum(1)
+    tv_ref = np.sqrt((np.abs(gu.astype(np.complex128)) ** 2).sum(axis=0)).reshape(9, -1).sum(1)
+    lam_new = lam1.copy()
+    p, primal, tv = tv_step(gu, lam_new, thresh)
+    assert np.abs(p - p_ref).max() < 1e-5 * np.abs(p_ref).max()
+    assert np.all(p[:, 0, 0, 0] == 0)
+    assert np.abs(lam_new - lam_ref).max() < 1e-5 * np.abs(lam_ref).max()
+    np.testing.assert_allclose(primal, primal_ref, rtol=1e-5)
+    np.testing.assert_allclose(tv, tv_ref, rtol=1e-5)
+    # rows are independent: a slab of rows gives those rows' bits
+    lam_s = lam1[:, 3:7].copy()
+    p_s, primal_s, tv_s = tv_step(np.ascontiguousarray(gu[:, 3:7]), lam_s, thresh)
+    assert np.array_equal(p_s, p[:, 3:7]) and np.array_equal(tv_s, tv[3:7]) and np.array_equal(lam_s, lam_new[:, 3:7])
